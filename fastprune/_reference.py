@@ -1,0 +1,198 @@
+"""Pure-torch implementation of every fastprune op.
+
+This module is the specification of the compiled kernels: the tests compare each
+kernel against the function of the same name here, and the package falls back to
+these functions when the extension cannot be loaded or ``FASTPRUNE_NO_EXT=1``.
+Clarity beats speed here; nothing in this file is on a hot path when the
+extension is present.
+
+Conventions shared by all ops
+-----------------------------
+* Ranking key of a unit: ``|score|``. ``-0.0`` equals ``0.0``; every NaN ranks
+  above ``+inf`` (so NaN units are pruned last), all NaNs are equal.
+* Exactly ``k`` units are selected. Among equal keys the unit with the lower
+  *global* flat index is selected first; the global order is the tensors in
+  the order given, each in row-major (logical, not memory) order.
+* A mask "keeps" a unit where it is non-zero.
+* Packed masks hold one bit per unit: unit ``i`` is bit ``i % 8`` of byte
+  ``i // 8`` (a ``uint8`` tensor of ``ceil(numel / 8)`` bytes); padding bits are 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "kselect_",
+    "kselect",
+    "mask_mul",
+    "mask_mul_",
+    "apply_packed_mask_",
+    "channel_norms",
+    "pack_mask",
+    "unpack_mask",
+    "packed_numel",
+]
+
+
+def packed_numel(numel: int) -> int:
+    """Bytes needed for a 1-bit mask of ``numel`` units."""
+    return (numel + 7) // 8
+
+
+def pack_mask(mask: Tensor) -> Tensor:
+    """1-bit packed copy of ``mask`` (non-zero = keep), see the module docstring."""
+    flat = (mask.reshape(-1) != 0).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=flat.device)
+    return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+
+
+def unpack_mask(packed: Tensor, numel: int, dtype: torch.dtype = torch.bool) -> Tensor:
+    """Flat mask of ``numel`` units (in ``dtype``) from its packed form."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed.reshape(-1, 1) >> shifts) & 1
+    return bits.reshape(-1)[:numel].to(dtype)
+
+
+def _keys(score: Tensor) -> Tensor:
+    """Flat ranking keys of one score tensor, in a dtype that sorts them exactly."""
+    flat = score.reshape(-1)
+    if flat.dtype == torch.bool:
+        return flat.to(torch.int64)
+    if flat.is_floating_point():
+        # fp16/bf16/fp32 are exactly representable in fp64; NaN sorts last.
+        return flat.to(torch.float64).abs()
+    # Integers: |INT64_MIN| does not fit, ranking it above everything is right.
+    flat = flat.to(torch.int64)
+    key = flat.abs()
+    return torch.where(flat == torch.iinfo(torch.int64).min, torch.iinfo(torch.int64).max, key)
+
+
+def _eligible(mask: Optional[Tensor], numel: int, packed: bool, device) -> Tensor:
+    if mask is None:
+        return torch.ones(numel, dtype=torch.bool, device=device)
+    if packed:
+        return unpack_mask(mask, numel)
+    return mask.reshape(-1) != 0
+
+
+def kselect(
+    scores: Sequence[Tensor],
+    masks: Sequence[Optional[Tensor]],
+    k: int,
+    largest: bool = False,
+    exclude_masked: bool = True,
+    packed: bool = False,
+    dtypes: Optional[Sequence[torch.dtype]] = None,
+) -> List[Tensor]:
+    """Functional form of :func:`kselect_`: allocates and returns the outputs."""
+    outs = []
+    for i, s in enumerate(scores):
+        if packed:
+            outs.append(torch.empty(packed_numel(s.numel()), dtype=torch.uint8, device=s.device))
+        else:
+            dt = dtypes[i] if dtypes is not None else s.dtype
+            outs.append(torch.empty(s.shape, dtype=dt, device=s.device))
+    kselect_(scores, masks, outs, k, largest, exclude_masked, packed)
+    return outs
+
+
+def kselect_(
+    scores: Sequence[Tensor],
+    masks: Sequence[Optional[Tensor]],
+    out: Sequence[Tensor],
+    k: int,
+    largest: bool,
+    exclude_masked: bool,
+    packed: bool,
+) -> None:
+    """Select exactly ``k`` units across ``scores`` and write keep-masks to ``out``.
+
+    ``masks[i]`` (or ``None`` = all ones) is the existing mask of ``scores[i]``.
+    With ``exclude_masked`` only units the existing mask keeps may be selected
+    (iterated / global pruning counts among the unpruned units); without it,
+    every unit may be selected and the existing mask is only combined into the
+    result (the semantics of ``torch.nn.utils.prune``'s ``compute_mask``).
+    The ``k`` selected units are those with the smallest keys (largest with
+    ``largest=True``), ties broken by lower global flat index.
+
+    ``out[i]`` receives ``existing_keep AND NOT selected`` as 0/1 in its own dtype
+    (same shape as ``scores[i]``), or packed bits when ``packed`` (then ``masks``
+    are packed too). ``out[i]`` may alias ``masks[i]``.
+    """
+    if len(masks) != len(scores) or len(out) != len(scores):
+        raise ValueError("kselect_: scores, masks and out must have the same length")
+    device = scores[0].device if len(scores) else torch.device("cpu")
+    keys = [_keys(s) for s in scores]
+    elig = [_eligible(m, s.numel(), packed, s.device) for s, m in zip(scores, masks)]
+    sizes = [s.numel() for s in scores]
+    if sizes and sum(sizes):
+        key_dtype = torch.int64 if all(kk.dtype == torch.int64 for kk in keys) else torch.float64
+        allk = torch.cat([kk.to(device=device, dtype=key_dtype) for kk in keys])
+        alle = torch.cat([e.to(device) for e in elig])
+    else:
+        allk = torch.zeros(0, dtype=torch.float64, device=device)
+        alle = torch.zeros(0, dtype=torch.bool, device=device)
+    candidates = alle.nonzero().reshape(-1) if exclude_masked else torch.arange(allk.numel(), device=device)
+    if k < 0 or k > candidates.numel():
+        raise ValueError(
+            f"kselect_: k={k} must be between 0 and the number of selectable units ({candidates.numel()})"
+        )
+    order = torch.sort(allk[candidates], descending=largest, stable=True).indices
+    selected = candidates[order[:k]]
+    keep = alle.clone()
+    keep[selected] = False
+    offset = 0
+    for o, n in zip(out, sizes):
+        piece = keep[offset:offset + n]
+        offset += n
+        if packed:
+            o.copy_(pack_mask(piece))
+        else:
+            o.copy_(piece.reshape(o.shape).to(o.dtype))
+
+
+def mask_mul(input: Tensor, mask: Tensor) -> Tensor:
+    """``input * mask`` with the mask cast to ``input``'s dtype (torch's ``apply_mask``)."""
+    return input * mask.to(dtype=input.dtype)
+
+
+def mask_mul_(inputs: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
+    """In-place ``inputs[i] *= masks[i]`` for every pair (one launch in the kernels)."""
+    for x, m in zip(inputs, masks):
+        x.mul_(m.to(dtype=x.dtype))
+
+
+def apply_packed_mask_(inputs: Sequence[Tensor], packed: Sequence[Tensor]) -> None:
+    """Set ``inputs[i]`` to zero wherever its packed mask bit is 0 (NaN included)."""
+    for x, p in zip(inputs, packed):
+        keep = unpack_mask(p, x.numel()).reshape(x.shape)
+        x.masked_fill_(~keep, 0)
+
+
+def channel_norms(t: Tensor, dim: int, p: float) -> Tensor:
+    """L``p`` norm of every slice ``t.select(dim, c)``; one value per channel.
+
+    Accumulates in fp64 for fp64 input and fp32 otherwise, and returns that
+    dtype. ``p`` may be any float including ``inf``, ``-inf`` and ``0``
+    (the count of non-zeros), as in :func:`torch.linalg.vector_norm`.
+    """
+    if t.dim() == 0:
+        raise ValueError("channel_norms: t must have at least one dimension")
+    dim = dim % t.dim()
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    x = t.to(acc)
+    dims = [d for d in range(t.dim()) if d != dim]
+    if not dims:
+        return torch.linalg.vector_norm(x.unsqueeze(1), ord=p, dim=1)
+    if x.numel() == 0:
+        # vector_norm refuses inf/-inf over empty slices; the norm of nothing is 0.
+        return torch.zeros(t.shape[dim], dtype=acc, device=t.device)
+    return torch.linalg.vector_norm(x, ord=p, dim=dims)

@@ -1,0 +1,103 @@
+"""Argument checks shared by the pruning API.
+
+Every check runs before a module is touched, and every message names the
+argument at fault. Where torch raises a particular exception type for the same
+mistake, the exception raised here is also an instance of that type, so code
+written against ``torch.nn.utils.prune`` keeps catching what it caught.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import nn
+
+
+class PruningShapeError(ValueError, AssertionError):
+    """A tensor whose shape does not match the parameter it belongs to.
+
+    torch raises ``AssertionError`` here; a ``ValueError`` is what the mistake
+    is, so this is both.
+    """
+
+
+class PruningNameError(AttributeError, ValueError):
+    """``name`` does not name a tensor of ``module`` (torch raises AttributeError)."""
+
+
+def _validate_pruning_amount_init(amount) -> None:
+    """Check ``amount`` on its own: an int >= 0 or a float in [0, 1]."""
+    if not isinstance(amount, numbers.Real):
+        raise TypeError(f"Invalid type for amount: {amount!r}. Must be int or float.")
+    if isinstance(amount, numbers.Integral):
+        if amount < 0:
+            raise ValueError(
+                f"amount={amount} should either be a float in the range [0, 1] or a non-negative integer"
+            )
+        return
+    value = float(amount)
+    if math.isnan(value) or value < 0.0 or value > 1.0:
+        raise ValueError(
+            f"amount={amount} should either be a float in the range [0, 1] or a non-negative integer"
+        )
+
+
+def _validate_pruning_amount(amount, tensor_size) -> None:
+    """Check that an absolute ``amount`` fits into ``tensor_size`` units."""
+    if isinstance(amount, numbers.Integral) and amount > tensor_size:
+        raise ValueError(
+            f"amount={amount} should be smaller than the number of parameters to prune={tensor_size}"
+        )
+
+
+def _compute_nparams_toprune(amount, tensor_size):
+    """Units to prune: ``amount`` itself if an int, else ``round(amount * tensor_size)``."""
+    if isinstance(amount, numbers.Integral):
+        return amount
+    return round(amount * tensor_size)
+
+
+def _validate_structured_pruning(t) -> None:
+    """Structured pruning needs channels, i.e. a tensor of at least 2 dims."""
+    shape = t.shape
+    if len(shape) <= 1:
+        raise ValueError(
+            "Structured pruning can only be applied to multidimensional tensors. "
+            f"Found tensor of shape {shape} with {len(shape)} dims"
+        )
+
+
+def _validate_pruning_dim(t, dim) -> None:
+    """``dim`` must index a dimension of ``t`` (negative dims count from the end)."""
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if dim >= t.dim() or dim < -t.dim():
+        raise IndexError(f"Invalid index {dim} for tensor of size {t.shape}")
+
+
+def check_module_and_name(module, name, *, what: str = "module") -> torch.Tensor:
+    """Return the tensor ``module.<name>``, or raise an error naming the culprit."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{what} must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str naming a parameter of {what}, got {type(name).__name__}")
+    try:
+        tensor = getattr(module, name)
+    except AttributeError:
+        raise PruningNameError(
+            f"name={name!r}: {type(module).__name__} has no parameter or attribute called {name!r}"
+        ) from None
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"name={name!r}: {type(module).__name__}.{name} is not a tensor (got {type(tensor).__name__})")
+    return tensor
+
+
+def check_scores_shape(scores, param, label: str) -> None:
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"{label} must be a torch.Tensor, got {type(scores).__name__}")
+    if scores.shape != param.shape:
+        raise PruningShapeError(
+            f"{label} should have the same shape as the parameter it scores: "
+            f"got {tuple(scores.shape)} vs {tuple(param.shape)}"
+        )

@@ -1,0 +1,338 @@
+"""Pruning methods: the classes of ``torch.nn.utils.prune`` with fast ``compute_mask``.
+
+Each class here subclasses both fastprune's :class:`BasePruningMethod` and
+torch's class of the same name, so ``isinstance`` checks written against torch
+(including torch's own ``is_pruned``, ``remove`` and ``PruningContainer``) accept
+fastprune's hooks, and a module pruned by one library can be handled by the
+other. The speed lives in ``compute_mask`` (the k-selection and norm kernels),
+so a subclass that overrides ``compute_mask`` gets exactly its own behaviour.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+import torch.nn.utils.prune as torch_prune
+
+from . import ops
+from ._reparam import apply_method, remove_reparametrization
+from ._validation import (
+    PruningShapeError,
+    _compute_nparams_toprune,
+    _validate_pruning_amount,
+    _validate_pruning_amount_init,
+    _validate_pruning_dim,
+    _validate_structured_pruning,
+)
+
+TorchBase = torch_prune.BasePruningMethod
+
+
+def ones_view(like: torch.Tensor) -> torch.Tensor:
+    """A mask of ones shaped like ``like`` that costs no memory (stride 0)."""
+    return torch.ones((), dtype=like.dtype, device=like.device).expand(like.shape)
+
+
+def is_ones_view(mask: torch.Tensor) -> bool:
+    """True for masks made by :func:`ones_view`: the kernels then need no mask."""
+    return mask.dim() > 0 and mask.numel() > 0 and all(s == 0 for s in mask.stride()) and bool(
+        mask.reshape(-1)[0] == 1
+    )
+
+
+def _materialise(mask: torch.Tensor) -> torch.Tensor:
+    return mask.clone(memory_format=torch.contiguous_format) if is_ones_view(mask) else mask
+
+
+class BasePruningMethod(TorchBase):
+    """Base class of pruning methods (see ``torch.nn.utils.prune.BasePruningMethod``).
+
+    Subclasses implement ``compute_mask(t, default_mask)`` and set
+    ``PRUNING_TYPE`` to ``"unstructured"``, ``"structured"`` or ``"global"``.
+    """
+
+    # Methods that accept the zero-memory ones_view() as default_mask.
+    _accepts_ones_view = False
+
+    def __call__(self, module, inputs):
+        setattr(module, self._tensor_name, self.apply_mask(module))
+
+    def apply_mask(self, module):
+        if getattr(self, "_tensor_name", None) is None:
+            raise AssertionError(f"Module {module} has to be pruned")
+        mask = getattr(module, self._tensor_name + "_mask")
+        orig = getattr(module, self._tensor_name + "_orig")
+        return ops.mask_mul(orig, mask)
+
+    @classmethod
+    def apply(cls, module, name, *args, importance_scores=None, **kwargs):
+        """Prune ``module.<name>`` with a new ``cls(*args, **kwargs)`` and return the hook."""
+        return apply_method(cls, module, name, args, kwargs, importance_scores)
+
+    def prune(self, t, default_mask=None, importance_scores=None):
+        """Return ``t`` multiplied by the mask this method computes for it."""
+        if importance_scores is not None:
+            if importance_scores.shape != t.shape:
+                raise PruningShapeError(
+                    "importance_scores should have the same shape as tensor t, "
+                    f"got {tuple(importance_scores.shape)} vs {tuple(t.shape)}"
+                )
+        else:
+            importance_scores = t
+        if default_mask is None:
+            default_mask = ones_view(t) if self._accepts_ones_view else torch.ones_like(t)
+        return t * self.compute_mask(importance_scores, default_mask=default_mask)
+
+    def remove(self, module) -> None:
+        """Make the pruning permanent: ``name`` becomes a Parameter holding ``orig * mask``."""
+        if getattr(self, "_tensor_name", None) is None:
+            raise AssertionError(f"Module {module} has to be pruned before pruning can be removed")
+        remove_reparametrization(self, module)
+
+
+class PruningContainer(BasePruningMethod, torch_prune.PruningContainer):
+    """Sequence of pruning methods applied one after the other to one tensor."""
+
+    def __init__(self, *args) -> None:
+        self._pruning_methods = ()
+        if len(args) == 1 and isinstance(args[0], TorchBase):
+            self._tensor_name = args[0]._tensor_name
+            self.add_pruning_method(args[0])
+        else:
+            for method in args:
+                self.add_pruning_method(method)
+
+    def add_pruning_method(self, method) -> None:
+        if method is not None and not isinstance(method, TorchBase):
+            raise TypeError(f"{type(method)} is not a BasePruningMethod subclass")
+        if method is not None and getattr(self, "_tensor_name", None) != method._tensor_name:
+            raise ValueError(
+                "Can only add pruning methods acting on the parameter named "
+                f"'{getattr(self, '_tensor_name', None)}' to PruningContainer {self}. "
+                f"Found '{method._tensor_name}'"
+            )
+        self._pruning_methods += (method,)
+
+    def __len__(self) -> int:
+        return len(self._pruning_methods)
+
+    def __iter__(self):
+        return iter(self._pruning_methods)
+
+    def __getitem__(self, idx):
+        return self._pruning_methods[idx]
+
+    def compute_mask(self, t, default_mask):
+        """Mask of the newest method, computed on what the older ones left, combined with them."""
+        return combine_masks(self._pruning_methods[-1], t, default_mask)
+
+
+def uses_fast_l1(method) -> bool:
+    """True when ``method`` ranks by |score| exactly as torch's L1Unstructured does."""
+    return type(method).compute_mask in _L1_COMPUTE_MASKS
+
+
+def combine_masks(method, t, mask):
+    """Apply ``method`` to the units (or channels) ``mask`` still keeps; return the new mask.
+
+    Same result as torch's ``PruningContainer`` (amounts count the units still
+    unpruned), but L1 on unstructured units runs in one k-selection over the
+    whole tensor with the old mask as the exclusion set, instead of gathering
+    the surviving entries into a copy.
+    """
+    pruning_type = getattr(method, "PRUNING_TYPE", None)
+    if pruning_type == "unstructured" and uses_fast_l1(method) and not is_ones_view(mask):
+        selectable = int(torch.count_nonzero(mask))
+        k = _compute_nparams_toprune(method.amount, selectable)
+        _validate_pruning_amount(k, selectable)
+        out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+        ops.kselect_([t.detach()], [mask.detach()], [out], k, largest=False, exclude_masked=True)
+        return out
+    mask = _materialise(mask)
+    new_mask = mask.to(dtype=t.dtype, copy=True)
+    if pruning_type == "unstructured":
+        slc = mask == 1
+    elif pruning_type == "structured":
+        if not hasattr(method, "dim"):
+            raise AttributeError('Pruning methods of PRUNING_TYPE "structured" need to have the attribute `dim` defined.')
+        n_dims = t.dim()
+        dim = method.dim + n_dims if method.dim < 0 else method.dim
+        if dim < 0 or dim >= n_dims:
+            raise IndexError(f"Index is out of bounds for tensor with dimensions {n_dims}")
+        keep_channel = mask.sum(dim=[d for d in range(n_dims) if d != dim]) != 0
+        slc = [slice(None)] * n_dims
+        slc[dim] = keep_channel
+        slc = tuple(slc)
+    elif pruning_type == "global":
+        slc = tuple([slice(None)] * t.dim())
+    else:
+        raise ValueError(f"Unrecognized PRUNING_TYPE {pruning_type}")
+    partial_mask = method.compute_mask(t[slc], default_mask=mask[slc])
+    new_mask[slc] = partial_mask.to(dtype=new_mask.dtype)
+    return new_mask
+
+
+class Identity(BasePruningMethod, torch_prune.Identity):
+    """Reparametrise without pruning anything (mask of ones)."""
+
+    PRUNING_TYPE = "unstructured"
+    _accepts_ones_view = True
+
+    def compute_mask(self, t, default_mask):
+        return _materialise(default_mask)
+
+    @classmethod
+    def apply(cls, module, name):
+        return apply_method(cls, module, name, (), {}, None)
+
+
+class _AmountMethod(BasePruningMethod):
+    """Methods with an ``amount`` of units (or channels) to prune."""
+
+    def __init__(self, amount) -> None:
+        _validate_pruning_amount_init(amount)
+        self.amount = amount
+
+
+class RandomUnstructured(_AmountMethod, torch_prune.RandomUnstructured):
+    """Prune ``amount`` units chosen at random (same random draws as torch)."""
+
+    PRUNING_TYPE = "unstructured"
+    _accepts_ones_view = True
+
+    def compute_mask(self, t, default_mask):
+        tensor_size = t.nelement()
+        k = _compute_nparams_toprune(self.amount, tensor_size)
+        _validate_pruning_amount(k, tensor_size)
+        if k == 0:  # torch draws no random numbers in this case; neither do we
+            return default_mask.clone(memory_format=torch.contiguous_format)
+        prob = torch.rand_like(t)
+        out = torch.empty(default_mask.shape, dtype=default_mask.dtype, device=default_mask.device)
+        existing = None if is_ones_view(default_mask) else default_mask.detach()
+        ops.kselect_([prob], [existing], [out], k, largest=True, exclude_masked=False)
+        return out
+
+    @classmethod
+    def apply(cls, module, name, amount):
+        return apply_method(cls, module, name, (), {"amount": amount}, None)
+
+
+class L1Unstructured(_AmountMethod, torch_prune.L1Unstructured):
+    """Prune the ``amount`` units of smallest |score| (ties: lower flat index first)."""
+
+    PRUNING_TYPE = "unstructured"
+    _accepts_ones_view = True
+
+    def compute_mask(self, t, default_mask):
+        tensor_size = t.nelement()
+        k = _compute_nparams_toprune(self.amount, tensor_size)
+        _validate_pruning_amount(k, tensor_size)
+        out = torch.empty(default_mask.shape, dtype=default_mask.dtype, device=default_mask.device)
+        existing = None if is_ones_view(default_mask) else default_mask.detach()
+        ops.kselect_([t.detach()], [existing], [out], k, largest=False, exclude_masked=False)
+        return out
+
+    @classmethod
+    def apply(cls, module, name, amount, importance_scores=None):
+        return apply_method(cls, module, name, (), {"amount": amount}, importance_scores)
+
+
+def _structured_mask(t, dim, keep_channels, default_mask):
+    """Broadcast a per-channel keep vector along ``dim`` and combine it with ``default_mask``."""
+    shape = [1] * t.dim()
+    shape[dim] = t.shape[dim]
+    keep = keep_channels.to(device=t.device, dtype=t.dtype).reshape(shape)
+    if is_ones_view(default_mask):
+        return keep.expand(t.shape).contiguous()
+    return keep * default_mask.to(dtype=t.dtype)
+
+
+class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
+    """Prune ``amount`` whole channels along ``dim`` chosen at random."""
+
+    PRUNING_TYPE = "structured"
+    _accepts_ones_view = True
+
+    def __init__(self, amount, dim=-1) -> None:
+        super().__init__(amount)
+        self.dim = dim
+
+    def compute_mask(self, t, default_mask):
+        _validate_structured_pruning(t)
+        _validate_pruning_dim(t, self.dim)
+        nchannels = t.shape[self.dim]
+        k = _compute_nparams_toprune(self.amount, nchannels)
+        _validate_pruning_amount(k, nchannels)
+        if k == 0:
+            return _materialise(default_mask)
+        prob = torch.rand(nchannels)  # torch draws these on the CPU generator too
+        (keep,) = ops.kselect([prob], None, k, dtypes=[torch.bool])
+        return _structured_mask(t, self.dim % t.dim(), keep, default_mask)
+
+    @classmethod
+    def apply(cls, module, name, amount, dim=-1):
+        return apply_method(cls, module, name, (), {"amount": amount, "dim": dim}, None)
+
+
+def channel_scores(t, n, dim):
+    """Per-channel L``n`` norms; numeric ``n`` runs on the norm kernel."""
+    if isinstance(n, numbers.Real) and not isinstance(n, bool):
+        return ops.channel_norms(t.detach(), dim, float(n))
+    return torch_prune._compute_norm(t.detach(), n, dim)
+
+
+class LnStructured(_AmountMethod, torch_prune.LnStructured):
+    """Prune the ``amount`` channels along ``dim`` with the smallest L``n`` norm."""
+
+    PRUNING_TYPE = "structured"
+    _accepts_ones_view = True
+
+    def __init__(self, amount, n, dim=-1) -> None:
+        super().__init__(amount)
+        self.n = n
+        self.dim = dim
+
+    def compute_mask(self, t, default_mask):
+        _validate_structured_pruning(t)
+        _validate_pruning_dim(t, self.dim)
+        nchannels = t.shape[self.dim]
+        k = _compute_nparams_toprune(self.amount, nchannels)
+        _validate_pruning_amount(k, nchannels)
+        norms = channel_scores(t, self.n, self.dim)
+        if k == 0:
+            return _materialise(default_mask)
+        (keep,) = ops.kselect([norms], None, k, dtypes=[torch.bool])
+        return _structured_mask(t, self.dim % t.dim(), keep, default_mask)
+
+    @classmethod
+    def apply(cls, module, name, amount, n, dim, importance_scores=None):
+        return apply_method(cls, module, name, (), {"amount": amount, "n": n, "dim": dim}, importance_scores)
+
+
+class CustomFromMask(BasePruningMethod, torch_prune.CustomFromMask):
+    """Prune with a mask given by the user."""
+
+    PRUNING_TYPE = "global"
+    _accepts_ones_view = True
+
+    def __init__(self, mask) -> None:
+        self.mask = mask
+
+    def compute_mask(self, t, default_mask):
+        if not isinstance(self.mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor, got {type(self.mask).__name__}")
+        if default_mask.shape != self.mask.shape:
+            raise PruningShapeError(
+                f"mask shape {tuple(self.mask.shape)} must match the parameter's shape {tuple(default_mask.shape)}"
+            )
+        mask = self.mask.to(device=default_mask.device, dtype=default_mask.dtype)
+        if is_ones_view(default_mask):
+            return mask.clone(memory_format=torch.contiguous_format)
+        return default_mask * mask
+
+    @classmethod
+    def apply(cls, module, name, mask):
+        return apply_method(cls, module, name, (), {"mask": mask}, None)
+
+
+_L1_COMPUTE_MASKS = (L1Unstructured.compute_mask, torch_prune.L1Unstructured.compute_mask)
