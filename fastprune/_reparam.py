@@ -92,7 +92,7 @@ def _container_for_compute(old, method):
 
 def apply_method(cls, module, name, args, kwargs, importance_scores):
     """``cls.apply``: compute the new mask, then reparametrise ``module.<name>``."""
-    from .methods import ones_view
+    from .methods import accepts_ones_view, ones_view
 
     orig = check_module_and_name(module, name)
     existing = pruning_hooks(module, name)
@@ -111,7 +111,7 @@ def apply_method(cls, module, name, args, kwargs, importance_scores):
     method = cls(*args, **kwargs)
     method._tensor_name = name
     if not existing:
-        default_mask = ones_view(orig) if getattr(cls, "_accepts_ones_view", False) else torch.ones_like(orig)
+        default_mask = ones_view(orig) if accepts_ones_view(cls) else torch.ones_like(orig)
         mask = method.compute_mask(importance_scores, default_mask=default_mask)
     else:
         default_mask = getattr(module, name + "_mask").detach()

@@ -51,9 +51,6 @@ class BasePruningMethod(TorchBase):
     ``PRUNING_TYPE`` to ``"unstructured"``, ``"structured"`` or ``"global"``.
     """
 
-    # Methods that accept the zero-memory ones_view() as default_mask.
-    _accepts_ones_view = False
-
     def __call__(self, module, inputs):
         setattr(module, self._tensor_name, self.apply_mask(module))
 
@@ -80,7 +77,7 @@ class BasePruningMethod(TorchBase):
         else:
             importance_scores = t
         if default_mask is None:
-            default_mask = ones_view(t) if self._accepts_ones_view else torch.ones_like(t)
+            default_mask = ones_view(t) if accepts_ones_view(type(self)) else torch.ones_like(t)
         return t * self.compute_mask(importance_scores, default_mask=default_mask)
 
     def remove(self, module) -> None:
@@ -176,7 +173,6 @@ class Identity(BasePruningMethod, torch_prune.Identity):
     """Reparametrise without pruning anything (mask of ones)."""
 
     PRUNING_TYPE = "unstructured"
-    _accepts_ones_view = True
 
     def compute_mask(self, t, default_mask):
         return _materialise(default_mask)
@@ -198,7 +194,6 @@ class RandomUnstructured(_AmountMethod, torch_prune.RandomUnstructured):
     """Prune ``amount`` units chosen at random (same random draws as torch)."""
 
     PRUNING_TYPE = "unstructured"
-    _accepts_ones_view = True
 
     def compute_mask(self, t, default_mask):
         tensor_size = t.nelement()
@@ -221,7 +216,6 @@ class L1Unstructured(_AmountMethod, torch_prune.L1Unstructured):
     """Prune the ``amount`` units of smallest |score| (ties: lower flat index first)."""
 
     PRUNING_TYPE = "unstructured"
-    _accepts_ones_view = True
 
     def compute_mask(self, t, default_mask):
         tensor_size = t.nelement()
@@ -251,7 +245,6 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
     """Prune ``amount`` whole channels along ``dim`` chosen at random."""
 
     PRUNING_TYPE = "structured"
-    _accepts_ones_view = True
 
     def __init__(self, amount, dim=-1) -> None:
         super().__init__(amount)
@@ -285,7 +278,6 @@ class LnStructured(_AmountMethod, torch_prune.LnStructured):
     """Prune the ``amount`` channels along ``dim`` with the smallest L``n`` norm."""
 
     PRUNING_TYPE = "structured"
-    _accepts_ones_view = True
 
     def __init__(self, amount, n, dim=-1) -> None:
         super().__init__(amount)
@@ -313,7 +305,6 @@ class CustomFromMask(BasePruningMethod, torch_prune.CustomFromMask):
     """Prune with a mask given by the user."""
 
     PRUNING_TYPE = "global"
-    _accepts_ones_view = True
 
     def __init__(self, mask) -> None:
         self.mask = mask
@@ -336,3 +327,16 @@ class CustomFromMask(BasePruningMethod, torch_prune.CustomFromMask):
 
 
 _L1_COMPUTE_MASKS = (L1Unstructured.compute_mask, torch_prune.L1Unstructured.compute_mask)
+
+
+# compute_mask implementations known to handle ones_view() (they never write
+# into default_mask nor view it flat). A subclass overriding compute_mask is
+# not in this set and gets a real tensor of ones, as with torch.
+_ONES_VIEW_SAFE = frozenset(
+    cls.compute_mask
+    for cls in (Identity, RandomUnstructured, L1Unstructured, RandomStructured, LnStructured, CustomFromMask)
+)
+
+
+def accepts_ones_view(cls) -> bool:
+    return getattr(cls, "compute_mask", None) in _ONES_VIEW_SAFE

@@ -1,0 +1,37 @@
+"""Shared fixtures: the devices and dtypes every op test is parametrised over."""
+import os
+
+import pytest
+import torch
+
+import fastprune
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def pytest_report_header(config):
+    info = fastprune.build_info()
+    mode = "extension" if info["extension"] else f"pure-torch fallback ({info['fallback_reason']})"
+    return [f"fastprune {info['version']}: {mode}; cuda kernels: {info['cuda']}; torch {torch.__version__}"]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+
+
+def requires_extension():
+    return pytest.mark.skipif(
+        not fastprune.build_info()["extension"],
+        reason="compiled extension not loaded (FASTPRUNE_NO_EXT=1 or not built)",
+    )
+
+
+USING_EXTENSION = fastprune.build_info()["extension"]
+NO_EXT_REQUESTED = os.environ.get("FASTPRUNE_NO_EXT", "") not in ("", "0")
