@@ -1,0 +1,200 @@
+"""Pruning at initialisation: SNIP, iterative SNIP, FORCE and SynFlow.
+
+Each function scores the chosen tensors (default: the weight of every Linear
+and Conv layer), prunes exactly ``amount`` of the still-unpruned units globally
+through ``fastprune.global_unstructured`` with ``importance_scores``, installs
+the torch-style reparametrisation (``name_orig`` parameter, ``name_mask``
+buffer, forward pre-hook, so ordinary training keeps pruned weights at 0) and
+returns ``{(module, name): mask}`` (the installed mask buffers).
+
+``amount`` follows ``torch.nn.utils.prune``: a float in [0, 1] is a fraction, an
+int a number of units, both counted among the units not pruned yet. Everything
+is validated and all scores computed before the first module is modified, and
+the model's mode, weights, gradients and buffers are left as they were.
+
+The iterative methods reach the target in ``steps`` rounds; ``schedule="exp"``
+keeps ``(1 - amount) ** (t / steps)`` of the units after round ``t``
+(de Jorge et al. 2021, Tanaka et al. 2020), ``"linear"`` prunes an equal number
+per round. Intermediate masks never touch the model: the k-selection of every
+round runs on ``fastprune.ops.kselect`` over the whole parameter list.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import ops as _ops
+from . import scores as _scores
+from .functional import _compute_nparams_toprune, _validate_pruning_amount, _validate_pruning_amount_init
+from .functional import global_unstructured
+from .lottery import pruning_schedule
+from .methods import L1Unstructured
+
+__all__ = ["snip", "iterative_snip", "force", "synflow"]
+
+Param = Tuple[nn.Module, str]
+
+
+def _show_progress(progress: Optional[bool]) -> bool:
+    if progress is None:
+        stream = sys.stderr
+        return bool(getattr(stream, "isatty", None) and stream.isatty())
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool or None, got {type(progress).__name__}")
+    return progress
+
+
+def _prepare(model, parameters, amount):
+    """Validate model/parameters/amount; return targets, keep-masks, unpruned count and k."""
+    targets = _scores._resolve_parameters(model, parameters)
+    _validate_pruning_amount_init(amount)
+    masks = _scores._resolve_masks(targets, None)
+    n_unpruned = _scores._unpruned_count(targets, masks)
+    _validate_pruning_amount(amount, n_unpruned)
+    k = _compute_nparams_toprune(amount, n_unpruned)
+    return targets, masks, n_unpruned, k
+
+
+def _check_iterative(steps, schedule) -> str:
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if not isinstance(schedule, str):
+        raise TypeError(f"schedule must be 'exp' or 'linear', got {type(schedule).__name__}")
+    kind = {"exp": "exponential", "exponential": "exponential", "linear": "linear"}.get(schedule.lower())
+    if kind is None:
+        raise ValueError(f"schedule must be 'exp' or 'linear', got {schedule!r}")
+    return kind
+
+
+def _install(targets, importance: List[Tensor], amount) -> Dict[Param, Tensor]:
+    pairs = [(m, n) for m, n, _ in targets]
+    global_unstructured(
+        pairs,
+        pruning_method=L1Unstructured,
+        importance_scores={p: s for p, s in zip(pairs, importance)},
+        amount=amount,
+    )
+    return {(m, n): getattr(m, n + "_mask") for m, n in pairs}
+
+
+def _kselect(scores: List[Tensor], eligible: List[Optional[Tensor]], k: int) -> List[Tensor]:
+    """Bool keep-masks: the eligible units minus the k lowest-scoring eligible ones."""
+    ones = [torch.ones_like(s, dtype=torch.bool) if m is None else m for s, m in zip(scores, eligible)]
+    keep = _ops.kselect(scores, ones, k, largest=False, exclude_masked=True)
+    return [kk != 0 for kk in keep]
+
+
+def _iterate(name: str, score_fn: Callable, targets, masks0, n_unpruned: int, k: int,
+             steps: int, schedule: str, revive: bool, progress: Optional[bool]) -> List[Tensor]:
+    """Run the rounds and return final bool keep-masks (the model is not modified).
+
+    ``revive=False`` (iterative SNIP, SynFlow): each round prunes among the units
+    kept so far. ``revive=True`` (FORCE): each round re-selects among every unit
+    that was unpruned when the call started, so earlier rounds can be undone.
+    """
+    counts = pruning_schedule(n_unpruned, k, steps, schedule)
+    keep = [m.clone() if m is not None else torch.ones_like(_scores._dense(mod, n), dtype=torch.bool)
+            for (mod, n, _), m in zip(targets, masks0)]
+    pruned = 0
+    bar = tqdm(counts, desc=name, unit="round", disable=not _show_progress(progress), leave=False)
+    try:
+        for t, target in enumerate(bar):
+            if target == pruned and not revive:
+                continue
+            sc = score_fn(keep, t == 0)
+            if revive:
+                keep = _kselect(sc, masks0, target)
+            else:
+                keep = _kselect(sc, keep, target - pruned)
+            pruned = target
+            bar.set_postfix(sparsity=f"{target / max(n_unpruned, 1):.4f}")
+    finally:
+        bar.close()
+    return keep
+
+
+def _keep_as_scores(keep: List[Tensor]) -> List[Tensor]:
+    # 1 for kept, 0 for pruned: global_unstructured then prunes exactly the zeros.
+    return [kk.to(torch.float32) for kk in keep]
+
+
+def snip(model: nn.Module, loss_fn: Callable, data: Any, amount, parameters: Optional[Iterable[Param]] = None
+         ) -> Dict[Param, Tensor]:
+    """Single-shot pruning by connection sensitivity ``|dL/dw * w|`` (Lee et al. 2019).
+
+    ``data`` is an iterable of ``(inputs, targets)`` batches (read once);
+    ``loss_fn(model(inputs), targets)`` must return a scalar. The sensitivity is
+    accumulated over all batches. See :func:`fastprune.scores.snip`.
+    """
+    targets, masks, _, _ = _prepare(model, parameters, amount)
+    batches = _scores._batches(data)
+    sc = _scores._snip_scores(model, loss_fn, batches, targets, masks)
+    return _install(targets, sc, amount)
+
+
+def _iterative_sensitivity(name, score_impl, revive, model, loss_fn, data, amount, parameters, steps,
+                           schedule, progress):
+    targets, masks, n_unpruned, k = _prepare(model, parameters, amount)
+    kind = _check_iterative(steps, schedule)
+    batches = _scores._batches(data)
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable as loss_fn(model(inputs), targets)")
+
+    def score_fn(keep, first):
+        return score_impl(model, loss_fn, batches, targets, keep, require_signal=first)
+
+    keep = _iterate(name, score_fn, targets, masks, n_unpruned, k, steps, kind, revive, progress)
+    return _install(targets, _keep_as_scores(keep), k)
+
+
+def iterative_snip(model: nn.Module, loss_fn: Callable, data: Any, amount,
+                   parameters: Optional[Iterable[Param]] = None, steps: int = 10, schedule: str = "exp",
+                   progress: Optional[bool] = None) -> Dict[Param, Tensor]:
+    """Iterative SNIP (de Jorge et al. 2021): ``steps`` rounds of SNIP on the pruned network.
+
+    Each round recomputes ``|dL/dc|`` with the current mask ``c``; pruned
+    connections score 0 and stay pruned. ``progress`` shows a tqdm bar
+    (default: only when stderr is a terminal).
+    """
+    return _iterative_sensitivity("iterative SNIP", _scores._snip_scores, False, model, loss_fn, data,
+                                  amount, parameters, steps, schedule, progress)
+
+
+def force(model: nn.Module, loss_fn: Callable, data: Any, amount,
+          parameters: Optional[Iterable[Param]] = None, steps: int = 10, schedule: str = "exp",
+          progress: Optional[bool] = None) -> Dict[Param, Tensor]:
+    """FORCE, foresight connection sensitivity (de Jorge et al. 2021).
+
+    Each round takes the gradient at the pruned network but multiplies it by the
+    dense weights, and selects the units to keep among all units that were
+    unpruned when the call started, so connections pruned in an earlier round
+    can come back.
+    """
+    return _iterative_sensitivity("FORCE", _scores._force_scores, True, model, loss_fn, data,
+                                  amount, parameters, steps, schedule, progress)
+
+
+def synflow(model: nn.Module, example_input: Tensor, amount, parameters: Optional[Iterable[Param]] = None,
+            steps: int = 100, schedule: str = "exp", progress: Optional[bool] = None) -> Dict[Param, Tensor]:
+    """Iterative synaptic flow pruning (Tanaka et al. 2020), data-free.
+
+    ``example_input`` only gives the input shape; the scores come from an
+    all-ones input through the network with absolute-valued weights (see
+    :func:`fastprune.scores.synflow`). The model's weights and their signs are
+    never modified; only the masks are installed.
+    """
+    _scores._check_example_input(example_input)
+    targets, masks, n_unpruned, k = _prepare(model, parameters, amount)
+    kind = _check_iterative(steps, schedule)
+
+    def score_fn(keep, first):
+        return _scores._synflow_scores(model, example_input, targets, keep)
+
+    keep = _iterate("SynFlow", score_fn, targets, masks, n_unpruned, k, steps, kind, False, progress)
+    return _install(targets, _keep_as_scores(keep), k)

@@ -1,0 +1,252 @@
+"""Lottery tickets (Frankle & Carbin 2019) and iterative magnitude pruning.
+
+:class:`LotteryTicket` remembers the values of some tensors (by default every
+parameter of the model) and later writes them back into the *dense* tensors,
+``name_orig`` of pruned ones, while the masks stay as they are: the pruned
+network ``m * theta_0``. :func:`iterative_magnitude_pruning` runs the classic
+train / prune / rewind loop on fastprune's global magnitude pruning.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LotteryTicket", "iterative_magnitude_pruning", "pruning_schedule"]
+
+Param = Tuple[nn.Module, str]
+
+
+def pruning_schedule(total: int, amount, steps: int, schedule: str = "exponential") -> List[int]:
+    """Cumulative number of units pruned after each of ``steps`` rounds.
+
+    ``total`` units are prunable. For ``"linear"`` and ``"exponential"`` (alias
+    ``"exp"``), ``amount`` is the final target (float fraction or int count,
+    rounded as torch rounds), reached exactly after the last round: linear
+    prunes the same number each round, exponential the same fraction of the
+    remaining units (keeping ``(1 - amount) ** (t / steps)`` after round ``t``).
+    For ``"constant"``, ``amount`` is what each round prunes of the units still
+    remaining (a fraction, or a count), as repeated ``l1_unstructured`` calls do;
+    the final sparsity is then ``1 - (1 - amount) ** steps``.
+    """
+    from .functional import _compute_nparams_toprune, _validate_pruning_amount, _validate_pruning_amount_init
+
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise ValueError(f"total must be a non-negative int, got {total!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if not isinstance(schedule, str):
+        raise TypeError(f"schedule must be a str, got {type(schedule).__name__}")
+    kind = {"exp": "exponential", "exponential": "exponential", "linear": "linear",
+            "constant": "constant"}.get(schedule.lower())
+    if kind is None:
+        raise ValueError(f"schedule must be 'constant', 'linear' or 'exponential', got {schedule!r}")
+    _validate_pruning_amount_init(amount)
+    if kind == "constant":
+        if isinstance(amount, int) and amount * steps > total:
+            raise ValueError(
+                f"amount={amount} units per round over {steps} rounds exceeds the {total} prunable units"
+            )
+        counts, done = [], 0
+        for _ in range(steps):
+            done += _compute_nparams_toprune(amount, total - done)
+            counts.append(done)
+        return counts
+    _validate_pruning_amount(amount, total)
+    k = _compute_nparams_toprune(amount, total)
+    counts = []
+    for t in range(1, steps + 1):
+        if t == steps:
+            c = k
+        elif kind == "linear":
+            c = round(k * t / steps)
+        else:
+            keep = total * ((total - k) / total) ** (t / steps) if total else 0.0
+            c = total - round(keep)
+        counts.append(min(max(c, counts[-1] if counts else 0), k))
+    return counts
+
+
+def _all_parameters(model: nn.Module) -> List[Param]:
+    """Every parameter of the model as (module, name), ``x_orig`` reported as ``x``."""
+    out = []
+    for module in model.modules():
+        for pname, p in module._parameters.items():
+            if p is None:
+                continue
+            base = pname[: -len("_orig")] if pname.endswith("_orig") else pname
+            if base != pname and base + "_mask" not in module._buffers:
+                base = pname
+            out.append((module, base))
+    return out
+
+
+def _dense_param(module: nn.Module, name: str) -> Tensor:
+    orig = module._parameters.get(name + "_orig")
+    if orig is not None and name + "_mask" in module._buffers:
+        return orig
+    p = module._parameters.get(name)
+    if p is None:
+        if hasattr(module, name + "_mask"):
+            raise ValueError(
+                f"{type(module).__name__}.{name} is pruned in place without a {name}_orig copy; "
+                "it cannot be rewound"
+            )
+        raise ValueError(f"{type(module).__name__} has no parameter named {name!r}")
+    return p
+
+
+def _refresh_pruned(module: nn.Module, name: str) -> None:
+    """Recompute the cached ``module.name`` after ``name_orig`` changed, as the pre-hook would."""
+    if name + "_orig" in module._parameters and name + "_mask" in module._buffers:
+        for hook in module._forward_pre_hooks.values():
+            if getattr(hook, "_tensor_name", None) == name and hasattr(hook, "apply_mask"):
+                setattr(module, name, hook.apply_mask(module))
+                return
+
+
+class LotteryTicket:
+    """Remember tensors now; rewind them later while keeping the masks.
+
+    ``parameters`` is an iterable of ``(module, name)`` (default: every parameter
+    of ``model``, biases and normalisation layers included, as in Frankle &
+    Carbin). A name may refer to a tensor that is pruned later: rewinding writes
+    into ``name_orig`` then. Copies are taken at construction and again by
+    :meth:`capture` (call it after ``k`` training steps for late rewinding).
+    """
+
+    def __init__(self, model: nn.Module, parameters: Optional[Iterable[Param]] = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if parameters is None:
+            params = _all_parameters(model)
+        else:
+            if isinstance(parameters, (str, bytes)) or not isinstance(parameters, Iterable):
+                raise TypeError("parameters must be an iterable of (module, name) pairs")
+            params = []
+            for entry in parameters:
+                if (not isinstance(entry, (tuple, list)) or len(entry) != 2
+                        or not isinstance(entry[0], nn.Module) or not isinstance(entry[1], str)):
+                    raise TypeError(f"parameters must contain (nn.Module, str) pairs, got {entry!r}")
+                params.append((entry[0], entry[1]))
+        if not params:
+            raise ValueError("parameters is empty: nothing to remember")
+        for module, name in params:
+            _dense_param(module, name)
+        self.model = model
+        self.parameters: List[Param] = params
+        self.initial: Dict[Param, Tensor] = {}
+        self.capture()
+
+    def capture(self) -> None:
+        """Take (or retake) the copies that :meth:`rewind` restores."""
+        self.initial = {(m, n): _dense_param(m, n).detach().clone() for m, n in self.parameters}
+
+    def _resampled(self, init: Union[bool, Callable[[Tensor], object]]) -> Dict[Param, Tensor]:
+        fresh: Dict[Param, Tensor] = {}
+        if callable(init):
+            for key, saved in self.initial.items():
+                t = torch.empty_like(saved)
+                with torch.no_grad():
+                    init(t)
+                fresh[key] = t
+            return fresh
+        by_module: Dict[int, Tuple[nn.Module, List[str]]] = {}
+        for m, n in self.parameters:
+            by_module.setdefault(id(m), (m, []))[1].append(n)
+        for module, names in by_module.values():
+            if not callable(getattr(module, "reset_parameters", None)):
+                raise ValueError(
+                    f"resample=True needs reset_parameters() on {type(module).__name__}; "
+                    "pass an init function instead, e.g. resample=torch.nn.init.xavier_normal_"
+                )
+            # Reset a plain copy so the module's own init scheme draws the new values.
+            from .functional import remove
+
+            clone = copy.deepcopy(module)
+            for key in [k for k in clone._parameters if k.endswith("_orig")]:
+                base = key[: -len("_orig")]
+                if base + "_mask" in clone._buffers:
+                    remove(clone, base)
+            clone.reset_parameters()
+            for n in names:
+                fresh[(module, n)] = clone._parameters[n].detach()
+        return fresh
+
+    def rewind(self, resample: Union[bool, Callable[[Tensor], object]] = False) -> None:
+        """Write the remembered values back into the dense tensors; masks are kept.
+
+        ``resample=True`` draws new values instead, with each module's
+        ``reset_parameters()``; a callable (e.g. ``torch.nn.init.xavier_normal_``)
+        is applied to fresh tensors of the right shape. The parameter objects stay
+        the same (values are copied in place), so optimizers keep working.
+        """
+        if not (isinstance(resample, bool) or callable(resample)):
+            raise TypeError("resample must be a bool or an init function applied in place to a tensor")
+        dsts = {key: _dense_param(*key) for key in self.initial}
+        for key, dst in dsts.items():
+            if dst.shape != self.initial[key].shape:
+                raise ValueError(
+                    f"{type(key[0]).__name__}.{key[1]} changed shape from {tuple(self.initial[key].shape)} "
+                    f"to {tuple(dst.shape)}; it cannot be rewound"
+                )
+        src = self._resampled(resample) if resample else self.initial
+        with torch.no_grad():
+            for key, dst in dsts.items():
+                dst.copy_(src[key])
+        for module, name in self.initial:
+            _refresh_pruned(module, name)
+
+
+def iterative_magnitude_pruning(
+    model: nn.Module,
+    train_fn: Callable[[nn.Module, int], object],
+    amount,
+    rounds: int,
+    schedule: str = "exponential",
+    parameters: Optional[Iterable[Param]] = None,
+    rewind: bool = True,
+    resample: Union[bool, Callable[[Tensor], object]] = False,
+    ticket: Optional[LotteryTicket] = None,
+) -> List[float]:
+    """Train, prune the smallest-magnitude weights globally, rewind; ``rounds`` times.
+
+    ``train_fn(model, round_index)`` trains the model in place. After round
+    ``r`` the cumulative sparsity of ``parameters`` (default: the weight of every
+    Linear and Conv layer) follows :func:`pruning_schedule`; with ``rewind``
+    the surviving weights go back to their values when the call started (or to
+    those captured by ``ticket``), so the model ends as the lottery ticket,
+    ready for its final training. Returns the sparsity reached after each round.
+    """
+    from . import scores as _scores
+    from .functional import global_unstructured
+    from .methods import L1Unstructured
+
+    targets = _scores._resolve_parameters(model, parameters)
+    if not callable(train_fn):
+        raise TypeError("train_fn must be callable as train_fn(model, round_index)")
+    if isinstance(rounds, bool) or not isinstance(rounds, int):
+        raise TypeError(f"rounds must be an int, got {type(rounds).__name__}")
+    masks = _scores._resolve_masks(targets, None)
+    n_unpruned = _scores._unpruned_count(targets, masks)
+    counts = pruning_schedule(n_unpruned, amount, rounds, schedule)
+    if ticket is not None and not isinstance(ticket, LotteryTicket):
+        raise TypeError("ticket must be a fastprune.LotteryTicket")
+    if rewind and ticket is None:
+        ticket = LotteryTicket(model)
+    pairs = [(m, n) for m, n, _ in targets]
+    total = sum(_scores._dense(m, n).numel() for m, n in pairs)
+    already = total - n_unpruned
+    history, done = [], 0
+    for r, target in enumerate(counts):
+        train_fn(model, r)
+        global_unstructured(pairs, pruning_method=L1Unstructured, amount=target - done)
+        done = target
+        if rewind:
+            ticket.rewind(resample=resample)
+        history.append((already + done) / total)
+    return history

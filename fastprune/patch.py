@@ -1,0 +1,120 @@
+"""``patch_torch()``: make ``torch.nn.utils.prune`` run on fastprune.
+
+While the patch is active, the functions and classes of
+``torch.nn.utils.prune`` are fastprune's, so third-party code that calls
+``torch.nn.utils.prune.global_unstructured`` (or subclasses
+``torch.nn.utils.prune.BasePruningMethod``) gets fastprune without edits.
+
+``patch_torch()`` patches at once and returns a handle; ``handle.restore()``
+or leaving a ``with patch_torch():`` block undoes it. Patches nest: torch's
+originals come back when the last active handle is restored, in whatever
+order handles are restored. Names bound before patching
+(``from torch.nn.utils.prune import l1_unstructured``) keep torch's objects.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List
+
+import torch.nn.utils.prune as _torch_prune
+
+__all__ = ["patch_torch", "is_torch_patched", "PATCHED_NAMES"]
+
+# torch's public API plus the private helpers user code and torch's tests call.
+# ``_compute_norm`` is left alone: fastprune's version delegates to torch's at
+# call time, and it has nothing to speed up.
+PATCHED_NAMES = (
+    "BasePruningMethod",
+    "PruningContainer",
+    "Identity",
+    "RandomUnstructured",
+    "L1Unstructured",
+    "RandomStructured",
+    "LnStructured",
+    "CustomFromMask",
+    "identity",
+    "random_unstructured",
+    "l1_unstructured",
+    "random_structured",
+    "ln_structured",
+    "global_unstructured",
+    "custom_from_mask",
+    "remove",
+    "is_pruned",
+    "_validate_pruning_amount_init",
+    "_validate_pruning_amount",
+    "_compute_nparams_toprune",
+    "_validate_structured_pruning",
+    "_validate_pruning_dim",
+)
+
+_lock = threading.Lock()
+_active: List["TorchPatch"] = []
+_originals: Dict[str, Any] = {}
+
+
+def _replacements() -> Dict[str, Any]:
+    import fastprune
+
+    out = {}
+    for name in PATCHED_NAMES:
+        if hasattr(fastprune, name) and hasattr(_torch_prune, name):
+            out[name] = getattr(fastprune, name)
+    return out
+
+
+class TorchPatch:
+    """An active patch of ``torch.nn.utils.prune``; a context manager."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def _apply(self) -> None:
+        with _lock:
+            if not _active:
+                repl = _replacements()
+                _originals.clear()
+                _originals.update({name: getattr(_torch_prune, name) for name in repl})
+                for name, value in repl.items():
+                    setattr(_torch_prune, name, value)
+            _active.append(self)
+            self.active = True
+
+    def restore(self) -> None:
+        """Undo this patch (torch's objects return once no other patch is active). Idempotent."""
+        with _lock:
+            if not self.active:
+                return
+            _active.remove(self)
+            self.active = False
+            if not _active:
+                for name, value in _originals.items():
+                    setattr(_torch_prune, name, value)
+                _originals.clear()
+
+    def __enter__(self) -> "TorchPatch":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.restore()
+        return False
+
+    def __repr__(self) -> str:
+        return f"<fastprune TorchPatch {'active' if self.active else 'restored'}>"
+
+
+def patch_torch() -> TorchPatch:
+    """Point ``torch.nn.utils.prune``'s functions and classes at fastprune's.
+
+    Use as ``handle = patch_torch(); ...; handle.restore()`` or as
+    ``with patch_torch(): ...``.
+    """
+    handle = TorchPatch()
+    handle._apply()
+    return handle
+
+
+def is_torch_patched() -> bool:
+    """True while at least one :func:`patch_torch` handle is active."""
+    with _lock:
+        return bool(_active)

@@ -1,0 +1,398 @@
+"""Importance scores for pruning at initialisation.
+
+Every public function returns ``{(module, name): score_tensor}``, the dict that
+``fastprune.global_unstructured(..., importance_scores=...)`` takes: units with
+the smallest ``|score|`` are pruned first.
+
+The scores are computed without touching the model: the forward passes run
+through :func:`torch.func.functional_call` on substituted tensors, so weights,
+``.grad``, buffers (e.g. BatchNorm running statistics) and the cached pruned
+attribute (``module.weight`` of a pruned module) are left exactly as they were.
+
+``masks`` (optional, ``{(module, name): keep_mask}``) replaces the masks the
+modules carry; without it a pruned module's ``name_mask`` is used and an
+unpruned tensor counts as all-ones. The *dense* weights of a pruned tensor are
+its ``name_orig`` parameter.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.modules.conv import _ConvNd
+
+__all__ = ["snip", "force", "synflow", "magnitude"]
+
+Param = Tuple[nn.Module, str]
+ScoreDict = Dict[Param, Tensor]
+
+
+# ---------------------------------------------------------------------------
+# parameter resolution (shared with fastprune.at_init and fastprune.lottery)
+# ---------------------------------------------------------------------------
+
+def _is_pruned_on(module: nn.Module, name: str) -> bool:
+    return name + "_orig" in module._parameters and name + "_mask" in module._buffers
+
+
+def _dense(module: nn.Module, name: str) -> Tensor:
+    """The unmasked tensor: ``name_orig`` of a pruned tensor, else the parameter."""
+    if _is_pruned_on(module, name):
+        return module._parameters[name + "_orig"]
+    return module._parameters[name]
+
+
+def _installed_mask(module: nn.Module, name: str) -> Optional[Tensor]:
+    if _is_pruned_on(module, name):
+        return module._buffers[name + "_mask"]
+    return None
+
+
+def _default_parameters(model: nn.Module) -> List[Param]:
+    found = []
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, _ConvNd)):
+            if "weight" in module._parameters and module._parameters["weight"] is not None:
+                found.append((module, "weight"))
+            elif _is_pruned_on(module, "weight"):
+                found.append((module, "weight"))
+    return found
+
+
+def _resolve_parameters(model: Any, parameters: Optional[Iterable[Param]]) -> List[Tuple[nn.Module, str, str]]:
+    """Validate ``parameters`` against ``model``; return ``(module, name, qualified_prefix)``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    prefixes = {}
+    for qual, mod in model.named_modules(remove_duplicate=True):
+        prefixes.setdefault(id(mod), qual + "." if qual else "")
+    if parameters is None:
+        params = _default_parameters(model)
+        if not params:
+            raise ValueError(
+                "parameters: the model has no Linear or Conv layer with a weight; "
+                "pass parameters=[(module, name), ...] explicitly"
+            )
+    else:
+        if isinstance(parameters, (str, bytes)) or not isinstance(parameters, Iterable):
+            raise TypeError("parameters must be an iterable of (module, name) pairs")
+        params = []
+        for entry in parameters:
+            if (
+                not isinstance(entry, (tuple, list))
+                or len(entry) != 2
+                or not isinstance(entry[0], nn.Module)
+                or not isinstance(entry[1], str)
+            ):
+                raise TypeError(f"parameters must contain (nn.Module, str) pairs, got {entry!r}")
+            params.append((entry[0], entry[1]))
+        if not params:
+            raise ValueError("parameters is empty: nothing to prune")
+    seen = set()
+    out = []
+    for module, name in params:
+        if id(module) not in prefixes:
+            raise ValueError(f"parameters: module {type(module).__name__} is not part of model")
+        has_param = isinstance(module._parameters.get(name), nn.Parameter)
+        if not has_param and not _is_pruned_on(module, name):
+            raise ValueError(
+                f"parameters: {type(module).__name__} has no parameter named {name!r}"
+            )
+        if (id(module), name) in seen:
+            raise ValueError(f"parameters: ({type(module).__name__}, {name!r}) is listed twice")
+        seen.add((id(module), name))
+        out.append((module, name, prefixes[id(module)]))
+    return out
+
+
+def _resolve_masks(targets, masks: Optional[Dict[Param, Tensor]]) -> List[Optional[Tensor]]:
+    """Per target: a bool keep-mask, or None for all-ones."""
+    if masks is not None and not isinstance(masks, dict):
+        raise TypeError("masks must be a dict {(module, name): keep_mask} or None")
+    out = []
+    for module, name, _ in targets:
+        m = None
+        if masks is not None:
+            m = masks.get((module, name))
+        if m is None:
+            m = _installed_mask(module, name)
+        if m is not None:
+            dense = _dense(module, name)
+            if not isinstance(m, Tensor) or m.shape != dense.shape:
+                raise ValueError(
+                    f"masks: the mask for {type(module).__name__}.{name} must be a tensor of shape "
+                    f"{tuple(dense.shape)}"
+                )
+            m = m.detach().to(device=dense.device) != 0
+        out.append(m)
+    return out
+
+
+def _unpruned_count(targets, masks: Sequence[Optional[Tensor]]) -> int:
+    total = 0
+    for (module, name, _), m in zip(targets, masks):
+        total += _dense(module, name).numel() if m is None else int(m.sum())
+    return total
+
+
+# ---------------------------------------------------------------------------
+# data handling
+# ---------------------------------------------------------------------------
+
+def _batches(data: Any) -> List[Tuple[Any, Any]]:
+    """Read ``data`` once into a list of ``(inputs, targets)`` pairs.
+
+    A bare ``(inputs, targets)`` pair of tensors is accepted as one batch, since
+    iterating it would otherwise split the inputs tensor row by row.
+    """
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and isinstance(data[0], Tensor)
+        and isinstance(data[1], Tensor)
+    ):
+        return [(data[0], data[1])]
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise TypeError("data must be an iterable of (inputs, targets) batches")
+    batches = []
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TypeError(
+                f"data must yield (inputs, targets) pairs, got an item of type {type(batch).__name__}"
+            )
+        batches.append((batch[0], batch[1]))
+    if not batches:
+        raise ValueError("data is empty: at least one (inputs, targets) batch is needed")
+    return batches
+
+
+# ---------------------------------------------------------------------------
+# running the model on substituted tensors
+# ---------------------------------------------------------------------------
+
+class _Substituted:
+    """Calls ``model`` with some parameters/buffers replaced, leaving the model untouched.
+
+    Buffers are always replaced by copies so that in-place updates during the
+    forward (BatchNorm running statistics) land on the copies. The pruning
+    forward pre-hooks write ``module.name`` as a side effect; those cached
+    attributes are put back on exit.
+    """
+
+    def __init__(self, model: nn.Module, subst: Dict[str, Tensor]):
+        self.model = model
+        self.subst = dict(subst)
+        for qual, buf in model.named_buffers():
+            if qual not in self.subst and buf is not None:
+                self.subst[qual] = buf.clone()
+        self._saved = []
+
+    def __enter__(self):
+        for module in self.model.modules():
+            for key in list(module._parameters):
+                if key.endswith("_orig"):
+                    base = key[: -len("_orig")]
+                    if base in module.__dict__:
+                        self._saved.append((module, base, module.__dict__[base]))
+        return self
+
+    def __call__(self, *args):
+        return functional_call(self.model, self.subst, args)
+
+    def __exit__(self, *exc):
+        for module, base, value in self._saved:
+            module.__dict__[base] = value
+        return False
+
+
+def _effective_leaves(targets, masks, transform: Callable[[Tensor], Tensor]):
+    """Leaf tensors ``transform(dense) * mask`` standing in for each target's effective weight."""
+    leaves, subst = [], {}
+    for (module, name, prefix), m in zip(targets, masks):
+        dense = transform(_dense(module, name).detach())
+        eff = dense * m.to(dense.dtype) if m is not None else dense.clone()
+        eff.requires_grad_(True)
+        leaves.append(eff)
+        if _is_pruned_on(module, name):
+            # The pruning hook recomputes name = name_orig * name_mask; feeding the
+            # effective weight as name_orig with a ones mask keeps the hook in play.
+            subst[prefix + name + "_orig"] = eff
+            subst[prefix + name + "_mask"] = torch.ones_like(eff)
+        else:
+            subst[prefix + name] = eff
+    return leaves, subst
+
+
+def _label(module: nn.Module, name: str) -> str:
+    return f"{type(module).__name__}.{name}"
+
+
+def _grads(output: Tensor, leaves: List[Tensor], targets, what: str) -> List[Tensor]:
+    if not isinstance(output, Tensor) or output.numel() != 1:
+        raise ValueError(f"{what} must be a tensor with a single element")
+    if not torch.isfinite(output.detach()).all():
+        raise ValueError(f"{what} is not finite ({output.item()})")
+    if not output.requires_grad:
+        raise ValueError(f"{what} does not depend on the parameters being scored")
+    grads = torch.autograd.grad(output.reshape(()), leaves, allow_unused=True)
+    unused = [_label(m, n) for g, (m, n, _) in zip(grads, targets) if g is None]
+    if unused:
+        raise ValueError(f"{what} does not depend on parameter(s) {', '.join(unused)}")
+    return list(grads)
+
+
+def _sensitivity(model, targets, masks, batches, loss_fn, require_signal=True) -> Tuple[List[Tensor], List[Tensor]]:
+    """Gradient of the summed batch losses w.r.t. each effective weight, and the dense weights.
+
+    ``require_signal`` rejects a loss whose gradient is 0 everywhere (it carries no
+    ranking); iterative methods only ask this of the first, user-facing step,
+    since a heavily pruned network may legitimately stop passing gradient.
+    """
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable as loss_fn(model(inputs), targets)")
+    leaves, subst = _effective_leaves(targets, masks, lambda t: t)
+    totals: List[Optional[Tensor]] = [None] * len(leaves)
+    with _Substituted(model, subst) as run:
+        for inputs, tgt in batches:
+            loss = loss_fn(run(inputs), tgt)
+            grads = _grads(loss, leaves, targets, "the loss returned by loss_fn")
+            totals = [g if t is None else t + g for t, g in zip(totals, grads)]
+    if require_signal and all(not bool(t.any()) for t in totals):
+        raise ValueError(
+            "the loss returned by loss_fn has zero gradient with respect to every parameter "
+            "being scored; connection sensitivities would all be 0"
+        )
+    dense = [_dense(m, n).detach() for m, n, _ in targets]
+    return totals, dense
+
+
+def _as_dict(targets, tensors) -> ScoreDict:
+    return {(m, n): t for (m, n, _), t in zip(targets, tensors)}
+
+
+# ---------------------------------------------------------------------------
+# public score functions
+# ---------------------------------------------------------------------------
+
+def _snip_scores(model, loss_fn, batches, targets, masks, require_signal=True) -> List[Tensor]:
+    grads, dense = _sensitivity(model, targets, masks, batches, loss_fn, require_signal)
+    out = []
+    for g, w, m in zip(grads, dense, masks):
+        s = (g * w).abs()
+        if m is not None:
+            s = s * m.to(s.dtype)
+        out.append(s)
+    return out
+
+
+def _force_scores(model, loss_fn, batches, targets, masks, require_signal=True) -> List[Tensor]:
+    grads, dense = _sensitivity(model, targets, masks, batches, loss_fn, require_signal)
+    return [(g * w).abs() for g, w in zip(grads, dense)]
+
+
+def snip(model: nn.Module, loss_fn: Callable, data: Any, parameters: Optional[Iterable[Param]] = None,
+         masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
+    """Connection sensitivity ``|dL/dc|`` of Lee et al. (2019), SNIP.
+
+    With ``c`` the mask and ``w`` the dense weights, the network computes with
+    ``c * w``, so ``dL/dc = dL/d(c*w) * w``. ``L`` is the sum of
+    ``loss_fn(model(inputs), targets)`` over the batches of ``data`` (an iterable
+    of ``(inputs, targets)`` pairs). Pruned units (mask 0) score 0. The forward
+    passes run in the model's current mode (``train()`` as in the paper unless
+    the caller changed it).
+    """
+    targets = _resolve_parameters(model, parameters)
+    m = _resolve_masks(targets, masks)
+    return _as_dict(targets, _snip_scores(model, loss_fn, _batches(data), targets, m))
+
+
+def force(model: nn.Module, loss_fn: Callable, data: Any, parameters: Optional[Iterable[Param]] = None,
+          masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
+    """FORCE sensitivity ``|dL/d(c*w) * w|`` of de Jorge et al. (2021).
+
+    Unlike :func:`snip`, the gradient taken at the pruned network is multiplied
+    by the *dense* weights and not by the mask, so a pruned connection whose
+    gradient has grown scores above zero and can be brought back.
+    """
+    targets = _resolve_parameters(model, parameters)
+    m = _resolve_masks(targets, masks)
+    return _as_dict(targets, _force_scores(model, loss_fn, _batches(data), targets, m))
+
+
+def _check_example_input(example_input: Any) -> None:
+    if not isinstance(example_input, Tensor):
+        raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
+    if not example_input.is_floating_point():
+        raise TypeError("example_input must be a floating-point tensor (SynFlow feeds all-ones inputs)")
+    if example_input.numel() == 0:
+        raise ValueError("example_input is empty")
+
+
+class _EvalMode:
+    """Switch every submodule to eval() and restore each one's own flag afterwards."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.flags = [(m, m.training) for m in model.modules()]
+
+    def __enter__(self):
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc):
+        for m, flag in self.flags:
+            m.training = flag
+        return False
+
+
+def _synflow_scores(model, example_input, targets, masks) -> List[Tensor]:
+    # Linearise the network: every floating tensor replaced by its absolute value,
+    # in float64 because the synaptic-flow product spans many orders of magnitude.
+    def linear(t: Tensor) -> Tensor:
+        return t.abs().to(torch.float64) if t.is_floating_point() else t
+
+    leaves, subst = _effective_leaves(targets, masks, linear)
+    for qual, p in model.named_parameters():
+        subst.setdefault(qual, linear(p.detach()))
+    for qual, b in model.named_buffers():
+        if qual not in subst and b is not None:
+            subst[qual] = linear(b.detach())
+    ones = torch.ones_like(example_input, dtype=torch.float64)
+    with _EvalMode(model), _Substituted(model, subst) as run:
+        out = run(ones)
+        if not isinstance(out, Tensor):
+            raise TypeError("synflow needs a model whose forward returns a single tensor")
+        grads = _grads(out.sum(), leaves, targets, "the synaptic flow R = sum(model(ones))")
+    return [(g * leaf.detach()).abs() for g, leaf in zip(grads, leaves)]
+
+
+def synflow(model: nn.Module, example_input: Tensor, parameters: Optional[Iterable[Param]] = None,
+            masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
+    """Synaptic-flow scores of Tanaka et al. (2020): ``|dR/dw * w|``.
+
+    ``R`` is the sum of the output of the network with every parameter and
+    buffer replaced by its absolute value (masked weights stay 0), fed with an
+    all-ones tensor shaped like ``example_input``, in eval mode and float64.
+    Data-free; the model itself is not modified (its signs never change).
+    Scores are float64.
+    """
+    _check_example_input(example_input)
+    targets = _resolve_parameters(model, parameters)
+    m = _resolve_masks(targets, masks)
+    return _as_dict(targets, _synflow_scores(model, example_input, targets, m))
+
+
+def magnitude(model: nn.Module, parameters: Optional[Iterable[Param]] = None,
+              masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
+    """``|w|`` of the dense weights, masked units scoring 0 (magnitude pruning at initialisation)."""
+    targets = _resolve_parameters(model, parameters)
+    ms = _resolve_masks(targets, masks)
+    out = []
+    for (module, name, _), m in zip(targets, ms):
+        s = _dense(module, name).detach().abs()
+        if m is not None:
+            s = s * m.to(s.dtype)
+        out.append(s)
+    return _as_dict(targets, out)
