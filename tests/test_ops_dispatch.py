@@ -1,0 +1,75 @@
+"""The ops behave as dispatcher ops: autograd, fake kernels (torch.compile), opcheck."""
+import pytest
+import torch
+
+import fastprune
+from fastprune import ops
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float64, torch.uint8])
+def test_mask_mul_gradient_is_grad_times_mask(mask_dtype):
+    w = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    mask = (torch.rand(7, 5) > 0.5).to(mask_dtype)
+    out = ops.mask_mul(w, mask)
+    assert torch.equal(out, w * mask.to(w.dtype))
+    grad = torch.randn(7, 5, dtype=torch.float64)
+    out.backward(grad)
+    assert torch.equal(w.grad, grad * mask.to(torch.float64))
+    torch.autograd.gradcheck(lambda x: ops.mask_mul(x, mask), (w.detach().clone().requires_grad_(),))
+
+
+def test_mask_mul_gradient_flows_to_float_mask_too():
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    m = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(ops.mask_mul, (w, m))
+
+
+def test_ops_compile_with_fake_kernels():
+    w = torch.randn(16, 12)
+    mask = torch.rand(16, 12) > 0.3
+
+    def f(x, m):
+        y = ops.mask_mul(x, m)
+        return y * 2, ops.channel_norms(y, 0, 2.0)
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    got, expected = compiled(w, mask), f(w, mask)
+    assert torch.equal(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+
+
+def test_pruned_module_forward_compiles():
+    m = torch.nn.Linear(12, 6)
+    fastprune.l1_unstructured(m, "weight", amount=0.5)
+    x = torch.randn(3, 12)
+    compiled = torch.compile(m, backend="aot_eager")
+    assert torch.allclose(compiled(x), m(x))
+
+
+@pytest.mark.parametrize(
+    "op, args",
+    [
+        ("mask_mul", lambda: (torch.randn(5, 4, requires_grad=True), torch.rand(5, 4) > 0.5)),
+        ("channel_norms", lambda: (torch.randn(6, 3, 2), 1, 2.0)),
+        ("mask_mul_", lambda: ([torch.randn(5), torch.randn(2, 3)], [torch.ones(5), torch.zeros(2, 3)])),
+        ("apply_packed_mask_", lambda: ([torch.randn(11)], [torch.tensor([0b10110101, 0b101], dtype=torch.uint8)])),
+        ("kselect_", lambda: ([torch.randn(9), torch.randn(3, 4)], [None, torch.rand(3, 4) > 0.2],
+                              [torch.empty(9), torch.empty(3, 4, dtype=torch.bool)], 5, False, True, False)),
+    ],
+)
+def test_opcheck(op, args):
+    torch.library.opcheck(getattr(torch.ops.fastprune, op).default, args(),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_schemas_are_the_documented_ones():
+    for name, schema in ops.SCHEMAS.items():
+        registered = str(getattr(torch.ops.fastprune, name).default._schema)
+        assert registered == "fastprune::" + schema, name
+
+
+def test_build_info_reports_the_mode():
+    info = fastprune.build_info()
+    for key in ("extension", "cuda", "openmp", "num_threads", "torch_version", "version"):
+        assert key in info
+    assert isinstance(info["extension"], bool)
