@@ -37,6 +37,7 @@ from .functional import (
 
 # Feature modules register their public names below, one import line each.
 # --- feature imports ---
+from .lean import MaskSet, sparsify_
 from . import scores
 from .at_init import force, iterative_snip, snip, synflow
 from .lottery import LotteryTicket, iterative_magnitude_pruning, pruning_schedule

@@ -1,0 +1,672 @@
+"""Lean large-model mode: prune weights in place and keep 1-bit masks.
+
+``torch.nn.utils.prune`` keeps, for every pruned tensor, the dense original
+(``name_orig``), a mask in the weight's dtype (``name_mask``) and a recomputed
+``name``: three times the weight's memory. That does not fit a billion-parameter
+model on an ordinary machine. :func:`sparsify_` instead zeroes the pruned units
+of the weights themselves and returns a :class:`MaskSet` holding one bit per
+unit (N/8 bytes for N parameters), which is all that is needed to keep the
+zeros in place during fine-tuning, to save and restore the pruning, or to
+convert to the torch-style reparametrisation when some code expects it.
+
+The masks of a parameter are remembered (weakly keyed by the parameter) so
+that a later ``sparsify_`` on the same parameters counts ``amount`` among the
+units still kept, as iterated pruning does in ``torch.nn.utils.prune``; every
+:class:`MaskSet` that covers a parameter shares its one mask tensor.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+from torch.utils.weak import WeakIdKeyDictionary
+
+from . import ops
+from ._validation import _compute_nparams_toprune, _validate_pruning_amount_init
+
+__all__ = ["sparsify_", "MaskSet"]
+
+Tensor = torch.Tensor
+
+_METHODS = ("l1", "random")
+_SCOPES = ("global", "local")
+_STATE_FORMAT = "fastprune.MaskSet/1"
+
+# Segment length of the random method (a multiple of 8 so that segments start
+# on whole bytes of the packed masks); its keys cost 8 bytes per unit.
+_RANDOM_SEGMENT = 1 << 20
+# Bytes of packed mask counted per bincount call (bounds its temporaries).
+_POPCOUNT_CHUNK = 1 << 22
+
+
+class _MaskCell:
+    """The packed keep-mask of one parameter, shared by every MaskSet covering it.
+
+    ``kept`` caches the number of set bits (``None`` = not known yet); it is
+    reset whenever the bits change.
+    """
+
+    __slots__ = ("packed", "numel", "kept", "__weakref__")
+
+    def __init__(self, packed: Tensor, numel: int, kept: Optional[int]) -> None:
+        self.packed = packed
+        self.numel = numel
+        self.kept = kept
+
+    def count_kept(self) -> int:
+        if self.kept is None:
+            self.kept = _popcount(self.packed)
+        return self.kept
+
+
+# Parameter -> _MaskCell. Keyed by identity and weakly, so a parameter that
+# goes away takes its mask with it; the cell holds no reference back to the
+# parameter, hence no cycle keeps either alive.
+_CELLS = WeakIdKeyDictionary()
+
+
+_POPCOUNT_TABLE: Dict[torch.device, Tensor] = {}
+
+
+def _popcount(packed: Tensor) -> int:
+    """Number of set bits of a uint8 tensor, in bounded extra memory."""
+    table = _POPCOUNT_TABLE.get(packed.device)
+    if table is None:
+        table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64, device=packed.device)
+        _POPCOUNT_TABLE[packed.device] = table
+    flat = packed.reshape(-1)
+    total = 0
+    for start in range(0, flat.numel(), _POPCOUNT_CHUNK):
+        hist = torch.bincount(flat[start:start + _POPCOUNT_CHUNK], minlength=256)
+        total += int(torch.dot(hist, table))
+    return total
+
+
+def _fill_ones_packed(out: Tensor, numel: int) -> None:
+    """All units kept; padding bits beyond ``numel`` stay 0 as the format requires."""
+    out.fill_(0xFF)
+    rem = numel % 8
+    if rem:
+        out[-1] = (1 << rem) - 1
+
+
+def _clear_padding(packed: Tensor, numel: int) -> None:
+    rem = numel % 8
+    if rem and packed.numel():
+        packed[-1] &= (1 << rem) - 1
+
+
+# ----------------------------------------------------------------------------
+# Argument resolution and validation (nothing is modified here)
+# ----------------------------------------------------------------------------
+
+
+class _Target:
+    __slots__ = ("module", "name", "param", "label")
+
+    def __init__(self, module: nn.Module, name: str, param: Tensor, label: str) -> None:
+        self.module = module
+        self.name = name
+        self.param = param
+        self.label = label
+
+
+def _check_param(module, name, what: str) -> Tensor:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{what} must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"{what}: name must be a str, got {type(name).__name__}")
+    param = module._parameters.get(name) if name in module._parameters else None
+    if param is None:
+        if name + "_orig" in module._parameters and name + "_mask" in module._buffers:
+            raise ValueError(
+                f"{what}: {type(module).__name__}.{name} carries a torch-style pruning reparametrisation; "
+                f"make it permanent with fastprune.remove(module, {name!r}) first, or pass {name + '_orig'!r}"
+            )
+        if hasattr(module, name):
+            raise TypeError(f"{what}: {type(module).__name__}.{name} is not a parameter")
+        raise ValueError(f"{what}: {type(module).__name__} has no parameter called {name!r}")
+    if isinstance(param, nn.parameter.UninitializedParameter):
+        raise ValueError(f"{what}: {type(module).__name__}.{name} is not initialised yet (lazy module)")
+    if param.layout != torch.strided:
+        raise ValueError(f"{what}: {type(module).__name__}.{name} has layout {param.layout}; only dense tensors work")
+    if param.is_complex():
+        raise TypeError(f"{what}: {type(module).__name__}.{name} is complex; magnitude pruning needs real values")
+    if param.device.type == "meta":
+        raise ValueError(f"{what}: {type(module).__name__}.{name} is on the meta device and holds no data")
+    return param
+
+
+def _resolve_targets(parameters) -> List[_Target]:
+    """Every (module, name) to prune, in order, each parameter once."""
+    targets: List[_Target] = []
+    if isinstance(parameters, nn.Module):
+        seen = set()
+        for qualname, module in parameters.named_modules():
+            if isinstance(module, (nn.Linear, _ConvNd)) and module._parameters.get("weight") is not None:
+                label = f"{qualname}.weight" if qualname else "weight"
+                param = _check_param(module, "weight", f"parameters ({label})")
+                if id(param) in seen:  # tied weights are pruned once
+                    continue
+                seen.add(id(param))
+                targets.append(_Target(module, "weight", param, label))
+        return targets
+    if isinstance(parameters, (str, bytes, Tensor)):
+        raise TypeError(
+            f"parameters must be an nn.Module or an iterable of (module, name) pairs, got {type(parameters).__name__}"
+        )
+    try:
+        items = list(parameters)
+    except TypeError:
+        raise TypeError(
+            f"parameters must be an nn.Module or an iterable of (module, name) pairs, got {type(parameters).__name__}"
+        ) from None
+    seen_params: Dict[int, int] = {}
+    for i, item in enumerate(items):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise TypeError(f"parameters[{i}] must be a (module, name) pair, got {item!r}")
+        module, name = item
+        param = _check_param(module, name, f"parameters[{i}]")
+        if id(param) in seen_params:
+            raise ValueError(
+                f"parameters[{i}]: the same parameter already appears as parameters[{seen_params[id(param)]}]"
+            )
+        seen_params[id(param)] = i
+        targets.append(_Target(module, name, param, f"{i}:{type(module).__name__}.{name}"))
+    return targets
+
+
+def _check_choice(value, allowed, arg: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{arg} must be one of {allowed}, got {type(value).__name__}")
+    if value not in allowed:
+        raise ValueError(f"{arg}={value!r} is not supported; choose one of {allowed}")
+    return value
+
+
+def _resolve_scores(targets: List[_Target], importance_scores, method: str) -> List[Tensor]:
+    if importance_scores is None:
+        return [t.param.detach() for t in targets]
+    if method == "random":
+        raise ValueError("importance_scores cannot be combined with method='random'")
+    if not isinstance(importance_scores, dict):
+        raise TypeError(
+            f"importance_scores must be a dict {{(module, name): tensor}}, got {type(importance_scores).__name__}"
+        )
+    index = {(id(t.module), t.name): i for i, t in enumerate(targets)}
+    scores: List[Tensor] = [t.param.detach() for t in targets]
+    for key, value in importance_scores.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and (id(key[0]), key[1]) in index):
+            raise ValueError(f"importance_scores has a key {key!r} that is not one of the parameters")
+        t = targets[index[(id(key[0]), key[1])]]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"importance_scores[{t.label}] must be a torch.Tensor, got {type(value).__name__}")
+        if value.shape != t.param.shape:
+            raise ValueError(
+                f"importance_scores[{t.label}] has shape {tuple(value.shape)}, "
+                f"the parameter has {tuple(t.param.shape)}"
+            )
+        if value.device != t.param.device:
+            raise ValueError(f"importance_scores[{t.label}] is on {value.device}, the parameter on {t.param.device}")
+        if value.is_complex() or value.layout != torch.strided:
+            raise TypeError(f"importance_scores[{t.label}] must be a dense real tensor")
+        scores[index[(id(key[0]), key[1])]] = value.detach()
+    return scores
+
+
+def _existing_cells(targets: List[_Target]) -> List[Optional[_MaskCell]]:
+    cells = []
+    for t in targets:
+        cell = _CELLS.get(t.param)
+        if cell is not None and (cell.numel != t.param.numel() or cell.packed.device != t.param.device):
+            raise ValueError(
+                f"parameters ({t.label}): its remembered mask was made for {cell.numel} units on "
+                f"{cell.packed.device}, the parameter now has {t.param.numel()} on {t.param.device}; "
+                "call .remove() on the MaskSet that pruned it to forget the old mask"
+            )
+        cells.append(cell)
+    return cells
+
+
+def _k_for(amount, selectable: int, what: str) -> int:
+    k = _compute_nparams_toprune(amount, selectable)
+    if k > selectable:
+        raise ValueError(f"amount={amount} should be smaller than the number of {what}={selectable}")
+    return int(k)
+
+
+# ----------------------------------------------------------------------------
+# Mask computation (allocates the new packed masks; parameters untouched)
+# ----------------------------------------------------------------------------
+
+
+def _l1_masks(scores, cells, ks, scope) -> List[Tensor]:
+    existing = [None if c is None else c.packed for c in cells]
+    if scope == "global":
+        # One k-selection across every tensor: no concatenation, no |w| copy.
+        return ops.kselect(scores, existing, ks[0], largest=False, exclude_masked=True, packed=True)
+    outs = []
+    for s, m, k in zip(scores, existing, ks):
+        outs.extend(ops.kselect([s], [m], k, largest=False, exclude_masked=True, packed=True))
+    return outs
+
+
+def _hypergeometric(good: int, bad: int, draws: int, rng) -> int:
+    """How many of ``draws`` units, taken without replacement, fall among ``good``."""
+    if draws == 0 or good == 0:
+        return 0
+    if bad == 0:
+        return draws
+    if good < 10**9 and bad < 10**9:
+        return int(rng.hypergeometric(good, bad, draws))
+    # numpy's sampler stops at 1e9 per side; at that size the normal law is the
+    # hypergeometric's to within O(1/sd), far below anything a mask can show.
+    total = good + bad
+    mean = draws * good / total
+    var = draws * (good / total) * (bad / total) * (total - draws) / max(total - 1, 1)
+    value = int(round(mean + math.sqrt(var) * float(rng.standard_normal())))
+    return max(max(0, draws - bad), min(draws, good, value))
+
+
+def _split_uniformly(counts: List[int], k: int, rng) -> List[int]:
+    """Multivariate hypergeometric split of ``k`` over groups of ``counts`` units."""
+    if len(counts) == 1:
+        return [k]
+    mid = len(counts) // 2
+    left = sum(counts[:mid])
+    right = sum(counts[mid:])
+    k_left = _hypergeometric(left, right, k, rng)
+    return _split_uniformly(counts[:mid], k_left, rng) + _split_uniformly(counts[mid:], k - k_left, rng)
+
+
+def _random_masks(targets, cells, ks, scope) -> List[Tensor]:
+    """Exactly k uniformly random units among those still kept, in bounded memory.
+
+    A key per unit for the whole model would cost more than the model's masks,
+    so the model is cut into segments, ``k`` is split over them by the law of a
+    uniform draw without replacement, and each segment is selected on its own
+    random keys (fp64: no ties, hence no index bias).
+    """
+    import numpy as np  # only this method needs it
+
+    seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())  # follows torch.manual_seed
+    rng = np.random.Generator(np.random.PCG64(seed))
+    segments = []  # (tensor index, start unit, length, selectable)
+    for i, (t, c) in enumerate(zip(targets, cells)):
+        n = t.param.numel()
+        for start in range(0, n, _RANDOM_SEGMENT):
+            length = min(_RANDOM_SEGMENT, n - start)
+            if c is None:
+                selectable = length
+            else:
+                selectable = _popcount(c.packed[start // 8:(start + length + 7) // 8])
+            segments.append((i, start, length, selectable))
+    seg_k: List[int] = []
+    if scope == "global":
+        seg_k = _split_uniformly([s[3] for s in segments], ks[0], rng) if segments else []
+    else:
+        for i, k in enumerate(ks):
+            group = [s[3] for s in segments if s[0] == i]
+            seg_k.extend(_split_uniformly(group, k, rng) if group else [])
+    outs = [torch.empty(ops.packed_numel(t.param.numel()), dtype=torch.uint8, device=t.param.device) for t in targets]
+    for (i, start, length, _), k in zip(segments, seg_k):
+        lo, hi = start // 8, (start + length + 7) // 8
+        out = outs[i][lo:hi]
+        old = None if cells[i] is None else cells[i].packed[lo:hi]
+        if k == 0:
+            if old is None:
+                _fill_ones_packed(out, length)
+            else:
+                out.copy_(old)
+            continue
+        keys = torch.rand(length, dtype=torch.float64, device=targets[i].param.device)
+        ops.kselect_([keys], [old], [out], k, largest=False, exclude_masked=True, packed=True)
+    return outs
+
+
+# ----------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------
+
+
+def sparsify_(
+    parameters: Union[nn.Module, Iterable[Tuple[nn.Module, str]]],
+    amount,
+    *,
+    method: str = "l1",
+    scope: str = "global",
+    importance_scores: Optional[Dict[Tuple[nn.Module, str], Tensor]] = None,
+) -> "MaskSet":
+    """Prune in place: zero the pruned units of the weights themselves.
+
+    Args:
+        parameters: an iterable of ``(module, name)`` pairs, or an ``nn.Module``
+            (then the ``weight`` of every ``nn.Linear`` and ``nn.Conv*`` in it,
+            tied weights once).
+        amount: units to prune, an int (a count) or a float in [0, 1] (a
+            fraction, rounded as ``torch.nn.utils.prune`` rounds). Counted among
+            the units still kept when the parameters were sparsified before.
+        method: ``"l1"`` prunes the units of smallest ``|score|`` (ties: lower
+            flat index in the order given first, exactly as
+            :func:`fastprune.global_unstructured`); ``"random"`` prunes units
+            drawn uniformly at random (follows ``torch.manual_seed``).
+        scope: ``"global"`` ranks all tensors together, ``"local"`` prunes
+            ``amount`` of each tensor separately.
+        importance_scores: optional ``{(module, name): tensor}`` ranking the
+            units instead of the weights (``l1`` only).
+
+    Returns:
+        a :class:`MaskSet` with the 1-bit masks. No ``_orig`` copy, no mask in
+        the weight's dtype and no forward hook are created; the extra memory is
+        the packed masks (N/8 bytes) plus the kernel's small working set.
+
+    All arguments are checked before any weight changes; on an error nothing
+    is modified.
+    """
+    targets = _resolve_targets(parameters)
+    _validate_pruning_amount_init(amount)
+    method = _check_choice(method, _METHODS, "method")
+    scope = _check_choice(scope, _SCOPES, "scope")
+    scores = _resolve_scores(targets, importance_scores, method)
+    cells = _existing_cells(targets)
+    for t in targets:
+        if t.param.dtype == torch.bool:
+            raise TypeError(f"parameters ({t.label}): bool parameters cannot be sparsified")
+
+    selectable = [t.param.numel() if c is None else c.count_kept() for t, c in zip(targets, cells)]
+    if scope == "global":
+        devices = {t.param.device for t in targets}
+        if len(devices) > 1:
+            raise ValueError(
+                f"parameters are on several devices ({sorted(map(str, devices))}); scope='global' needs one device"
+            )
+        ks = [_k_for(amount, sum(selectable), "parameters to prune")]
+    else:
+        ks = [_k_for(amount, n, f"units of {t.label} to prune") for t, n in zip(targets, selectable)]
+
+    if not targets:
+        return MaskSet([], [])
+    if method == "l1":
+        new_masks = _l1_masks(scores, cells, ks, scope)
+    else:
+        new_masks = _random_masks(targets, cells, ks, scope)
+
+    # Everything that can fail has run; from here the weights change.
+    with torch.no_grad():
+        ops.apply_packed_mask_([t.param.detach() for t in targets], new_masks)
+    result_cells = []
+    for i, (t, cell, mask) in enumerate(zip(targets, cells, new_masks)):
+        kept = selectable[i] - ks[i] if scope == "local" else (selectable[i] if ks[0] == 0 else None)
+        if cell is None:
+            cell = _MaskCell(mask, t.param.numel(), kept)
+            _CELLS[t.param] = cell
+        else:
+            cell.packed.copy_(mask)  # in place: every MaskSet sharing the cell sees the new mask
+            cell.kept = kept
+        result_cells.append(cell)
+    return MaskSet(targets, result_cells)
+
+
+class _HookGroup:
+    """Handles registered together, removed together (like torch's RemovableHandle)."""
+
+    def __init__(self, handles, owner: "MaskSet") -> None:
+        self._handles = list(handles)
+        self._owner = owner
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self in self._owner._hook_groups:
+            self._owner._hook_groups.remove(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+class MaskSet:
+    """1-bit keep-masks of in-place pruned parameters (returned by :func:`sparsify_`).
+
+    Unit ``j`` of parameter ``i`` is kept where bit ``j % 8`` of byte ``j // 8``
+    of ``masks[i]`` is 1 (the packed format of :mod:`fastprune.ops`).
+
+    Keeping the zeros while training: an optimizer step moves pruned weights
+    away from zero (momentum, weight decay, or any gradient). Either re-zero
+    after each step with :meth:`attach` (``optimizer.register_step_post_hook``)
+    or by calling :meth:`apply_` yourself, and/or zero the pruned units'
+    gradients with :meth:`mask_gradients`. Both return a handle with
+    ``remove()``; :meth:`detach` removes all of them.
+    """
+
+    def __init__(self, targets: Sequence[_Target], cells: Sequence[_MaskCell]) -> None:
+        self._targets = list(targets)
+        self._cells = list(cells)
+        self._hook_groups: List[_HookGroup] = []
+
+    # -- contents --------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def __iter__(self) -> Iterator[Tuple[nn.Module, str, Tensor]]:
+        """``(module, name, packed_mask)`` for every parameter, in order."""
+        for t, c in zip(self._targets, self._cells):
+            yield t.module, t.name, c.packed
+
+    def __repr__(self) -> str:
+        return f"MaskSet({len(self)} tensors, {self.numel()} units, sparsity={self.sparsity():.4f}, {self.nbytes} bytes)"
+
+    @property
+    def names(self) -> List[str]:
+        """A label per parameter: the qualified name when built from a module."""
+        return [t.label for t in self._targets]
+
+    @property
+    def parameters(self) -> List[Tuple[nn.Module, str]]:
+        return [(t.module, t.name) for t in self._targets]
+
+    @property
+    def masks(self) -> List[Tensor]:
+        """The packed uint8 masks (shared, live: do not write to them)."""
+        return [c.packed for c in self._cells]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.packed.numel() for c in self._cells)
+
+    def _index(self, key) -> int:
+        if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+            if not -len(self) <= key < len(self):
+                raise IndexError(f"index {key} out of range for a MaskSet of {len(self)} tensors")
+            return int(key) % len(self)
+        if isinstance(key, str):
+            for i, t in enumerate(self._targets):
+                if t.label == key:
+                    return i
+            raise KeyError(f"no parameter labelled {key!r} in this MaskSet; labels: {self.names}")
+        if isinstance(key, tuple) and len(key) == 2:
+            for i, t in enumerate(self._targets):
+                if t.module is key[0] and t.name == key[1]:
+                    return i
+            raise KeyError(f"({type(key[0]).__name__}, {key[1]!r}) is not in this MaskSet")
+        raise TypeError(f"key must be an int, a label or a (module, name) pair, got {type(key).__name__}")
+
+    def mask(self, key, dtype: torch.dtype = torch.bool) -> Tensor:
+        """The unpacked keep-mask of one parameter, shaped like it, in ``dtype``."""
+        i = self._index(key)
+        t, c = self._targets[i], self._cells[i]
+        return ops.unpack_mask(c.packed, c.numel, dtype).reshape(t.param.shape)
+
+    def numel(self) -> int:
+        return sum(c.numel for c in self._cells)
+
+    def kept_counts(self) -> List[int]:
+        return [c.count_kept() for c in self._cells]
+
+    def num_pruned(self) -> int:
+        return self.numel() - sum(self.kept_counts())
+
+    def sparsity(self, key=None) -> float:
+        """Fraction of units pruned: of all parameters, or of the one ``key`` names."""
+        if key is not None:
+            c = self._cells[self._index(key)]
+            return 1.0 - c.count_kept() / c.numel if c.numel else 0.0
+        total = self.numel()
+        return self.num_pruned() / total if total else 0.0
+
+    def sparsities(self) -> Dict[str, float]:
+        """``{label: fraction pruned}`` for every parameter."""
+        return {t.label: (1.0 - c.count_kept() / c.numel if c.numel else 0.0) for t, c in zip(self._targets, self._cells)}
+
+    # -- keeping the zeros ------------------------------------------------
+
+    def apply_(self) -> "MaskSet":
+        """Zero every pruned unit again (one multi-tensor kernel call)."""
+        with torch.no_grad():
+            ops.apply_packed_mask_([t.param.detach() for t in self._targets], [c.packed for c in self._cells])
+        return self
+
+    def mask_gradients(self) -> _HookGroup:
+        """Zero the pruned units of each parameter's ``.grad`` once it is accumulated.
+
+        With plain SGD (no momentum, no weight decay) this alone keeps the
+        zeros; stateful optimizers need :meth:`attach` too.
+        """
+        handles = []
+        for t, c in zip(self._targets, self._cells):
+            if not t.param.requires_grad:
+                continue
+
+            def hook(param, _cell=c):
+                if param.grad is not None:
+                    ops.apply_packed_mask_([param.grad], [_cell.packed])
+
+            handles.append(t.param.register_post_accumulate_grad_hook(hook))
+        group = _HookGroup(handles, self)
+        self._hook_groups.append(group)
+        return group
+
+    def attach(self, optimizer: torch.optim.Optimizer, mask_gradients: bool = True) -> _HookGroup:
+        """Re-apply the masks after every ``optimizer.step()`` (and mask gradients).
+
+        Returns one handle removing all the hooks this call installed.
+        """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        handles = [optimizer.register_step_post_hook(lambda opt, args, kwargs: self.apply_())]
+        if mask_gradients:
+            inner = self.mask_gradients()
+            handles.extend(inner._handles)
+            self._hook_groups.remove(inner)
+        group = _HookGroup(handles, self)
+        self._hook_groups.append(group)
+        return group
+
+    def detach(self) -> None:
+        """Remove every gradient and optimizer hook this MaskSet installed."""
+        for group in list(self._hook_groups):
+            group.remove()
+
+    def remove(self) -> None:
+        """Detach the hooks and forget the masks; the weights keep their zeros.
+
+        A later :func:`sparsify_` on these parameters then starts afresh
+        (already-zero weights rank lowest under ``"l1"``).
+        """
+        self.detach()
+        for t, c in zip(self._targets, self._cells):
+            if _CELLS.get(t.param) is c:
+                del _CELLS[t.param]
+
+    # -- persistence ------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, object]:
+        """Masks (packed, copied), labels and shapes; ``torch.save``-able."""
+        return {
+            "format": _STATE_FORMAT,
+            "names": self.names,
+            "shapes": [tuple(t.param.shape) for t in self._targets],
+            "masks": [c.packed.detach().clone() for c in self._cells],
+        }
+
+    def load_state_dict(self, state_dict, strict: bool = True, apply: bool = True) -> "MaskSet":
+        """Load masks saved by :meth:`state_dict`, then (``apply``) zero the weights.
+
+        ``strict`` also requires the labels to match. Every check runs before
+        any mask or weight changes.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        missing = [k for k in ("format", "shapes", "masks") if k not in state_dict]
+        if missing:
+            raise ValueError(f"state_dict lacks {missing}; it was not made by MaskSet.state_dict()")
+        if state_dict["format"] != _STATE_FORMAT:
+            raise ValueError(f"state_dict has format {state_dict['format']!r}, expected {_STATE_FORMAT!r}")
+        shapes, masks = list(state_dict["shapes"]), list(state_dict["masks"])
+        if len(shapes) != len(self) or len(masks) != len(self):
+            raise ValueError(f"state_dict holds {len(masks)} masks, this MaskSet has {len(self)} tensors")
+        if strict and list(state_dict.get("names", [])) != self.names:
+            raise ValueError(
+                f"state_dict labels {state_dict.get('names')} differ from this MaskSet's {self.names} (strict=True)"
+            )
+        for i, (t, shape, m) in enumerate(zip(self._targets, shapes, masks)):
+            if tuple(shape) != tuple(t.param.shape):
+                raise ValueError(f"state_dict['shapes'][{i}]={tuple(shape)} does not match {t.label} {tuple(t.param.shape)}")
+            if not isinstance(m, Tensor) or m.dtype != torch.uint8 or m.dim() != 1:
+                raise TypeError(f"state_dict['masks'][{i}] must be a 1-d uint8 tensor")
+            if m.numel() != ops.packed_numel(t.param.numel()):
+                raise ValueError(
+                    f"state_dict['masks'][{i}] has {m.numel()} bytes, {t.label} needs {ops.packed_numel(t.param.numel())}"
+                )
+        for c, m in zip(self._cells, masks):
+            c.packed.copy_(m)
+            _clear_padding(c.packed, c.numel)
+            c.kept = None
+        if apply:
+            self.apply_()
+        return self
+
+    # -- torch-style reparametrisation -------------------------------------
+
+    def to_pruning(self) -> List[object]:
+        """Install ``name_orig`` / ``name_mask`` / ``CustomFromMask`` on every parameter.
+
+        For code that expects ``torch.nn.utils.prune``'s reparametrisation
+        (``prune.is_pruned``, ``prune.remove``...). ``name_orig`` is the very
+        Parameter this MaskSet holds, so :meth:`apply_` and the gradient hooks
+        keep working; the masks are unpacked into the weights' dtype, as
+        torch stores them. All parameters are converted or none. Returns the
+        pruning hooks.
+        """
+        from .functional import custom_from_mask, remove
+
+        for t in self._targets:
+            if t.module._parameters.get(t.name) is not t.param:
+                raise ValueError(
+                    f"{t.label}: {type(t.module).__name__}.{t.name} is no longer the parameter this MaskSet pruned "
+                    "(already converted, or replaced)"
+                )
+        done = []
+        try:
+            for t in self._targets:
+                custom_from_mask(t.module, t.name, self.mask((t.module, t.name), dtype=t.param.dtype))
+                done.append(t)
+        except BaseException:
+            # orig is already zeroed where the mask is 0, so remove() restores the weight exactly.
+            for t in reversed(done):
+                remove(t.module, t.name)
+            raise
+        hooks = []
+        for t in self._targets:
+            for h in t.module._forward_pre_hooks.values():
+                if getattr(h, "_tensor_name", None) == t.name:
+                    hooks.append(h)
+        return hooks
