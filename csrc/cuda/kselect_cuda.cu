@@ -1,0 +1,709 @@
+// Exact k-selection over a list of tensors (fastprune::kselect_ on CUDA).
+//
+// Algorithm (radix select on the bit pattern of the ranking key, never a sort
+// and never a concatenated copy of the scores):
+//
+// 1. Every unit gets an unsigned key of W bits (W = 16, 32 or 64) whose integer
+//    order is the order of |score| (NaN canonicalised above +inf, -0 == 0); the
+//    key's top bit is always 0 (see make_key). With `largest` the key is
+//    complemented within its low W-1 bits, so "smallest key first" always holds.
+// 2. W / 16 histogram passes over all tensors, one launch each (the tensors are
+//    a pointer table in device memory, split into fixed chunks; a block maps a
+//    chunk to its tensor by binary search over the per-tensor first-chunk
+//    table). Pass p histograms digit p (16 bits) of the keys of the selectable
+//    units whose higher digits equal the prefix chosen so far.
+//    - Pass 0: the digit has at most 2^15 values (top key bit is 0), so each
+//      block privatises the histogram as 2^15 32-bit counters in shared memory
+//      (128 KiB; needs the sm_80+/sm_90 opt-in limit, checked at run time) and
+//      adds its non-zero bins to a global 2^16-bin 64-bit histogram at the end.
+//    - Passes >= 1 (and pass 0 on devices without 128 KiB of shared memory):
+//      only the units of the threshold bucket take part, so they go straight
+//      to the global histogram with warp-aggregated atomics (lanes with the same
+//      digit add once, via __match_any_sync), which keeps all-equal data fast.
+//    After each pass one single-block kernel scans the histogram (CUB
+//    BlockScan) and picks the bucket holding the k-th unit: it appends the
+//    digit to the prefix and stores the rank still to select inside it. The
+//    state stays on the device; no pass needs the host.
+// 3. After the last pass the prefix is the exact threshold key T, r is the
+//    number of units with key == T still to select, and c the number of
+//    selectable units with key == T. Units with key < T are selected; of the
+//    key == T units, the first r in global order. When c > r, a tie-count
+//    kernel writes the number of ties of every chunk, CUB DeviceScan turns that
+//    into each chunk's global tie offset, and the mask-writing kernel ranks
+//    ties inside a chunk with CUB BlockScan (two-phase scan over blocks). The
+//    chunk order is the global order, so the result is deterministic and
+//    identical to the CPU kernel and to _reference.py.
+//
+// Host round trip: none when the caller knows how many units are selectable
+// (no existing masks, or exclude_masked == false). Otherwise exactly one
+// device-to-host copy of the selection state (a few words) right after the
+// first histogram pass, whose total is the number of selectable units; k is
+// validated against it before anything is written, so a bad k raises the same
+// ValueError as on the CPU and leaves the outputs untouched.
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include "common.cuh"
+#include "kernels.h"
+
+namespace fastprune {
+namespace cuda {
+namespace {
+
+using namespace detail;
+
+constexpr int64_t kChunk = 16384;   // units per chunk (multiple of 8 * every block size)
+constexpr int kUnits = 8;           // units per thread per step: one packed byte
+constexpr int kDigitBits = 16;
+constexpr int kBins = 1 << kDigitBits;
+constexpr int kSharedBins = 1 << (kDigitBits - 1);  // pass-0 digits (top key bit is 0)
+constexpr int kSharedHistThreads = 1024;
+constexpr int kThreads = 256;
+
+enum KeyMode : int32_t {
+  kKeyHalf = 0,   // fp16 bit pattern, 16-bit keys
+  kKeyBF16 = 1,   // bf16 bit pattern, 16-bit keys
+  kKeyF32 = 2,    // value widened to float, 32-bit keys
+  kKeyF64 = 3,    // value widened to double (integers via their int64 key), 64-bit keys
+  kKeyInt = 4,    // |integer| as unsigned, INT64_MIN ranked as INT64_MAX, 16/32/64-bit keys
+};
+
+struct KeyParams {
+  int32_t mode;
+  int32_t bits;     // W
+  uint64_t flip;    // 0, or 2^(W-1) - 1 for `largest`
+};
+
+struct TableEntry {
+  const void* score;
+  const void* mask;
+  void* out;
+  int64_t numel;
+  int32_t score_dtype;
+  int32_t mask_dtype;
+  int32_t out_dtype;
+  uint32_t vec;  // bit 0: score, bit 1: mask, bit 2: out may use wide accesses
+};
+
+struct SelectState {
+  unsigned long long prefix;    // key digits chosen so far; the threshold T after the last pass
+  unsigned long long k_rem;     // units still to select inside the current bucket
+  unsigned long long total;     // selectable units (set by pass 0)
+  unsigned long long count_eq;  // selectable units in the chosen bucket
+  unsigned long long invalid;   // k exceeded the selectable units
+  unsigned long long pad[3];
+};
+
+struct Flags {
+  bool exclude_masked;
+  bool packed;
+};
+
+// ---------------------------------------------------------------------------
+// Keys
+// ---------------------------------------------------------------------------
+
+__device__ inline uint64_t int_key(int64_t x) {
+  // |INT64_MIN| does not fit; ranking it with INT64_MAX is what the reference does.
+  if (x == INT64_MIN) return static_cast<uint64_t>(INT64_MAX);
+  return static_cast<uint64_t>(x < 0 ? -x : x);
+}
+
+template <int D>
+__device__ inline uint64_t integer_key(typename Storage<D>::T v) {
+  if constexpr (D == kBool) {
+    return v != 0 ? 1u : 0u;
+  } else if constexpr (D == kUInt8) {
+    return v;
+  } else {
+    return int_key(static_cast<int64_t>(v));
+  }
+}
+
+__device__ inline uint64_t f32_key(float f) {
+  uint32_t u = __float_as_uint(f) & 0x7FFFFFFFu;
+  return u > 0x7F800000u ? 0x7FFFFFFFull : u;
+}
+
+__device__ inline uint64_t f64_key(double d) {
+  uint64_t u = static_cast<uint64_t>(__double_as_longlong(d)) & 0x7FFFFFFFFFFFFFFFull;
+  return u > 0x7FF0000000000000ull ? 0x7FFFFFFFFFFFFFFFull : u;
+}
+
+// Key of one stored value; the mode is uniform over the launch and only the
+// combinations the host can choose are meaningful (others still compile).
+template <int D, int M>
+__device__ inline uint64_t make_key(typename Storage<D>::T v) {
+  constexpr bool is_int = !(D == kHalf || D == kBFloat16 || D == kFloat || D == kDouble);
+  if constexpr (M == kKeyHalf || M == kKeyBF16) {
+    if constexpr (D == kHalf || D == kBFloat16) {
+      uint32_t a = static_cast<uint32_t>(v) & 0x7FFFu;
+      constexpr uint32_t inf = (M == kKeyHalf) ? 0x7C00u : 0x7F80u;
+      return a > inf ? 0x7FFFull : a;
+    } else {
+      return 0;
+    }
+  } else if constexpr (M == kKeyF32) {
+    if constexpr (is_int) {
+      return 0;
+    } else {
+      return f32_key(to_float<D>(v));
+    }
+  } else if constexpr (M == kKeyF64) {
+    if constexpr (is_int) {
+      // The reference converts the int64 key (not the value) to float64.
+      return f64_key(static_cast<double>(static_cast<long long>(integer_key<D>(v))));
+    } else {
+      return f64_key(to_double<D>(v));
+    }
+  } else {
+    if constexpr (is_int) {
+      return integer_key<D>(v);
+    } else {
+      return 0;
+    }
+  }
+}
+
+template <int D, int M>
+__device__ inline void keys_of(const TableEntry& t, int64_t u0, int nvalid, uint64_t flip, uint64_t (&key)[kUnits]) {
+  using T = typename Storage<D>::T;
+  Vec<T, kUnits> v;
+  v.load(static_cast<const T*>(t.score) + u0, (t.vec & 1u) != 0, nvalid);
+#pragma unroll
+  for (int j = 0; j < kUnits; ++j) key[j] = make_key<D, M>(v.v[j]) ^ flip;
+}
+
+template <int D>
+__device__ inline void keys_mode(const TableEntry& t, int64_t u0, int nvalid, const KeyParams& kp,
+                                 uint64_t (&key)[kUnits]) {
+  switch (kp.mode) {
+    case kKeyHalf: keys_of<D, kKeyHalf>(t, u0, nvalid, kp.flip, key); break;
+    case kKeyBF16: keys_of<D, kKeyBF16>(t, u0, nvalid, kp.flip, key); break;
+    case kKeyF32: keys_of<D, kKeyF32>(t, u0, nvalid, kp.flip, key); break;
+    case kKeyF64: keys_of<D, kKeyF64>(t, u0, nvalid, kp.flip, key); break;
+    default: keys_of<D, kKeyInt>(t, u0, nvalid, kp.flip, key); break;
+  }
+}
+
+// Keys of units [u0, u0 + nvalid) of tensor t (entries past nvalid are junk).
+__device__ inline void load_keys(const TableEntry& t, int64_t u0, int nvalid, const KeyParams& kp,
+                                 uint64_t (&key)[kUnits]) {
+  dispatch_dtype(t.score_dtype, [&](auto tag) { keys_mode<decltype(tag)::value>(t, u0, nvalid, kp, key); });
+}
+
+// Bit j set = unit u0 + j is kept by the existing mask (and exists).
+__device__ inline uint32_t load_keep(const TableEntry& t, int64_t u0, int nvalid, bool packed) {
+  const uint32_t valid = (nvalid >= kUnits) ? 0xFFu : ((1u << (nvalid > 0 ? nvalid : 0)) - 1u);
+  if (t.mask == nullptr || nvalid <= 0) return valid;
+  if (packed) return static_cast<const uint8_t*>(t.mask)[u0 / 8] & valid;
+  uint32_t bits = 0;
+  dispatch_dtype(t.mask_dtype, [&](auto tag) {
+    constexpr int D = decltype(tag)::value;
+    using T = typename Storage<D>::T;
+    Vec<T, kUnits> v;
+    v.load(static_cast<const T*>(t.mask) + u0, (t.vec & 2u) != 0, nvalid);
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) bits |= (nonzero<D>(v.v[j]) ? 1u : 0u) << j;
+  });
+  return bits & valid;
+}
+
+template <int D>
+__device__ inline typename Storage<D>::T one_value() {
+  if constexpr (D == kHalf) {
+    return 0x3C00u;
+  } else if constexpr (D == kBFloat16) {
+    return 0x3F80u;
+  } else {
+    return typename Storage<D>::T(1);
+  }
+}
+
+__device__ inline void store_keep(const TableEntry& t, int64_t u0, int nvalid, bool packed, uint32_t keep) {
+  if (nvalid <= 0) return;
+  if (packed) {
+    // One thread owns the whole byte (u0 is a multiple of 8); padding bits are 0.
+    static_cast<uint8_t*>(t.out)[u0 / 8] = static_cast<uint8_t>(keep);
+    return;
+  }
+  dispatch_dtype(t.out_dtype, [&](auto tag) {
+    constexpr int D = decltype(tag)::value;
+    using T = typename Storage<D>::T;
+    Vec<T, kUnits> v;
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) v.v[j] = ((keep >> j) & 1u) ? one_value<D>() : T(0);
+    v.store(static_cast<T*>(t.out) + u0, (t.vec & 4u) != 0, nvalid);
+  });
+}
+
+struct ChunkRange {
+  int tensor;
+  int64_t begin;  // first unit (tensor-local)
+  int64_t end;
+};
+
+__device__ inline ChunkRange chunk_range(const TableEntry* tab, const int64_t* chunk_begin, int n, int64_t chunk) {
+  ChunkRange r;
+  r.tensor = find_owner(chunk_begin, n, chunk);
+  r.begin = (chunk - chunk_begin[r.tensor]) * kChunk;
+  int64_t e = r.begin + kChunk;
+  r.end = e < tab[r.tensor].numel ? e : tab[r.tensor].numel;
+  return r;
+}
+
+__device__ inline int clamp_valid(int64_t end, int64_t u0) {
+  int64_t d = end - u0;
+  return d <= 0 ? 0 : (d >= kUnits ? kUnits : static_cast<int>(d));
+}
+
+// Digit of `key` for `pass`, or -1 when the unit is not in the current bucket.
+__device__ inline int digit_of(uint64_t key, int pass, int bits, uint64_t prefix) {
+  const int low = bits - kDigitBits * (pass + 1);
+  if (pass > 0 && (key >> (low + kDigitBits)) != prefix) return -1;
+  return static_cast<int>((key >> low) & (kBins - 1));
+}
+
+// ---------------------------------------------------------------------------
+// Histogram passes
+// ---------------------------------------------------------------------------
+
+// Pass 0 with a shared-memory privatised histogram (2^15 x u32 = 128 KiB).
+// Each block handles at most 2^31 units (the launcher sizes the grid), so its
+// 32-bit counters cannot overflow.
+__global__ void __launch_bounds__(kSharedHistThreads)
+    hist_shared_kernel(const TableEntry* __restrict__ tab, const int64_t* __restrict__ chunk_begin, int n,
+                       int64_t nchunks, KeyParams kp, Flags fl, unsigned long long* __restrict__ ghist) {
+  extern __shared__ uint32_t sh[];
+  for (int i = threadIdx.x; i < kSharedBins; i += blockDim.x) sh[i] = 0;
+  __syncthreads();
+  const int low = kp.bits - kDigitBits;
+  for (int64_t chunk = blockIdx.x; chunk < nchunks; chunk += gridDim.x) {
+    const ChunkRange cr = chunk_range(tab, chunk_begin, n, chunk);
+    const TableEntry t = tab[cr.tensor];
+    const int64_t step = static_cast<int64_t>(blockDim.x) * kUnits;
+    // Two groups per iteration: both loads are issued before the atomics.
+    for (int64_t base = cr.begin; base < cr.end; base += 2 * step) {
+      const int64_t ua = base + threadIdx.x * kUnits;
+      const int64_t ub = ua + step;
+      const int na = clamp_valid(cr.end, ua), nb = clamp_valid(cr.end, ub);
+      uint64_t ka[kUnits], kb[kUnits];
+      uint32_t ea = 0, eb = 0;
+      if (na > 0) {
+        load_keys(t, ua, na, kp, ka);
+        ea = fl.exclude_masked ? load_keep(t, ua, na, fl.packed) : ((na >= kUnits) ? 0xFFu : ((1u << na) - 1u));
+      }
+      if (nb > 0) {
+        load_keys(t, ub, nb, kp, kb);
+        eb = fl.exclude_masked ? load_keep(t, ub, nb, fl.packed) : ((nb >= kUnits) ? 0xFFu : ((1u << nb) - 1u));
+      }
+#pragma unroll
+      for (int j = 0; j < kUnits; ++j) {
+        if ((ea >> j) & 1u) atomicAdd(&sh[static_cast<uint32_t>(ka[j] >> low)], 1u);
+      }
+#pragma unroll
+      for (int j = 0; j < kUnits; ++j) {
+        if ((eb >> j) & 1u) atomicAdd(&sh[static_cast<uint32_t>(kb[j] >> low)], 1u);
+      }
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kSharedBins; i += blockDim.x) {
+    const uint32_t c = sh[i];
+    if (c) atomicAdd(&ghist[i], static_cast<unsigned long long>(c));
+  }
+}
+
+// Any pass straight into the global histogram, warp-aggregated. Loops are
+// uniform over the block so that every lane reaches __match_any_sync.
+__global__ void __launch_bounds__(kThreads)
+    hist_global_kernel(const TableEntry* __restrict__ tab, const int64_t* __restrict__ chunk_begin, int n,
+                       int64_t nchunks, KeyParams kp, Flags fl, int pass, const SelectState* __restrict__ st,
+                       unsigned long long* __restrict__ ghist) {
+  if (st->invalid) return;
+  const uint64_t prefix = pass > 0 ? st->prefix : 0;
+  const unsigned lane = threadIdx.x & 31u;
+  for (int64_t chunk = blockIdx.x; chunk < nchunks; chunk += gridDim.x) {
+    const ChunkRange cr = chunk_range(tab, chunk_begin, n, chunk);
+    const TableEntry t = tab[cr.tensor];
+    for (int64_t base = cr.begin; base < cr.end; base += static_cast<int64_t>(blockDim.x) * kUnits) {
+      const int64_t u0 = base + threadIdx.x * kUnits;
+      const int nv = clamp_valid(cr.end, u0);
+      uint64_t key[kUnits];
+      uint32_t elig = 0;
+      if (nv > 0) {
+        load_keys(t, u0, nv, kp, key);
+        elig = fl.exclude_masked ? load_keep(t, u0, nv, fl.packed) : ((nv >= kUnits) ? 0xFFu : ((1u << nv) - 1u));
+      }
+#pragma unroll
+      for (int j = 0; j < kUnits; ++j) {
+        int d = -1;
+        if ((elig >> j) & 1u) d = digit_of(key[j], pass, kp.bits, prefix);
+        const unsigned peers = __match_any_sync(0xFFFFFFFFu, d);
+        if (d >= 0 && lane == static_cast<unsigned>(__ffs(peers) - 1)) {
+          atomicAdd(&ghist[d], static_cast<unsigned long long>(__popc(peers)));
+        }
+      }
+    }
+  }
+}
+
+// Picks the bucket of the k-th smallest key from the pass's histogram.
+constexpr int kSelectThreads = 1024;
+constexpr int kBinsPerThread = kBins / kSelectThreads;
+
+__global__ void __launch_bounds__(kSelectThreads)
+    select_bucket_kernel(const unsigned long long* __restrict__ ghist, SelectState* st, int pass, int64_t k) {
+  using Scan = cub::BlockScan<unsigned long long, kSelectThreads>;
+  __shared__ typename Scan::TempStorage tmp;
+  const bool invalid = st->invalid != 0;
+  const unsigned long long k_rem = pass == 0 ? static_cast<unsigned long long>(k) : st->k_rem;
+  const unsigned long long prefix = pass == 0 ? 0ull : st->prefix;
+  const int first = threadIdx.x * kBinsPerThread;
+  unsigned long long local = 0;
+#pragma unroll 8
+  for (int i = 0; i < kBinsPerThread; ++i) local += ghist[first + i];
+  unsigned long long excl = 0, total = 0;
+  Scan(tmp).ExclusiveSum(local, excl, total);
+  __syncthreads();  // every thread has read st before anyone writes it
+  if (invalid) return;
+  if (pass == 0 && threadIdx.x == 0) st->total = total;
+  if (excl < k_rem && k_rem <= excl + local) {
+    unsigned long long c = excl;
+    for (int i = 0; i < kBinsPerThread; ++i) {
+      const unsigned long long h = ghist[first + i];
+      if (c + h >= k_rem) {
+        st->prefix = (prefix << kDigitBits) | static_cast<unsigned long long>(first + i);
+        st->k_rem = k_rem - c;
+        st->count_eq = h;
+        break;
+      }
+      c += h;
+    }
+  }
+  if (threadIdx.x == 0 && total < k_rem) st->invalid = 1;
+}
+
+// ---------------------------------------------------------------------------
+// Tie counting and mask writing
+// ---------------------------------------------------------------------------
+
+__device__ inline uint32_t selectable_bits(const TableEntry& t, int64_t u0, int nv, const Flags& fl, uint32_t keep) {
+  (void)t;
+  (void)u0;
+  if (fl.exclude_masked) return keep;
+  return (nv >= kUnits) ? 0xFFu : ((1u << (nv > 0 ? nv : 0)) - 1u);
+}
+
+// Number of selectable units with key == T in every chunk (0 everywhere when
+// every tie is selected and no ranking is needed).
+__global__ void __launch_bounds__(kThreads)
+    tie_count_kernel(const TableEntry* __restrict__ tab, const int64_t* __restrict__ chunk_begin, int n,
+                     int64_t nchunks, KeyParams kp, Flags fl, const SelectState* __restrict__ st,
+                     unsigned long long* __restrict__ chunk_ties) {
+  using Reduce = cub::BlockReduce<unsigned int, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  const bool need = !st->invalid && st->count_eq > st->k_rem;
+  const uint64_t T = st->prefix;
+  for (int64_t chunk = blockIdx.x; chunk < nchunks; chunk += gridDim.x) {
+    if (!need) {
+      if (threadIdx.x == 0) chunk_ties[chunk] = 0;
+      continue;
+    }
+    const ChunkRange cr = chunk_range(tab, chunk_begin, n, chunk);
+    const TableEntry t = tab[cr.tensor];
+    unsigned int count = 0;
+    for (int64_t base = cr.begin; base < cr.end; base += static_cast<int64_t>(blockDim.x) * kUnits) {
+      const int64_t u0 = base + threadIdx.x * kUnits;
+      const int nv = clamp_valid(cr.end, u0);
+      if (nv <= 0) continue;
+      uint64_t key[kUnits];
+      load_keys(t, u0, nv, kp, key);
+      const uint32_t keep = fl.exclude_masked ? load_keep(t, u0, nv, fl.packed) : 0u;
+      const uint32_t sel = selectable_bits(t, u0, nv, fl, keep);
+#pragma unroll
+      for (int j = 0; j < kUnits; ++j) count += (((sel >> j) & 1u) && key[j] == T) ? 1u : 0u;
+    }
+    const unsigned int sum = Reduce(tmp).Sum(count);
+    if (threadIdx.x == 0) chunk_ties[chunk] = sum;
+    __syncthreads();  // tmp is reused by the next chunk
+  }
+}
+
+// keep = existing AND NOT selected. With select_none (k == 0) only copies the
+// existing mask. chunk_offsets[c] = ties in chunks before c (exclusive scan).
+__global__ void __launch_bounds__(kThreads)
+    write_kernel(const TableEntry* __restrict__ tab, const int64_t* __restrict__ chunk_begin, int n,
+                 int64_t nchunks, KeyParams kp, Flags fl, const SelectState* __restrict__ st,
+                 const unsigned long long* __restrict__ chunk_offsets, bool select_none) {
+  using Scan = cub::BlockScan<unsigned int, kThreads>;
+  __shared__ typename Scan::TempStorage tmp;
+  uint64_t T = 0;
+  unsigned long long r = 0;
+  bool need = false;
+  if (!select_none) {
+    if (st->invalid) return;
+    T = st->prefix;
+    r = st->k_rem;
+    need = st->count_eq > r;
+  }
+  for (int64_t chunk = blockIdx.x; chunk < nchunks; chunk += gridDim.x) {
+    const ChunkRange cr = chunk_range(tab, chunk_begin, n, chunk);
+    const TableEntry t = tab[cr.tensor];
+    unsigned long long running = need ? chunk_offsets[chunk] : 0ull;
+    for (int64_t base = cr.begin; base < cr.end; base += static_cast<int64_t>(blockDim.x) * kUnits) {
+      const int64_t u0 = base + threadIdx.x * kUnits;
+      const int nv = clamp_valid(cr.end, u0);
+      // Reads of the existing mask happen before the write of the same units by
+      // the same thread, which is what lets out alias the mask.
+      const uint32_t keep = load_keep(t, u0, nv, fl.packed);
+      uint32_t selected = 0;
+      if (!select_none) {
+        uint64_t key[kUnits];
+        uint32_t lt = 0, eq = 0;
+        if (nv > 0) {
+          load_keys(t, u0, nv, kp, key);
+          const uint32_t cand = selectable_bits(t, u0, nv, fl, keep);
+#pragma unroll
+          for (int j = 0; j < kUnits; ++j) {
+            if ((cand >> j) & 1u) {
+              lt |= (key[j] < T ? 1u : 0u) << j;
+              eq |= (key[j] == T ? 1u : 0u) << j;
+            }
+          }
+        }
+        if (!need) {
+          selected = lt | eq;
+        } else {
+          // `need` is uniform over the block, so every thread takes part.
+          unsigned int before = 0, in_step = 0;
+          Scan(tmp).ExclusiveSum(static_cast<unsigned int>(__popc(eq)), before, in_step);
+          __syncthreads();
+          unsigned long long rank = running + before;
+          selected = lt;
+#pragma unroll
+          for (int j = 0; j < kUnits; ++j) {
+            if ((eq >> j) & 1u) {
+              if (rank < r) selected |= 1u << j;
+              ++rank;
+            }
+          }
+          running += in_step;
+        }
+      }
+      store_keep(t, u0, nv, fl.packed, keep & ~selected);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------
+
+KeyParams choose_keys(const KSelectTensor* ts, int n, bool largest) {
+  bool any_float = false, any_int = false, f16 = false, bf16 = false, f32 = false, f64 = false;
+  int int_bits = 16;
+  for (int i = 0; i < n; ++i) {
+    switch (ts[i].score_dtype) {
+      case kHalf: any_float = f16 = true; break;
+      case kBFloat16: any_float = bf16 = true; break;
+      case kFloat: any_float = f32 = true; break;
+      case kDouble: any_float = f64 = true; break;
+      case kInt16: any_int = true; int_bits = int_bits < 32 ? 32 : int_bits; break;  // |-32768| needs bit 15
+      case kInt32:
+      case kInt64: any_int = true; int_bits = 64; break;  // |INT32_MIN| needs bit 31
+      default: any_int = true; break;                     // bool, uint8, int8: <= 255
+    }
+  }
+  KeyParams kp;
+  if (any_float && (any_int || f64)) {
+    kp.mode = kKeyF64;
+    kp.bits = 64;
+  } else if (any_float && (f32 || (f16 && bf16))) {
+    kp.mode = kKeyF32;
+    kp.bits = 32;
+  } else if (any_float) {
+    kp.mode = f16 ? kKeyHalf : kKeyBF16;
+    kp.bits = 16;
+  } else {
+    kp.mode = kKeyInt;
+    kp.bits = int_bits;
+  }
+  kp.flip = largest ? ((1ull << (kp.bits - 1)) - 1ull) : 0ull;
+  return kp;
+}
+
+struct Layout {
+  size_t state, hist, table, chunk_begin, chunk_ties, cub_temp, cub_bytes, total;
+  int64_t nchunks;
+};
+
+cudaError_t make_layout(const KSelectTensor* ts, int n, Layout* L) {
+  int64_t nchunks = 0;
+  for (int i = 0; i < n; ++i) nchunks += (ts[i].numel + kChunk - 1) / kChunk;
+  L->nchunks = nchunks;
+  size_t cub_bytes = 0;
+  if (nchunks > 0) {
+    FASTPRUNE_CUDA_TRY(cub::DeviceScan::ExclusiveSum(nullptr, cub_bytes, static_cast<unsigned long long*>(nullptr),
+                                                      nchunks, static_cast<cudaStream_t>(0)));
+  }
+  size_t off = 0;
+  L->state = off;
+  off = round_up(off + sizeof(SelectState), 256);
+  L->hist = off;
+  off = round_up(off + sizeof(unsigned long long) * kBins, 256);
+  L->table = off;
+  off = round_up(off + sizeof(TableEntry) * static_cast<size_t>(n), 256);
+  L->chunk_begin = off;
+  off = round_up(off + sizeof(int64_t) * static_cast<size_t>(n + 1), 256);
+  L->chunk_ties = off;
+  off = round_up(off + sizeof(unsigned long long) * static_cast<size_t>(nchunks), 256);
+  L->cub_temp = off;
+  L->cub_bytes = cub_bytes;
+  off = round_up(off + cub_bytes, 256);
+  L->total = off;
+  return cudaSuccess;
+}
+
+// Whether this device can give hist_shared_kernel its 128 KiB (cached per device).
+bool shared_hist_available() {
+  static int cache[64] = {0};  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (dev >= 0 && dev < 64 && cache[dev]) return cache[dev] == 1;
+  int optin = 0;
+  bool ok = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess &&
+            optin >= static_cast<int>(kSharedBins * sizeof(uint32_t));
+  if (ok) {
+    ok = cudaFuncSetAttribute(hist_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(kSharedBins * sizeof(uint32_t))) == cudaSuccess;
+  }
+  if (!ok) (void)cudaGetLastError();  // clear a sticky-free error from the attribute call
+  if (dev >= 0 && dev < 64) cache[dev] = ok ? 1 : 2;
+  return ok;
+}
+
+int grid_for(int64_t nchunks, int blocks_per_sm) {
+  int64_t g = static_cast<int64_t>(device_sm_count()) * blocks_per_sm;
+  if (g > nchunks) g = nchunks;
+  if (g < 1) g = 1;
+  return static_cast<int>(g);
+}
+
+}  // namespace
+
+cudaError_t kselect_workspace_bytes(const KSelectTensor* tensors, int ntensors, size_t* bytes) {
+  Layout L;
+  FASTPRUNE_CUDA_TRY(make_layout(tensors, ntensors, &L));
+  *bytes = L.total;
+  return cudaSuccess;
+}
+
+KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k, bool largest, bool exclude_masked,
+                           bool packed, int64_t known_selectable, void* workspace, size_t workspace_bytes,
+                           cudaStream_t stream) {
+  KSelectStatus status;
+  auto fail = [&](cudaError_t e) {
+    status.error = e;
+    return status;
+  };
+  if (ntensors <= 0) return status;
+  Layout L;
+  cudaError_t e = make_layout(tensors, ntensors, &L);
+  if (e != cudaSuccess) return fail(e);
+  if (L.nchunks == 0) return status;  // nothing to select from or write (k was validated as 0)
+  if (workspace == nullptr || workspace_bytes < L.total) return fail(cudaErrorInvalidValue);
+
+  char* ws = static_cast<char*>(workspace);
+  SelectState* st = reinterpret_cast<SelectState*>(ws + L.state);
+  unsigned long long* hist = reinterpret_cast<unsigned long long*>(ws + L.hist);
+  TableEntry* dtab = reinterpret_cast<TableEntry*>(ws + L.table);
+  int64_t* dchunk = reinterpret_cast<int64_t*>(ws + L.chunk_begin);
+  unsigned long long* ties = reinterpret_cast<unsigned long long*>(ws + L.chunk_ties);
+
+  // Pointer table + chunk map, uploaded with one copy (table and chunk_begin
+  // are adjacent in the workspace).
+  std::vector<char> host(L.chunk_begin - L.table + sizeof(int64_t) * (ntensors + 1), 0);
+  TableEntry* htab = reinterpret_cast<TableEntry*>(host.data());
+  int64_t* hchunk = reinterpret_cast<int64_t*>(host.data() + (L.chunk_begin - L.table));
+  int64_t c = 0;
+  for (int i = 0; i < ntensors; ++i) {
+    const KSelectTensor& s = tensors[i];
+    TableEntry& t = htab[i];
+    t.score = s.score;
+    t.mask = s.mask;
+    t.out = s.out;
+    t.numel = s.numel;
+    t.score_dtype = s.score_dtype;
+    t.mask_dtype = packed ? kUInt8 : s.mask_dtype;
+    t.out_dtype = packed ? kUInt8 : s.out_dtype;
+    t.vec = 0;
+    if (is_aligned(s.score, vec_alignment(static_cast<int>(dtype_size(s.score_dtype)), kUnits))) t.vec |= 1u;
+    if (!packed && s.mask && is_aligned(s.mask, vec_alignment(static_cast<int>(dtype_size(s.mask_dtype)), kUnits)))
+      t.vec |= 2u;
+    if (!packed && is_aligned(s.out, vec_alignment(static_cast<int>(dtype_size(s.out_dtype)), kUnits))) t.vec |= 4u;
+    hchunk[i] = c;
+    c += (s.numel + kChunk - 1) / kChunk;
+  }
+  hchunk[ntensors] = c;
+  e = cudaMemcpyAsync(dtab, host.data(), host.size(), cudaMemcpyHostToDevice, stream);
+  if (e != cudaSuccess) return fail(e);
+
+  const KeyParams kp = choose_keys(tensors, ntensors, largest);
+  const Flags fl{exclude_masked, packed};
+  const int grid = grid_for(L.nchunks, 2048 / kThreads);
+
+  if (k > 0) {
+    if ((e = cudaMemsetAsync(st, 0, sizeof(SelectState), stream)) != cudaSuccess) return fail(e);
+    const int passes = kp.bits / kDigitBits;
+    for (int pass = 0; pass < passes; ++pass) {
+      if ((e = cudaMemsetAsync(hist, 0, sizeof(unsigned long long) * kBins, stream)) != cudaSuccess) return fail(e);
+      if (pass == 0 && shared_hist_available()) {
+        // One resident block per SM (128 KiB each); at least one block per 2^31
+        // units so that the 32-bit shared counters cannot overflow.
+        int64_t total_units = 0;
+        for (int i = 0; i < ntensors; ++i) total_units += tensors[i].numel;
+        int64_t g = device_sm_count();
+        const int64_t min_blocks = (total_units >> 31) + 1;
+        if (g < min_blocks) g = min_blocks;
+        if (g > L.nchunks) g = L.nchunks;
+        hist_shared_kernel<<<static_cast<unsigned>(g), kSharedHistThreads, kSharedBins * sizeof(uint32_t), stream>>>(
+            dtab, dchunk, ntensors, L.nchunks, kp, fl, hist);
+      } else {
+        hist_global_kernel<<<grid, kThreads, 0, stream>>>(dtab, dchunk, ntensors, L.nchunks, kp, fl, pass, st, hist);
+      }
+      if ((e = cudaGetLastError()) != cudaSuccess) return fail(e);
+      select_bucket_kernel<<<1, kSelectThreads, 0, stream>>>(hist, st, pass, k);
+      if ((e = cudaGetLastError()) != cudaSuccess) return fail(e);
+      if (pass == 0 && known_selectable < 0) {
+        // The call's only host round trip: the number of selectable units.
+        SelectState h;
+        if ((e = cudaMemcpyAsync(&h, st, sizeof(h), cudaMemcpyDeviceToHost, stream)) != cudaSuccess) return fail(e);
+        if ((e = cudaStreamSynchronize(stream)) != cudaSuccess) return fail(e);
+        if (h.total < static_cast<unsigned long long>(k)) {
+          status.k_out_of_range = true;
+          status.selectable = static_cast<int64_t>(h.total);
+          return status;
+        }
+        status.selectable = static_cast<int64_t>(h.total);
+      }
+    }
+    tie_count_kernel<<<grid, kThreads, 0, stream>>>(dtab, dchunk, ntensors, L.nchunks, kp, fl, st, ties);
+    if ((e = cudaGetLastError()) != cudaSuccess) return fail(e);
+    size_t cub_bytes = L.cub_bytes;
+    e = cub::DeviceScan::ExclusiveSum(ws + L.cub_temp, cub_bytes, ties, L.nchunks, stream);
+    if (e != cudaSuccess) return fail(e);
+  }
+  write_kernel<<<grid, kThreads, 0, stream>>>(dtab, dchunk, ntensors, L.nchunks, kp, fl, st, ties, k <= 0);
+  if ((e = cudaGetLastError()) != cudaSuccess) return fail(e);
+  return status;
+}
+
+}  // namespace cuda
+}  // namespace fastprune
