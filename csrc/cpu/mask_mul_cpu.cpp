@@ -1,0 +1,206 @@
+// Fused mask multiply: out = input * mask.to(input.dtype) (torch's apply_mask),
+// its in-place multi-tensor form, and zeroing by a 1-bit packed mask.
+//
+// The mask is converted to the input dtype before multiplying, so float inputs
+// keep IEEE semantics (x * 0 is -0 for negative x and NaN for inf/NaN), exactly
+// as in the reference. Same-shape contiguous pairs take the fast loops; other
+// cases (broadcast masks, non-contiguous inputs) are handed to ATen.
+#include "../common.h"
+
+#include <ATen/ExpandUtils.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+namespace fastprune {
+namespace {
+
+constexpr int64_t kGrain = 32768;
+constexpr int64_t kChunk = int64_t(1) << 16;
+
+// x * m where m already has x's dtype; fp16/bf16 multiply in fp32 and round once,
+// which is what ATen does and is exact for these formats' products.
+template <typename T>
+C10_ALWAYS_INLINE T mul(T x, T m) {
+  if constexpr (std::is_same_v<T, bool>) {
+    return x && m;
+  } else if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
+    return T(static_cast<float>(x) * static_cast<float>(m));
+  } else if constexpr (std::is_integral_v<T>) {
+    using U = std::make_unsigned_t<T>;  // wrap-around like ATen, without signed overflow
+    return static_cast<T>(static_cast<U>(x) * static_cast<U>(m));
+  } else {
+    return x * m;
+  }
+}
+
+template <typename T>
+C10_ALWAYS_INLINE T bool_to(bool b) {
+  return zero_or_one<T>(static_cast<uint8_t>(b));
+}
+
+// out[0..n) = x * cast<T>(m), m of dtype T or bool.
+template <typename T>
+void mul_range(const T* x, const void* m, bool mask_is_bool, T* out, int64_t n) {
+  if (mask_is_bool) {
+    const bool* mb = static_cast<const bool*>(m);
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      const uint8_t* mu = reinterpret_cast<const uint8_t*>(mb);
+      for (int64_t i = 0; i < n; ++i) out[i] = x[i] * static_cast<T>(mu[i] != 0);
+    } else {
+      for (int64_t i = 0; i < n; ++i) out[i] = mul<T>(x[i], bool_to<T>(mb[i]));
+    }
+  } else {
+    const T* mt = static_cast<const T*>(m);
+    for (int64_t i = 0; i < n; ++i) out[i] = mul<T>(x[i], mt[i]);
+  }
+}
+
+// Brings `mask` to a dtype the fast loops read (the input's own, or bool).
+at::Tensor fast_mask(const at::Tensor& mask, at::ScalarType dtype) {
+  if (mask.scalar_type() == dtype || mask.scalar_type() == at::kBool) return mask.contiguous();
+  return mask.to(dtype).contiguous();
+}
+
+at::Tensor mask_mul_cpu(const at::Tensor& input, const at::Tensor& mask) {
+  check_cpu(input, "mask_mul", "input");
+  check_cpu(mask, "mask_mul", "mask");
+  const bool fast = input.sizes() == mask.sizes() && input.is_contiguous() &&
+                    is_supported_dtype(input.scalar_type()) && is_supported_dtype(mask.scalar_type());
+  if (!fast) {
+    // Broadcasting and strided inputs: ATen gives the reference's exact result and errors.
+    return at::mul(input, mask.to(input.scalar_type()));
+  }
+  const at::Tensor m = fast_mask(mask, input.scalar_type());
+  at::Tensor out = at::empty_like(input, at::MemoryFormat::Contiguous);
+  const bool mask_is_bool = m.scalar_type() == at::kBool && input.scalar_type() != at::kBool;
+  dispatch_dtype(input.scalar_type(), "mask_mul", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* x = input.data_ptr<T>();
+    const char* mp = static_cast<const char*>(m.data_ptr());
+    const int64_t msize = m.element_size();
+    T* o = out.data_ptr<T>();
+    at::parallel_for(0, input.numel(), kGrain, [&](int64_t b, int64_t e) {
+      mul_range<T>(x + b, mp + b * msize, mask_is_bool, o + b, e - b);
+    });
+  });
+  return out;
+}
+
+void mask_mul__cpu(at::TensorList inputs, at::TensorList masks) {
+  const int64_t n = static_cast<int64_t>(inputs.size());
+  FP_CHECK_VALUE(static_cast<int64_t>(masks.size()) == n, "mask_mul_: inputs and masks must have the same length, got ",
+                 n, " and ", masks.size());
+  std::vector<bool> fast(n);
+  for (int64_t i = 0; i < n; ++i) {
+    check_cpu(inputs[i], "mask_mul_", "inputs", i);
+    check_cpu(masks[i], "mask_mul_", "masks", i);
+    FP_CHECK_VALUE(at::is_expandable_to(masks[i].sizes(), inputs[i].sizes()), "mask_mul_: masks[", i,
+                   "] of shape ", masks[i].sizes(), " cannot be broadcast to inputs[", i, "] of shape ",
+                   inputs[i].sizes());
+    fast[i] = inputs[i].sizes() == masks[i].sizes() && inputs[i].is_contiguous() &&
+              is_supported_dtype(inputs[i].scalar_type()) && is_supported_dtype(masks[i].scalar_type());
+  }
+  std::vector<at::Tensor> ms(n);
+  std::vector<int64_t> numels(n, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!fast[i]) continue;
+    ms[i] = fast_mask(masks[i], inputs[i].scalar_type());
+    numels[i] = inputs[i].numel();
+  }
+  const std::vector<Chunk> chunks = make_chunks(numels, kChunk);
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      const Chunk& ch = chunks[c];
+      const at::Tensor& x = inputs[ch.t];
+      const at::Tensor& m = ms[ch.t];
+      const bool mask_is_bool = m.scalar_type() == at::kBool && x.scalar_type() != at::kBool;
+      dispatch_dtype(x.scalar_type(), "mask_mul_", [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        T* xp = x.data_ptr<T>() + ch.begin;
+        const char* mp = static_cast<const char*>(m.data_ptr()) + ch.begin * m.element_size();
+        mul_range<T>(xp, mp, mask_is_bool, xp, ch.end - ch.begin);
+      });
+    }
+  });
+  for (int64_t i = 0; i < n; ++i) {
+    if (!fast[i]) inputs[i].mul_(masks[i].to(inputs[i].scalar_type()));
+  }
+}
+
+// Zeroes the units of x whose bit is 0. Clearing all bits of an element gives
+// +0 / 0 / false for every dtype, so this works on raw words of the element size.
+template <typename W>
+void zero_by_bits(W* x, const uint8_t* p, int64_t begin, int64_t end) {
+  // begin is a multiple of 8
+  const int64_t full_end = begin + ((end - begin) / 8) * 8;
+  for (int64_t i = begin; i < full_end; i += 8) {
+    const uint8_t bits = p[i >> 3];
+    if (bits == 0xFF) continue;
+    for (int j = 0; j < 8; ++j) x[i + j] &= static_cast<W>(W(0) - W((bits >> j) & 1));
+  }
+  if (full_end < end) {
+    const uint8_t bits = p[full_end >> 3];
+    for (int64_t i = full_end; i < end; ++i) x[i] &= static_cast<W>(W(0) - W((bits >> (i - full_end)) & 1));
+  }
+}
+
+void apply_packed_mask__cpu(at::TensorList inputs, at::TensorList packed) {
+  const int64_t n = static_cast<int64_t>(inputs.size());
+  FP_CHECK_VALUE(static_cast<int64_t>(packed.size()) == n,
+                 "apply_packed_mask_: inputs and packed must have the same length, got ", n, " and ", packed.size());
+  for (int64_t i = 0; i < n; ++i) {
+    check_cpu(inputs[i], "apply_packed_mask_", "inputs", i);
+    check_cpu(packed[i], "apply_packed_mask_", "packed", i);
+    const int64_t es = inputs[i].element_size();
+    FP_CHECK_TYPE(!inputs[i].is_quantized() && (es == 1 || es == 2 || es == 4 || es == 8 || es == 16),
+                  "apply_packed_mask_: inputs[", i, "] has unsupported dtype ", inputs[i].scalar_type());
+    FP_CHECK_TYPE(packed[i].scalar_type() == at::kByte, "apply_packed_mask_: packed[", i, "] must be uint8, got ",
+                  packed[i].scalar_type());
+    const int64_t want = packed_numel(inputs[i].numel());
+    FP_CHECK_VALUE(packed[i].numel() == want, "apply_packed_mask_: packed[", i, "] must have ", want,
+                   " bytes for inputs[", i, "] of ", inputs[i].numel(), " elements, got ", packed[i].numel());
+  }
+  std::vector<at::Tensor> xs(n), ps(n);
+  std::vector<int64_t> numels(n);
+  for (int64_t i = 0; i < n; ++i) {
+    xs[i] = inputs[i].is_contiguous() ? inputs[i] : inputs[i].contiguous();
+    ps[i] = packed[i].contiguous();
+    numels[i] = xs[i].numel();
+  }
+  const std::vector<Chunk> chunks = make_chunks(numels, kChunk);
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      const Chunk& ch = chunks[c];
+      void* x = xs[ch.t].data_ptr();
+      const uint8_t* p = ps[ch.t].data_ptr<uint8_t>();
+      switch (xs[ch.t].element_size()) {
+        case 1: zero_by_bits(static_cast<uint8_t*>(x), p, ch.begin, ch.end); break;
+        case 2: zero_by_bits(static_cast<uint16_t*>(x), p, ch.begin, ch.end); break;
+        case 4: zero_by_bits(static_cast<uint32_t*>(x), p, ch.begin, ch.end); break;
+        case 8: zero_by_bits(static_cast<uint64_t*>(x), p, ch.begin, ch.end); break;
+        default: {  // 16-byte elements (complex128): two words per element
+          uint64_t* w = static_cast<uint64_t*>(x);
+          for (int64_t i = ch.begin; i < ch.end; ++i) {
+            const uint64_t keep = uint64_t(0) - uint64_t((p[i >> 3] >> (i & 7)) & 1);
+            w[2 * i] &= keep;
+            w[2 * i + 1] &= keep;
+          }
+        }
+      }
+    }
+  });
+  for (int64_t i = 0; i < n; ++i) {
+    if (!xs[i].is_same(inputs[i])) inputs[i].copy_(xs[i]);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastprune, CPU, m) {
+  m.impl("mask_mul", &mask_mul_cpu);
+  m.impl("mask_mul_", &mask_mul__cpu);
+  m.impl("apply_packed_mask_", &apply_packed_mask__cpu);
+}
+
+}  // namespace fastprune
