@@ -120,7 +120,7 @@ struct Vec {
       }
     }
 #pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = i < nvalid ? p[i] : T(0);
+    for (int i = 0; i < N; ++i) v[i] = i < nvalid ? p[i] : T{};
   }
 
   __device__ inline void store(T* p, bool vec, int nvalid) const {

@@ -124,12 +124,14 @@ size_t mask_mul_workspace_bytes(int ntensors);
 cudaError_t mask_mul_cuda(const MaskMulTensor* tensors, int ntensors, void* workspace,
                           size_t workspace_bytes, cudaStream_t stream);
 
-// data[i] = 0 wherever bit i of `bits` is 0 (ceil(numel / 8) bytes).
+// data[i] = 0 wherever bit i of `bits` is 0 (ceil(numel / 8) bytes). Works on
+// raw elements of elem_size bytes (1, 2, 4, 8 or 16): clearing every bit gives
+// +0 / 0 / false in every dtype, complex included.
 struct PackedMaskTensor {
   void* data;
   const uint8_t* bits;
   int64_t numel;
-  int32_t dtype;
+  int32_t elem_size;
   int32_t reserved;
 };
 

@@ -47,7 +47,7 @@ struct PMEntry {
   void* data;
   const uint8_t* bits;
   int64_t numel;
-  int32_t dtype;
+  int32_t elem_size;
   uint32_t vec;  // bit 0: data aligned for 8-element vectors
 };
 
@@ -188,26 +188,26 @@ __global__ void __launch_bounds__(kThreads) mask_mul_kernel(Table tab, int64_t n
   }
 }
 
-// Each thread owns one packed byte, i.e. 8 consecutive elements.
-template <int D>
+// Each thread owns one packed byte, i.e. 8 consecutive elements, handled as raw
+// words W (uint4 for 16-byte elements).
+template <typename W>
 __device__ inline void packed_range(const PMEntry& t, int64_t begin, int64_t end) {
-  using T = typename Storage<D>::T;
-  T* data = static_cast<T*>(t.data);
+  W* data = static_cast<W*>(t.data);
   const bool vec = (t.vec & 1u) != 0;
   for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * 8; i < end; i += static_cast<int64_t>(blockDim.x) * 8) {
     const int nv = (end - i) >= 8 ? 8 : static_cast<int>(end - i);
     const uint32_t valid = nv >= 8 ? 0xFFu : ((1u << nv) - 1u);
     const uint32_t bits = t.bits[i / 8] & valid;
     if (bits == valid) continue;  // nothing to clear: no load, no store
-    Vec<T, 8> x;
+    Vec<W, 8> x;
     if (bits != 0) {
       x.load(data + i, vec, nv);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
-        if (!((bits >> j) & 1u)) x.v[j] = T(0);
+        if (!((bits >> j) & 1u)) x.v[j] = W{};
     } else {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) x.v[j] = T(0);
+      for (int j = 0; j < 8; ++j) x.v[j] = W{};
     }
     x.store(data + i, vec, nv);
   }
@@ -220,7 +220,14 @@ __global__ void __launch_bounds__(kThreads) packed_kernel(Table tab, int64_t nch
     const PMEntry t = tab.entry(ti);
     const int64_t begin = (chunk - tab.begin(ti)) * kChunk;
     const int64_t end = begin + kChunk < t.numel ? begin + kChunk : t.numel;
-    dispatch_dtype(t.dtype, [&](auto dtag) { packed_range<decltype(dtag)::value>(t, begin, end); });
+    switch (t.elem_size) {
+      case 1: packed_range<uint8_t>(t, begin, end); break;
+      case 2: packed_range<uint16_t>(t, begin, end); break;
+      case 4: packed_range<uint32_t>(t, begin, end); break;
+      case 8: packed_range<unsigned long long>(t, begin, end); break;
+      case 16: packed_range<uint4>(t, begin, end); break;
+      default: break;
+    }
   }
 }
 
@@ -307,13 +314,17 @@ cudaError_t apply_packed_mask_cuda(const PackedMaskTensor* tensors, int ntensors
   std::vector<PMEntry> entries(ntensors);
   for (int i = 0; i < ntensors; ++i) {
     const PackedMaskTensor& s = tensors[i];
-    if (!dtype_valid(s.dtype)) return cudaErrorInvalidValue;
+    const int es = s.elem_size;
+    if (es != 1 && es != 2 && es != 4 && es != 8 && es != 16) return cudaErrorInvalidValue;
+    // Scalar accesses need natural alignment of the word type (always true for
+    // torch tensors); the 8-element vector path needs min(16, 8 * es).
+    if (!is_aligned(s.data, es)) return cudaErrorMisalignedAddress;
     PMEntry& e = entries[i];
     e.data = s.data;
     e.bits = s.bits;
     e.numel = s.numel;
-    e.dtype = s.dtype;
-    e.vec = is_aligned(s.data, vec_alignment(static_cast<int>(dtype_size(s.dtype)), 8)) ? 1u : 0u;
+    e.elem_size = es;
+    e.vec = is_aligned(s.data, vec_alignment(es, 8)) ? 1u : 0u;
   }
   return launch_table(
       entries, workspace, workspace_bytes, stream,

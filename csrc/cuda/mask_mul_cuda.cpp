@@ -1,0 +1,146 @@
+// CUDA backend of fastprune::mask_mul, mask_mul_ and apply_packed_mask_:
+// the CPU kernels' checks and fallbacks (same messages), then the torch-free
+// launchers in mask_mul_cuda.cu. Same-shape pairs with a contiguous input take
+// the fused kernel; broadcast masks and strided inputs are handed to ATen,
+// exactly as on the CPU, so both devices give the same results and errors.
+#include "wrapper_common.h"
+
+#include <ATen/ExpandUtils.h>
+#include <torch/library.h>
+
+#include <vector>
+
+namespace fastprune {
+namespace cuda_ops {
+namespace {
+
+bool fast_pair(const at::Tensor& input, const at::Tensor& mask) {
+  return input.sizes() == mask.sizes() && input.is_contiguous() && is_supported_dtype(input.scalar_type()) &&
+         is_supported_dtype(mask.scalar_type());
+}
+
+at::Tensor mask_mul_cuda_op(const at::Tensor& input, const at::Tensor& mask) {
+  const c10::Device device = input.device();
+  check_cuda(input, device, "mask_mul", "input");
+  check_cuda(mask, device, "mask_mul", "mask");
+  if (!fast_pair(input, mask)) {
+    return at::mul(input, mask.to(input.scalar_type()));
+  }
+  const c10::cuda::CUDAGuard guard(device);
+  const at::Tensor m = mask.contiguous();
+  at::Tensor out = at::empty_like(input, at::MemoryFormat::Contiguous);
+  if (input.numel() == 0) return out;
+  fastprune::cuda::MaskMulTensor d;
+  d.in = input.data_ptr();
+  d.mask = m.data_ptr();
+  d.out = out.data_ptr();
+  d.numel = input.numel();
+  d.dtype = dtype_code(input.scalar_type());
+  d.mask_dtype = dtype_code(m.scalar_type());
+  // One tensor always fits in the kernel arguments: no workspace.
+  check_launch(fastprune::cuda::mask_mul_cuda(&d, 1, nullptr, 0, c10::cuda::getCurrentCUDAStream(device.index()).stream()),
+               "mask_mul");
+  return out;
+}
+
+void mask_mul__cuda_op(at::TensorList inputs, at::TensorList masks) {
+  const int64_t n = static_cast<int64_t>(inputs.size());
+  FP_CHECK_VALUE(static_cast<int64_t>(masks.size()) == n, "mask_mul_: inputs and masks must have the same length, got ",
+                 n, " and ", masks.size());
+  if (n == 0) return;
+  const c10::Device device = inputs[0].device();
+  std::vector<bool> fast(n);
+  for (int64_t i = 0; i < n; ++i) {
+    check_cuda(inputs[i], device, "mask_mul_", "inputs", i);
+    check_cuda(masks[i], device, "mask_mul_", "masks", i);
+    FP_CHECK_VALUE(at::is_expandable_to(masks[i].sizes(), inputs[i].sizes()), "mask_mul_: masks[", i, "] of shape ",
+                   masks[i].sizes(), " cannot be broadcast to inputs[", i, "] of shape ", inputs[i].sizes());
+    fast[i] = fast_pair(inputs[i], masks[i]);
+  }
+  const c10::cuda::CUDAGuard guard(device);
+  std::vector<at::Tensor> keep_alive;  // contiguous mask copies, alive until the launch is queued
+  std::vector<fastprune::cuda::MaskMulTensor> desc;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!fast[i] || inputs[i].numel() == 0) continue;
+    at::Tensor m = masks[i].contiguous();
+    fastprune::cuda::MaskMulTensor d;
+    d.in = inputs[i].data_ptr();
+    d.mask = m.data_ptr();
+    d.out = inputs[i].data_ptr();
+    d.numel = inputs[i].numel();
+    d.dtype = dtype_code(inputs[i].scalar_type());
+    d.mask_dtype = dtype_code(m.scalar_type());
+    desc.push_back(d);
+    keep_alive.push_back(std::move(m));
+  }
+  if (!desc.empty()) {
+    const int count = static_cast<int>(desc.size());
+    const size_t bytes = fastprune::cuda::mask_mul_workspace_bytes(count);
+    at::Tensor ws;
+    if (bytes > 0) ws = workspace(bytes, device);
+    check_launch(fastprune::cuda::mask_mul_cuda(desc.data(), count, bytes > 0 ? ws.data_ptr() : nullptr, bytes,
+                                                c10::cuda::getCurrentCUDAStream(device.index()).stream()),
+                 "mask_mul_");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (!fast[i]) inputs[i].mul_(masks[i].to(inputs[i].scalar_type()));
+  }
+}
+
+void apply_packed_mask__cuda_op(at::TensorList inputs, at::TensorList packed) {
+  const int64_t n = static_cast<int64_t>(inputs.size());
+  FP_CHECK_VALUE(static_cast<int64_t>(packed.size()) == n,
+                 "apply_packed_mask_: inputs and packed must have the same length, got ", n, " and ", packed.size());
+  if (n == 0) return;
+  const c10::Device device = inputs[0].device();
+  for (int64_t i = 0; i < n; ++i) {
+    check_cuda(inputs[i], device, "apply_packed_mask_", "inputs", i);
+    check_cuda(packed[i], device, "apply_packed_mask_", "packed", i);
+    const int64_t es = inputs[i].element_size();
+    FP_CHECK_TYPE(!inputs[i].is_quantized() && (es == 1 || es == 2 || es == 4 || es == 8 || es == 16),
+                  "apply_packed_mask_: inputs[", i, "] has unsupported dtype ", inputs[i].scalar_type());
+    FP_CHECK_TYPE(packed[i].scalar_type() == at::kByte, "apply_packed_mask_: packed[", i, "] must be uint8, got ",
+                  packed[i].scalar_type());
+    const int64_t want = packed_numel(inputs[i].numel());
+    FP_CHECK_VALUE(packed[i].numel() == want, "apply_packed_mask_: packed[", i, "] must have ", want,
+                   " bytes for inputs[", i, "] of ", inputs[i].numel(), " elements, got ", packed[i].numel());
+  }
+  const c10::cuda::CUDAGuard guard(device);
+  std::vector<at::Tensor> xs(n), ps(n);
+  std::vector<fastprune::cuda::PackedMaskTensor> desc;
+  for (int64_t i = 0; i < n; ++i) {
+    xs[i] = inputs[i].is_contiguous() ? inputs[i] : inputs[i].contiguous();
+    ps[i] = packed[i].contiguous();
+    if (xs[i].numel() == 0) continue;
+    fastprune::cuda::PackedMaskTensor d;
+    d.data = xs[i].data_ptr();
+    d.bits = ps[i].data_ptr<uint8_t>();
+    d.numel = xs[i].numel();
+    d.elem_size = static_cast<int32_t>(xs[i].element_size());
+    d.reserved = 0;
+    desc.push_back(d);
+  }
+  if (!desc.empty()) {
+    const int count = static_cast<int>(desc.size());
+    const size_t bytes = fastprune::cuda::apply_packed_mask_workspace_bytes(count);
+    at::Tensor ws;
+    if (bytes > 0) ws = workspace(bytes, device);
+    check_launch(fastprune::cuda::apply_packed_mask_cuda(desc.data(), count, bytes > 0 ? ws.data_ptr() : nullptr,
+                                                         bytes, c10::cuda::getCurrentCUDAStream(device.index()).stream()),
+                 "apply_packed_mask_");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (!xs[i].is_same(inputs[i])) inputs[i].copy_(xs[i]);
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastprune, CUDA, m) {
+  m.impl("mask_mul", &mask_mul_cuda_op);
+  m.impl("mask_mul_", &mask_mul__cuda_op);
+  m.impl("apply_packed_mask_", &apply_packed_mask__cuda_op);
+}
+
+}  // namespace cuda_ops
+}  // namespace fastprune

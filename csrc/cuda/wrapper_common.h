@@ -1,0 +1,57 @@
+// Helpers shared by the torch-facing CUDA wrappers (csrc/cuda/*_cuda.cpp):
+// argument checks that name the argument, the dtype code the kernels take,
+// and turning a cudaError_t into a torch error. The kernels themselves
+// (csrc/cuda/*.cu) never see torch.
+#pragma once
+
+#include "../common.h"
+#include "kernels.h"
+
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cuda_runtime_api.h>
+
+namespace fastprune {
+namespace cuda_ops {
+
+// Same wording as check_cpu (csrc/common.h), for the CUDA backend: every tensor
+// of one call must live on the CUDA device of its first tensor.
+inline void check_cuda(const at::Tensor& t, const c10::Device& device, const char* op, const char* name,
+                       int64_t index = -1) {
+  FP_CHECK(t.device().is_cuda(), op, ": ", arg_name(name, index), " must be a CUDA tensor, got a tensor on ",
+           t.device());
+  FP_CHECK(t.device() == device, op, ": ", arg_name(name, index), " must be on ", device, " like the other tensors, got ",
+           t.device());
+  FP_CHECK_TYPE(t.layout() == at::kStrided, op, ": ", arg_name(name, index), " must be a dense (strided) tensor");
+}
+
+inline int32_t dtype_code(at::ScalarType st) {
+  switch (st) {
+    case at::kBool: return fastprune::cuda::kBool;
+    case at::kByte: return fastprune::cuda::kUInt8;
+    case at::kChar: return fastprune::cuda::kInt8;
+    case at::kShort: return fastprune::cuda::kInt16;
+    case at::kInt: return fastprune::cuda::kInt32;
+    case at::kLong: return fastprune::cuda::kInt64;
+    case at::kHalf: return fastprune::cuda::kHalf;
+    case at::kBFloat16: return fastprune::cuda::kBFloat16;
+    case at::kFloat: return fastprune::cuda::kFloat;
+    case at::kDouble: return fastprune::cuda::kDouble;
+    default: return -1;
+  }
+}
+
+inline void check_launch(cudaError_t err, const char* op) {
+  FP_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorName(err), " (",
+           cudaGetErrorString(err), ")");
+}
+
+// Device workspace from torch's caching allocator (stream-ordered reuse).
+inline at::Tensor workspace(size_t bytes, const c10::Device& device) {
+  return at::empty({static_cast<int64_t>(bytes > 0 ? bytes : 1)},
+                   at::TensorOptions().dtype(at::kByte).device(device));
+}
+
+}  // namespace cuda_ops
+}  // namespace fastprune
