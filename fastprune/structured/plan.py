@@ -1,0 +1,311 @@
+"""A cut plan: every (module, tensor, dim, indices) to remove, and how to apply it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Set, Tuple
+
+import torch
+from torch import nn
+
+from .graph import _FLAT_ATTRS, _HEAD_ATTRS, _KV_ATTRS
+
+__all__ = ["Plan", "Cut"]
+
+
+@dataclass
+class Cut:
+    """Remove ``indices`` along ``dim`` of ``module.<tensor>`` (a parameter or buffer)."""
+
+    module_name: str
+    module: nn.Module
+    tensor: str
+    dim: int
+    indices: Tuple[int, ...]
+    is_param: bool
+
+    @property
+    def fqn(self) -> str:
+        return f"{self.module_name}.{self.tensor}" if self.module_name else self.tensor
+
+
+def _split_fqn(fqn: str) -> Tuple[str, str]:
+    if "." in fqn:
+        mod, name = fqn.rsplit(".", 1)
+        return mod, name
+    return "", fqn
+
+
+def _fmt_idx(idx) -> str:
+    idx = list(idx)
+    if len(idx) <= 8:
+        return str(idx)
+    return "[" + ", ".join(map(str, idx[:6])) + f", ... +{len(idx) - 6}]"
+
+
+class Plan:
+    """Channels to remove, grouped per tensor; ``exec()`` applies it.
+
+    Built by :meth:`DependencyGraph.plan` or :func:`fastprune.prune_channels`.
+    ``cuts`` lists one :class:`Cut` per (tensor, dim); ``attribute_changes``
+    lists ``(module_name, attribute, old, new)`` size attributes that follow.
+    """
+
+    def __init__(self, graph, dels: Dict[int, Set[int]], requested=None):
+        self.graph = graph
+        self.deletions = {c: tuple(sorted(s)) for c, s in dels.items() if s}
+        self.requested = requested
+        self.executed = False
+        model = graph.model
+        per_tensor: Dict[str, Dict[int, Tuple[int, ...]]] = {}
+        is_param: Dict[str, bool] = {}
+        for c, idx in self.deletions.items():
+            for fqn, d, p in graph.class_members[c]:
+                per_tensor.setdefault(fqn, {})[d] = idx
+                is_param[fqn] = p
+        self.cuts: List[Cut] = []
+        for fqn in sorted(per_tensor):
+            mod_name, tname = _split_fqn(fqn)
+            module = model.get_submodule(mod_name)
+            for d in sorted(per_tensor[fqn]):
+                self.cuts.append(Cut(mod_name, module, tname, d, per_tensor[fqn][d], is_param[fqn]))
+        self._per_tensor = per_tensor
+        self.attribute_changes = self._attribute_changes()
+
+    # -- derived size attributes ----------------------------------------------
+    def _removed(self, c) -> int:
+        return len(self.deletions.get(c, ()))
+
+    def _attribute_changes(self) -> List[Tuple[str, str, object, object]]:
+        g, model = self.graph, self.graph.model
+        changes: Dict[Tuple[str, str], Tuple[object, object]] = {}
+
+        def propose(path, attr, old, new):
+            if old == new:
+                return
+            key = (path, attr)
+            if key in changes and changes[key][1] != new:
+                raise ValueError(
+                    f"inconsistent sizes for {path or '<root>'}.{attr}: the module is used "
+                    f"with different channel counts ({changes[key][1]} vs {new})")
+            changes[key] = (old, new)
+
+        def module_at(path):
+            try:
+                return model.get_submodule(path)
+            except AttributeError:
+                return None
+
+        for path, attr, cls in g.attrs:
+            m = module_at(path)
+            if m is None or not hasattr(m, attr):
+                continue
+            old = getattr(m, attr)
+            if isinstance(cls, tuple):
+                if isinstance(old, (tuple, list)) and len(old) == len(cls):
+                    sizes = tuple(int(g.class_size[c]) for c in cls)
+                    if tuple(old) == sizes:
+                        propose(path, attr, tuple(old),
+                                tuple(s - self._removed(c) for s, c in zip(sizes, cls)))
+                continue
+            if isinstance(old, int) and not isinstance(old, bool):
+                size = g.class_size[cls]
+                if attr in ("groups", "num_groups"):
+                    # groups count units of the virtual group class
+                    if old == size:
+                        propose(path, attr, old, old - self._removed(cls))
+                elif old == size:
+                    propose(path, attr, old, old - self._removed(cls))
+        q_classes, kv_classes = set(), set()
+        for path, qc, kc in g.head_notes:
+            q_classes.add(qc)
+            if kc != qc:
+                kv_classes.add(kc)
+            m = module_at(path)
+            if m is None:
+                continue
+            for names, c in ((_HEAD_ATTRS[:6], qc), (_KV_ATTRS, kc)):
+                for a in names:
+                    old = getattr(m, a, None)
+                    if isinstance(old, int) and old == g.class_size[c] and self._removed(c):
+                        propose(path, a, old, old - self._removed(c))
+        for path, cc, fc in g.split_notes:
+            m = module_at(path)
+            if m is None or not self._removed(cc):
+                continue
+            if cc in kv_classes:
+                names = _KV_ATTRS
+            elif cc in q_classes:
+                names = _HEAD_ATTRS[:6]
+            else:
+                names = _HEAD_ATTRS + _KV_ATTRS
+            for a in names:
+                old = getattr(m, a, None)
+                if isinstance(old, int) and old == g.class_size[cc]:
+                    propose(path, a, old, old - self._removed(cc))
+            for a in _FLAT_ATTRS:
+                old = getattr(m, a, None)
+                if isinstance(old, int) and old == g.class_size[fc]:
+                    propose(path, a, old, old - self._removed(fc))
+        return [(p, a, o, n) for (p, a), (o, n) in changes.items()]
+
+    # -- summaries ---------------------------------------------------------------
+    def _tensor(self, fqn: str) -> torch.Tensor:
+        mod, name = _split_fqn(fqn)
+        return getattr(self.graph.model.get_submodule(mod), name)
+
+    @property
+    def n_params_removed(self) -> int:
+        total = 0
+        for fqn, dims in self._per_tensor.items():
+            if not any(c.is_param for c in self.cuts if c.fqn == fqn):
+                continue
+            shape = list(self.graph.tensor_shapes[fqn])
+            before = 1
+            for s in shape:
+                before *= s
+            for d, idx in dims.items():
+                shape[d] -= len(idx)
+            after = 1
+            for s in shape:
+                after *= s
+            total += before - after
+        return total
+
+    def __len__(self):
+        return len(self.cuts)
+
+    def __str__(self):
+        lines = []
+        if self.requested is not None:
+            what, n = self.requested
+            lines.append(f"Plan: remove {n} channel(s) of {what} and every coupled dimension")
+        else:
+            lines.append("Plan: remove channels")
+        w = max([len(c.fqn) for c in self.cuts] + [6])
+        lines.append(f"  {'tensor':<{w}}  dim  removed  indices")
+        for c in self.cuts:
+            kind = "" if c.is_param else " (buffer)"
+            lines.append(f"  {c.fqn:<{w}}  {c.dim:>3}  {len(c.indices):>7}  "
+                         f"{_fmt_idx(c.indices)}{kind}")
+        for path, attr, old, new in self.attribute_changes:
+            lines.append(f"  set {path or '<root>'}.{attr}: {old} -> {new}")
+        lines.append(f"  {self.n_params_removed} parameters removed")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    # -- execution ---------------------------------------------------------------
+    def exec(self, validate: bool = True) -> "Plan":
+        """Apply the plan to the model in place.
+
+        Cut parameters are replaced by new ``nn.Parameter`` objects (rebuild
+        optimizers afterwards; tied parameters stay tied), buffers are replaced, size attributes updated and pruning reparametrisations
+        (``weight_orig`` / ``weight_mask``) refreshed. With ``validate`` (the
+        default; skipped for meta-device models) the model then runs once on
+        the graph's example inputs; if anything fails every change is undone
+        before the error propagates.
+        """
+        g = self.graph
+        g._check_fresh()
+        if self.executed:
+            raise RuntimeError("this plan has already been executed")
+        model = g.model
+        # Everything is computed before the first mutation.
+        new_tensors: Dict[str, torch.Tensor] = {}
+        for fqn, dims in self._per_tensor.items():
+            t = self._tensor(fqn)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(g.tensor_shapes[fqn]):
+                raise RuntimeError(
+                    f"{fqn} changed shape since the DependencyGraph was built "
+                    f"({tuple(g.tensor_shapes[fqn])} -> {tuple(getattr(t, 'shape', ()))})")
+            out = t.detach()
+            for d, idx in dims.items():
+                keep = _keep(t.shape[d], idx, t.device)
+                out = out.index_select(d, keep)
+            new_tensors[fqn] = out.contiguous()
+        undo: List = []
+        try:
+            owners = _param_owners(model)
+            for fqn, new in new_tensors.items():
+                mod_name, name = _split_fqn(fqn)
+                module = model.get_submodule(mod_name)
+                if name in module._parameters and module._parameters[name] is not None:
+                    # A fresh Parameter: autograd nodes cached on the old one keep
+                    # its old shape, so resizing it in place would break backward.
+                    p = module._parameters[name]
+                    q = nn.Parameter(new, requires_grad=p.requires_grad)
+                    q.__dict__.update(p.__dict__)
+                    if p.grad is not None:
+                        gnew = p.grad
+                        for d, idx in self._per_tensor[fqn].items():
+                            gnew = gnew.index_select(d, _keep(p.grad.shape[d], idx, p.grad.device))
+                        q.grad = gnew.contiguous()
+                    for m, n in owners.get(id(p), [(module, name)]):
+                        undo.append(lambda m=m, n=n, o=p: m._parameters.__setitem__(n, o))
+                        m._parameters[n] = q
+                else:
+                    old = module._buffers[name]
+                    for m, n in owners.get(id(old), [(module, name)]):
+                        undo.append(lambda m=m, n=n, o=old: m._buffers.__setitem__(n, o))
+                        m._buffers[n] = new
+            for path, attr, old, new in self.attribute_changes:
+                m = model.get_submodule(path)
+                undo.append(lambda m=m, a=attr, o=getattr(m, attr): setattr(m, a, o))
+                setattr(m, attr, new)
+            _refresh_masked(model, {(_split_fqn(f)[0]) for f in new_tensors}, undo)
+            if validate and not _on_meta(model):
+                _check_forward(model, g.args, g.kwargs)
+        except BaseException as exc:
+            for fn in reversed(undo):
+                fn()
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise RuntimeError(
+                f"structured pruning was rolled back, the model is unchanged: "
+                f"{type(exc).__name__}: {exc}") from exc
+        self.executed = True
+        g.stale = True
+        return self
+
+
+def _keep(n: int, removed, device) -> torch.Tensor:
+    mask = torch.ones(n, dtype=torch.bool)
+    if removed:
+        mask[list(removed)] = False
+    return mask.nonzero().flatten().to(device)
+
+
+def _param_owners(model: nn.Module):
+    """id(tensor) -> every (module, name) holding it, so tied weights stay tied."""
+    owners: Dict[int, list] = {}
+    for m in model.modules():
+        for n, t in list(m._parameters.items()) + list(m._buffers.items()):
+            if t is not None:
+                owners.setdefault(id(t), []).append((m, n))
+    return owners
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
+def _refresh_masked(model: nn.Module, paths, undo):
+    """Recompute ``name = name_orig * name_mask`` on reparametrised modules."""
+    for path in paths:
+        m = model.get_submodule(path)
+        for hook in list(m._forward_pre_hooks.values()):
+            name = getattr(hook, "_tensor_name", None)
+            if name is None or not hasattr(m, name + "_orig"):
+                continue
+            undo.append(lambda m=m, n=name, o=getattr(m, name, None): setattr(m, n, o))
+            if hasattr(hook, "apply_mask"):
+                setattr(m, name, hook.apply_mask(m))
+            else:
+                setattr(m, name, getattr(m, name + "_orig") * getattr(m, name + "_mask"))
+
+
+def _check_forward(model: nn.Module, args, kwargs):
+    from .graph import _ModeGuard
+
+    with _ModeGuard(model), torch.no_grad():
+        model(*args, **kwargs)

@@ -1,0 +1,653 @@
+"""How each traced ATen op couples the dimensions of its inputs and outputs.
+
+A rule receives the builder, the fx node and its arguments, and declares
+which tensor dimensions must keep the same channel indexing (``union``) or
+are related by a structured index map (``block``: one index of a coarse
+dimension owns a run of indices of a fine one; ``cat``: offsets; ``chunk``:
+equal pieces). Every input or output dimension a rule does not mention is
+blocked afterwards: its size is fixed by something other than a parameter
+(a constant in the forward, spatial arithmetic, an index), so removing
+channels there would break the model when its Python code runs again.
+Ops without a rule therefore block everything they touch, which makes
+unknown ops safe and lets error messages name them.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Callable, Dict
+
+import torch
+
+RULES: Dict[str, Callable] = {}
+
+# Ops whose tensor arguments only lend dtype/device, or which only assert.
+_IGNORED_PREFIXES = ("_assert", "sym_constrain_range")
+
+# Same-shape ops that are not tagged pointwise in ATen.
+_SAME_SHAPE = {
+    "dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout",
+    "feature_alpha_dropout", "native_dropout", "to", "_to_copy", "alias", "detach",
+    "detach_", "lift_fresh_copy", "contiguous", "clone", "softmax", "_softmax",
+    "log_softmax", "_log_softmax", "cumsum", "cumprod", "logcumsumexp", "hardswish",
+    "hardswish_", "hardsigmoid", "hardsigmoid_", "mish", "mish_", "silu_", "relu_",
+    "gelu_", "zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
+    "randn_like", "fill_", "zero_", "glu_backward", "_native_batch_norm_legit_functional",
+    "elu", "elu_", "selu", "selu_", "celu", "celu_", "softplus", "hardtanh_",
+    "leaky_relu_", "threshold", "log_sigmoid", "type_as", "masked_fill_", "copy_",
+    "__and__", "__or__", "__xor__", "bitwise_and", "bitwise_or", "logical_and",
+    "logical_or", "logical_not", "triu", "tril",
+}
+
+_RESHAPES = {
+    "view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "squeeze_",
+    "unsqueeze", "unsqueeze_", "view_as", "reshape_as", "view_copy", "squeeze_copy",
+    "unsqueeze_copy", "_reshape_alias", "ravel",
+}
+
+_REDUCTIONS = {
+    "mean", "sum", "amax", "amin", "var", "std", "var_mean", "std_mean", "norm",
+    "linalg_vector_norm", "logsumexp", "prod", "all", "any", "count_nonzero", "nansum",
+    "nanmean",
+}
+# Reductions whose result depends on index positions along the reduced dim.
+_INDEX_REDUCTIONS = {"argmax", "argmin", "max", "min", "mode", "median", "nanmedian",
+                     "kthvalue", "topk", "sort", "argsort", "cummax", "cummin"}
+
+_CREATION = {"arange", "zeros", "ones", "full", "empty", "scalar_tensor", "rand",
+             "randn", "randint", "linspace", "logspace", "eye", "tensor", "new_ones",
+             "new_zeros", "new_full", "new_empty", "new_tensor", "empty_strided",
+             "empty_permuted"}
+
+
+def tensor_val(node):
+    val = node.meta.get("val") if hasattr(node, "meta") else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def _shape(node):
+    return tuple(int(s) for s in tensor_val(node).shape)
+
+
+def _is_tensor_node(x) -> bool:
+    return isinstance(x, torch.fx.Node) and tensor_val(x) is not None
+
+
+def _norm_dim(d, n):
+    return d % n if n else 0
+
+
+def _union_right_aligned(b, src, out):
+    """Broadcast semantics: align dims from the right, couple equal sizes."""
+    ss, os_ = b.spaces(src), b.spaces(out)
+    sshape, oshape = _shape(src), _shape(out)
+    off = len(oshape) - len(sshape)
+    for i, s in enumerate(sshape):
+        j = i + off
+        if j >= 0 and oshape[j] == s:
+            b.union(ss[i], os_[j])
+
+
+def rule_pointwise(b, node, tensors):
+    for t in tensors:
+        _union_right_aligned(b, t, node)
+
+
+def rule_same_shape(b, node, tensors):
+    if tensors:
+        first = tensors[0]
+        for k in range(b.n_outputs(node)):
+            out = b.spaces(node, k)
+            if out is not None and len(out) == len(b.spaces(first)):
+                for s, o in zip(b.spaces(first), out):
+                    b.union(s, o)
+        for t in tensors[1:]:
+            if _shape(t) == _shape(first):
+                for s, o in zip(b.spaces(t), b.spaces(first)):
+                    b.union(s, o)
+            else:
+                b.cover(*b.spaces(t))  # dtype donors (type_as) and scalar-like masks
+
+
+def reshape_groups(ishape, oshape):
+    """Pairs (input dims, output dims) of equal product, size-1 dims skipped."""
+    ii = [d for d, s in enumerate(ishape) if s != 1]
+    oo = [d for d, s in enumerate(oshape) if s != 1]
+    groups, i, j = [], 0, 0
+    while i < len(ii) and j < len(oo):
+        gi, go = [ii[i]], [oo[j]]
+        pi, po = ishape[ii[i]], oshape[oo[j]]
+        i += 1
+        j += 1
+        while pi != po:
+            if pi < po:
+                if i >= len(ii):
+                    return None
+                gi.append(ii[i])
+                pi *= ishape[ii[i]]
+                i += 1
+            else:
+                if j >= len(oo):
+                    return None
+                go.append(oo[j])
+                po *= oshape[oo[j]]
+                j += 1
+        groups.append((gi, go))
+    if i != len(ii) or j != len(oo):
+        return None
+    return groups
+
+
+def rule_reshape(b, node, tensors):
+    src = tensors[0]
+    ishape, oshape = _shape(src), _shape(node)
+    ins, outs = b.spaces(src), b.spaces(node)
+    for d, s in enumerate(ishape):
+        if s == 1:
+            b.cover(ins[d])
+    for d, s in enumerate(oshape):
+        if s == 1:
+            b.cover(outs[d])
+    if 0 in ishape:
+        return
+    groups = reshape_groups(ishape, oshape)
+    if groups is None:
+        return
+    for gi, go in groups:
+        if len(gi) == 1 and len(go) == 1:
+            b.union(ins[gi[0]], outs[go[0]])
+            continue
+        # Only the outermost coordinate of a merged/split group may lose
+        # channels: heads in [.., H*D] -> [.., H, D], channels in a flatten.
+        # Inner ones stay whole (they are the fixed head_dim / spatial sizes).
+        a, c = ins[gi[0]], outs[go[0]]
+        sa, sc = ishape[gi[0]], oshape[go[0]]
+        if sa <= sc and sc % sa == 0:
+            b.block_map(a, c, sc // sa)
+        elif sc < sa and sa % sc == 0:
+            b.block_map(c, a, sa // sc)
+        if len(go) > 1 and len(gi) == 1:
+            b.split_note(node, count=outs[go[0]], flat=ins[gi[0]])
+        elif len(gi) > 1 and len(go) == 1:
+            b.split_note(node, count=ins[gi[0]], flat=outs[go[0]])
+
+
+def rule_permute(b, node, tensors, perm):
+    ins, outs = b.spaces(tensors[0]), b.spaces(node)
+    for o, i in enumerate(perm):
+        b.union(ins[i], outs[o])
+
+
+def rule_linear(b, node, x, w, bias):
+    xs, ws, os_ = b.spaces(x), b.spaces(w), b.spaces(node)
+    if len(ws) != 2:
+        return
+    b.union(xs[-1], ws[1])
+    b.union(os_[-1], ws[0])
+    if bias is not None:
+        b.union(b.spaces(bias)[0], ws[0])
+    for i, o in zip(xs[:-1], os_[:-1]):
+        b.union(i, o)
+    b.role(node, w, 0, "out")
+    b.role(node, w, 1, "in")
+    b.attr(node, "in_features", ws[1])
+    b.attr(node, "out_features", ws[0])
+
+
+def rule_matmul(b, node, a, c):
+    sa, sc, so = b.spaces(a), b.spaces(c), b.spaces(node)
+    na, nc = len(sa), len(sc)
+    if na == 0 or nc == 0:
+        return
+    if na == 1 and nc == 1:
+        b.union(sa[0], sc[0])
+        return
+    if na == 1:
+        b.union(sa[0], sc[-2])
+        b.union(sc[-1], so[-1])
+        for i, o in zip(sc[:-2], so[:-1]):
+            b.union(i, o)
+        return
+    if nc == 1:
+        b.union(sa[-1], sc[0])
+        for i, o in zip(sa[:-1], so):
+            b.union(i, o)
+        return
+    b.union(sa[-1], sc[-2])
+    b.union(so[-2], sa[-2])
+    b.union(so[-1], sc[-1])
+    sh_a, sh_c, sh_o = _shape(a), _shape(c), _shape(node)
+    nb = len(sh_o) - 2
+    for src, sh, sp in ((a, sh_a, sa), (c, sh_c, sc)):
+        k = len(sh) - 2
+        for i in range(k):
+            j = nb - k + i
+            if sh[i] == sh_o[j]:
+                b.union(sp[i], so[j])
+
+
+def rule_conv(b, node, x, w, bias, groups, transposed):
+    xs, ws, os_ = b.spaces(x), b.spaces(w), b.spaces(node)
+    batched = len(xs) == len(ws)
+    ci = 1 if batched else 0
+    if batched:
+        b.union(xs[0], os_[0])
+    xshape, wshape, oshape = _shape(x), _shape(w), _shape(node)
+    cin, cout = xshape[ci], oshape[ci]
+    g = int(groups)
+    if not transposed:
+        w_out, w_in = 0, 1
+    else:
+        w_out, w_in = 1, 0
+    if bias is not None:
+        b.union(b.spaces(bias)[0], os_[ci])
+    if g == 1:
+        b.union(xs[ci], ws[w_in])
+        b.union(os_[ci], ws[w_out])
+    else:
+        if transposed:
+            b.union(xs[ci], ws[0])   # dim 0 of a transposed weight holds all inputs
+        else:
+            b.union(os_[ci], ws[0])
+        gs = b.virtual(g, node, "groups")
+        b.block_map(gs, xs[ci], cin // g)
+        b.block_map(gs, os_[ci], cout // g)
+        # The per-group width (weight dim 1) is the inner coordinate: kept whole.
+        b.attr(node, "groups", gs)
+    b.role(node, w, w_out, "out")
+    b.role(node, w, w_in, "in")
+    b.attr(node, "in_channels", xs[ci])
+    b.attr(node, "out_channels", os_[ci])
+
+
+def rule_batch_norm(b, node, x, stats):
+    xs = b.spaces(x)
+    c = xs[1] if len(xs) > 1 else xs[0]
+    for t in stats:
+        if t is not None:
+            ts = b.spaces(t)
+            if len(ts) == 1 and _shape(t)[0] == _shape(x)[1 if len(xs) > 1 else 0]:
+                b.union(ts[0], c)
+    xshape = _shape(x)
+    for k in range(b.n_outputs(node)):
+        out = b.spaces(node, k)
+        if out is None:
+            continue
+        oshape = b.shape(node, k)
+        if oshape == xshape:
+            for s, o in zip(xs, out):
+                b.union(s, o)
+        elif len(oshape) == 1 and oshape[0] == xshape[1]:
+            b.union(out[0], c)
+        else:
+            b.cover(*out)
+    b.attr(node, "num_features", c)
+
+
+def rule_layer_norm(b, node, x, nshape, w, bias):
+    xs = b.spaces(x)
+    k = len(nshape)
+    norm_dims = xs[len(xs) - k:]
+    for t in (w, bias):
+        if t is not None:
+            for s, n in zip(b.spaces(t), norm_dims):
+                b.union(s, n)
+    xshape = _shape(x)
+    for j in range(b.n_outputs(node)):
+        out = b.spaces(node, j)
+        if out is None:
+            continue
+        if b.shape(node, j) == xshape:
+            for s, o in zip(xs, out):
+                b.union(s, o)
+        else:  # saved mean / rstd
+            oshape = b.shape(node, j)
+            for d in range(min(len(oshape), len(xs) - k)):
+                if oshape[d] == xshape[d]:
+                    b.union(out[d], xs[d])
+            b.cover(*out)
+    b.attr(node, "normalized_shape", tuple(norm_dims))
+
+
+def rule_group_norm(b, node, x, num_groups, w, bias):
+    xs, os_ = b.spaces(x), b.spaces(node)
+    for t in (w, bias):
+        if t is not None:
+            b.union(b.spaces(t)[0], xs[1])
+    for s, o in zip(xs, os_):
+        b.union(s, o)
+    c, g = _shape(x)[1], int(num_groups)
+    if g > 1:
+        gs = b.virtual(g, node, "num_groups")
+        b.block_map(gs, xs[1], c // g)
+        b.attr(node, "num_groups", gs)
+    b.attr(node, "num_channels", xs[1])
+
+
+def rule_embedding(b, node, w, idx):
+    ws, isp, os_ = b.spaces(w), b.spaces(idx), b.spaces(node)
+    b.union(ws[1], os_[-1])
+    for i, o in zip(isp, os_[:-1]):
+        b.union(i, o)
+    b.role(node, w, 1, "out")
+    b.attr(node, "embedding_dim", ws[1])
+
+
+def rule_sdpa(b, node, q, k, v, mask):
+    qs, ks, vs, os_ = b.spaces(q), b.spaces(k), b.spaces(v), b.spaces(node)
+    if len(qs) < 3 or len(ks) != len(qs) or len(vs) != len(qs):
+        return
+    b.union(qs[-2], os_[-2])
+    b.union(ks[-2], vs[-2])
+    b.union(vs[-1], os_[-1])
+    # q/k head_dim (-1) stays uncovered: the softmax scale depends on it.
+    b.union(qs[-3], os_[-3])
+    b.union(ks[-3], vs[-3])
+    hq, hk = _shape(q)[-3], _shape(k)[-3]
+    if hq == hk:
+        b.union(qs[-3], ks[-3])
+    elif hk and hq % hk == 0:
+        b.block_map(ks[-3], qs[-3], hq // hk)  # grouped-query attention
+    qshape, oshape = _shape(q), _shape(node)
+    for t in (k, v):
+        for i, s in enumerate(_shape(t)[:-3]):
+            if s == qshape[i]:
+                b.union(b.spaces(t)[i], qs[i])
+    for i in range(len(qs) - 3):
+        if qshape[i] == oshape[i]:
+            b.union(qs[i], os_[i])
+    if mask is not None:
+        ms, mshape = b.spaces(mask), _shape(mask)
+        ref = [*qs[:-1], ks[-2]]
+        rshape = [*qshape[:-1], _shape(k)[-2]]
+        off = len(rshape) - len(mshape)
+        for i, s in enumerate(mshape):
+            j = i + off
+            if j >= 0 and rshape[j] == s:
+                b.union(ms[i], ref[j])
+    b.heads(node, qs[-3], ks[-3])
+
+
+def rule_cat(b, node, tensors, dim):
+    out = b.spaces(node)
+    oshape = _shape(node)
+    n = len(oshape)
+    dim = _norm_dim(dim, n)
+    pieces, off = [], 0
+    for t in tensors:
+        sh = _shape(t)
+        if len(sh) != n:  # legacy empty 1-d tensors
+            b.cover(*b.spaces(t))
+            continue
+        ts = b.spaces(t)
+        for d in range(n):
+            if d != dim:
+                b.union(ts[d], out[d])
+        pieces.append((ts[dim], off))
+        off += sh[dim]
+    b.cat_map(out[dim], pieces)
+
+
+def rule_stack(b, node, tensors, dim):
+    out = b.spaces(node)
+    n = len(out)
+    dim = _norm_dim(dim, n)
+    rest = [d for d in range(n) if d != dim]
+    for t in tensors:
+        for s, d in zip(b.spaces(t), rest):
+            b.union(s, out[d])
+
+
+def rule_split(b, node, x, dim, sizes):
+    xs, xshape = b.spaces(x), _shape(x)
+    dim = _norm_dim(dim, len(xshape))
+    outs = [b.spaces(node, k) for k in range(b.n_outputs(node))]
+    for o in outs:
+        for d in range(len(xshape)):
+            if d != dim:
+                b.union(xs[d], o[d])
+    if len(outs) == 1:
+        b.union(xs[dim], outs[0][dim])
+    elif len(set(sizes)) == 1 and sizes[0] > 0:
+        b.chunk_map(xs[dim], [o[dim] for o in outs], sizes[0])
+
+
+def rule_slice(b, node, x, dim, start, end, step):
+    xs, os_ = b.spaces(x), b.spaces(node)
+    n = _shape(x)
+    dim = _norm_dim(dim, len(n))
+    for d in range(len(n)):
+        if d != dim:
+            b.union(xs[d], os_[d])
+    start = 0 if start is None else start
+    if start < 0:
+        start += n[dim]
+    end = n[dim] if end is None else end
+    if end < 0:
+        end += n[dim]
+    if start <= 0 and end >= n[dim] and step == 1:
+        b.union(xs[dim], os_[dim])
+
+
+def rule_select(b, node, x, dim):
+    xs, os_ = b.spaces(x), b.spaces(node)
+    dim = _norm_dim(dim, len(xs))
+    for o, d in zip(os_, [d for d in range(len(xs)) if d != dim]):
+        b.union(xs[d], o)
+
+
+def rule_expand(b, node, x):
+    _union_right_aligned(b, x, node)
+    for s, n in zip(b.spaces(x), _shape(x)):
+        if n == 1:
+            b.cover(s)
+
+
+def rule_repeat(b, node, x, reps):
+    xs, os_ = b.spaces(x), b.spaces(node)
+    off = len(reps) - len(xs)
+    for i, s in enumerate(xs):
+        if reps[i + off] == 1:
+            b.union(s, os_[i + off])
+
+
+def rule_reduce(b, node, x, dims, keepdim, positional):
+    xs = b.spaces(x)
+    n = len(xs)
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        red = set(range(n))
+    elif isinstance(dims, int):
+        red = {_norm_dim(dims, n)}
+    else:
+        red = {_norm_dim(d, n) for d in dims}
+    keep = [d for d in range(n) if d not in red]
+    for k in range(b.n_outputs(node)):
+        out = b.spaces(node, k)
+        if out is None:
+            continue
+        if len(out) == n:
+            for d in keep:
+                b.union(xs[d], out[d])
+            for d in red:
+                b.cover(out[d])
+        elif len(out) == len(keep):
+            for d, o in zip(keep, out):
+                b.union(xs[d], o)
+    if not positional:
+        for d in red:
+            b.cover(xs[d])
+
+
+def rule_spatial(b, node, x, nspatial):
+    xs = b.spaces(x)
+    lead = len(xs) - nspatial
+    for k in range(b.n_outputs(node)):
+        out = b.spaces(node, k)
+        if out is not None and len(out) == len(xs):
+            for d in range(lead):
+                b.union(xs[d], out[d])
+
+
+def rule_pad(b, node, x, pad):
+    xs, os_ = b.spaces(x), b.spaces(node)
+    k = len(pad) // 2
+    n = len(xs)
+    for d in range(n):
+        j = n - 1 - d  # pad lists the last dim first
+        if j >= k or (pad[2 * j] == 0 and pad[2 * j + 1] == 0):
+            b.union(xs[d], os_[d])
+
+
+def _spatial_count(name: str) -> int:
+    for k in (3, 2, 1):
+        if f"{k}d" in name:
+            return k
+    return 2
+
+
+def _arg(node, i, name, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _tensors_in(args):
+    out = []
+    for a in args:
+        if _is_tensor_node(a):
+            out.append(a)
+        elif isinstance(a, (list, tuple)):
+            out.extend(x for x in a if _is_tensor_node(x))
+    return out
+
+
+def apply_rule(b, node) -> str:
+    """Run the coupling rule for ``node``; returns the op name used in messages."""
+    target = node.target
+    if target is operator.getitem:
+        b.alias_item(node, node.args[0], node.args[1])
+        return "getitem"
+    if not isinstance(target, torch._ops.OpOverload):
+        return getattr(target, "__name__", str(target))
+    name = target._opname
+    full = f"{target.namespace}.{name}"
+    if target.namespace != "aten":
+        return full
+    args = node.args
+    tensors = _tensors_in(list(args) + list(node.kwargs.values()))
+    if name.startswith(_IGNORED_PREFIXES):
+        for t in tensors:
+            b.cover(*b.spaces(t))
+        return full
+    if name in _RESHAPES:
+        rule_reshape(b, node, tensors)
+    elif name in ("permute", "permute_copy"):
+        n = len(b.spaces(args[0]))
+        rule_permute(b, node, tensors, [_norm_dim(d, n) for d in args[1]])
+    elif name in ("transpose", "transpose_", "swapaxes", "swapdims", "transpose_copy"):
+        n = len(b.spaces(args[0]))
+        perm = list(range(n))
+        if n:
+            d0, d1 = _norm_dim(args[1], n), _norm_dim(args[2], n)
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+        rule_permute(b, node, tensors, perm)
+    elif name in ("t", "t_", "numpy_T"):
+        n = len(b.spaces(args[0]))
+        rule_permute(b, node, tensors, list(range(n))[::-1])
+    elif name in ("movedim", "moveaxis"):
+        n = len(b.spaces(args[0]))
+        src = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
+        dst = args[2] if isinstance(args[2], (list, tuple)) else [args[2]]
+        src = [_norm_dim(d, n) for d in src]
+        dst = [_norm_dim(d, n) for d in dst]
+        perm = [None] * n
+        for s, d in zip(src, dst):
+            perm[d] = s
+        rest = iter(d for d in range(n) if d not in src)
+        perm = [p if p is not None else next(rest) for p in perm]
+        rule_permute(b, node, tensors, perm)
+    elif name == "linear":
+        rule_linear(b, node, args[0], args[1], _arg(node, 2, "bias"))
+    elif name in ("matmul", "mm", "bmm"):
+        rule_matmul(b, node, args[0], args[1])
+    elif name in ("addmm", "baddbmm", "addbmm"):
+        rule_matmul(b, node, args[1], args[2])
+        _union_right_aligned(b, args[0], node)
+    elif name in ("conv1d", "conv2d", "conv3d"):
+        rule_conv(b, node, args[0], args[1], _arg(node, 2, "bias"),
+                  _arg(node, 6, "groups", 1), False)
+    elif name in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
+        rule_conv(b, node, args[0], args[1], _arg(node, 2, "bias"),
+                  _arg(node, 6, "groups", 1), True)
+    elif name in ("convolution", "_convolution"):
+        rule_conv(b, node, args[0], args[1], args[2], args[8], bool(args[6]))
+    elif name in ("batch_norm", "_native_batch_norm_legit_no_training",
+                  "_native_batch_norm_legit", "native_batch_norm", "instance_norm",
+                  "_batch_norm_with_update", "_batch_norm_no_update"):
+        rule_batch_norm(b, node, args[0], [a for a in args[1:5] if _is_tensor_node(a)])
+    elif name in ("layer_norm", "native_layer_norm"):
+        rule_layer_norm(b, node, args[0], list(args[1]), _arg(node, 2, "weight"),
+                        _arg(node, 3, "bias"))
+    elif name in ("rms_norm", "_fused_rms_norm"):
+        rule_layer_norm(b, node, args[0], list(args[1]), _arg(node, 2, "weight"), None)
+    elif name == "group_norm":
+        rule_group_norm(b, node, args[0], args[1], _arg(node, 2, "weight"),
+                        _arg(node, 3, "bias"))
+    elif name == "embedding":
+        rule_embedding(b, node, args[0], args[1])
+    elif name == "scaled_dot_product_attention":
+        mask = _arg(node, 3, "attn_mask")
+        rule_sdpa(b, node, args[0], args[1], args[2], mask if _is_tensor_node(mask) else None)
+    elif name == "cat":
+        rule_cat(b, node, [t for t in args[0]], _arg(node, 1, "dim", 0))
+    elif name == "stack":
+        rule_stack(b, node, list(args[0]), _arg(node, 1, "dim", 0))
+    elif name in ("split", "split_with_sizes", "unsafe_split", "chunk", "tensor_split",
+                  "split_copy", "split_with_sizes_copy"):
+        dim = _arg(node, 2, "dim", 0) if name != "chunk" else _arg(node, 2, "dim", 0)
+        sizes = [b.shape(node, k)[_norm_dim(dim, len(_shape(args[0])))]
+                 for k in range(b.n_outputs(node))]
+        rule_split(b, node, args[0], dim, sizes)
+    elif name in ("slice", "narrow", "slice_copy"):
+        if name == "narrow":
+            start, length = args[2], args[3]
+            rule_slice(b, node, args[0], args[1], start, start + length, 1)
+        else:
+            rule_slice(b, node, args[0], _arg(node, 1, "dim", 0), _arg(node, 2, "start"),
+                       _arg(node, 3, "end"), _arg(node, 4, "step", 1))
+    elif name in ("select", "select_copy"):
+        rule_select(b, node, args[0], args[1])
+    elif name in ("expand", "expand_as", "broadcast_to", "expand_copy"):
+        rule_expand(b, node, args[0])
+    elif name == "repeat":
+        rule_repeat(b, node, args[0], list(args[1]))
+    elif name in _REDUCTIONS or name in _INDEX_REDUCTIONS:
+        dims = _arg(node, 1, "dim")
+        if name in ("norm",):
+            dims = _arg(node, 2, "dim")
+        if name == "linalg_vector_norm":
+            dims = _arg(node, 2, "dim")
+        if isinstance(dims, torch.fx.Node) or (name in _REDUCTIONS and not isinstance(
+                dims, (int, list, tuple, type(None)))):
+            dims = None
+        keep = _arg(node, 2, "keepdim", False)
+        rule_reduce(b, node, args[0], dims, keep, name in _INDEX_REDUCTIONS)
+    elif ("pool" in name or "upsample" in name or name.startswith("_upsample")
+          or name in ("adaptive_avg_pool1d", "adaptive_max_pool1d")):
+        rule_spatial(b, node, args[0], _spatial_count(name))
+    elif name in ("pad", "constant_pad_nd", "reflection_pad1d", "reflection_pad2d",
+                  "reflection_pad3d", "replication_pad1d", "replication_pad2d",
+                  "replication_pad3d"):
+        rule_pad(b, node, args[0], list(args[1]))
+    elif name in _CREATION:
+        for t in tensors:  # new_* take only dtype/device from self
+            b.cover(*b.spaces(t))
+    elif name == "prelu":
+        xs, ws = b.spaces(args[0]), b.spaces(args[1])
+        if _shape(args[1])[0] > 1:
+            b.union(ws[0], xs[1] if len(xs) > 1 else xs[0])
+        rule_same_shape(b, node, [args[0]])
+    elif name in _SAME_SHAPE:
+        rule_same_shape(b, node, tensors)
+    elif torch.Tag.pointwise in target.tags:
+        rule_pointwise(b, node, tensors)
+    return full
