@@ -42,3 +42,4 @@ from . import scores
 from .at_init import force, iterative_snip, snip, synflow
 from .lottery import LotteryTicket, iterative_magnitude_pruning, pruning_schedule
 from .patch import is_torch_patched, patch_torch
+from .structured import DependencyGraph, Plan, prune_channels, remove_masked_channels
