@@ -273,8 +273,15 @@ class DependencyGraph:
     def _build(self, ep):
         sig = ep.graph_signature
         b = _Builder()
-        params = dict(sig.inputs_to_parameters)
-        buffers = dict(sig.inputs_to_buffers)
+        # Tied tensors (one Parameter under several names) get one canonical name.
+        first: Dict[int, str] = {}
+        self.canonical: Dict[str, str] = {}
+        for fqn, t in list(self.model.named_parameters(remove_duplicate=False)) + \
+                list(self.model.named_buffers(remove_duplicate=False)):
+            self.canonical[fqn] = first.setdefault(id(t), fqn)
+        params = {k: self.canonical.get(v, v) for k, v in sig.inputs_to_parameters.items()}
+        buffers = {k: self.canonical.get(v, v) for k, v in sig.inputs_to_buffers.items()}
+        placed: Dict[str, List[int]] = {}
         b.fqn_of.update(params)
         b.fqn_of.update(buffers)
         user_inputs = set(sig.user_inputs)
@@ -289,7 +296,11 @@ class DependencyGraph:
                 if sp is None:
                     continue
                 fqn = params.get(node.name) or buffers.get(node.name)
-                if fqn is not None:
+                if fqn is not None and fqn in placed:
+                    for s0, s1 in zip(placed[fqn], sp):
+                        b.union(s0, s1)
+                elif fqn is not None:
+                    placed[fqn] = sp
                     self.tensor_shapes[fqn] = b.shape(node)
                     for d, s in enumerate(sp):
                         members.append((s, fqn, d, node.name in params))
@@ -391,10 +402,10 @@ class DependencyGraph:
         if isinstance(target, nn.Parameter) or isinstance(target, torch.Tensor):
             for fqn, p in self.model.named_parameters(remove_duplicate=False):
                 if p is target:
-                    return fqn
+                    return self.canonical.get(fqn, fqn)
             for fqn, p in self.model.named_buffers(remove_duplicate=False):
                 if p is target:
-                    return fqn
+                    return self.canonical.get(fqn, fqn)
             raise ValueError("tensor passed to plan() is not a parameter or buffer of the model")
         if not isinstance(target, nn.Module):
             raise TypeError("plan() expects an nn.Module of the model (or one of its "
@@ -402,6 +413,7 @@ class DependencyGraph:
         for path, m in self.model.named_modules(remove_duplicate=False):
             if m is target:
                 fqn = f"{path}.{name}" if path else name
+                fqn = self.canonical.get(fqn, fqn)
                 if (fqn, 0) not in self.member_class and (fqn + "_orig", 0) in self.member_class:
                     fqn += "_orig"
                 return fqn

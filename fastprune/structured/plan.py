@@ -206,9 +206,9 @@ class Plan:
         before the error propagates.
         """
         g = self.graph
-        g._check_fresh()
         if self.executed:
             raise RuntimeError("this plan has already been executed")
+        g._check_fresh()
         model = g.model
         # Everything is computed before the first mutation.
         new_tensors: Dict[str, torch.Tensor] = {}

@@ -114,6 +114,7 @@ def _frozen_classes(dg: DependencyGraph, ignored_layers) -> Set[int]:
             full = f"{path}.{sub_path}".strip(".") if sub_path else path
             for pname, _ in sub.named_parameters(recurse=False):
                 fqn = f"{full}.{pname}" if full else pname
+                fqn = dg.canonical.get(fqn, fqn)
                 # An ignored conv/linear keeps its outputs; its inputs still follow
                 # the layer that produces them.
                 in_dim = None

@@ -525,6 +525,7 @@ def apply_rule(b, node) -> str:
     target = node.target
     if target is operator.getitem:
         b.alias_item(node, node.args[0], node.args[1])
+        b.cover(*(b.spaces(node) or []))  # the producer's rule already coupled them
         return "getitem"
     if not isinstance(target, torch._ops.OpOverload):
         return getattr(target, "__name__", str(target))
