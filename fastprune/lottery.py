@@ -231,6 +231,8 @@ def iterative_magnitude_pruning(
         raise TypeError("train_fn must be callable as train_fn(model, round_index)")
     if isinstance(rounds, bool) or not isinstance(rounds, int):
         raise TypeError(f"rounds must be an int, got {type(rounds).__name__}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     masks = _scores._resolve_masks(targets, None)
     n_unpruned = _scores._unpruned_count(targets, masks)
     counts = pruning_schedule(n_unpruned, amount, rounds, schedule)
