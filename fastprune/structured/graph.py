@@ -13,6 +13,7 @@ changes. Classes whose size is fixed by something other than a parameter are
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
@@ -69,7 +70,9 @@ class _ModeGuard:
 
 
 def trace(model: nn.Module, args: tuple, kwargs: dict):
-    with _ModeGuard(model):
+    with _ModeGuard(model), warnings.catch_warnings():
+        # pruning pre-hooks assign ``weight`` during tracing; export restores it
+        warnings.filterwarnings("ignore", message=".*was assigned during export.*")
         try:
             return torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:  # noqa: BLE001 - re-raised with context
@@ -224,7 +227,7 @@ class _Builder:
         if w.op == "placeholder":
             return self.fqn_of.get(w.name)
         # fastprune / torch.nn.utils.prune reparametrisation: weight = weight_orig * mask
-        if w.op == "call_function" and getattr(w.target, "_opname", "") == "mul":
+        if w.op == "call_function" and getattr(w.target, "_opname", "") in ("mul", "mask_mul"):
             for a in w.args:
                 if isinstance(a, torch.fx.Node) and a.op == "placeholder":
                     fqn = self.fqn_of.get(a.name, "")

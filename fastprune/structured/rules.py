@@ -531,6 +531,10 @@ def apply_rule(b, node) -> str:
         return getattr(target, "__name__", str(target))
     name = target._opname
     full = f"{target.namespace}.{name}"
+    if target.namespace == "fastprune" and name == "mask_mul":
+        # weight = weight_orig * mask of a reparametrised module (the mask broadcasts)
+        rule_pointwise(b, node, _tensors_in(node.args))
+        return full
     if target.namespace != "aten":
         return full
     args = node.args
