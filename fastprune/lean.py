@@ -530,6 +530,8 @@ class MaskSet:
 
     def apply_(self) -> "MaskSet":
         """Zero every pruned unit again (one multi-tensor kernel call)."""
+        if not self._targets:  # the dispatcher cannot route an op with no tensor at all
+            return self
         with torch.no_grad():
             ops.apply_packed_mask_([t.param.detach() for t in self._targets], [c.packed for c in self._cells])
         return self

@@ -345,6 +345,8 @@ def test_bad_parameters_leave_model_unchanged(model):
 def test_empty_and_zero_amount():
     ms = sparsify_(nn.ReLU(), 0.5)
     assert len(ms) == 0 and ms.sparsity() == 0.0
+    ms.apply_()
+    ms.load_state_dict(ms.state_dict())
     with pytest.raises(ValueError, match="amount"):
         sparsify_(nn.ReLU(), 3)
     lin = nn.Linear(5, 7)

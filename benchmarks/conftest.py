@@ -1,0 +1,169 @@
+"""pytest-benchmark suite: torch.nn.utils.prune and fastprune, case by case.
+
+Run separately from the tests::
+
+    pytest benchmarks --benchmark-only                 # 1M, 10M, 100M parameters
+    pytest benchmarks --benchmark-only --big           # adds 400M (or FASTPRUNE_BENCH_BIG=1)
+    pytest benchmarks --benchmark-only --sizes 1M,10M  # any sizes
+
+Every case benchmarks torch and fastprune in the same run, grouped so that
+pytest-benchmark prints them side by side. Correctness is asserted before
+timing (fastprune's masks against torch's); nothing else is asserted. The
+models are the Llama-shaped stacks of ``python -m fastprune.bench``, with
+weights regenerated from a seed whenever a timed call changed them.
+"""
+import os
+
+import pytest
+import torch
+
+import fastprune
+from fastprune import bench
+from fastprune.ops import pack_mask
+
+DEFAULT_SIZES = ["1M", "10M", "100M"]
+BIG_SIZES = ["400M"]
+SEED = 0
+AMOUNT = 0.5
+DTYPE = torch.float32
+DEVICE = torch.device("cpu")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--big", action="store_true", help="also benchmark 400M parameters (torch needs ~20 GB there)")
+    parser.addoption("--sizes", default=None, help="comma-separated model sizes, e.g. 1M,10M,100M")
+
+
+def selected_sizes(config):
+    if config.getoption("--sizes"):
+        return [s.strip() for s in config.getoption("--sizes").split(",") if s.strip()]
+    big = config.getoption("--big") or os.environ.get("FASTPRUNE_BENCH_BIG", "") not in ("", "0")
+    return DEFAULT_SIZES + (BIG_SIZES if big else [])
+
+
+def pytest_generate_tests(metafunc):
+    if "size" in metafunc.fixturenames:
+        metafunc.parametrize("size", selected_sizes(metafunc.config))
+
+
+def pytest_report_header(config):
+    info = fastprune.build_info()
+    mode = "compiled extension" if info["extension"] else f"pure-torch fallback ({info['fallback_reason']})"
+    return [f"fastprune kernels: {mode}; {bench.machine_description(DEVICE)}; torch {torch.__version__}"]
+
+
+class ModelCache:
+    """One model at a time (the biggest ones take GBs), rebuilt when the size changes."""
+
+    def __init__(self):
+        self.size = None
+        self.model = None
+        self.shapes = None
+        self.reference = {}
+
+    def get(self, size):
+        if size != self.size:
+            self.model = None
+            self.reference = {}
+            self.shapes = bench.model_shapes(bench.parse_count(size))
+            self.model = bench.build_model(self.shapes, DTYPE, DEVICE, SEED)
+            self.size = size
+        return self.model
+
+    def restore(self):
+        """Drop any reparametrisation (weight_orig is left dense by pruning)."""
+        bench._unprune(self.model)
+
+    def regenerate(self):
+        """Put back weights that an in-place prune zeroed."""
+        bench._unprune(self.model)
+        bench._regenerate(self.model, SEED)
+
+
+@pytest.fixture(scope="session")
+def cache():
+    return ModelCache()
+
+
+@pytest.fixture
+def model(cache, size):
+    m = cache.get(size)
+    cache.restore()
+    yield m
+    cache.restore()
+
+
+def model_bytes(model):
+    return sum(m.weight.numel() * m.weight.element_size() for m in model)
+
+
+def skip_torch_if_too_big(case, model):
+    numel = sum(m.weight.numel() for m in model)
+    nbytes = model_bytes(model)
+    largest = max(m.weight.numel() * m.weight.element_size() for m in model)
+    need = bench.torch_need(case, nbytes, numel, AMOUNT, largest)
+    free = bench.available_memory(DEVICE)
+    if need > 0.9 * free:
+        pytest.skip(f"torch needs ~{need / 2**30:.1f} GiB above the model here, {free / 2**30:.1f} GiB available")
+
+
+def packed_masks(masks):
+    return [pack_mask(m) for m in masks]
+
+
+def torch_fits(case, model):
+    numel = sum(m.weight.numel() for m in model)
+    nbytes = model_bytes(model)
+    largest = max(m.weight.numel() * m.weight.element_size() for m in model)
+    return bench.torch_need(case, nbytes, numel, AMOUNT, largest) <= 0.9 * bench.available_memory(DEVICE)
+
+
+def reference_global_masks(cache, model):
+    """torch's global L1 masks for the cached model (packed), once per size; None if torch cannot run."""
+    if "global" not in cache.reference:
+        if not torch_fits("global_l1", model):
+            return None
+        import torch.nn.utils.prune as tp
+
+        tp.global_unstructured([(m, "weight") for m in model], pruning_method=tp.L1Unstructured, amount=AMOUNT)
+        cache.reference["global"] = packed_masks([m.weight_mask for m in model])
+        cache.restore()
+    return cache.reference["global"]
+
+
+def check_global(model, masks_bool, reference):
+    """fastprune's global masks: equal to torch's (up to tied units), or exact where torch cannot run.
+
+    ``reference`` comes from :func:`reference_global_masks`, taken before the model was pruned.
+    """
+    getters = [(lambda k=k: k) for k in masks_bool]
+    if reference is None:
+        check = bench.check_exact("global_l1", model, getters, AMOUNT, SEED, DTYPE, DEVICE)
+        assert check["exact"], check
+        return
+    packed = packed_masks(masks_bool)
+    if all(torch.equal(a, b) for a, b in zip(packed, reference)):
+        return
+    # torch's topk breaks ties arbitrarily, fastprune by lower index: differences
+    # are allowed only among units whose |w| equals the threshold.
+    threshold = bench.check_exact("global_l1", model, getters, AMOUNT, SEED, DTYPE, DEVICE)["threshold"]
+    for i, (a, b) in enumerate(zip(packed, reference)):
+        if torch.equal(a, b):
+            continue
+        w = bench.layer_weight(tuple(masks_bool[i].shape), DTYPE, DEVICE, SEED, i).reshape(-1)
+        n = w.numel()
+        diff = fastprune.ops.unpack_mask(a, n) != fastprune.ops.unpack_mask(b, n)
+        assert bool((w[diff].abs().double() == threshold).all()), f"layer {i}: masks differ beyond tied units"
+
+
+def group(benchmark, case, label):
+    benchmark.group = f"{case} {label}"
+    benchmark.extra_info["case"] = case
+
+
+def rounds_for(model, lib):
+    """torch takes seconds per 10M parameters: one round is enough there."""
+    numel = sum(m.weight.numel() for m in model)
+    if lib == "torch":
+        return 1 if numel >= 30_000_000 else 3
+    return 3 if numel >= 30_000_000 else 10

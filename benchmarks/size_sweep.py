@@ -1,0 +1,121 @@
+"""Size sweep: global L1 pruning from 1M to 400M parameters, fastprune and torch side by side.
+
+    python benchmarks/size_sweep.py                        # 1M 3M 10M 30M 100M 200M 400M
+    python benchmarks/size_sweep.py --sizes 1M,10M --torch-max 100M
+
+Each measurement runs in a fresh process (``fastprune.bench.run_job``): time of
+the best of ``--repeat`` runs (torch: one run when it takes over 3 s), peak RSS
+of the call above the RSS before it, masks compared bit for bit. All fastprune
+runs come first, then torch from the smallest size up, so that torch's largest
+run (about 20 GB at 400M) runs last and alone; torch is skipped, with the reason
+printed, where its estimated need exceeds the memory available at that moment.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import torch
+
+from fastprune import bench
+
+DEFAULT_SIZES = "1M,3M,10M,30M,100M,200M,400M"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default=DEFAULT_SIZES)
+    p.add_argument("--model", choices=("llama", "square"), default="llama")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--amount", type=float, default=0.5)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--torch-max", type=bench.parse_count, default=None, help="largest size torch runs at")
+    p.add_argument("--skip-torch", action="store_true")
+    p.add_argument("--min-free-gb", type=float, default=None,
+                   help="run torch only when at least this much memory is available (default: its estimated need)")
+    args = p.parse_args(argv)
+    from tqdm import tqdm
+
+    sizes = [bench.parse_count(s) for s in args.sizes.split(",") if s.strip()]
+    tmp = tempfile.mkdtemp(prefix="fastprune-sweep-")
+    rows = {}
+    jobs = [(n, "fastprune") for n in sizes] + [(n, "torch") for n in sorted(sizes)]
+    for n, lib in tqdm(jobs, desc="sweep", unit="run", file=sys.stderr):
+        shapes = bench.model_shapes(n, args.model, args.width)
+        numel = sum(o * i for o, i in shapes)
+        row = rows.setdefault(n, {"numel": numel, "layers": len(shapes)})
+        model_bytes = numel * 4
+        if lib == "torch":
+            if args.skip_torch:
+                row["torch_note"] = "--skip-torch"
+                continue
+            if args.torch_max and n > args.torch_max:
+                row["torch_note"] = f"above --torch-max"
+                continue
+            largest = max(o * i for o, i in shapes) * 4
+            need = model_bytes + bench.torch_need("global_l1", model_bytes, numel, args.amount, largest)
+            free = bench.available_memory(torch.device("cpu"))
+            floor = args.min_free_gb * 2**30 if args.min_free_gb else need / 0.9
+            if free < floor:
+                row["torch_note"] = f"skipped: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB available"
+                continue
+        job = {
+            "lib": lib, "case": "global_l1", "dtype": "float32", "device": "cpu", "seed": 0,
+            "amount": args.amount, "repeat": args.repeat, "shapes": shapes,
+            "bits": os.path.join(tmp, f"{n}-{lib}.bits"),
+        }
+        if lib == "fastprune":
+            memcpy = bench.run_job(dict(job, case="memcpy", lib="torch"))
+            row["memcpy"] = min(memcpy["times"]) if "times" in memcpy else None
+        res = bench.run_job(job)
+        row[lib] = res
+    print(format_rows(rows, tmp))
+    for name in os.listdir(tmp):
+        os.unlink(os.path.join(tmp, name))
+    os.rmdir(tmp)
+
+
+def format_rows(rows, tmp):
+    out = [
+        "| params | layers | fastprune | ns/param | x memcpy | fastprune peak | torch | torch peak | speedup | masks |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    notes = []
+    for n in sorted(rows):
+        r = rows[n]
+        fp, tc = r.get("fastprune", {}), r.get("torch", {})
+        ft = min(fp["times"]) if "times" in fp else None
+        tt = min(tc["times"]) if "times" in tc else None
+        fpk = max(fp["peaks"]) if "peaks" in fp else None
+        tpk = max(tc["peaks"]) if "peaks" in tc else None
+        if ft and tt:
+            diff = bench.compare_bits(os.path.join(tmp, f"{n}-fastprune.bits"), os.path.join(tmp, f"{n}-torch.bits"))
+            masks = "identical" if diff == 0 else f"{diff} bits differ"
+        else:
+            masks = "exact" if fp.get("check", {}).get("exact") else "-"
+        for lib, res in (("fastprune", fp), ("torch", tc)):
+            if "error" in res:
+                notes.append(f"{n / 1e6:.0f}M {lib}: {res['error']}")
+        out.append(
+            "| {:.1f}M | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                r["numel"] / 1e6,
+                r["layers"],
+                bench._fmt_time(ft),
+                f"{ft / r['numel'] * 1e9:.2f}" if ft else "-",
+                f"{ft / r['memcpy']:.1f}" if ft and r.get("memcpy") else "-",
+                bench._fmt_mb(fpk),
+                bench._fmt_time(tt) if tt else r.get("torch_note", "-"),
+                bench._fmt_mb(tpk),
+                f"{tt / ft:.0f}x" if ft and tt else "-",
+                masks,
+            )
+        )
+    out.append("")
+    out.append(f"machine: {bench.machine_description(torch.device('cpu'))}; torch {torch.__version__}; "
+               "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+    out.extend(notes)
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

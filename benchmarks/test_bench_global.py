@@ -1,0 +1,69 @@
+"""Global L1 pruning of a whole model: global_unstructured, and sparsify_ in place."""
+import pytest
+import torch.nn.utils.prune as tp
+
+import fastprune
+from conftest import (
+    AMOUNT,
+    check_global,
+    group,
+    packed_masks,
+    reference_global_masks,
+    rounds_for,
+    skip_torch_if_too_big,
+)
+
+LIBS = {"torch": tp, "fastprune": fastprune}
+
+
+@pytest.mark.parametrize("lib", ["torch", "fastprune"])
+def test_global_l1(benchmark, cache, model, size, lib):
+    group(benchmark, "global_l1", size)
+    P = LIBS[lib]
+    pairs = [(m, "weight") for m in model]
+
+    def run():
+        P.global_unstructured(pairs, pruning_method=P.L1Unstructured, amount=AMOUNT)
+
+    if lib == "torch":
+        skip_torch_if_too_big("global_l1", model)
+    else:
+        reference = reference_global_masks(cache, model)
+        run()
+        check_global(model, [m.weight_mask != 0 for m in model], reference)
+    benchmark.pedantic(run, setup=cache.restore, rounds=rounds_for(model, lib), iterations=1)
+    if lib == "torch":  # the reference fastprune's test compares with
+        cache.reference.setdefault("global", packed_masks([m.weight_mask for m in model]))
+
+
+@pytest.mark.parametrize("lib", ["torch", "fastprune"])
+def test_sparsify(benchmark, cache, model, size, lib):
+    """fastprune.sparsify_ against torch's nearest equivalent: global_unstructured + remove."""
+    group(benchmark, "sparsify", size)
+    pairs = [(m, "weight") for m in model]
+    state = {}
+
+    def setup():
+        if "maskset" in state:
+            state.pop("maskset").remove()
+        cache.regenerate()
+
+    if lib == "torch":
+        skip_torch_if_too_big("sparsify", model)
+
+        def run():
+            tp.global_unstructured(pairs, pruning_method=tp.L1Unstructured, amount=AMOUNT)
+            for m in model:
+                tp.remove(m, "weight")
+
+    else:
+
+        def run():
+            state["maskset"] = fastprune.sparsify_(pairs, AMOUNT)
+
+        reference = reference_global_masks(cache, model)
+        run()
+        ms = state["maskset"]
+        check_global(model, [ms.mask(i) for i in range(len(ms))], reference)
+    benchmark.pedantic(run, setup=setup, rounds=rounds_for(model, lib), iterations=1)
+    setup()

@@ -1,0 +1,80 @@
+"""Local methods on large single tensors: l1_unstructured and ln_structured."""
+import pytest
+import torch
+import torch.nn.utils.prune as tp
+
+import fastprune
+from conftest import AMOUNT, DTYPE, SEED, group
+
+SHAPES = {"4096x4096": (4096, 4096), "16384x4096": (16384, 4096)}
+LIBS = {"torch": tp, "fastprune": fastprune}
+_REFERENCE = {}
+
+
+def make_layer(shape):
+    out_f, in_f = shape
+    lin = torch.nn.utils.skip_init(torch.nn.Linear, in_f, out_f, bias=False, dtype=DTYPE)
+    g = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        lin.weight.normal_(0.0, 0.02, generator=g)
+    return lin
+
+
+def unprune(lin):
+    for k in list(lin._forward_pre_hooks):
+        del lin._forward_pre_hooks[k]
+    if "weight_orig" in lin._parameters:
+        lin.__dict__.pop("weight", None)
+        lin.__dict__.pop("__deepcopy__", None)
+        lin._parameters["weight"] = lin._parameters.pop("weight_orig")
+        del lin._buffers["weight_mask"]
+
+
+def prune_call(lib, case, lin):
+    P = LIBS[lib]
+    if case == "l1_unstructured":
+        P.l1_unstructured(lin, "weight", amount=AMOUNT)
+    else:
+        P.ln_structured(lin, "weight", amount=AMOUNT, n=2, dim=0)
+
+
+def reference_mask(case, key, lin):
+    if (case, key) not in _REFERENCE:
+        prune_call("torch", case, lin)
+        _REFERENCE[(case, key)] = lin.weight_mask.clone()
+        unprune(lin)
+    return _REFERENCE[(case, key)]
+
+
+def assert_local_match(case, mask, reference, weight):
+    if torch.equal(mask, reference):
+        return
+    # only units (l1) or rows (ln) tied at the threshold may differ
+    if case == "l1_unstructured":
+        keep = mask != 0
+        threshold = weight.abs()[~keep].max()
+        assert bool((weight.abs()[mask != reference] == threshold).all())
+    else:
+        norms = torch.linalg.vector_norm(weight.double(), dim=1)
+        rows = (mask != reference).any(dim=1)
+        threshold = norms[(mask == 0).all(dim=1)].max()
+        assert bool((norms[rows] == threshold).all())
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("case", ["l1_unstructured", "ln_structured"])
+@pytest.mark.parametrize("lib", ["torch", "fastprune"])
+def test_local(benchmark, case, shape, lib):
+    group(benchmark, case, shape)
+    lin = make_layer(SHAPES[shape])
+    if lib == "fastprune":
+        reference = reference_mask(case, shape, lin)
+        prune_call("fastprune", case, lin)
+        assert_local_match(case, lin.weight_mask, reference, lin.weight_orig.detach())
+        unprune(lin)
+    benchmark.pedantic(
+        lambda: prune_call(lib, case, lin),
+        setup=lambda: unprune(lin),
+        rounds=1 if lib == "torch" else 5,
+        iterations=1,
+    )
