@@ -1,0 +1,557 @@
+"""The compiled kernels (torch.ops.fastprune.*) against fastprune._reference.
+
+Masks must be identical bit for bit, mask_mul results identical (NaN payloads
+aside), norms allclose. Everything here is skipped when the compiled extension
+is not loaded (e.g. FASTPRUNE_NO_EXT=1), except the schema test, which checks
+whichever implementation is registered.
+"""
+import itertools
+import math
+import zlib
+
+import pytest
+import torch
+
+import fastprune
+from fastprune import _reference as ref
+
+EXT = bool(fastprune.build_info()["extension"])
+needs_ext = pytest.mark.skipif(not EXT, reason="compiled extension fastprune._C is not loaded")
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ops = torch.ops.fastprune
+
+FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+INTS = [torch.int32, torch.int8, torch.int64, torch.int16, torch.uint8]
+SCORE_DTYPES = FLOATS + INTS + [torch.bool]
+OUT_DTYPES = [torch.bool, torch.float32, torch.uint8, torch.float16, torch.bfloat16, torch.int64, torch.float64,
+              torch.int8, torch.int32]
+
+SCHEMAS = {
+    "kselect_": "kselect_(Tensor[] scores, Tensor?[] masks, Tensor(a!)[] out, int k, bool largest, "
+                "bool exclude_masked, bool packed) -> ()",
+    "mask_mul": "mask_mul(Tensor input, Tensor mask) -> Tensor",
+    "mask_mul_": "mask_mul_(Tensor(a!)[] inputs, Tensor[] masks) -> ()",
+    "apply_packed_mask_": "apply_packed_mask_(Tensor(a!)[] inputs, Tensor[] packed) -> ()",
+    "channel_norms": "channel_norms(Tensor t, int dim, float p) -> Tensor",
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+def scores_tensor(shape, dtype, gen, ties=True):
+    """Scores drawn mostly from a few levels (heavy ties), with specials mixed in."""
+    n = math.prod(shape)
+    if dtype == torch.bool:
+        return (torch.rand(shape, generator=gen) < 0.5)
+    if dtype.is_floating_point:
+        levels = torch.tensor([0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 3.0, 1e-3, float("inf"), float("-inf"),
+                               float("nan"), -float("nan")], dtype=torch.float64)
+        cont = torch.randn(n, generator=gen, dtype=torch.float64)
+        if ties:
+            pick = levels[torch.randint(0, len(levels), (n,), generator=gen)]
+            use_level = torch.rand(n, generator=gen) < 0.6
+            x = torch.where(use_level, pick, cont)
+        else:
+            x = cont
+        return x.to(dtype).reshape(shape)
+    info = torch.iinfo(dtype)
+    if ties:
+        levels = torch.tensor([v for v in (0, 1, -1, 5, -5, info.min, info.max, info.min + 1)
+                               if info.min <= v <= info.max], dtype=torch.int64)
+        pick = levels[torch.randint(0, len(levels), (n,), generator=gen)]
+        rnd = torch.randint(max(info.min, -1000), min(info.max, 1000) + 1, (n,), generator=gen)
+        x = torch.where(torch.rand(n, generator=gen) < 0.6, pick, rnd)
+    else:
+        x = torch.randperm(n, generator=gen) - n // 2
+        if dtype == torch.uint8:
+            x = x.abs() % 256
+    return x.to(dtype).reshape(shape)
+
+
+def mask_tensor(shape, dtype, gen):
+    """An existing mask (~30% pruned) in `dtype`; float masks also hold -0.0 (pruned) and NaN/0.5 (kept)."""
+    keep = torch.rand(shape, generator=gen) >= 0.3
+    if dtype == torch.bool:
+        return keep
+    if dtype.is_floating_point:
+        m = keep.to(torch.float64)
+        alt = torch.rand(shape, generator=gen)
+        m = torch.where(keep & (alt < 0.1), torch.full_like(m, float("nan")), m)
+        m = torch.where(keep & (alt > 0.9), torch.full_like(m, 0.5), m)
+        m = torch.where(~keep & (alt < 0.5), torch.full_like(m, -0.0), m)
+        return m.to(dtype)
+    return keep.to(dtype) * (2 if dtype != torch.bool else 1)
+
+
+def noncontig(t):
+    """A non-contiguous tensor equal to `t`."""
+    if t.dim() >= 2:
+        return t.transpose(0, 1).clone(memory_format=torch.contiguous_format).transpose(0, 1)
+    big = torch.empty(t.numel() * 2, dtype=t.dtype, device=t.device)
+    view = big[::2]
+    view.copy_(t.reshape(-1))
+    return view.reshape(t.shape) if t.numel() else view
+
+
+def k_values(candidates):
+    return sorted({0, min(1, candidates), candidates // 3, candidates // 2, max(candidates - 1, 0), candidates})
+
+
+def candidates_of(scores, masks, exclude_masked, packed):
+    total = 0
+    for s, m in zip(scores, masks):
+        if m is None or not exclude_masked:
+            total += s.numel()
+        elif packed:
+            total += int(ref.unpack_mask(m, s.numel()).sum())
+        else:
+            total += int((m != 0).sum())
+    return total
+
+
+def run_both(scores, masks, out_dtypes, k, largest, exclude_masked, packed, out_layout="contig"):
+    """Runs the op and the reference on fresh outputs; returns both lists."""
+    def outs():
+        result = []
+        for s, dt in zip(scores, out_dtypes):
+            if packed:
+                o = torch.full((ref.packed_numel(s.numel()),), 0xAB, dtype=torch.uint8, device=s.device)
+            else:
+                o = torch.full(s.shape, 7, dtype=dt, device=s.device) if dt != torch.bool else \
+                    torch.ones(s.shape, dtype=dt, device=s.device)
+            result.append(noncontig(o) if out_layout == "noncontig" else o)
+        return result
+
+    got, want = outs(), outs()
+    ops.kselect_(scores, masks, got, k, largest, exclude_masked, packed)
+    ref.kselect_(scores, masks, want, k, largest, exclude_masked, packed)
+    return got, want
+
+
+def assert_masks_equal(got, want, context):
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype and g.shape == w.shape, context
+        assert torch.equal(g, w), f"{context}: out[{i}] differs in {int((g != w).sum())} units"
+
+
+# ----------------------------------------------------------------------------- kselect_
+
+SHAPE_CASES = {
+    "one": [(37,)],
+    "several": [(16, 33), (5,), (3, 4, 5), (0,), (200,)],
+    "empty": [(0,), (0, 3)],
+}
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", SCORE_DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(SHAPE_CASES))
+@pytest.mark.parametrize("largest", [False, True])
+def test_kselect_matches_reference(device, dtype, case, largest):
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{dtype}{case}{largest}".encode()))
+    shapes = SHAPE_CASES[case]
+    scores = [scores_tensor(s, dtype, gen).to(device) for s in shapes]
+    mask_dtypes = [None, torch.bool, torch.float32, torch.uint8, torch.float16, torch.bfloat16, torch.int64]
+    for exclude_masked, packed in itertools.product([True, False], [False, True]):
+        masks = []
+        for i, s in enumerate(scores):
+            mdt = mask_dtypes[(i + int(exclude_masked)) % len(mask_dtypes)]
+            if mdt is None:
+                masks.append(None)
+                continue
+            m = mask_tensor(s.shape, mdt, gen).to(device)
+            masks.append(ref.pack_mask(m) if packed else m)
+        out_dtypes = [OUT_DTYPES[(i + len(shapes)) % len(OUT_DTYPES)] for i in range(len(scores))]
+        cand = candidates_of(scores, masks, exclude_masked, packed)
+        for k in k_values(cand):
+            got, want = run_both(scores, masks, out_dtypes, k, largest, exclude_masked, packed)
+            assert_masks_equal(got, want, f"k={k} exclude_masked={exclude_masked} packed={packed}")
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32,
+                                   torch.int8, torch.bool], ids=str)
+@pytest.mark.parametrize("largest", [False, True])
+def test_kselect_multichunk(device, dtype, largest):
+    """More than one 64K-unit chunk per tensor: heavy ties straddle chunk boundaries."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"multi{dtype}{largest}".encode()))
+    scores = [scores_tensor(s, dtype, gen).to(device) for s in [(70001,), (7,), (300, 230)]]
+    modes = [(True, False, [torch.float32, torch.bool, torch.bfloat16]), (False, True, None)]
+    for exclude_masked, packed, out_dtypes in modes:
+        masks = [mask_tensor(s.shape, torch.bool, gen).to(device) for s in scores]
+        masks[1] = None
+        if packed:
+            masks = [None if m is None else ref.pack_mask(m) for m in masks]
+        cand = candidates_of(scores, masks, exclude_masked, packed)
+        for k in (cand // 2, cand - 1):
+            got, want = run_both(scores, masks, out_dtypes or [None] * 3, k, largest, exclude_masked, packed)
+            assert_masks_equal(got, want, f"k={k} exclude_masked={exclude_masked} packed={packed}")
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int32, torch.float64], ids=str)
+def test_kselect_noncontiguous(device, dtype):
+    gen = torch.Generator().manual_seed(3)
+    scores = [noncontig(scores_tensor(s, dtype, gen).to(device)) for s in [(40, 30), (17,), (300, 301)]]
+    masks = [noncontig(mask_tensor(s.shape, torch.float32, gen).to(device)) for s in scores]
+    assert not any(s.is_contiguous() for s in scores)
+    for exclude_masked in (True, False):
+        cand = candidates_of(scores, masks, exclude_masked, False)
+        for k in k_values(cand):
+            got, want = run_both(scores, masks, [torch.float32, torch.bool, torch.float16], k, False,
+                                 exclude_masked, False, out_layout="noncontig")
+            assert not got[0].is_contiguous()
+            assert_masks_equal(got, want, f"k={k} exclude_masked={exclude_masked}")
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("exclude_masked", [True, False])
+@pytest.mark.parametrize("layout", ["contig", "noncontig"])
+def test_kselect_out_aliases_masks(device, packed, exclude_masked, layout):
+    gen = torch.Generator().manual_seed(11)
+    scores = [scores_tensor(s, torch.float32, gen).to(device) for s in [(64, 33), (5,), (66000,)]]
+    for mdt in ([torch.uint8] if packed else [torch.float32, torch.bool, torch.float16]):
+        base = [mask_tensor(s.shape, torch.bool, gen).to(device) for s in scores]
+        if packed:
+            base = [ref.pack_mask(m) for m in base]
+            if layout == "noncontig":
+                continue  # packed masks are 1-D bytes; covered by the contiguous case
+        else:
+            base = [m.to(mdt) for m in base]
+            if layout == "noncontig":
+                base = [noncontig(m) for m in base]
+        cand = candidates_of(scores, base, exclude_masked, packed)
+        for k in (0, 1, cand // 2, cand):
+            want = [m.clone() for m in base]
+            ref.kselect_(scores, [m.clone() for m in base], want, k, False, exclude_masked, packed)
+            got = [m.clone() if layout == "contig" else noncontig(m) for m in base]
+            ops.kselect_(scores, got, got, k, False, exclude_masked, packed)
+            assert_masks_equal(got, want, f"k={k} masks dtype {mdt}")
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float16),
+        (torch.int8, torch.float32),
+        (torch.int64, torch.float64),
+        (torch.int32, torch.int8, torch.bool),
+        (torch.int64, torch.int16),
+        (torch.bool, torch.float16),
+        (torch.int32, torch.float16),
+        (torch.float64, torch.bfloat16, torch.uint8),
+    ],
+    ids=lambda d: "-".join(str(x).replace("torch.", "") for x in d),
+)
+def test_kselect_mixed_dtypes(device, dtypes):
+    gen = torch.Generator().manual_seed(5)
+    scores = [scores_tensor((23 + 7 * i, 9), dt, gen).to(device) for i, dt in enumerate(dtypes)]
+    n = sum(s.numel() for s in scores)
+    for largest in (False, True):
+        for k in k_values(n):
+            got, want = run_both(scores, [None] * len(scores), [torch.float32] * len(scores), k, largest, True,
+                                 False)
+            assert_masks_equal(got, want, f"k={k} largest={largest}")
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_kselect_int_extremes(device):
+    """|INT_MIN| ranks highest; int64's minimum ties with its maximum, as in the reference."""
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.int64):
+        info = torch.iinfo(dtype)
+        vals = torch.tensor([info.min, info.max, -info.max, 0, info.min, -1, 1, info.max], dtype=dtype,
+                            device=device)
+        for k in range(vals.numel() + 1):
+            for largest in (False, True):
+                got, want = run_both([vals], [None], [torch.bool], k, largest, True, False)
+                assert_masks_equal(got, want, f"{dtype} k={k} largest={largest}")
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_kselect_tie_free_matches_topk(device, dtype):
+    """On distinct finite values the selection is exactly torch.topk's."""
+    x = torch.randperm(5000, generator=torch.Generator().manual_seed(1)).to(torch.float64) - 2500.5
+    if dtype in (torch.float16, torch.bfloat16):
+        x = x / 64  # distinct and exactly representable with 8 significant bits: use fewer values
+        x = x[:200]
+    x = x.to(dtype).to(device)
+    k = x.numel() // 3
+    out = torch.empty(x.shape, dtype=torch.bool, device=device)
+    ops.kselect_([x], [None], [out], k, False, True, False)
+    pruned = torch.topk(x.abs().to(torch.float64), k, largest=False).indices
+    expected = torch.ones_like(out)
+    expected[pruned] = False
+    assert torch.equal(out, expected)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_kselect_nan_ranks_above_inf(device):
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0, -float("nan"), 0.0, -0.0], device=device)
+    out = torch.empty(7, dtype=torch.bool, device=device)
+    ops.kselect_([x], [None], [out], 5, False, True, False)
+    # keeps the two NaNs; among the rest 0.0 (index 5) and -0.0 (index 6) tie, both selected
+    assert out.tolist() == [True, False, False, False, True, False, False]
+    ops.kselect_([x], [None], [out], 2, True, True, False)
+    assert out.tolist() == [False, True, True, True, False, True, True]
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_kselect_deterministic_across_threads(device):
+    gen = torch.Generator().manual_seed(9)
+    scores = [scores_tensor(s, torch.float32, gen).to(device) for s in [(400, 600), (70000,)]]
+    k = sum(s.numel() for s in scores) // 2
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, max(2, old)):
+            torch.set_num_threads(threads)
+            out = [torch.empty(s.shape, dtype=torch.bool, device=device) for s in scores]
+            ops.kselect_(scores, [None, None], out, k, False, True, False)
+            results.append(out)
+    finally:
+        torch.set_num_threads(old)
+    assert_masks_equal(results[0], results[1], "1 thread vs many")
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_kselect_errors_leave_out_untouched(device):
+    s = [torch.randn(10, device=device), torch.randn(4, 3, device=device)]
+    masks = [torch.zeros(10, device=device), None]
+    out = [torch.full((10,), 5.0, device=device), torch.full((4, 3), 5.0, device=device)]
+
+    def untouched():
+        return all(bool((o == 5).all()) for o in out)
+
+    with pytest.raises(ValueError, match=r"k=13 .*selectable units \(12\)"):
+        ops.kselect_(s, masks, out, 13, False, True, False)
+    assert untouched()
+    with pytest.raises(ValueError, match="k=-1"):
+        ops.kselect_(s, masks, out, -1, False, True, False)
+    with pytest.raises(ValueError, match="same length"):
+        ops.kselect_(s, masks[:1], out, 1, False, True, False)
+    with pytest.raises(ValueError, match=r"out\[1\] must have 12 elements, got 11"):
+        ops.kselect_(s, masks, [out[0], torch.empty(11, device=device)], 1, False, True, False)
+    assert untouched()
+    with pytest.raises(ValueError, match=r"masks\[0\] must have 10 elements, got 9"):
+        ops.kselect_(s, [torch.ones(9, device=device), None], out, 1, False, True, False)
+    with pytest.raises(ValueError, match=r"out\[0\] must have 2 bytes"):
+        ops.kselect_(s, [None, None], [torch.empty(10, dtype=torch.uint8, device=device),
+                                       torch.empty(2, dtype=torch.uint8, device=device)], 1, False, True, True)
+    with pytest.raises(TypeError, match=r"out\[0\] must be uint8 in packed mode"):
+        ops.kselect_(s, [None, None], [torch.empty(2, device=device),
+                                       torch.empty(2, dtype=torch.uint8, device=device)], 1, False, True, True)
+    with pytest.raises(TypeError, match=r"scores\[1\] has unsupported dtype"):
+        ops.kselect_([s[0], s[1].to(torch.complex64)], masks, out, 1, False, True, False)
+    assert untouched()
+    # k equal to the selectable count is fine and prunes everything selectable
+    ops.kselect_(s, masks, out, 12, False, True, False)
+    assert not any(bool(o.any()) for o in out)
+
+
+# ----------------------------------------------------------------------------- mask_mul
+
+def assert_same_values(got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if got.is_floating_point():
+        nan_g, nan_w = torch.isnan(got), torch.isnan(want)
+        assert torch.equal(nan_g, nan_w)
+        g, w = got[~nan_g], want[~nan_w]
+        assert torch.equal(g, w)
+        assert torch.equal(torch.signbit(g), torch.signbit(w))  # -0.0 stays -0.0
+    else:
+        assert torch.equal(got, want)
+
+
+MASK_MUL_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32, torch.int8,
+                   torch.int64, torch.bool, torch.uint8]
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", MASK_MUL_DTYPES, ids=str)
+@pytest.mark.parametrize("mask_dtype", [torch.bool, "same", torch.float32, torch.uint8], ids=str)
+@pytest.mark.parametrize("shape", [(0,), (37,), (129, 513), (3, 0, 4)], ids=str)
+def test_mask_mul(device, dtype, mask_dtype, shape):
+    gen = torch.Generator().manual_seed(2)
+    mdt = dtype if mask_dtype == "same" else mask_dtype
+    x = scores_tensor(shape, dtype, gen).to(device)
+    m = mask_tensor(shape, mdt, gen).to(device)
+    assert_same_values(ops.mask_mul(x, m), ref.mask_mul(x, m))
+    if x.dim() >= 2 and x.numel():
+        assert_same_values(ops.mask_mul(noncontig(x), m), ref.mask_mul(x, m))
+        assert_same_values(ops.mask_mul(x, noncontig(m)), ref.mask_mul(x, m))
+        row = m[:1]  # broadcast mask
+        assert_same_values(ops.mask_mul(x, row), ref.mask_mul(x, row))
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_mul_inplace_many(device):
+    gen = torch.Generator().manual_seed(4)
+    shapes = [(70, 1000), (5,), (0,), (33, 7), (4, 5)]
+    dtypes = [torch.float32, torch.float16, torch.float64, torch.bfloat16, torch.int32]
+    mdts = [torch.bool, torch.float16, torch.float32, torch.uint8, torch.int32]
+    xs = [scores_tensor(s, dt, gen).to(device) for s, dt in zip(shapes, dtypes)]
+    xs[3] = noncontig(xs[3])
+    ms = [mask_tensor(s, mdt, gen).to(device) for s, mdt in zip(shapes, mdts)]
+    ms[4] = ms[4][:1]  # broadcast
+    got = [x.clone() if x.is_contiguous() else noncontig(x) for x in xs]
+    want = [x.clone() for x in xs]
+    ops.mask_mul_(got, ms)
+    ref.mask_mul_(want, ms)
+    for g, w in zip(got, want):
+        assert_same_values(g, w)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_mul_inplace_validates_before_writing(device):
+    xs = [torch.ones(4, device=device), torch.ones(3, device=device)]
+    with pytest.raises(ValueError, match=r"masks\[1\] of shape \[5\] cannot be broadcast"):
+        ops.mask_mul_(xs, [torch.zeros(4, device=device), torch.zeros(5, device=device)])
+    assert all(bool((x == 1).all()) for x in xs)
+    with pytest.raises(ValueError, match="same length"):
+        ops.mask_mul_(xs, [torch.zeros(4, device=device)])
+
+
+# ----------------------------------------------------------------------------- apply_packed_mask_
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", MASK_MUL_DTYPES + [torch.complex64, torch.complex128], ids=str)
+def test_apply_packed_mask(device, dtype):
+    gen = torch.Generator().manual_seed(6)
+    shapes = [(0,), (13,), (300, 301), (2, 3, 5)]
+    if dtype.is_complex:
+        xs = [torch.randn(s, dtype=dtype, generator=gen) for s in shapes]
+    else:
+        xs = [scores_tensor(s, dtype, gen) for s in shapes]
+    xs = [x.to(device) for x in xs]
+    packed = [ref.pack_mask(mask_tensor(s, torch.bool, gen).to(device)) for s in shapes]
+    got = [x.clone() for x in xs]
+    got[2] = noncontig(got[2])
+    want = [x.clone() for x in xs]
+    ops.apply_packed_mask_(got, packed)
+    ref.apply_packed_mask_(want, packed)
+    for g, w in zip(got, want):
+        if dtype.is_complex:
+            assert torch.equal(torch.view_as_real(g), torch.view_as_real(w))
+        else:
+            assert_same_values(g, w)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_apply_packed_mask_errors(device):
+    xs = [torch.ones(16, device=device), torch.ones(9, device=device)]
+    with pytest.raises(ValueError, match=r"packed\[1\] must have 2 bytes"):
+        ops.apply_packed_mask_(xs, [torch.zeros(2, dtype=torch.uint8, device=device),
+                                    torch.zeros(1, dtype=torch.uint8, device=device)])
+    with pytest.raises(TypeError, match=r"packed\[0\] must be uint8"):
+        ops.apply_packed_mask_(xs, [torch.zeros(2, device=device), torch.zeros(2, dtype=torch.uint8, device=device)])
+    assert all(bool((x == 1).all()) for x in xs)
+
+
+# ----------------------------------------------------------------------------- channel_norms
+
+NORM_PS = [1.0, 2.0, float("inf"), float("-inf"), 0.0, 3.0, 0.5, -1.0]
+NORM_SHAPES = [(37,), (64, 33), (16, 3, 3, 3), (5, 7, 11), (1, 1000), (4, 0, 3), (0, 5)]
+
+
+def norm_input(shape, dtype, gen, special):
+    if dtype == torch.bool:
+        return torch.rand(shape, generator=gen) < 0.5
+    if not dtype.is_floating_point:
+        return torch.randint(-50, 50, shape, generator=gen).to(dtype)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    x = torch.where(torch.rand(shape, generator=gen) < 0.1, torch.zeros_like(x), x)
+    if special and x.numel() > 4:
+        flat = x.view(-1)
+        flat[0], flat[-1], flat[x.numel() // 2] = float("nan"), float("inf"), -float("inf")
+    return x.to(dtype)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32,
+                                   torch.int8, torch.bool], ids=str)
+@pytest.mark.parametrize("shape", NORM_SHAPES, ids=str)
+@pytest.mark.parametrize("special", [False, True], ids=["finite", "nan-inf"])
+def test_channel_norms(device, dtype, shape, special):
+    if special and not dtype.is_floating_point:
+        pytest.skip("NaN/inf only exist in float dtypes")
+    gen = torch.Generator().manual_seed(8)
+    t = norm_input(shape, dtype, gen, special).to(device)
+    variants = [t] + ([noncontig(t)] if t.dim() >= 2 else [])
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    for x in variants:
+        for dim in range(-t.dim(), t.dim()):
+            for p in NORM_PS:
+                got = ops.channel_norms(x, dim, p)
+                want = ref.channel_norms(t, dim, p)
+                assert got.dtype == want.dtype and got.shape == want.shape
+                torch.testing.assert_close(got, want, rtol=rtol, atol=1e-6, equal_nan=True,
+                                           msg=lambda m: f"dim={dim} p={p}: {m}")
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_channel_norms_large_columns_and_rows(device):
+    """Many rows reduced per column (Linear in-features) and long rows (conv out-channels)."""
+    gen = torch.Generator().manual_seed(12)
+    t = torch.randn(3000, 70, generator=gen).to(device)
+    for dim in (0, 1):
+        for p in (1.0, 2.0, float("inf")):
+            torch.testing.assert_close(ops.channel_norms(t, dim, p), ref.channel_norms(t, dim, p), rtol=1e-5,
+                                       atol=0)
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+def test_channel_norms_errors(device):
+    t = torch.randn(3, 4, device=device)
+    with pytest.raises(IndexError, match="dim=2"):
+        ops.channel_norms(t, 2, 2.0)
+    with pytest.raises(IndexError, match="dim=-3"):
+        ops.channel_norms(t, -3, 2.0)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        ops.channel_norms(torch.tensor(1.0, device=device), 0, 2.0)
+
+
+# ----------------------------------------------------------------------------- registration
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_schema(name):
+    """The registered schemas are exactly the documented ones (compiled or fallback)."""
+    schema = getattr(ops, name).default._schema
+    assert str(schema) == "fastprune::" + SCHEMAS[name]
+
+
+@needs_ext
+def test_build_info():
+    info = fastprune.build_info()
+    assert info["extension"] is True
+    assert isinstance(info["cuda"], bool) and isinstance(info["openmp"], bool)
+    assert info["num_threads"] >= 1
+    assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
+    assert info["version"] == fastprune.__version__
+    from fastprune import _C
+
+    raw = _C.build_info()
+    assert set(raw) >= {"extension", "cuda", "openmp", "num_threads", "torch_version", "version"}
+    assert raw["extension"] is True
