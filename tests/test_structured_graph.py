@@ -190,12 +190,13 @@ def kill_readers(plan: Plan):
     with torch.no_grad():
         for cut in plan.cuts:
             m = cut.module
-            if cut.tensor != "weight" or not isinstance(m, (nn.Linear, nn.Conv2d)):
+            if cut.tensor != "weight" or not isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
                 continue
             if isinstance(m, nn.Conv2d) and m.groups > 1:
                 continue  # a grouped conv's dim 1 is per group; its groups go whole
-            if cut.dim == 1:
-                m.weight.index_fill_(1, torch.tensor(cut.indices), 0.0)
+            reads = 0 if isinstance(m, nn.ConvTranspose2d) else 1
+            if cut.dim == reads:
+                m.weight.index_fill_(reads, torch.tensor(cut.indices), 0.0)
 
 
 def assert_exact_after(model, example, target, idxs, **kw):
@@ -503,3 +504,37 @@ def test_training_mode_and_cache_flags_restored():
     m.block1.eval()
     DependencyGraph(m, image())
     assert m.training and not m.block1.training and m.block2.training
+
+
+class UNetLike(nn.Module):
+    """Transposed convolution and a skip connection concatenated after upsampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(3, 6, 3, padding=1)
+        self.down = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(8, 5, 2, stride=2)
+        self.dec = nn.Conv2d(11, 4, 3, padding=1)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        e = F.relu(self.enc(x))
+        u = F.relu(self.up(F.relu(self.down(e))))
+        return self.out(F.relu(self.dec(torch.cat([e, u], dim=1))))
+
+
+def test_transposed_conv_and_skip_concat_exact():
+    m = UNetLike()
+    plan = assert_exact_after(m, image(), m.up, [0, 3])
+    cuts = cut_map(plan)
+    assert cuts[("up.weight", 1)] == [0, 3] and cuts[("up.bias", 0)] == [0, 3]
+    assert cuts[("dec.weight", 1)] == [6, 9]
+    assert m.up.out_channels == 3 and m.dec.in_channels == 9
+    m2 = UNetLike()
+    plan = assert_exact_after(m2, image(), m2.down, [7])
+    assert cut_map(plan)[("up.weight", 0)] == [7]
+    assert m2.up.in_channels == 7
+    m3 = UNetLike()
+    plan = assert_exact_after(m3, image(), m3.enc, [2])
+    cuts = cut_map(plan)
+    assert cuts[("down.weight", 1)] == [2] and cuts[("dec.weight", 1)] == [2]
