@@ -135,3 +135,34 @@ def test_llama_1b_on_meta_device_builds_and_plans():
     plan.exec()
     assert model.model.layers[5].self_attn.q_proj.weight.shape == (2048 - 256, 2048)
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+EXACT_TARGETS = {
+    "resnet": ("resnet.encoder.stages.0.layers.0.layer.0.convolution", [1, 2]),
+    "convnext": ("convnext.encoder.stages.1.layers.0.pwconv1", [0, 7, 50]),
+    "mobilenet_v2": ("mobilenet_v2.layer.1.expand_1x1.convolution", [3]),
+    "vit": ("vit.layers.1.attention.q_proj", [9]),
+    "bert": ("bert.encoder.layer.0.attention.self.query", [0]),
+    "llama_gqa": ("model.layers.1.self_attn.q_proj", [17]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_TARGETS))
+def test_zoo_dead_channels_removed_exactly(name):
+    """Dead channels / heads inside real architectures go without changing the output."""
+    from test_structured_graph import kill_readers
+
+    torch.manual_seed(0)
+    model, inputs = make(name)
+    model.eval()
+    path, idxs = EXACT_TARGETS[name]
+    dg = fastprune.DependencyGraph(model, inputs)
+    plan = dg.plan(model.get_submodule(path), idxs)
+    kill_readers(plan)
+    with torch.no_grad():
+        ref = logits(model, inputs)
+    plan.exec()
+    with torch.no_grad():
+        out = logits(model, inputs)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert plan.n_params_removed > 0
