@@ -41,7 +41,12 @@ trap 'rm -rf "$tmp"' EXIT
 
 # -Werror=all-warnings turns every nvcc/front-end warning into an error, so a
 # warning cannot slip into CI unnoticed. Host-compiler warnings are enabled too.
+# The -D/--expt flags are the ones torch's CUDAExtension passes, so the kernels
+# are checked under the same restrictions as in the real build.
 flags=(-std=c++17 -O2 -lineinfo
+       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
+       -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__
+       --expt-relaxed-constexpr -Xcompiler -fPIC
        -gencode arch=compute_80,code=sm_80
        -gencode arch=compute_90,code=sm_90
        -Werror all-warnings
