@@ -422,10 +422,11 @@ class DependencyGraph:
                 return fqn
         raise ValueError("module passed to plan() is not part of the traced model")
 
-    def class_of(self, target, dim: Optional[int] = None, name: str = "weight") -> int:
-        """Class id of ``dim`` of ``target`` (a module's ``name`` tensor, or a tensor).
+    def resolve(self, target, dim: Optional[int] = None, name: str = "weight"):
+        """``(tensor name, dim, class id)`` for ``dim`` of ``target``.
 
-        By default the dimension is the module's output channels: dim 0 of a
+        ``target`` is a module (its ``name`` tensor) or a parameter/buffer. By
+        default the dimension is the module's output channels: dim 0 of a
         conv/linear weight, dim 1 of an embedding or transposed conv weight.
         """
         fqn = self._fqn_of_tensor(target, name)
@@ -433,12 +434,18 @@ class DependencyGraph:
             base = fqn[: -len("_orig")] if fqn.endswith("_orig") else fqn
             outs = [d for c, kind, f, d in self.roles if f == base and kind == "out"]
             dim = outs[0] if outs else 0
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
         key = (fqn, dim)
         if key not in self.member_class:
             if any(f == fqn for f, _ in self.member_class):
                 raise IndexError(f"dim {dim} is out of range for {fqn}")
             raise ValueError(f"{fqn} is not used in the traced forward pass")
-        return self.member_class[key]
+        return fqn, dim, self.member_class[key]
+
+    def class_of(self, target, dim: Optional[int] = None, name: str = "weight") -> int:
+        """Class id of ``dim`` of ``target`` (see :meth:`resolve`)."""
+        return self.resolve(target, dim, name)[2]
 
     def closure(self, seed: Dict[int, Set[int]]) -> Dict[int, Set[int]]:
         """Smallest consistent deletion containing ``seed`` (class -> indices)."""
@@ -510,7 +517,8 @@ class DependencyGraph:
         from .plan import Plan
 
         self._check_fresh()
-        c = self.class_of(target, dim, name)
+        fqn, dim, c = self.resolve(target, dim, name)
+        label = f"{fqn} (dim {dim})"
         if isinstance(idxs, torch.Tensor):
             idxs = idxs.flatten().tolist()
         try:
@@ -528,14 +536,14 @@ class DependencyGraph:
         why = self.blocked_reason(dels)
         if why is not None:
             raise ValueError(
-                f"cannot remove channels of {self.describe_class(c)}: a coupled dimension "
+                f"cannot remove channels of {label}: a coupled dimension "
                 f"has a size fixed by {why}")
         for cc, s in dels.items():
             if len(s) >= self.class_size[cc]:
                 raise ValueError(
                     f"removing these channels would empty {self.describe_class(cc)} "
                     f"(all {self.class_size[cc]} channels)")
-        return Plan(self, dels, requested=(self.describe_class(c), len(idx)))
+        return Plan(self, dels, requested=(label, len(idx)))
 
     # -- groups and atoms -------------------------------------------------------
     def groups(self) -> List[ChannelGroup]:
