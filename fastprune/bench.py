@@ -659,6 +659,21 @@ def format_table(rows, info) -> str:
         for r in rows:
             if r["case"] == "global_l1" and r["fastprune_s"]:
                 lines.append(f"global L1: fastprune time / memcpy time = {r['fastprune_s'] / mc:.2f}")
+    mb64 = 64 * 2**20
+    for r in rows:
+        peak = r["fastprune_peak"]
+        if peak is None:
+            continue
+        if r["case"] == "global_l1":
+            state = 2 * info["model_bytes"]  # the masks and the pruned weight attributes torch's layout needs
+            verdict = "within" if peak <= state + mb64 else "ABOVE"
+            lines.append(
+                f"global L1 peak {_fmt_mb(peak)} vs masks + pruned weights ({_fmt_mb(state)}) + 64 MB: {verdict}"
+            )
+        if r["case"] == "sparsify":
+            budget = info["numel"] / 8
+            verdict = "within" if peak <= budget + mb64 else "ABOVE"
+            lines.append(f"sparsify_ peak {_fmt_mb(peak)} vs N/8 ({_fmt_mb(budget)}) + 64 MB: {verdict}")
     lines.append("")
     from fastprune import build_info
 
