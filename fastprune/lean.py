@@ -291,7 +291,10 @@ def _random_masks(targets, cells, ks, scope) -> List[Tensor]:
     uniform draw without replacement, and each segment is selected on its own
     random keys (fp64: no ties, hence no index bias).
     """
-    import numpy as np  # only this method needs it
+    try:
+        import numpy as np  # only this method needs it: exact hypergeometric draws
+    except ImportError:
+        raise ImportError("sparsify_(method='random') needs numpy (pip install numpy)") from None
 
     seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())  # follows torch.manual_seed
     rng = np.random.Generator(np.random.PCG64(seed))

@@ -374,3 +374,51 @@ def test_dtypes(dtype):
     assert original.abs()[~m].max() <= original.abs()[m].min()
     assert torch.equal(ms.masks[0], pack_mask(m))
     assert torch.equal(unpack_mask(ms.masks[0], m.numel()).reshape(m.shape), m)
+
+
+def test_mixed_old_and_new_parameters():
+    torch.manual_seed(0)
+    a, b = tie_free_(nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 10)))
+    sparsify_([(a, "weight")], 40)  # a: 60 kept, b: untouched
+    orig_b = b.weight.detach().clone()
+    orig_a = a.weight.detach().clone()
+    ms = sparsify_([(a, "weight"), (b, "weight")], 0.5)  # among 160 kept units: 80
+    assert ms.kept_counts()[0] + ms.kept_counts()[1] == 80
+    assert ms.num_pruned() == 120
+    kept = torch.cat([orig_a.abs()[ms.mask(0)], orig_b.abs()[ms.mask(1)]])
+    newly = torch.cat([orig_a.abs()[~ms.mask(0) & (orig_a != 0)], orig_b.abs()[~ms.mask(1)]])
+    assert newly.numel() == 80 and newly.max() <= kept.min()
+
+
+def test_non_contiguous_parameter():
+    lin = nn.Linear(6, 4)
+    base = tie_free_(nn.Sequential(nn.Linear(4, 6)))[0].weight.detach()
+    lin.weight = nn.Parameter(base.t())  # (4, 6) view with transposed strides
+    assert not lin.weight.is_contiguous()
+    original = lin.weight.detach().clone()
+    ms = sparsify_([(lin, "weight")], 10)
+    m = ms.mask(0)
+    assert int((~m).sum()) == 10
+    assert original.abs()[~m].max() <= original.abs()[m].min()
+    assert torch.equal(lin.weight.detach(), torch.where(m, original, torch.zeros_like(original)))
+    assert torch.equal(ms.masks[0], pack_mask(m))  # bits in logical row-major order
+
+
+def test_random_split_is_exact_and_unbiased():
+    import numpy as np
+
+    from fastprune.lean import _hypergeometric, _split_uniformly
+
+    rng = np.random.Generator(np.random.PCG64(0))
+    counts = [64, 64, 64, 8, 400]
+    draws = np.array([_split_uniformly(counts, 150, rng) for _ in range(2000)])
+    assert (draws.sum(axis=1) == 150).all()
+    assert (draws <= np.array(counts)).all() and (draws >= 0).all()
+    expected = 150 * np.array(counts) / sum(counts)
+    assert np.allclose(draws.mean(axis=0), expected, rtol=0.05, atol=0.5)
+    # beyond numpy's 1e9 limit: the normal branch stays inside the feasible range
+    for draws_ in (0, 5, 3 * 10**9, 4 * 10**9 - 5):
+        v = _hypergeometric(3 * 10**9, 10**9, draws_, rng)
+        assert max(0, draws_ - 10**9) <= v <= min(draws_, 3 * 10**9)
+    v = _hypergeometric(3 * 10**9, 10**9, 2 * 10**9, rng)
+    assert abs(v - 1.5 * 10**9) < 10**6
