@@ -384,8 +384,14 @@ def test_plan_never_empties_a_layer_and_checks_indices():
         dg.plan("stem", [0])
     with pytest.raises(ValueError, match="not part"):
         dg.plan(nn.Linear(2, 2), [0])
+    with pytest.raises(ValueError, match="has no tensor 'weight'"):
+        dg.plan(m.block1, [0])
+    with pytest.raises(IndexError, match="out of range"):
+        dg.plan(m.stem, [0], dim=4)
     plan = dg.plan(m.stem, [-1])
     assert cut_map(plan)[("stem.weight", 0)] == [7]
+    plan = dg.plan(m.block1.conv1.weight, [2], dim=1)  # a parameter and an input dim
+    assert cut_map(plan)[("stem.weight", 0)] == [2]
 
 
 def test_negative_and_tensor_indices_and_stale_graph():

@@ -415,6 +415,11 @@ class DependencyGraph:
                             f"parameters), got {type(target).__name__}")
         for path, m in self.model.named_modules(remove_duplicate=False):
             if m is target:
+                if not isinstance(getattr(m, name, None), torch.Tensor) and \
+                        not isinstance(getattr(m, name + "_orig", None), torch.Tensor):
+                    raise ValueError(
+                        f"{path or '<root>'} ({type(m).__name__}) has no tensor {name!r}; pass "
+                        "one of its layers (e.g. a projection) or name= one of its parameters")
                 fqn = f"{path}.{name}" if path else name
                 fqn = self.canonical.get(fqn, fqn)
                 if (fqn, 0) not in self.member_class and (fqn + "_orig", 0) in self.member_class:
