@@ -373,3 +373,24 @@ def test_model_without_prunable_layers_is_rejected():
         fp.snip(model, F.cross_entropy, mlp_data(), 0.5)
     with pytest.raises(TypeError, match="model"):
         fp.snip("model", F.cross_entropy, mlp_data(), 0.5)
+
+
+def test_digits_example_runs(capsys):
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "digits_snip.py")
+    spec = importlib.util.spec_from_file_location("digits_snip", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        results = example.main(["--seeds", "1", "--epochs", "2", "--sparsities", "0.9",
+                                "--methods", "dense", "snip", "force"])
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    out = capsys.readouterr().out
+    assert "| SNIP |" in out and "| FORCE |" in out
+    assert set(results) == {("dense", 0.0), ("snip", 0.9), ("force", 0.9)}
+    assert all(0.0 <= a <= 1.0 for accs in results.values() for a in accs)
