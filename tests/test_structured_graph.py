@@ -544,3 +544,65 @@ def test_transposed_conv_and_skip_concat_exact():
     plan = assert_exact_after(m3, image(), m3.enc, [2])
     cuts = cut_map(plan)
     assert cuts[("down.weight", 1)] == [2] and cuts[("dec.weight", 1)] == [2]
+
+
+class EinsumGQA(nn.Module):
+    """Attention written with einsum; key/value heads shared via repeat_interleave."""
+
+    def __init__(self, dim=24, heads=6, kv=3):
+        super().__init__()
+        self.heads, self.kv, self.hd = heads, kv, dim // heads
+        self.qkv = nn.ModuleList([nn.Linear(dim, heads * self.hd), nn.Linear(dim, kv * self.hd),
+                                  nn.Linear(dim, kv * self.hd)])
+        self.out = nn.Linear(heads * self.hd, dim)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (lin(x).unflatten(-1, (-1, self.hd)) for lin in self.qkv)  # b t h d
+        rep = q.shape[2] // k.shape[2]
+        k = k.repeat_interleave(rep, dim=2)
+        v = v.repeat_interleave(rep, dim=2)
+        att = torch.einsum("bqhd,bkhd->bhqk", q, k).mul(self.hd ** -0.5).softmax(-1)
+        y = torch.einsum("bhqk,bkhd->bqhd", att, v)
+        return self.out(y.flatten(2))
+
+
+def test_einsum_attention_with_repeat_interleave_gqa_exact():
+    x = torch.randn(2, 5, 24)
+    m = EinsumGQA()
+    plan = assert_exact_after(m, (x,), m.qkv[0], [9])  # head 2, key/value head 1
+    cuts = cut_map(plan)
+    assert cuts[("qkv.0.weight", 0)] == list(range(8, 16))
+    assert cuts[("qkv.1.weight", 0)] == list(range(4, 8))
+    assert cuts[("out.weight", 1)] == list(range(8, 16))
+
+
+class TiledShuffled(nn.Module):
+    """repeat (tiling), pixel_shuffle, flip and indexing that leaves channels alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(2, 3, 1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        y = F.relu(self.conv1(x)).repeat(1, 2, 1, 1)
+        y = F.pixel_shuffle(self.conv2(y), 2).flip(-1)  # 8 channels -> 2 at twice the size
+        z = self.conv3(y)                                # b 3 h w
+        rows = torch.arange(z.shape[0])
+        return self.fc(z.permute(0, 2, 3, 1)[rows, 1])  # pick spatial row 1: channels stay
+
+
+def test_tiling_pixel_shuffle_and_indexing_exact():
+    m = TiledShuffled()
+    plan = assert_exact_after(m, image(), m.conv1, [3])
+    assert cut_map(plan)[("conv2.weight", 1)] == [3, 7]
+    m2 = TiledShuffled()
+    plan = assert_exact_after(m2, image(), m2.conv2, [5])
+    cuts = cut_map(plan)
+    assert cuts[("conv2.weight", 0)] == [4, 5, 6, 7] and cuts[("conv3.weight", 1)] == [1]
+    m3 = TiledShuffled()
+    plan = assert_exact_after(m3, image(), m3.conv3, [0])
+    assert cut_map(plan)[("fc.weight", 1)] == [0]

@@ -446,8 +446,110 @@ def rule_repeat(b, node, x, reps):
     xs, os_ = b.spaces(x), b.spaces(node)
     off = len(reps) - len(xs)
     for i, s in enumerate(xs):
-        if reps[i + off] == 1:
+        k, n = reps[i + off], _shape(x)[i]
+        if k == 1:
             b.union(s, os_[i + off])
+        elif n > 1:
+            # tiling: every copy holds the same channels, like equal chunks
+            b.chunk_map(os_[i + off], [s] * k, n)
+
+
+def rule_repeat_interleave(b, node, x, repeats, dim):
+    if dim is None or not isinstance(repeats, int):
+        return
+    xs, os_ = b.spaces(x), b.spaces(node)
+    dim = _norm_dim(dim, len(xs))
+    for d in range(len(xs)):
+        if d != dim:
+            b.union(xs[d], os_[d])
+    b.block_map(xs[dim], os_[dim], repeats)  # e.g. key/value heads shared by query groups
+
+
+def rule_einsum(b, node, equation, operands):
+    eq = equation.replace(" ", "")
+    if "..." in eq or "->" not in eq:
+        return
+    lhs, rhs = eq.split("->")
+    terms = lhs.split(",")
+    if len(terms) != len(operands):
+        return
+    letters = {}
+    for term, op in zip(terms, operands):
+        sp = b.spaces(op)
+        if sp is None or len(term) != len(sp):
+            return
+        for ch, s in zip(term, sp):
+            letters.setdefault(ch, []).append(s)
+    out = b.spaces(node)
+    if len(rhs) != len(out):
+        return
+    for ch, s in zip(rhs, out):
+        letters.setdefault(ch, []).append(s)
+    for ss in letters.values():
+        big = [s for s in ss if b.size[s] != 1]
+        b.cover(*[s for s in ss if b.size[s] == 1])  # broadcast
+        for s in big[1:]:
+            b.union(big[0], s)
+
+
+def rule_index(b, node, x, indices):
+    xs, out = b.spaces(x), b.spaces(node)
+    n = len(xs)
+    pos = [i for i, t in enumerate(indices) if t is not None]
+    if not pos:
+        for s, o in zip(xs, out):
+            b.union(s, o)
+        return
+    if any(not _is_tensor_node(indices[i]) or tensor_val(indices[i]).dtype == torch.bool
+           for i in pos):
+        return
+    rest = [d for d in range(n) if d not in pos]
+    nb = len(out) - len(rest)
+    if pos == list(range(pos[0], pos[-1] + 1)):
+        targets = [d if d < pos[0] else d - len(pos) + nb for d in rest]
+    else:  # advanced indices apart: the broadcast dims come first
+        targets = [nb + k for k in range(len(rest))]
+    for d, o in zip(rest, targets):
+        b.union(xs[d], out[o])
+
+
+def rule_gather(b, node, x, dim, idx):
+    xs, isp, out = b.spaces(x), b.spaces(idx), b.spaces(node)
+    dim = _norm_dim(dim, len(xs))
+    for s, o in zip(isp, out):
+        b.union(s, o)
+    for d in range(len(xs)):
+        if d != dim and _shape(x)[d] == _shape(node)[d]:
+            b.union(xs[d], out[d])
+
+
+def rule_keep_other_dims(b, node, x, dims):
+    """Ops that move entries along ``dims`` (flip, roll, index_select): other dims pass."""
+    xs = b.spaces(x)
+    n = len(xs)
+    moved = {_norm_dim(d, n) for d in dims}
+    for k in range(b.n_outputs(node)):
+        out = b.spaces(node, k)
+        if out is None:
+            continue
+        if len(out) == n:
+            for d in range(n):
+                if d not in moved:
+                    b.union(xs[d], out[d])
+        elif len(out) == n - len(moved):  # unbind
+            for d, o in zip([d for d in range(n) if d not in moved], out):
+                b.union(xs[d], o)
+
+
+def rule_pixel_shuffle(b, node, x, r, inverse):
+    xs, os_ = b.spaces(x), b.spaces(node)
+    c = len(xs) - 3
+    for d in range(c):
+        b.union(xs[d], os_[d])
+    if inverse:
+        b.block_map(xs[c], os_[c], r * r)
+    else:
+        b.block_map(os_[c], xs[c], r * r)
 
 
 def rule_reduce(b, node, x, dims, keepdim, positional):
@@ -625,6 +727,26 @@ def apply_rule(b, node) -> str:
         rule_expand(b, node, args[0])
     elif name == "repeat":
         rule_repeat(b, node, args[0], list(args[1]))
+    elif name == "repeat_interleave" and _is_tensor_node(args[0]):
+        rule_repeat_interleave(b, node, args[0], _arg(node, 1, "repeats"), _arg(node, 2, "dim"))
+    elif name == "einsum":
+        rule_einsum(b, node, args[0], list(args[1]))
+    elif name in ("index", "_unsafe_index"):
+        rule_index(b, node, args[0], list(args[1]))
+    elif name == "gather":
+        rule_gather(b, node, args[0], args[1], args[2])
+    elif name in ("index_select", "unbind", "flip", "roll"):
+        if name == "flip":
+            dims = list(args[1])
+        elif name == "roll":
+            dims = list(_arg(node, 2, "dims", []) or [])
+            if not dims:
+                dims = list(range(len(b.spaces(args[0]))))
+        else:
+            dims = [_arg(node, 1, "dim", 0)]
+        rule_keep_other_dims(b, node, args[0], dims)
+    elif name in ("pixel_shuffle", "pixel_unshuffle"):
+        rule_pixel_shuffle(b, node, args[0], args[1], name == "pixel_unshuffle")
     elif name in _REDUCTIONS or name in _INDEX_REDUCTIONS:
         dims = _arg(node, 1, "dim")
         if name in ("norm",):
