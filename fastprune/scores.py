@@ -111,6 +111,11 @@ def _resolve_masks(targets, masks: Optional[Dict[Param, Tensor]]) -> List[Option
     """Per target: a bool keep-mask, or None for all-ones."""
     if masks is not None and not isinstance(masks, dict):
         raise TypeError("masks must be a dict {(module, name): keep_mask} or None")
+    if masks:
+        known = {(id(m), n) for m, n, _ in targets}
+        for key in masks:
+            if not (isinstance(key, tuple) and len(key) == 2 and (id(key[0]), key[1]) in known):
+                raise ValueError(f"masks has a key {key!r} that is not one of the parameters")
     out = []
     for module, name, _ in targets:
         m = None

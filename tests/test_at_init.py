@@ -394,3 +394,20 @@ def test_digits_example_runs(capsys):
     assert "| SNIP |" in out and "| FORCE |" in out
     assert set(results) == {("dense", 0.0), ("snip", 0.9), ("force", 0.9)}
     assert all(0.0 <= a <= 1.0 for accs in results.values() for a in accs)
+
+
+def test_score_functions_take_explicit_masks():
+    model, data = mlp(), mlp_data()
+    mask = torch.ones_like(model[0].weight)
+    mask[:, 0] = 0
+    snip = fp.scores.snip(model, F.cross_entropy, data, masks={(model[0], "weight"): mask})
+    force = fp.scores.force(model, F.cross_entropy, data, masks={(model[0], "weight"): mask})
+    flow = fp.scores.synflow(model, data[0][0], masks={(model[0], "weight"): mask})
+    assert torch.all(snip[(model[0], "weight")][:, 0] == 0)
+    assert torch.any(force[(model[0], "weight")][:, 0] > 0)
+    assert torch.all(flow[(model[0], "weight")][:, 0] == 0)
+    assert not fp.is_pruned(model)
+    with pytest.raises(ValueError, match="masks"):
+        fp.scores.snip(model, F.cross_entropy, data, masks={(model[0], "bias"): torch.ones(12)})
+    with pytest.raises(ValueError, match="masks"):
+        fp.scores.snip(model, F.cross_entropy, data, masks={(model[0], "weight"): torch.ones(3)})
