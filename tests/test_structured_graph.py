@@ -189,14 +189,8 @@ def kill_readers(plan: Plan):
     """Zero every weight slice that reads a removed channel, making it dead."""
     with torch.no_grad():
         for cut in plan.cuts:
-            m = cut.module
-            if cut.tensor != "weight" or not isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-                continue
-            if isinstance(m, nn.Conv2d) and m.groups > 1:
-                continue  # a grouped conv's dim 1 is per group; its groups go whole
-            reads = 0 if isinstance(m, nn.ConvTranspose2d) else 1
-            if cut.dim == reads:
-                m.weight.index_fill_(reads, torch.tensor(cut.indices), 0.0)
+            if cut.role == "in":
+                getattr(cut.module, cut.tensor).index_fill_(cut.dim, torch.tensor(cut.indices), 0.0)
 
 
 def assert_exact_after(model, example, target, idxs, **kw):

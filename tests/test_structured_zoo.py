@@ -55,6 +55,10 @@ def make(name):
         cfg = T.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=32)
         return T.LlamaForCausalLM(cfg), _tokens()
+    if name == "gpt2":  # fused q/k/v in one Conv1D, split into three
+        cfg = T.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=32,
+                           bos_token_id=0, eos_token_id=0)
+        return T.GPT2LMHeadModel(cfg), _tokens()
     raise KeyError(name)
 
 
@@ -62,7 +66,8 @@ def logits(model, inputs):
     return model(*inputs).logits
 
 
-@pytest.mark.parametrize("name", ["resnet", "convnext", "mobilenet_v2", "vit", "bert", "llama_gqa"])
+@pytest.mark.parametrize("name", ["resnet", "convnext", "mobilenet_v2", "vit", "bert", "llama_gqa",
+                                  "gpt2"])
 def test_zoo_prune_train_save_load(name):
     torch.manual_seed(0)
     model, inputs = make(name)
@@ -144,6 +149,7 @@ EXACT_TARGETS = {
     "vit": ("vit.layers.1.attention.q_proj", [9]),
     "bert": ("bert.encoder.layer.0.attention.self.query", [0]),
     "llama_gqa": ("model.layers.1.self_attn.q_proj", [17]),
+    "gpt2": ("transformer.h.1.attn.c_attn", [40]),  # key channel 8: head 1 of q, k and v
 }
 
 

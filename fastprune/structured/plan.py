@@ -14,7 +14,11 @@ __all__ = ["Plan", "Cut"]
 
 @dataclass
 class Cut:
-    """Remove ``indices`` along ``dim`` of ``module.<tensor>`` (a parameter or buffer)."""
+    """Remove ``indices`` along ``dim`` of ``module.<tensor>`` (a parameter or buffer).
+
+    ``role`` is ``"in"`` when the layer owning the weight reads these channels
+    (a conv/linear input dim), ``"out"`` when it produces them, else ``None``.
+    """
 
     module_name: str
     module: nn.Module
@@ -22,6 +26,7 @@ class Cut:
     dim: int
     indices: Tuple[int, ...]
     is_param: bool
+    role: Optional[str] = None  # "out": the layer writes these channels; "in": it reads them
 
     @property
     def fqn(self) -> str:
@@ -62,12 +67,15 @@ class Plan:
             for fqn, d, p in graph.class_members[c]:
                 per_tensor.setdefault(fqn, {})[d] = idx
                 is_param[fqn] = p
+        roles = {(f, d): kind for _, kind, f, d in graph.roles}
         self.cuts: List[Cut] = []
         for fqn in sorted(per_tensor):
             mod_name, tname = _split_fqn(fqn)
             module = model.get_submodule(mod_name)
+            base = fqn[: -len("_orig")] if fqn.endswith("_orig") else fqn
             for d in sorted(per_tensor[fqn]):
-                self.cuts.append(Cut(mod_name, module, tname, d, per_tensor[fqn][d], is_param[fqn]))
+                self.cuts.append(Cut(mod_name, module, tname, d, per_tensor[fqn][d], is_param[fqn],
+                                     roles.get((base, d))))
         self._per_tensor = per_tensor
         self.attribute_changes = self._attribute_changes()
 

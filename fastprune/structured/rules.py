@@ -225,6 +225,17 @@ def rule_matmul(b, node, a, c):
                 b.union(sp[i], so[j])
 
 
+def _weight_as_right_operand(b, node, w):
+    """``x @ W`` with a 2-d parameter W = [in, out] (GPT-2's Conv1D, custom layers)."""
+    ws = b.spaces(w)
+    if ws is None or len(ws) != 2 or b.weight_fqn(w) is None:
+        return
+    b.role(node, w, 1, "out")
+    b.role(node, w, 0, "in")
+    b.attr(node, "nf", ws[1])
+    b.attr(node, "nx", ws[0])
+
+
 def rule_conv(b, node, x, w, bias, groups, transposed):
     xs, ws, os_ = b.spaces(x), b.spaces(w), b.spaces(node)
     batched = len(xs) == len(ws)
@@ -409,6 +420,7 @@ def rule_split(b, node, x, dim, sizes):
         b.union(xs[dim], outs[0][dim])
     elif len(set(sizes)) == 1 and sizes[0] > 0:
         b.chunk_map(xs[dim], [o[dim] for o in outs], sizes[0])
+        b.attr(node, "split_size", outs[0][dim])  # e.g. GPT-2's fused q/k/v split
 
 
 def rule_slice(b, node, x, dim, start, end, step):
@@ -676,9 +688,11 @@ def apply_rule(b, node) -> str:
         rule_linear(b, node, args[0], args[1], _arg(node, 2, "bias"))
     elif name in ("matmul", "mm", "bmm"):
         rule_matmul(b, node, args[0], args[1])
+        _weight_as_right_operand(b, node, args[1])
     elif name in ("addmm", "baddbmm", "addbmm"):
         rule_matmul(b, node, args[1], args[2])
         _union_right_aligned(b, args[0], node)
+        _weight_as_right_operand(b, node, args[2])
     elif name in ("conv1d", "conv2d", "conv3d"):
         rule_conv(b, node, args[0], args[1], _arg(node, 2, "bias"),
                   _arg(node, 6, "groups", 1), False)
