@@ -22,7 +22,6 @@ from collections import OrderedDict
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
 import torch.nn.utils.prune as _torch_prune
 from torch import Tensor, nn
 

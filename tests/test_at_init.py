@@ -164,13 +164,10 @@ def test_snip_scores_equal_plain_autograd():
 def test_snip_scores_on_a_pruned_model_use_the_masked_network():
     model, data = mlp(), mlp_data()
     fp.l1_unstructured(model[2], "weight", amount=0.5)
-    ref = copy.deepcopy(model)
-    for x, y in data:
-        F.cross_entropy(ref(x), y).backward()
     mask = model[2].weight_mask
-    # dL/dc = dL/d(w*c) * w, and d(w*c)/dw = c, so the masked entries need the unmasked gradient.
-    g_eff = torch.zeros_like(mask)
     w = model[2].weight_orig.detach()
+    # dL/d(w*c) is the gradient of the effective weight of the pruned network; weight_orig's
+    # own gradient is that times c, so take it from a copy made permanent.
     probe = copy.deepcopy(model)
     fp.remove(probe[2], "weight")
     for x, y in data:
