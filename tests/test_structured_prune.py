@@ -193,3 +193,36 @@ def test_remove_masked_keeps_channels_other_layers_still_use():
     report = fastprune.remove_masked_channels(m, image())
     assert report.params_after == report.params_before
     assert m.stem.out_channels == 8
+
+
+def test_masks_from_torch_prune_are_removed_too():
+    import torch.nn.utils.prune as torch_prune
+
+    m = ConvPair().eval()
+    torch_prune.ln_structured(m.conv2, "weight", amount=3, n=2, dim=0)
+    x = image()
+    ref = m(x)
+    fastprune.remove_masked_channels(m, x)
+    assert m.conv2.out_channels == 5 and m.conv3.in_channels == 5
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+    torch_prune.remove(m.conv2, "weight")
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_iterative_rounds_and_low_precision():
+    m = TinyTransformer().to(torch.bfloat16)
+    ids = torch.randint(0, 20, (2, 5))
+    first = fastprune.prune_channels(m, ids, 0.25)
+    second = fastprune.prune_channels(m, ids, 0.25)
+    assert second.params_before == first.params_after > second.params_after
+    assert m.up.weight.dtype == torch.bfloat16 and m(ids).shape == (2, 5, 20)
+
+
+def test_quickstart_example_runs(capsys):
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "structured_quickstart.py"
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "Plan: remove 2 channel(s) of stem.weight" in out and "params:" in out
