@@ -26,6 +26,7 @@ from .methods import (
     PruningContainer,
     RandomStructured,
     RandomUnstructured,
+    torch_compute_norm,
     uses_fast_l1,
 )
 
@@ -164,4 +165,4 @@ def is_pruned(module) -> bool:
 
 def _compute_norm(t, n, dim):
     """Per-channel L``n`` norm of ``t`` along ``dim`` (torch's helper of the same name)."""
-    return torch_prune._compute_norm(t, n, dim)
+    return torch_compute_norm(t, n, dim)

@@ -26,6 +26,8 @@ from ._validation import (
 )
 
 TorchBase = torch_prune.BasePruningMethod
+# Captured at import so that patching torch's module (patch_torch) cannot make it recurse.
+torch_compute_norm = torch_prune._compute_norm
 
 
 def ones_view(like: torch.Tensor) -> torch.Tensor:
@@ -271,7 +273,7 @@ def channel_scores(t, n, dim):
     """Per-channel L``n`` norms; numeric ``n`` runs on the norm kernel."""
     if isinstance(n, numbers.Real) and not isinstance(n, bool):
         return ops.channel_norms(t.detach(), dim, float(n))
-    return torch_prune._compute_norm(t.detach(), n, dim)
+    return torch_compute_norm(t.detach(), n, dim)
 
 
 class LnStructured(_AmountMethod, torch_prune.LnStructured):
