@@ -25,7 +25,7 @@ import time
 import torch
 
 import fastprune
-from fastprune.structured import DependencyGraph, count_macs
+from fastprune.structured import DependencyGraph
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(HERE, "..", "docs", "structured.md")

@@ -1,13 +1,11 @@
 """prune_channels (ranking, budgets, round_to, ignored layers) and remove_masked_channels."""
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import fastprune
-from fastprune.structured import DependencyGraph, count_params
+from fastprune.structured import count_params
 
 from test_structured_graph import (DenseLike, GroupNormNet, ResNetLike, SplitLike,
                                    TinyTransformer, assert_unchanged, image, snapshot)

@@ -245,8 +245,10 @@ class _Builder:
         self.split_notes.append((module_path(node), count, flat))
 
 
-_HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads",
-               "num_attention_heads_per_partition", "groups", "num_groups")
+# Attribute names that hold head / group counts or the flat width of all heads.
+_Q_HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads",
+                 "num_attention_heads_per_partition")
+_HEAD_ATTRS = _Q_HEAD_ATTRS + ("groups", "num_groups")
 _KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "n_kv_head")
 _FLAT_ATTRS = ("all_head_size", "inner_dim", "attention_hidden_size")
 

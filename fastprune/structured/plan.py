@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from .graph import _FLAT_ATTRS, _HEAD_ATTRS, _KV_ATTRS
+from .graph import _FLAT_ATTRS, _HEAD_ATTRS, _KV_ATTRS, _Q_HEAD_ATTRS
 
 __all__ = ["Plan", "Cut"]
 
@@ -115,14 +115,9 @@ class Plan:
                         propose(path, attr, tuple(old),
                                 tuple(s - self._removed(c) for s, c in zip(sizes, cls)))
                 continue
-            if isinstance(old, int) and not isinstance(old, bool):
-                size = g.class_size[cls]
-                if attr in ("groups", "num_groups"):
-                    # groups count units of the virtual group class
-                    if old == size:
-                        propose(path, attr, old, old - self._removed(cls))
-                elif old == size:
-                    propose(path, attr, old, old - self._removed(cls))
+            # only an attribute that still matches the traced size is ours to change
+            if isinstance(old, int) and not isinstance(old, bool) and old == g.class_size[cls]:
+                propose(path, attr, old, old - self._removed(cls))
         q_classes, kv_classes = set(), set()
         for path, qc, kc in g.head_notes:
             q_classes.add(qc)
@@ -131,7 +126,7 @@ class Plan:
             m = module_at(path)
             if m is None:
                 continue
-            for names, c in ((_HEAD_ATTRS[:6], qc), (_KV_ATTRS, kc)):
+            for names, c in ((_Q_HEAD_ATTRS, qc), (_KV_ATTRS, kc)):
                 for a in names:
                     old = getattr(m, a, None)
                     if isinstance(old, int) and old == g.class_size[c] and self._removed(c):
@@ -143,7 +138,7 @@ class Plan:
             if cc in kv_classes:
                 names = _KV_ATTRS
             elif cc in q_classes:
-                names = _HEAD_ATTRS[:6]
+                names = _Q_HEAD_ATTRS
             else:
                 names = _HEAD_ATTRS + _KV_ATTRS
             for a in names:
