@@ -197,7 +197,8 @@ class _Builder:
     def block(self, s: int, reason: str):
         self.blocked.setdefault(s, reason)
 
-    def virtual(self, size: int, node, label: str) -> int:
+    def virtual(self, size: int) -> int:
+        """A dimension no tensor has, e.g. the group index of a grouped conv."""
         s = self.new_space(size)
         self.covered.add(s)
         return s

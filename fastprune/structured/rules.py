@@ -259,7 +259,7 @@ def rule_conv(b, node, x, w, bias, groups, transposed):
             b.union(xs[ci], ws[0])   # dim 0 of a transposed weight holds all inputs
         else:
             b.union(os_[ci], ws[0])
-        gs = b.virtual(g, node, "groups")
+        gs = b.virtual(g)
         b.block_map(gs, xs[ci], cin // g)
         b.block_map(gs, os_[ci], cout // g)
         # The per-group width (weight dim 1) is the inner coordinate: kept whole.
@@ -328,7 +328,7 @@ def rule_group_norm(b, node, x, num_groups, w, bias):
         b.union(s, o)
     c, g = _shape(x)[1], int(num_groups)
     if g > 1:
-        gs = b.virtual(g, node, "num_groups")
+        gs = b.virtual(g)
         b.block_map(gs, xs[1], c // g)
         b.attr(node, "num_groups", gs)
     b.attr(node, "num_channels", xs[1])
