@@ -259,23 +259,49 @@ class RadixSelect {
     return n;
   }
 
+  // Keys and digits are computed a block at a time in a vectorisable loop; only
+  // the scattered increments are scalar. In the later passes few units match
+  // the prefix, so a block without a match costs no increments at all.
   template <typename S>
   static void hist_chunk(const S* s, const uint8_t* elig, int64_t n, uint32_t* h, key_t inv, int pass,
                          uint64_t prefix) {
+    constexpr int64_t B = 64;
     const int shift = kBits - kDigitBits * (pass + 1);
+    alignas(64) uint16_t dig[B];
+    alignas(64) uint8_t hit[B];
+    const int64_t full = n - n % B;
     if (pass == 0) {
+      for (int64_t j0 = 0; j0 < full; j0 += B) {
+        for (int64_t j = 0; j < B; ++j) dig[j] = static_cast<uint16_t>((make_key<K>(s[j0 + j]) ^ inv) >> shift);
+        if (elig) {
+          for (int64_t j = 0; j < B; ++j) h[dig[j]] += elig[j0 + j];
+        } else {
+          for (int64_t j = 0; j < B; ++j) h[dig[j]]++;
+        }
+      }
+      for (int64_t j = full; j < n; ++j) h[(make_key<K>(s[j]) ^ inv) >> shift] += elig ? elig[j] : 1;
+      return;
+    }
+    const int pshift = shift + kDigitBits;
+    const key_t want = static_cast<key_t>(prefix);
+    for (int64_t j0 = 0; j0 < full; j0 += B) {
+      uint8_t any = 0;
+      for (int64_t j = 0; j < B; ++j) {
+        const key_t key = make_key<K>(s[j0 + j]) ^ inv;
+        dig[j] = static_cast<uint16_t>(key >> shift);
+        hit[j] = uint8_t((key >> pshift) == want);
+        any |= hit[j];
+      }
+      if (!any) continue;
       if (elig) {
-        for (int64_t j = 0; j < n; ++j) h[(make_key<K>(s[j]) ^ inv) >> shift] += elig[j];
+        for (int64_t j = 0; j < B; ++j) h[dig[j]] += hit[j] & elig[j0 + j];
       } else {
-        for (int64_t j = 0; j < n; ++j) h[(make_key<K>(s[j]) ^ inv) >> shift]++;
+        for (int64_t j = 0; j < B; ++j) h[dig[j]] += hit[j];
       }
-    } else {
-      const int pshift = shift + kDigitBits;
-      const key_t want = static_cast<key_t>(prefix);
-      for (int64_t j = 0; j < n; ++j) {
-        const key_t key = make_key<K>(s[j]) ^ inv;
-        if ((key >> pshift) == want && (!elig || elig[j])) h[(key >> shift) & (kBins - 1)]++;
-      }
+    }
+    for (int64_t j = full; j < n; ++j) {
+      const key_t key = make_key<K>(s[j]) ^ inv;
+      if ((key >> pshift) == want && (!elig || elig[j])) h[static_cast<uint16_t>(key >> shift)]++;
     }
   }
 
