@@ -600,3 +600,27 @@ def test_tiling_pixel_shuffle_and_indexing_exact():
     m3 = TiledShuffled()
     plan = assert_exact_after(m3, image(), m3.conv3, [0])
     assert cut_map(plan)[("fc.weight", 1)] == [0]
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gating: the excitation conv's outputs multiply the feature map's channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.reduce = nn.Conv2d(8, 2, 1)
+        self.expand = nn.Conv2d(2, 8, 1)
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        gate = torch.sigmoid(self.expand(F.relu(self.reduce(F.adaptive_avg_pool2d(y, 1)))))
+        return self.head(y * gate).mean(dim=(2, 3))
+
+
+def test_squeeze_excite_gate_is_coupled_exact():
+    m = SqueezeExcite()
+    plan = assert_exact_after(m, image(), m.conv, [4])
+    cuts = cut_map(plan)
+    assert cuts[("expand.weight", 0)] == [4] and cuts[("expand.bias", 0)] == [4]
+    assert cuts[("reduce.weight", 1)] == [4] and cuts[("head.weight", 1)] == [4]

@@ -54,18 +54,24 @@ class _ModeGuard:
     def __enter__(self):
         self.flags = [(m, m.training) for m in self.model.modules()]
         self.model.eval()
-        cfg = getattr(self.model, "config", None)
-        self.cache = None
-        if cfg is not None and getattr(cfg, "use_cache", None):
-            self.cache = cfg.use_cache
-            cfg.use_cache = False
+        # every config object (encoder-decoder models keep copies in submodules)
+        self.caches = []
+        seen = set()
+        for m in self.model.modules():
+            cfg = getattr(m, "config", None)
+            if cfg is None or id(cfg) in seen:
+                continue
+            seen.add(id(cfg))
+            if getattr(cfg, "use_cache", None):
+                self.caches.append((cfg, cfg.use_cache))
+                cfg.use_cache = False
         return self
 
     def __exit__(self, *exc):
         for m, flag in self.flags:
             m.training = flag
-        if self.cache is not None:
-            self.model.config.use_cache = self.cache
+        for cfg, value in self.caches:
+            cfg.use_cache = value
         return False
 
 
