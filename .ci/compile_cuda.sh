@@ -83,7 +83,35 @@ for t in "${tests[@]}"; do
   fi
 done
 
+# The torch-facing wrappers (csrc/cuda/*.cpp) are normally compiled only by
+# setup.py on a CUDA machine. When a torch is importable here, syntax-check them
+# against its headers too. A CPU-only torch wheel lacks one generated header
+# (c10/cuda/impl/cuda_cmake_macros.h); an empty stand-in is put *after* the real
+# include paths, so a real one always wins.
+PY="${PYTHON:-python3}"
+wrappers=(csrc/cuda/*.cpp)
+CXX_BIN="${CXX:-g++}"
+if (( ${#wrappers[@]} > 0 )) && command -v "$CXX_BIN" >/dev/null 2>&1 && \
+   torch_inc="$("$PY" -c 'import torch.utils.cpp_extension as c; print(" ".join(c.include_paths()))' 2>/dev/null)"; then
+  py_inc="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  cuda_inc="$(dirname "$(dirname "$(readlink -f "$NVCC")")")/include"
+  mkdir -p "$tmp/shim/c10/cuda/impl"
+  echo '#pragma once' > "$tmp/shim/c10/cuda/impl/cuda_cmake_macros.h"
+  inc=()
+  for d in $torch_inc "$py_inc" "$cuda_inc"; do inc+=(-isystem "$d"); done
+  for f in "${wrappers[@]}"; do
+    echo "compile_cuda: $f (syntax check against torch headers)"
+    if ! "$CXX_BIN" -std=c++17 -fsyntax-only -Wall -Wextra -Werror -DFASTPRUNE_WITH_CUDA=1 \
+         "${inc[@]}" -idirafter "$tmp/shim" -Icsrc "$f"; then
+      echo "compile_cuda: FAILED $f" >&2
+      status=1
+    fi
+  done
+else
+  echo "compile_cuda: no importable torch for $PY (or no $CXX_BIN): wrapper syntax check skipped"
+fi
+
 if (( status == 0 )); then
-  echo "compile_cuda: OK (${#kernels[@]} kernel files, ${#tests[@]} test programs)"
+  echo "compile_cuda: OK (${#kernels[@]} kernel files, ${#tests[@]} test programs, ${#wrappers[@]} wrappers)"
 fi
 exit $status

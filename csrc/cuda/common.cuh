@@ -33,24 +33,24 @@ template <> struct Storage<kBFloat16> { using T = uint16_t; };
 template <> struct Storage<kFloat> { using T = float; };
 template <> struct Storage<kDouble> { using T = double; };
 
-__device__ inline float half_bits_to_float(uint16_t b) {
+__device__ __forceinline__ float half_bits_to_float(uint16_t b) {
   return __half2float(__ushort_as_half(b));
 }
-__device__ inline float bf16_bits_to_float(uint16_t b) {
+__device__ __forceinline__ float bf16_bits_to_float(uint16_t b) {
   // bfloat16 is the upper half of a float: the widening is exact.
   return __uint_as_float(static_cast<uint32_t>(b) << 16);
 }
-__device__ inline uint16_t float_to_half_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
-__device__ inline uint16_t float_to_bf16_bits(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
-__device__ inline uint16_t double_to_half_bits(double d) { return __half_as_ushort(__double2half(d)); }
-__device__ inline uint16_t double_to_bf16_bits(double d) {
+__device__ __forceinline__ uint16_t float_to_half_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
+__device__ __forceinline__ uint16_t float_to_bf16_bits(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
+__device__ __forceinline__ uint16_t double_to_half_bits(double d) { return __half_as_ushort(__double2half(d)); }
+__device__ __forceinline__ uint16_t double_to_bf16_bits(double d) {
   return __bfloat16_as_ushort(__double2bfloat16(d));
 }
 
 // Value of a stored element as double (exact for every float type; integers
 // above 2^53 round to nearest, as static_cast<double> does on the CPU).
 template <int D>
-__device__ inline double to_double(typename Storage<D>::T v) {
+__device__ __forceinline__ double to_double(typename Storage<D>::T v) {
   if constexpr (D == kBool) {
     return v != 0 ? 1.0 : 0.0;
   } else if constexpr (D == kHalf) {
@@ -64,7 +64,7 @@ __device__ inline double to_double(typename Storage<D>::T v) {
 
 // Value as float (the accumulation type of every non-double input).
 template <int D>
-__device__ inline float to_float(typename Storage<D>::T v) {
+__device__ __forceinline__ float to_float(typename Storage<D>::T v) {
   if constexpr (D == kBool) {
     return v != 0 ? 1.0f : 0.0f;
   } else if constexpr (D == kHalf) {
@@ -78,7 +78,7 @@ __device__ inline float to_float(typename Storage<D>::T v) {
 
 // Non-zero test with the semantics of `x != 0`: NaN is non-zero, -0 is zero.
 template <int D>
-__device__ inline bool nonzero(typename Storage<D>::T v) {
+__device__ __forceinline__ bool nonzero(typename Storage<D>::T v) {
   if constexpr (D == kHalf || D == kBFloat16) {
     return (v & 0x7FFFu) != 0;
   } else {
@@ -101,7 +101,7 @@ struct Vec {
     uint8_t b;
   };
 
-  __device__ inline void load(const T* p, bool vec, int nvalid) {
+  __device__ __forceinline__ void load(const T* p, bool vec, int nvalid) {
     if (vec && nvalid == N) {
       if constexpr (kBytes >= 16) {
         const uint4* q = reinterpret_cast<const uint4*>(p);
@@ -123,7 +123,7 @@ struct Vec {
     for (int i = 0; i < N; ++i) v[i] = i < nvalid ? p[i] : T{};
   }
 
-  __device__ inline void store(T* p, bool vec, int nvalid) const {
+  __device__ __forceinline__ void store(T* p, bool vec, int nvalid) const {
     if (vec && nvalid == N) {
       if constexpr (kBytes >= 16) {
         uint4* q = reinterpret_cast<uint4*>(p);
@@ -148,7 +148,7 @@ struct Vec {
 };
 
 // Alignment (in bytes) that Vec<T, N> needs for its wide path.
-__host__ __device__ inline int vec_alignment(int elem_bytes, int n) {
+__host__ __device__ __forceinline__ int vec_alignment(int elem_bytes, int n) {
   int bytes = elem_bytes * n;
   return bytes >= 16 ? 16 : bytes;
 }
@@ -159,7 +159,7 @@ inline bool is_aligned(const void* p, int alignment) {
 
 // Index of the table entry owning `chunk`: the last t with chunk_begin[t] <= chunk
 // (empty tensors own no chunk and are skipped naturally).
-__device__ inline int find_owner(const int64_t* chunk_begin, int n, int64_t chunk) {
+__device__ __forceinline__ int find_owner(const int64_t* chunk_begin, int n, int64_t chunk) {
   int lo = 0, hi = n - 1;
   while (lo < hi) {
     int mid = (lo + hi + 1) >> 1;
@@ -176,7 +176,7 @@ __device__ inline int find_owner(const int64_t* chunk_begin, int n, int64_t chun
 template <int D> struct DTag { static constexpr int value = D; };
 
 template <typename F>
-__device__ inline void dispatch_dtype(int32_t dt, F&& f) {
+__device__ __forceinline__ void dispatch_dtype(int32_t dt, F&& f) {
   switch (dt) {
     case kBool: f(DTag<kBool>{}); break;
     case kUInt8: f(DTag<kUInt8>{}); break;

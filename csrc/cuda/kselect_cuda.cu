@@ -43,6 +43,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <cub/block/block_reduce.cuh>
@@ -109,14 +110,14 @@ struct Flags {
 // Keys
 // ---------------------------------------------------------------------------
 
-__device__ inline uint64_t int_key(int64_t x) {
+__device__ __forceinline__ uint64_t int_key(int64_t x) {
   // |INT64_MIN| does not fit; ranking it with INT64_MAX is what the reference does.
   if (x == INT64_MIN) return static_cast<uint64_t>(INT64_MAX);
   return static_cast<uint64_t>(x < 0 ? -x : x);
 }
 
 template <int D>
-__device__ inline uint64_t integer_key(typename Storage<D>::T v) {
+__device__ __forceinline__ uint64_t integer_key(typename Storage<D>::T v) {
   if constexpr (D == kBool) {
     return v != 0 ? 1u : 0u;
   } else if constexpr (D == kUInt8) {
@@ -126,12 +127,12 @@ __device__ inline uint64_t integer_key(typename Storage<D>::T v) {
   }
 }
 
-__device__ inline uint64_t f32_key(float f) {
+__device__ __forceinline__ uint64_t f32_key(float f) {
   uint32_t u = __float_as_uint(f) & 0x7FFFFFFFu;
   return u > 0x7F800000u ? 0x7FFFFFFFull : u;
 }
 
-__device__ inline uint64_t f64_key(double d) {
+__device__ __forceinline__ uint64_t f64_key(double d) {
   uint64_t u = static_cast<uint64_t>(__double_as_longlong(d)) & 0x7FFFFFFFFFFFFFFFull;
   return u > 0x7FF0000000000000ull ? 0x7FFFFFFFFFFFFFFFull : u;
 }
@@ -139,7 +140,7 @@ __device__ inline uint64_t f64_key(double d) {
 // Key of one stored value; the mode is uniform over the launch and only the
 // combinations the host can choose are meaningful (others still compile).
 template <int D, int M>
-__device__ inline uint64_t make_key(typename Storage<D>::T v) {
+__device__ __forceinline__ uint64_t make_key(typename Storage<D>::T v) {
   constexpr bool is_int = !(D == kHalf || D == kBFloat16 || D == kFloat || D == kDouble);
   if constexpr (M == kKeyHalf || M == kKeyBF16) {
     if constexpr (D == kHalf || D == kBFloat16) {
@@ -171,35 +172,59 @@ __device__ inline uint64_t make_key(typename Storage<D>::T v) {
   }
 }
 
+// Key type of a mode: 32 bits for the 16/32-bit float key spaces (the hot
+// paths), 64 bits otherwise.
+template <int M>
+using KeyOf = typename std::conditional<M == kKeyF64 || M == kKeyInt, uint64_t, uint32_t>::type;
+
 template <int D, int M>
-__device__ inline void keys_of(const TableEntry& t, int64_t u0, int nvalid, uint64_t flip, uint64_t (&key)[kUnits]) {
+__device__ __forceinline__ void keys_of(const TableEntry& t, int64_t u0, int nvalid, KeyOf<M> flip, KeyOf<M> (&key)[kUnits]) {
   using T = typename Storage<D>::T;
   Vec<T, kUnits> v;
   v.load(static_cast<const T*>(t.score) + u0, (t.vec & 1u) != 0, nvalid);
 #pragma unroll
-  for (int j = 0; j < kUnits; ++j) key[j] = make_key<D, M>(v.v[j]) ^ flip;
+  for (int j = 0; j < kUnits; ++j) key[j] = static_cast<KeyOf<M>>(make_key<D, M>(v.v[j])) ^ flip;
 }
 
-template <int D>
-__device__ inline void keys_mode(const TableEntry& t, int64_t u0, int nvalid, const KeyParams& kp,
-                                 uint64_t (&key)[kUnits]) {
-  switch (kp.mode) {
-    case kKeyHalf: keys_of<D, kKeyHalf>(t, u0, nvalid, kp.flip, key); break;
-    case kKeyBF16: keys_of<D, kKeyBF16>(t, u0, nvalid, kp.flip, key); break;
-    case kKeyF32: keys_of<D, kKeyF32>(t, u0, nvalid, kp.flip, key); break;
-    case kKeyF64: keys_of<D, kKeyF64>(t, u0, nvalid, kp.flip, key); break;
-    default: keys_of<D, kKeyInt>(t, u0, nvalid, kp.flip, key); break;
+template <int M> struct MTag { static constexpr int value = M; };
+
+// Calls f(DTag<score dtype>, MTag<key mode>) for the combinations choose_keys
+// can produce (others cannot reach the device), once per chunk, so that the
+// per-unit loops are specialised.
+template <typename F>
+__device__ __forceinline__ void dispatch_keys(int32_t score_dtype, int32_t mode, F&& f) {
+  switch (mode) {
+    case kKeyHalf:
+      f(DTag<kHalf>{}, MTag<kKeyHalf>{});
+      break;
+    case kKeyBF16:
+      f(DTag<kBFloat16>{}, MTag<kKeyBF16>{});
+      break;
+    case kKeyF32:
+      switch (score_dtype) {
+        case kHalf: f(DTag<kHalf>{}, MTag<kKeyF32>{}); break;
+        case kBFloat16: f(DTag<kBFloat16>{}, MTag<kKeyF32>{}); break;
+        default: f(DTag<kFloat>{}, MTag<kKeyF32>{}); break;
+      }
+      break;
+    case kKeyF64:
+      dispatch_dtype(score_dtype, [&](auto d) { f(d, MTag<kKeyF64>{}); });
+      break;
+    default:
+      switch (score_dtype) {
+        case kBool: f(DTag<kBool>{}, MTag<kKeyInt>{}); break;
+        case kUInt8: f(DTag<kUInt8>{}, MTag<kKeyInt>{}); break;
+        case kInt8: f(DTag<kInt8>{}, MTag<kKeyInt>{}); break;
+        case kInt16: f(DTag<kInt16>{}, MTag<kKeyInt>{}); break;
+        case kInt32: f(DTag<kInt32>{}, MTag<kKeyInt>{}); break;
+        default: f(DTag<kInt64>{}, MTag<kKeyInt>{}); break;
+      }
+      break;
   }
 }
 
-// Keys of units [u0, u0 + nvalid) of tensor t (entries past nvalid are junk).
-__device__ inline void load_keys(const TableEntry& t, int64_t u0, int nvalid, const KeyParams& kp,
-                                 uint64_t (&key)[kUnits]) {
-  dispatch_dtype(t.score_dtype, [&](auto tag) { keys_mode<decltype(tag)::value>(t, u0, nvalid, kp, key); });
-}
-
 // Bit j set = unit u0 + j is kept by the existing mask (and exists).
-__device__ inline uint32_t load_keep(const TableEntry& t, int64_t u0, int nvalid, bool packed) {
+__device__ __forceinline__ uint32_t load_keep(const TableEntry& t, int64_t u0, int nvalid, bool packed) {
   const uint32_t valid = (nvalid >= kUnits) ? 0xFFu : ((1u << (nvalid > 0 ? nvalid : 0)) - 1u);
   if (t.mask == nullptr || nvalid <= 0) return valid;
   if (packed) return static_cast<const uint8_t*>(t.mask)[u0 / 8] & valid;
@@ -216,7 +241,7 @@ __device__ inline uint32_t load_keep(const TableEntry& t, int64_t u0, int nvalid
 }
 
 template <int D>
-__device__ inline typename Storage<D>::T one_value() {
+__device__ __forceinline__ typename Storage<D>::T one_value() {
   if constexpr (D == kHalf) {
     return 0x3C00u;
   } else if constexpr (D == kBFloat16) {
@@ -226,7 +251,7 @@ __device__ inline typename Storage<D>::T one_value() {
   }
 }
 
-__device__ inline void store_keep(const TableEntry& t, int64_t u0, int nvalid, bool packed, uint32_t keep) {
+__device__ __forceinline__ void store_keep(const TableEntry& t, int64_t u0, int nvalid, bool packed, uint32_t keep) {
   if (nvalid <= 0) return;
   if (packed) {
     // One thread owns the whole byte (u0 is a multiple of 8); padding bits are 0.
@@ -249,7 +274,7 @@ struct ChunkRange {
   int64_t end;
 };
 
-__device__ inline ChunkRange chunk_range(const TableEntry* tab, const int64_t* chunk_begin, int n, int64_t chunk) {
+__device__ __forceinline__ ChunkRange chunk_range(const TableEntry* tab, const int64_t* chunk_begin, int n, int64_t chunk) {
   ChunkRange r;
   r.tensor = find_owner(chunk_begin, n, chunk);
   r.begin = (chunk - chunk_begin[r.tensor]) * kChunk;
@@ -258,16 +283,21 @@ __device__ inline ChunkRange chunk_range(const TableEntry* tab, const int64_t* c
   return r;
 }
 
-__device__ inline int clamp_valid(int64_t end, int64_t u0) {
+__device__ __forceinline__ int clamp_valid(int64_t end, int64_t u0) {
   int64_t d = end - u0;
   return d <= 0 ? 0 : (d >= kUnits ? kUnits : static_cast<int>(d));
 }
 
 // Digit of `key` for `pass`, or -1 when the unit is not in the current bucket.
-__device__ inline int digit_of(uint64_t key, int pass, int bits, uint64_t prefix) {
+template <typename K>
+__device__ __forceinline__ int digit_of(K key, int pass, int bits, uint64_t prefix) {
   const int low = bits - kDigitBits * (pass + 1);
-  if (pass > 0 && (key >> (low + kDigitBits)) != prefix) return -1;
+  if (pass > 0 && static_cast<uint64_t>(key >> (low + kDigitBits)) != prefix) return -1;
   return static_cast<int>((key >> low) & (kBins - 1));
+}
+
+__device__ __forceinline__ uint32_t valid_bits(int nv) {
+  return nv >= kUnits ? 0xFFu : ((1u << (nv > 0 ? nv : 0)) - 1u);
 }
 
 // ---------------------------------------------------------------------------
@@ -277,41 +307,54 @@ __device__ inline int digit_of(uint64_t key, int pass, int bits, uint64_t prefix
 // Pass 0 with a shared-memory privatised histogram (2^15 x u32 = 128 KiB).
 // Each block handles at most 2^31 units (the launcher sizes the grid), so its
 // 32-bit counters cannot overflow.
+template <int D, int M>
+__device__ __forceinline__ void hist_shared_chunk(const TableEntry& t, const ChunkRange& cr, const KeyParams& kp,
+                                         const Flags& fl, uint32_t* sh) {
+  using K = KeyOf<M>;
+  const int low = kp.bits - kDigitBits;
+  const K flip = static_cast<K>(kp.flip);
+  const int64_t step = static_cast<int64_t>(blockDim.x) * kUnits;
+  // Two groups per iteration for 32-bit keys (both loads issued before the
+  // atomics); one group for 64-bit keys, which would not fit the 64 registers
+  // a 1024-thread block allows.
+  constexpr int kGroups = sizeof(K) == 4 ? 2 : 1;
+  for (int64_t base = cr.begin; base < cr.end; base += kGroups * step) {
+    const int64_t ua = base + threadIdx.x * kUnits;
+    const int64_t ub = ua + step;
+    const int na = clamp_valid(cr.end, ua), nb = kGroups == 2 ? clamp_valid(cr.end, ub) : 0;
+    K ka[kUnits], kb[kUnits];
+    uint32_t ea = 0, eb = 0;
+    if (na > 0) {
+      keys_of<D, M>(t, ua, na, flip, ka);
+      ea = fl.exclude_masked ? load_keep(t, ua, na, fl.packed) : valid_bits(na);
+    }
+    if (nb > 0) {
+      keys_of<D, M>(t, ub, nb, flip, kb);
+      eb = fl.exclude_masked ? load_keep(t, ub, nb, fl.packed) : valid_bits(nb);
+    }
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      if ((ea >> j) & 1u) atomicAdd(&sh[static_cast<uint32_t>(ka[j] >> low)], 1u);
+    }
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      if ((eb >> j) & 1u) atomicAdd(&sh[static_cast<uint32_t>(kb[j] >> low)], 1u);
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kSharedHistThreads)
     hist_shared_kernel(const TableEntry* __restrict__ tab, const int64_t* __restrict__ chunk_begin, int n,
                        int64_t nchunks, KeyParams kp, Flags fl, unsigned long long* __restrict__ ghist) {
   extern __shared__ uint32_t sh[];
   for (int i = threadIdx.x; i < kSharedBins; i += blockDim.x) sh[i] = 0;
   __syncthreads();
-  const int low = kp.bits - kDigitBits;
   for (int64_t chunk = blockIdx.x; chunk < nchunks; chunk += gridDim.x) {
     const ChunkRange cr = chunk_range(tab, chunk_begin, n, chunk);
     const TableEntry t = tab[cr.tensor];
-    const int64_t step = static_cast<int64_t>(blockDim.x) * kUnits;
-    // Two groups per iteration: both loads are issued before the atomics.
-    for (int64_t base = cr.begin; base < cr.end; base += 2 * step) {
-      const int64_t ua = base + threadIdx.x * kUnits;
-      const int64_t ub = ua + step;
-      const int na = clamp_valid(cr.end, ua), nb = clamp_valid(cr.end, ub);
-      uint64_t ka[kUnits], kb[kUnits];
-      uint32_t ea = 0, eb = 0;
-      if (na > 0) {
-        load_keys(t, ua, na, kp, ka);
-        ea = fl.exclude_masked ? load_keep(t, ua, na, fl.packed) : ((na >= kUnits) ? 0xFFu : ((1u << na) - 1u));
-      }
-      if (nb > 0) {
-        load_keys(t, ub, nb, kp, kb);
-        eb = fl.exclude_masked ? load_keep(t, ub, nb, fl.packed) : ((nb >= kUnits) ? 0xFFu : ((1u << nb) - 1u));
-      }
-#pragma unroll
-      for (int j = 0; j < kUnits; ++j) {
-        if ((ea >> j) & 1u) atomicAdd(&sh[static_cast<uint32_t>(ka[j] >> low)], 1u);
-      }
-#pragma unroll
-      for (int j = 0; j < kUnits; ++j) {
-        if ((eb >> j) & 1u) atomicAdd(&sh[static_cast<uint32_t>(kb[j] >> low)], 1u);
-      }
-    }
+    dispatch_keys(t.score_dtype, kp.mode, [&](auto d, auto m) {
+      hist_shared_chunk<decltype(d)::value, decltype(m)::value>(t, cr, kp, fl, sh);
+    });
   }
   __syncthreads();
   for (int i = threadIdx.x; i < kSharedBins; i += blockDim.x) {
@@ -322,35 +365,46 @@ __global__ void __launch_bounds__(kSharedHistThreads)
 
 // Any pass straight into the global histogram, warp-aggregated. Loops are
 // uniform over the block so that every lane reaches __match_any_sync.
+template <int D, int M>
+__device__ __forceinline__ void hist_global_chunk(const TableEntry& t, const ChunkRange& cr, const KeyParams& kp,
+                                         const Flags& fl, int pass, uint64_t prefix,
+                                         unsigned long long* __restrict__ ghist) {
+  using K = KeyOf<M>;
+  const K flip = static_cast<K>(kp.flip);
+  const unsigned lane = threadIdx.x & 31u;
+  for (int64_t base = cr.begin; base < cr.end; base += static_cast<int64_t>(blockDim.x) * kUnits) {
+    const int64_t u0 = base + threadIdx.x * kUnits;
+    const int nv = clamp_valid(cr.end, u0);
+    K key[kUnits];
+    uint32_t elig = 0;
+    if (nv > 0) {
+      keys_of<D, M>(t, u0, nv, flip, key);
+      elig = fl.exclude_masked ? load_keep(t, u0, nv, fl.packed) : valid_bits(nv);
+    }
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      int d = -1;
+      if ((elig >> j) & 1u) d = digit_of<K>(key[j], pass, kp.bits, prefix);
+      const unsigned peers = __match_any_sync(0xFFFFFFFFu, d);
+      if (d >= 0 && lane == static_cast<unsigned>(__ffs(peers) - 1)) {
+        atomicAdd(&ghist[d], static_cast<unsigned long long>(__popc(peers)));
+      }
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kThreads)
     hist_global_kernel(const TableEntry* __restrict__ tab, const int64_t* __restrict__ chunk_begin, int n,
                        int64_t nchunks, KeyParams kp, Flags fl, int pass, const SelectState* __restrict__ st,
                        unsigned long long* __restrict__ ghist) {
   if (st->invalid) return;
   const uint64_t prefix = pass > 0 ? st->prefix : 0;
-  const unsigned lane = threadIdx.x & 31u;
   for (int64_t chunk = blockIdx.x; chunk < nchunks; chunk += gridDim.x) {
     const ChunkRange cr = chunk_range(tab, chunk_begin, n, chunk);
     const TableEntry t = tab[cr.tensor];
-    for (int64_t base = cr.begin; base < cr.end; base += static_cast<int64_t>(blockDim.x) * kUnits) {
-      const int64_t u0 = base + threadIdx.x * kUnits;
-      const int nv = clamp_valid(cr.end, u0);
-      uint64_t key[kUnits];
-      uint32_t elig = 0;
-      if (nv > 0) {
-        load_keys(t, u0, nv, kp, key);
-        elig = fl.exclude_masked ? load_keep(t, u0, nv, fl.packed) : ((nv >= kUnits) ? 0xFFu : ((1u << nv) - 1u));
-      }
-#pragma unroll
-      for (int j = 0; j < kUnits; ++j) {
-        int d = -1;
-        if ((elig >> j) & 1u) d = digit_of(key[j], pass, kp.bits, prefix);
-        const unsigned peers = __match_any_sync(0xFFFFFFFFu, d);
-        if (d >= 0 && lane == static_cast<unsigned>(__ffs(peers) - 1)) {
-          atomicAdd(&ghist[d], static_cast<unsigned long long>(__popc(peers)));
-        }
-      }
-    }
+    dispatch_keys(t.score_dtype, kp.mode, [&](auto d, auto m) {
+      hist_global_chunk<decltype(d)::value, decltype(m)::value>(t, cr, kp, fl, pass, prefix, ghist);
+    });
   }
 }
 
@@ -394,11 +448,30 @@ __global__ void __launch_bounds__(kSelectThreads)
 // Tie counting and mask writing
 // ---------------------------------------------------------------------------
 
-__device__ inline uint32_t selectable_bits(const TableEntry& t, int64_t u0, int nv, const Flags& fl, uint32_t keep) {
-  (void)t;
-  (void)u0;
-  if (fl.exclude_masked) return keep;
-  return (nv >= kUnits) ? 0xFFu : ((1u << (nv > 0 ? nv : 0)) - 1u);
+// Selectable units of a group: the kept ones with exclude_masked, else all.
+__device__ __forceinline__ uint32_t selectable_bits(int nv, const Flags& fl, uint32_t keep) {
+  return fl.exclude_masked ? keep : valid_bits(nv);
+}
+
+template <int D, int M>
+__device__ __forceinline__ unsigned int tie_count_chunk(const TableEntry& t, const ChunkRange& cr, const KeyParams& kp,
+                                               const Flags& fl, uint64_t threshold) {
+  using K = KeyOf<M>;
+  const K flip = static_cast<K>(kp.flip);
+  const K T = static_cast<K>(threshold);
+  unsigned int count = 0;
+  for (int64_t base = cr.begin; base < cr.end; base += static_cast<int64_t>(blockDim.x) * kUnits) {
+    const int64_t u0 = base + threadIdx.x * kUnits;
+    const int nv = clamp_valid(cr.end, u0);
+    if (nv <= 0) continue;
+    K key[kUnits];
+    keys_of<D, M>(t, u0, nv, flip, key);
+    const uint32_t keep = fl.exclude_masked ? load_keep(t, u0, nv, fl.packed) : 0u;
+    const uint32_t sel = selectable_bits(nv, fl, keep);
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) count += (((sel >> j) & 1u) && key[j] == T) ? 1u : 0u;
+  }
+  return count;
 }
 
 // Number of selectable units with key == T in every chunk (0 everywhere when
@@ -419,31 +492,83 @@ __global__ void __launch_bounds__(kThreads)
     const ChunkRange cr = chunk_range(tab, chunk_begin, n, chunk);
     const TableEntry t = tab[cr.tensor];
     unsigned int count = 0;
-    for (int64_t base = cr.begin; base < cr.end; base += static_cast<int64_t>(blockDim.x) * kUnits) {
-      const int64_t u0 = base + threadIdx.x * kUnits;
-      const int nv = clamp_valid(cr.end, u0);
-      if (nv <= 0) continue;
-      uint64_t key[kUnits];
-      load_keys(t, u0, nv, kp, key);
-      const uint32_t keep = fl.exclude_masked ? load_keep(t, u0, nv, fl.packed) : 0u;
-      const uint32_t sel = selectable_bits(t, u0, nv, fl, keep);
-#pragma unroll
-      for (int j = 0; j < kUnits; ++j) count += (((sel >> j) & 1u) && key[j] == T) ? 1u : 0u;
-    }
+    dispatch_keys(t.score_dtype, kp.mode, [&](auto d, auto m) {
+      count = tie_count_chunk<decltype(d)::value, decltype(m)::value>(t, cr, kp, fl, T);
+    });
     const unsigned int sum = Reduce(tmp).Sum(count);
     if (threadIdx.x == 0) chunk_ties[chunk] = sum;
     __syncthreads();  // tmp is reused by the next chunk
   }
 }
 
-// keep = existing AND NOT selected. With select_none (k == 0) only copies the
-// existing mask. chunk_offsets[c] = ties in chunks before c (exclusive scan).
+using WriteScan = cub::BlockScan<unsigned int, kThreads>;
+
+// keep = existing AND NOT selected for one chunk. `running` = ties of this
+// chunk's predecessors in global order (only used when `need`).
+template <int D, int M>
+__device__ __forceinline__ void write_chunk(const TableEntry& t, const ChunkRange& cr, const KeyParams& kp, const Flags& fl,
+                                   uint64_t threshold, unsigned long long r, bool need, unsigned long long running,
+                                   typename WriteScan::TempStorage& tmp) {
+  using K = KeyOf<M>;
+  const K flip = static_cast<K>(kp.flip);
+  const K T = static_cast<K>(threshold);
+  for (int64_t base = cr.begin; base < cr.end; base += static_cast<int64_t>(blockDim.x) * kUnits) {
+    const int64_t u0 = base + threadIdx.x * kUnits;
+    const int nv = clamp_valid(cr.end, u0);
+    // Reads of the existing mask happen before the write of the same units by
+    // the same thread, which is what lets out alias the mask.
+    const uint32_t keep = load_keep(t, u0, nv, fl.packed);
+    uint32_t lt = 0, eq = 0;
+    if (nv > 0) {
+      K key[kUnits];
+      keys_of<D, M>(t, u0, nv, flip, key);
+      const uint32_t cand = selectable_bits(nv, fl, keep);
+#pragma unroll
+      for (int j = 0; j < kUnits; ++j) {
+        const uint32_t c = (cand >> j) & 1u;
+        lt |= (c & (key[j] < T ? 1u : 0u)) << j;
+        eq |= (c & (key[j] == T ? 1u : 0u)) << j;
+      }
+    }
+    uint32_t selected;
+    if (!need) {
+      selected = lt | eq;
+    } else {
+      // `need` is uniform over the block and the loop trip count too, so every
+      // thread takes part in the scan.
+      unsigned int before = 0, in_step = 0;
+      WriteScan(tmp).ExclusiveSum(static_cast<unsigned int>(__popc(eq)), before, in_step);
+      __syncthreads();
+      unsigned long long rank = running + before;
+      selected = lt;
+#pragma unroll
+      for (int j = 0; j < kUnits; ++j) {
+        if ((eq >> j) & 1u) {
+          if (rank < r) selected |= 1u << j;
+          ++rank;
+        }
+      }
+      running += in_step;
+    }
+    store_keep(t, u0, nv, fl.packed, keep & ~selected);
+  }
+}
+
+__device__ __forceinline__ void copy_chunk(const TableEntry& t, const ChunkRange& cr, const Flags& fl) {
+  for (int64_t base = cr.begin; base < cr.end; base += static_cast<int64_t>(blockDim.x) * kUnits) {
+    const int64_t u0 = base + threadIdx.x * kUnits;
+    const int nv = clamp_valid(cr.end, u0);
+    store_keep(t, u0, nv, fl.packed, load_keep(t, u0, nv, fl.packed));
+  }
+}
+
+// With select_none (k == 0) only copies the existing mask. chunk_offsets[c] =
+// ties in the chunks before c (exclusive scan of tie_count_kernel's output).
 __global__ void __launch_bounds__(kThreads)
     write_kernel(const TableEntry* __restrict__ tab, const int64_t* __restrict__ chunk_begin, int n,
                  int64_t nchunks, KeyParams kp, Flags fl, const SelectState* __restrict__ st,
                  const unsigned long long* __restrict__ chunk_offsets, bool select_none) {
-  using Scan = cub::BlockScan<unsigned int, kThreads>;
-  __shared__ typename Scan::TempStorage tmp;
+  __shared__ typename WriteScan::TempStorage tmp;
   uint64_t T = 0;
   unsigned long long r = 0;
   bool need = false;
@@ -456,49 +581,14 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t chunk = blockIdx.x; chunk < nchunks; chunk += gridDim.x) {
     const ChunkRange cr = chunk_range(tab, chunk_begin, n, chunk);
     const TableEntry t = tab[cr.tensor];
-    unsigned long long running = need ? chunk_offsets[chunk] : 0ull;
-    for (int64_t base = cr.begin; base < cr.end; base += static_cast<int64_t>(blockDim.x) * kUnits) {
-      const int64_t u0 = base + threadIdx.x * kUnits;
-      const int nv = clamp_valid(cr.end, u0);
-      // Reads of the existing mask happen before the write of the same units by
-      // the same thread, which is what lets out alias the mask.
-      const uint32_t keep = load_keep(t, u0, nv, fl.packed);
-      uint32_t selected = 0;
-      if (!select_none) {
-        uint64_t key[kUnits];
-        uint32_t lt = 0, eq = 0;
-        if (nv > 0) {
-          load_keys(t, u0, nv, kp, key);
-          const uint32_t cand = selectable_bits(t, u0, nv, fl, keep);
-#pragma unroll
-          for (int j = 0; j < kUnits; ++j) {
-            if ((cand >> j) & 1u) {
-              lt |= (key[j] < T ? 1u : 0u) << j;
-              eq |= (key[j] == T ? 1u : 0u) << j;
-            }
-          }
-        }
-        if (!need) {
-          selected = lt | eq;
-        } else {
-          // `need` is uniform over the block, so every thread takes part.
-          unsigned int before = 0, in_step = 0;
-          Scan(tmp).ExclusiveSum(static_cast<unsigned int>(__popc(eq)), before, in_step);
-          __syncthreads();
-          unsigned long long rank = running + before;
-          selected = lt;
-#pragma unroll
-          for (int j = 0; j < kUnits; ++j) {
-            if ((eq >> j) & 1u) {
-              if (rank < r) selected |= 1u << j;
-              ++rank;
-            }
-          }
-          running += in_step;
-        }
-      }
-      store_keep(t, u0, nv, fl.packed, keep & ~selected);
+    if (select_none) {
+      copy_chunk(t, cr, fl);
+      continue;
     }
+    const unsigned long long running = need ? chunk_offsets[chunk] : 0ull;
+    dispatch_keys(t.score_dtype, kp.mode, [&](auto d, auto m) {
+      write_chunk<decltype(d)::value, decltype(m)::value>(t, cr, kp, fl, T, r, need, running, tmp);
+    });
   }
 }
 

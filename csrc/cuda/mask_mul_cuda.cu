@@ -58,20 +58,20 @@ struct InlineTable {
   E e[kInline];
   int64_t chunk_begin[kInline + 1];
   int n;
-  __device__ inline int owner(int64_t chunk) const {
+  __device__ __forceinline__ int owner(int64_t chunk) const {
     int r = 0;
 #pragma unroll
     for (int i = 1; i < kInline; ++i) r += (i < n && chunk >= chunk_begin[i]) ? 1 : 0;
     return r;
   }
-  __device__ inline E entry(int i) const {
+  __device__ __forceinline__ E entry(int i) const {
     E out = e[0];
 #pragma unroll
     for (int j = 1; j < kInline; ++j)
       if (j == i) out = e[j];
     return out;
   }
-  __device__ inline int64_t begin(int i) const {
+  __device__ __forceinline__ int64_t begin(int i) const {
     int64_t out = chunk_begin[0];
 #pragma unroll
     for (int j = 1; j < kInline; ++j)
@@ -85,15 +85,15 @@ struct DeviceTable {
   const E* e;
   const int64_t* chunk_begin;
   int n;
-  __device__ inline int owner(int64_t chunk) const { return find_owner(chunk_begin, n, chunk); }
-  __device__ inline E entry(int i) const { return e[i]; }
-  __device__ inline int64_t begin(int i) const { return chunk_begin[i]; }
+  __device__ __forceinline__ int owner(int64_t chunk) const { return find_owner(chunk_begin, n, chunk); }
+  __device__ __forceinline__ E entry(int i) const { return e[i]; }
+  __device__ __forceinline__ int64_t begin(int i) const { return chunk_begin[i]; }
 };
 
 // Mask value converted to the input's type (through double for float masks,
 // which is exact and then rounds once, as the direct conversion would).
 template <int D, int M>
-__device__ inline typename Storage<D>::T mask_as(typename Storage<M>::T m) {
+__device__ __forceinline__ typename Storage<D>::T mask_as(typename Storage<M>::T m) {
   using T = typename Storage<D>::T;
   if constexpr (D == kBool) {
     return nonzero<M>(m) ? 1 : 0;
@@ -134,7 +134,7 @@ __device__ inline typename Storage<D>::T mask_as(typename Storage<M>::T m) {
 }
 
 template <int D>
-__device__ inline typename Storage<D>::T times(typename Storage<D>::T x, typename Storage<D>::T m) {
+__device__ __forceinline__ typename Storage<D>::T times(typename Storage<D>::T x, typename Storage<D>::T m) {
   using T = typename Storage<D>::T;
   if constexpr (D == kBool) {
     return (x != 0 && m != 0) ? 1 : 0;
@@ -153,7 +153,7 @@ __device__ inline typename Storage<D>::T times(typename Storage<D>::T x, typenam
 }
 
 template <int D, int M>
-__device__ inline void mask_mul_range(const MMEntry& t, int64_t begin, int64_t end) {
+__device__ __forceinline__ void mask_mul_range(const MMEntry& t, int64_t begin, int64_t end) {
   using T = typename Storage<D>::T;
   using MT = typename Storage<M>::T;
   constexpr int V = 16 / static_cast<int>(sizeof(T));
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) mask_mul_kernel(Table tab, int64_t n
 // Each thread owns one packed byte, i.e. 8 consecutive elements, handled as raw
 // words W (uint4 for 16-byte elements).
 template <typename W>
-__device__ inline void packed_range(const PMEntry& t, int64_t begin, int64_t end) {
+__device__ __forceinline__ void packed_range(const PMEntry& t, int64_t begin, int64_t end) {
   W* data = static_cast<W*>(t.data);
   const bool vec = (t.vec & 1u) != 0;
   for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * 8; i < end; i += static_cast<int64_t>(blockDim.x) * 8) {
