@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,12 +33,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-CASES = ("global_l1", "local_l1", "ln_structured", "forward", "sparsify")
+CASES = ("global_l1", "local_l1", "ln_structured", "forward", "forward_bool", "sparsify")
+GLOBAL_CASES = ("global_l1", "sparsify", "forward", "forward_bool")
 CASE_TITLES = {
     "global_l1": "global L1 (global_unstructured)",
     "local_l1": "local L1 (l1_unstructured per layer)",
     "ln_structured": "ln_structured (n=2, dim=0)",
     "forward": "pruned forward (mask-multiply hooks)",
+    "forward_bool": "pruned forward, fastprune bool masks",
     "sparsify": "sparsify_ in place (torch: global + remove)",
 }
 DTYPES = {
@@ -226,7 +229,7 @@ def check_exact(case: str, model, masks_bool, amount: float, seed: int, dtype, d
     """The exactness invariant of ``case`` on the original weights (regenerated)."""
     shapes = [tuple(m.weight_orig.shape) if hasattr(m, "weight_orig") else tuple(m.weight.shape) for m in model]
     total = sum(math.prod(s) for s in shapes)
-    if case in ("global_l1", "sparsify", "forward"):
+    if case in GLOBAL_CASES:
         k = round(amount * total)
         pruned = 0
         max_pruned, min_kept = -math.inf, math.inf
@@ -270,7 +273,7 @@ def _prune_call(lib: str, case: str, model, amount: float):
         import torch.nn.utils.prune as P
     else:
         import fastprune as P
-    if case in ("global_l1", "forward"):
+    if case in ("global_l1", "forward", "forward_bool"):
         P.global_unstructured(_pairs(model), pruning_method=P.L1Unstructured, amount=amount)
     elif case == "local_l1":
         for m in model:
@@ -317,11 +320,10 @@ def worker(job: Dict[str, object]) -> Dict[str, object]:
     result = None
     outputs_digest = None
     for r in range(repeat):
-        if case == "forward":
+        if case in ("forward", "forward_bool"):
             if r == 0:
-                dense_rss = current_memory(device)
                 _prune_call(lib, "forward", model, amount)
-                if lib == "fastprune":
+                if lib == "fastprune" and case == "forward_bool":
                     for m in model:  # 1-byte masks: fastprune's hook multiplies by bool directly
                         m._buffers["weight_mask"] = m._buffers["weight_mask"].bool()
                 xs = _forward_inputs(model, dtype, device)
@@ -332,8 +334,13 @@ def worker(job: Dict[str, object]) -> Dict[str, object]:
                     outs = [m(xs[m.weight_orig.shape[1]]) for m in model]
                     _sync(device)
                     t1 = time.perf_counter()
-            # memory the pruned forward needs above the dense model: masks, orig, weights, transients
-            peaks.append(pm.peak + (pm.base - dense_rss))
+            # memory the pruned forward needs above the dense model: the masks and the
+            # recomputed weights it holds (weight_orig is the dense weight), plus the call's own peak
+            held = sum(
+                m.weight_mask.numel() * m.weight_mask.element_size() + m.weight.numel() * m.weight.element_size()
+                for m in model
+            )
+            peaks.append(pm.peak + held)
             times.append(t1 - t0)
             h = hashlib.sha256()
             for o in outs:
@@ -416,7 +423,7 @@ def available_memory(device: torch.device) -> int:
 def torch_need(case: str, model_bytes: int, numel: int, amount: float, largest_layer_bytes: int) -> int:
     """Estimated peak of torch's call above the model, in bytes."""
     k = round(amount * numel)
-    if case in ("global_l1", "sparsify", "forward"):
+    if case in GLOBAL_CASES:
         return int(TORCH_GLOBAL_COPIES * model_bytes + 12 * k)
     # per-layer methods keep a mask and a pruned weight per layer, plus one layer's temporaries
     return int(2 * model_bytes + 6 * largest_layer_bytes)
@@ -567,7 +574,13 @@ def run_benchmark(args) -> Tuple[List[Dict[str, object]], Dict[str, object]]:
                     f"{free_now / 2**30:.1f} GiB available"
                 )
                 continue
-        job = dict(base, lib=lib, case=case, bits=os.path.join(tmp, f"{case}-{lib}.bits"))
+        bits = os.path.join(tmp, f"{case}-{lib}.bits")
+        if case == "forward_bool" and lib == "torch" and "times" in results.get(("forward", "torch"), {}):
+            # torch's side of both forward cases is the same run (float masks)
+            results[(case, lib)] = results[("forward", "torch")]
+            shutil.copyfile(os.path.join(tmp, "forward-torch.bits"), bits)
+            continue
+        job = dict(base, lib=lib, case=case, bits=bits)
         results[(case, lib)] = run_job(job)
     bar.close()
 
@@ -601,7 +614,7 @@ def run_benchmark(args) -> Tuple[List[Dict[str, object]], Dict[str, object]]:
             diff = compare_bits(os.path.join(tmp, f"{case}-fastprune.bits"), os.path.join(tmp, f"{case}-torch.bits"))
             if diff == 0:
                 row["identical"] = "yes"
-            elif diff > 0 and case in ("global_l1", "sparsify", "forward") and differences_are_ties(
+            elif diff > 0 and case in GLOBAL_CASES and differences_are_ties(
                 os.path.join(tmp, f"{case}-fastprune.bits"),
                 os.path.join(tmp, f"{case}-torch.bits"),
                 shapes,
@@ -613,7 +626,7 @@ def run_benchmark(args) -> Tuple[List[Dict[str, object]], Dict[str, object]]:
                 row["identical"] = f"ties ({diff} bits)"
             else:
                 row["identical"] = f"NO ({diff} bits)"
-            if case == "forward" and row["identical"] == "yes" and fp.get("outputs") != tc.get("outputs"):
+            if case.startswith("forward") and row["identical"] == "yes" and fp.get("outputs") != tc.get("outputs"):
                 row["identical"] = "masks yes, outputs NO"
         else:
             row["identical"] = "exact" if check.get("exact") else ("NOT EXACT" if check else "-")
@@ -690,10 +703,14 @@ def format_table(rows, info) -> str:
     )
     lines.append(
         "peak: peak RSS during the call minus RSS just before it (VmHWM reset through /proc/self/clear_refs); "
-        "for the forward case, memory above the dense model while running the pruned forward "
-        "(masks, weight_orig, recomputed weights); on CUDA, torch.cuda.max_memory_allocated above the start."
+        "for the forward cases, the bytes of the masks and recomputed weights the pruned model holds "
+        "above the dense one plus the forward call's own peak; on CUDA, torch.cuda.max_memory_allocated above the start."
     )
     lines.append("GB/s: model bytes (every weight read once) / fastprune time.")
+    lines.append(
+        "forward: both libraries with masks in the weight's dtype; forward_bool: fastprune with 1-byte bool masks "
+        "(torch's side is the same float-mask run)."
+    )
     lines.append(
         "masks identical: bit-for-bit comparison with torch's masks; 'ties (n bits)' = they differ only among units "
         "whose |w| equals the threshold (torch's topk breaks ties arbitrarily, fastprune by lower index); where torch "
