@@ -124,7 +124,7 @@ def test_importances(importance):
 @pytest.mark.parametrize("kwargs, exc", [
     ({"amount": -0.1}, ValueError), ({"amount": 1.5}, ValueError), ({"amount": "a"}, TypeError),
     ({"amount": True}, TypeError), ({"amount": -1}, ValueError),
-    ({"amount": 0.3, "importance": "l3"}, ValueError),
+    ({"amount": 0.3, "importance": "l3"}, ValueError), ({"amount": 0.3, "importance": ["l2"]}, TypeError),
     ({"amount": 0.3, "round_to": 0}, ValueError), ({"amount": 0.3, "round_to": 2.0}, TypeError),
 ])
 def test_bad_arguments_leave_model_untouched(kwargs, exc):

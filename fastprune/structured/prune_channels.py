@@ -177,6 +177,8 @@ def prune_channels(model: nn.Module, example_inputs, amount, *, importance: str 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_amount(amount)
+    if not isinstance(importance, str):
+        raise TypeError(f"importance must be a string, got {type(importance).__name__}")
     if importance not in IMPORTANCES:
         raise ValueError(f"importance must be one of {sorted(IMPORTANCES)}, got {importance!r}")
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)):

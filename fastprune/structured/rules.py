@@ -38,6 +38,9 @@ _SAME_SHAPE = {
     "logical_or", "logical_not", "triu", "tril",
 }
 
+_DTYPE_DONORS = {"to", "_to_copy", "type_as", "zeros_like", "ones_like", "empty_like",
+                 "full_like", "rand_like", "randn_like"}
+
 _RESHAPES = {
     "view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "squeeze_",
     "unsqueeze", "unsqueeze_", "view_as", "reshape_as", "view_copy", "squeeze_copy",
@@ -92,7 +95,12 @@ def rule_pointwise(b, node, tensors):
         _union_right_aligned(b, t, node)
 
 
-def rule_same_shape(b, node, tensors):
+def rule_same_shape(b, node, tensors, donors_only=False):
+    """Outputs shaped like the first tensor argument.
+
+    With ``donors_only`` the other tensor arguments only lend dtype/device
+    (``type_as``, ``to(other)``) and are not coupled even when shapes agree.
+    """
     if tensors:
         first = tensors[0]
         for k in range(b.n_outputs(node)):
@@ -101,7 +109,7 @@ def rule_same_shape(b, node, tensors):
                 for s, o in zip(b.spaces(first), out):
                     b.union(s, o)
         for t in tensors[1:]:
-            if _shape(t) == _shape(first):
+            if not donors_only and _shape(t) == _shape(first):
                 for s, o in zip(b.spaces(t), b.spaces(first)):
                     b.union(s, o)
             else:
@@ -724,7 +732,7 @@ def apply_rule(b, node) -> str:
         rule_stack(b, node, list(args[0]), _arg(node, 1, "dim", 0))
     elif name in ("split", "split_with_sizes", "unsafe_split", "chunk", "tensor_split",
                   "split_copy", "split_with_sizes_copy"):
-        dim = _arg(node, 2, "dim", 0) if name != "chunk" else _arg(node, 2, "dim", 0)
+        dim = _arg(node, 2, "dim", 0)
         sizes = [b.shape(node, k)[_norm_dim(dim, len(_shape(args[0])))]
                  for k in range(b.n_outputs(node))]
         rule_split(b, node, args[0], dim, sizes)
@@ -788,7 +796,7 @@ def apply_rule(b, node) -> str:
             b.union(ws[0], xs[1] if len(xs) > 1 else xs[0])
         rule_same_shape(b, node, [args[0]])
     elif name in _SAME_SHAPE:
-        rule_same_shape(b, node, tensors)
+        rule_same_shape(b, node, tensors, donors_only=name in _DTYPE_DONORS)
     elif torch.Tag.pointwise in target.tags:
         rule_pointwise(b, node, tensors)
     return full
