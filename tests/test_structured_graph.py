@@ -473,8 +473,9 @@ def test_unknown_op_blocks_coupled_channels_with_named_error():
 def test_untraceable_model_raises_trace_error_and_is_untouched():
     m = DataDependent()
     snap = snapshot(m)
-    with pytest.raises(TraceError, match="DataDependent"):
+    with pytest.raises(TraceError, match="DataDependent") as info:
         DependencyGraph(m, torch.randn(2, 4))
+    assert "if x.sum() > 0" in str(info.value)  # points at the offending line
     with pytest.raises(TraceError):
         fastprune.prune_channels(m, torch.randn(2, 4), 0.3)
     assert_unchanged(m, snap)

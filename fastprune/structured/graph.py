@@ -12,6 +12,9 @@ changes. Classes whose size is fixed by something other than a parameter are
 """
 from __future__ import annotations
 
+import linecache
+import os
+import re
 import time
 import warnings
 from collections import defaultdict, deque
@@ -82,10 +85,24 @@ def trace(model: nn.Module, args: tuple, kwargs: dict):
         try:
             return torch.export.export(model, args, kwargs, strict=False)
         except Exception as exc:  # noqa: BLE001 - re-raised with context
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else ""
+            at = _user_frame(text)
             raise TraceError(
                 f"fastprune.DependencyGraph could not trace {type(model).__name__} with "
-                f"torch.export: {type(exc).__name__}: {first[:500]}") from exc
+                f"torch.export: {type(exc).__name__}: {first[:500]}{at}") from exc
+
+
+def _user_frame(text: str) -> str:
+    """`` (at file:line in fn: code)`` for the last non-torch frame export quotes."""
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = [m for m in re.finditer(r'File "([^"]+)", line (\d+), in (\S+)', text)
+              if not m.group(1).startswith(torch_dir)]
+    if not frames:
+        return ""
+    path, line, fn = frames[-1].groups()
+    code = linecache.getline(path, int(line)).strip()
+    return f" (at {path}:{line} in {fn}: {code})" if code else f" (at {path}:{line} in {fn})"
 
 
 def module_path(node) -> str:
