@@ -94,7 +94,9 @@ CXX_BIN="${CXX:-g++}"
 if (( ${#wrappers[@]} > 0 )) && command -v "$CXX_BIN" >/dev/null 2>&1 && \
    torch_inc="$("$PY" -c 'import torch.utils.cpp_extension as c; print(" ".join(c.include_paths()))' 2>/dev/null)"; then
   py_inc="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
-  cuda_inc="$(dirname "$(dirname "$(readlink -f "$NVCC")")")/include"
+  # nvcc may be a wrapper script: ask it where its headers are.
+  cuda_inc="$("$NVCC" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/.*INCLUDES="-I\([^"]*\)".*/\1/p' | head -n 1)"
+  [[ -n "$cuda_inc" ]] || cuda_inc="$(dirname "$(dirname "$(readlink -f "$NVCC")")")/include"
   mkdir -p "$tmp/shim/c10/cuda/impl"
   echo '#pragma once' > "$tmp/shim/c10/cuda/impl/cuda_cmake_macros.h"
   inc=()

@@ -42,6 +42,7 @@
 // ValueError as on the CPU and leaves the outputs untouched.
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -385,6 +386,8 @@ __device__ __forceinline__ void hist_global_chunk(const TableEntry& t, const Chu
     for (int j = 0; j < kUnits; ++j) {
       int d = -1;
       if ((elig >> j) & 1u) d = digit_of<K>(key[j], pass, kp.bits, prefix);
+      // In later passes most warps hold no unit of the bucket: skip the match.
+      if (__ballot_sync(0xFFFFFFFFu, d >= 0) == 0u) continue;
       const unsigned peers = __match_any_sync(0xFFFFFFFFu, d);
       if (d >= 0 && lane == static_cast<unsigned>(__ffs(peers) - 1)) {
         atomicAdd(&ghist[d], static_cast<unsigned long long>(__popc(peers)));
@@ -662,7 +665,11 @@ cudaError_t make_layout(const KSelectTensor* ts, int n, Layout* L) {
 }
 
 // Whether this device can give hist_shared_kernel its 128 KiB (cached per device).
+// FASTPRUNE_CUDA_GLOBAL_HIST=1 forces the global-histogram kernel for pass 0
+// (what devices with less shared memory run), so tests can cover both paths.
 bool shared_hist_available() {
+  const char* force = std::getenv("FASTPRUNE_CUDA_GLOBAL_HIST");
+  if (force && force[0] == '1') return false;
   static int cache[64] = {0};  // 0 unknown, 1 yes, 2 no
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;

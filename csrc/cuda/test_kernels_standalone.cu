@@ -815,6 +815,12 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s (sm_%d%d)%s\n", prop.name, prop.major, prop.minor, g_quick ? " [quick]" : "");
   test_kselect();
+  // Again with pass 0 on the global-histogram kernel (the path of devices
+  // without 128 KiB of shared memory per block).
+  setenv("FASTPRUNE_CUDA_GLOBAL_HIST", "1", 1);
+  std::printf("-- kselect with FASTPRUNE_CUDA_GLOBAL_HIST=1\n");
+  test_kselect();
+  unsetenv("FASTPRUNE_CUDA_GLOBAL_HIST");
   test_mask_mul();
   test_packed();
   test_channel_norms();
