@@ -625,3 +625,22 @@ def test_squeeze_excite_gate_is_coupled_exact():
     cuts = cut_map(plan)
     assert cuts[("expand.weight", 0)] == [4] and cuts[("expand.bias", 0)] == [4]
     assert cuts[("reduce.weight", 1)] == [4] and cuts[("head.weight", 1)] == [4]
+
+
+def test_norm_shapes_follow_without_affine_weights():
+    class Norms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 16)
+            self.rms = nn.RMSNorm(16)
+            self.ln = nn.LayerNorm(16, elementwise_affine=False)
+            self.b = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.b(self.ln(self.rms(self.a(x))))
+
+    m = Norms()
+    x = torch.randn(2, 4)
+    DependencyGraph(m, x).plan(m.a, [1, 2]).exec()
+    assert m.rms.normalized_shape == (14,) and m.ln.normalized_shape == (14,)
+    assert m(x).shape == (2, 3)
