@@ -77,6 +77,29 @@ struct Norm {
   // Reduction of a contiguous block with 8 independent partial accumulators so
   // that the loop is not one long dependency chain.
   static double block(const T* x, int64_t n, mag_t p) {
+    if constexpr (N == NormKind::PInf || N == NormKind::PNegInf) {
+      // Plain max/min in the input's precision plus a NaN flag: vectorises,
+      // unlike a NaN-propagating select.
+      mag_t lanes[8];
+      for (mag_t& l : lanes) l = static_cast<mag_t>(init());
+      uint8_t nan = 0;
+      int64_t i = 0;
+      for (; i + 8 <= n; i += 8) {
+        for (int l = 0; l < 8; ++l) {
+          const mag_t a = magnitude(x[i + l]);
+          nan |= uint8_t(a != a);
+          if constexpr (N == NormKind::PInf) {
+            lanes[l] = a > lanes[l] ? a : lanes[l];
+          } else {
+            lanes[l] = a < lanes[l] ? a : lanes[l];
+          }
+        }
+      }
+      double acc = init();
+      for (; i < n; ++i) acc = combine(acc, term(x[i], p));
+      for (mag_t l : lanes) acc = combine(acc, static_cast<double>(l));
+      return nan ? std::numeric_limits<double>::quiet_NaN() : acc;
+    }
     double lanes[8];
     for (double& l : lanes) l = init();
     int64_t i = 0;

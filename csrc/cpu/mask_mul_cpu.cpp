@@ -18,8 +18,41 @@ namespace {
 constexpr int64_t kGrain = 32768;
 constexpr int64_t kChunk = int64_t(1) << 16;
 
-// x * m where m already has x's dtype; fp16/bf16 multiply in fp32 and round once,
-// which is what ATen does and is exact for these formats' products.
+// Bit layout of the float formats, for multiplying by a mask value of 1 or +-0
+// without a float round trip: x * 1 = x; x * +-0 = +-0 with sign(x) ^ sign(m),
+// or NaN when x is inf/NaN. This is exact IEEE arithmetic (NaN payloads aside),
+// and vectorises as integer selects, including for fp16/bf16, whose conversions
+// to fp32 would otherwise be scalar.
+template <typename T>
+struct FloatBits;
+template <>
+struct FloatBits<at::Half> {
+  using U = uint16_t;
+  static constexpr U kSign = 0x8000, kExp = 0x7C00, kQuiet = 0x0200, kOne = 0x3C00;
+};
+template <>
+struct FloatBits<at::BFloat16> {
+  using U = uint16_t;
+  static constexpr U kSign = 0x8000, kExp = 0x7F80, kQuiet = 0x0040, kOne = 0x3F80;
+};
+template <>
+struct FloatBits<float> {
+  using U = uint32_t;
+  static constexpr U kSign = 0x80000000u, kExp = 0x7F800000u, kQuiet = 0x00400000u, kOne = 0x3F800000u;
+};
+template <>
+struct FloatBits<double> {
+  using U = uint64_t;
+  static constexpr U kSign = 0x8000000000000000ull, kExp = 0x7FF0000000000000ull, kQuiet = 0x0008000000000000ull,
+                     kOne = 0x3FF0000000000000ull;
+};
+
+template <typename T>
+constexpr bool is_float_v = std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16> ||
+                            std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+// General x * m with m already in x's dtype; fp16/bf16 multiply in fp32 and round
+// once, as ATen does (exact for these formats' products).
 template <typename T>
 C10_ALWAYS_INLINE T mul(T x, T m) {
   if constexpr (std::is_same_v<T, bool>) {
@@ -34,25 +67,74 @@ C10_ALWAYS_INLINE T mul(T x, T m) {
   }
 }
 
+// out[0..n) = x * cast<T>(mb) for a bool mask (bytes 0/1). out may equal x.
 template <typename T>
-C10_ALWAYS_INLINE T bool_to(bool b) {
-  return zero_or_one<T>(static_cast<uint8_t>(b));
+void mul_bool_range(const T* x, const uint8_t* mb, T* out, int64_t n) {
+  if constexpr (is_float_v<T>) {
+    using B = FloatBits<T>;
+    using U = typename B::U;
+    const U* xb = reinterpret_cast<const U*>(x);
+    U* ob = reinterpret_cast<U*>(out);
+    for (int64_t i = 0; i < n; ++i) {
+      const U xv = xb[i];
+      const U keep = U(0) - U(mb[i] != 0);
+      const U naninf = U(0) - U((xv & U(~B::kSign)) >= B::kExp);
+      const U tz = U((U(xv | B::kQuiet) & naninf) | (xv & B::kSign & U(~naninf)));
+      ob[i] = U((xv & keep) | (tz & U(~keep)));
+    }
+  } else if constexpr (std::is_same_v<T, bool>) {
+    const uint8_t* xu = reinterpret_cast<const uint8_t*>(x);
+    uint8_t* ou = reinterpret_cast<uint8_t*>(out);
+    for (int64_t i = 0; i < n; ++i) ou[i] = xu[i] & uint8_t(mb[i] != 0);
+  } else {
+    using U = std::make_unsigned_t<T>;
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<U>(x[i]) & (U(0) - U(mb[i] != 0)));
+  }
 }
 
-// out[0..n) = x * cast<T>(m), m of dtype T or bool.
+// out[0..n) = x * m, m of x's dtype. out may equal x.
+template <typename T>
+void mul_same_range(const T* x, const T* m, T* out, int64_t n) {
+  if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
+    // Masks hold 1 and +-0 almost always: those take the bitwise path, anything
+    // else (left untouched there) is multiplied afterwards in fp32.
+    using B = FloatBits<T>;
+    using U = typename B::U;
+    constexpr int64_t kBlock = 256;
+    const U* xb = reinterpret_cast<const U*>(x);
+    const U* mbits = reinterpret_cast<const U*>(m);
+    U* ob = reinterpret_cast<U*>(out);
+    for (int64_t b = 0; b < n; b += kBlock) {
+      const int64_t e = std::min(n, b + kBlock);
+      U other = 0;  // written branch-free in U-wide lanes so that it vectorises
+      for (int64_t i = b; i < e; ++i) {
+        const U mv = mbits[i];
+        const U xv = xb[i];
+        const U is_zero = U(0) - U((mv & U(~B::kSign)) == 0);
+        const U is_one = U(0) - U(mv == B::kOne);
+        other |= U(~(is_zero | is_one));
+        const U naninf = U(0) - U((xv & U(~B::kSign)) >= B::kExp);
+        const U tz = U((U(xv | B::kQuiet) & naninf) | (U((xv ^ mv) & B::kSign) & U(~naninf)));
+        ob[i] = U((tz & is_zero) | (xv & U(~is_zero)));
+      }
+      if (other) {
+        for (int64_t i = b; i < e; ++i) {
+          const U mv = mbits[i];
+          if ((mv & ~B::kSign) != 0 && mv != B::kOne) out[i] = mul<T>(out[i], m[i]);
+        }
+      }
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = mul<T>(x[i], m[i]);
+  }
+}
+
 template <typename T>
 void mul_range(const T* x, const void* m, bool mask_is_bool, T* out, int64_t n) {
   if (mask_is_bool) {
-    const bool* mb = static_cast<const bool*>(m);
-    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-      const uint8_t* mu = reinterpret_cast<const uint8_t*>(mb);
-      for (int64_t i = 0; i < n; ++i) out[i] = x[i] * static_cast<T>(mu[i] != 0);
-    } else {
-      for (int64_t i = 0; i < n; ++i) out[i] = mul<T>(x[i], bool_to<T>(mb[i]));
-    }
+    mul_bool_range<T>(x, static_cast<const uint8_t*>(m), out, n);
   } else {
-    const T* mt = static_cast<const T*>(m);
-    for (int64_t i = 0; i < n; ++i) out[i] = mul<T>(x[i], mt[i]);
+    mul_same_range<T>(x, static_cast<const T*>(m), out, n);
   }
 }
 
