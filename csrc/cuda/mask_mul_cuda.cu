@@ -114,11 +114,7 @@ __device__ __forceinline__ typename Storage<D>::T mask_as(typename Storage<M>::T
       return double_to_bf16_bits(to_double<M>(m));
     }
   } else if constexpr (D == kFloat) {
-    if constexpr (M == kHalf || M == kBFloat16) {
-      return to_float<M>(m);
-    } else {
-      return static_cast<float>(m);  // bool storage is 0/1; other ints and double convert directly
-    }
+    return to_float<M>(m);  // direct conversion (one rounding for double / int64); any non-zero bool byte is 1
   } else if constexpr (D == kDouble) {
     return to_double<M>(m);
   } else {
