@@ -10,6 +10,10 @@
 //
 // Random data includes ties, NaN, +-inf, -0.0 and integer extremes.
 
+// setup.py compiles every csrc/cuda/*.cu into the extension; torch's build
+// defines TORCH_EXTENSION_NAME, and this program is not part of the library.
+#ifndef TORCH_EXTENSION_NAME
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -827,3 +831,5 @@ int main(int argc, char** argv) {
   std::printf("%d cases, %d failed\n", g_cases, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
+
+#endif  // TORCH_EXTENSION_NAME
