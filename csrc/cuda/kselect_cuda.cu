@@ -643,8 +643,10 @@ cudaError_t make_layout(const KSelectTensor* ts, int n, Layout* L) {
   L->nchunks = nchunks;
   size_t cub_bytes = 0;
   if (nchunks > 0) {
-    FASTPRUNE_CUDA_TRY(cub::DeviceScan::ExclusiveSum(nullptr, cub_bytes, static_cast<unsigned long long*>(nullptr),
-                                                      nchunks, static_cast<cudaStream_t>(0)));
+    // In-place scan (d_in == d_out, which DeviceScan supports), spelled with
+    // both pointers so that no overload can read nchunks as an iterator.
+    unsigned long long* none = nullptr;
+    FASTPRUNE_CUDA_TRY(cub::DeviceScan::ExclusiveSum(nullptr, cub_bytes, none, none, nchunks, static_cast<cudaStream_t>(0)));
   }
   size_t off = 0;
   L->state = off;
@@ -794,7 +796,7 @@ KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k
     tie_count_kernel<<<grid, kThreads, 0, stream>>>(dtab, dchunk, ntensors, L.nchunks, kp, fl, st, ties);
     if ((e = cudaGetLastError()) != cudaSuccess) return fail(e);
     size_t cub_bytes = L.cub_bytes;
-    e = cub::DeviceScan::ExclusiveSum(ws + L.cub_temp, cub_bytes, ties, L.nchunks, stream);
+    e = cub::DeviceScan::ExclusiveSum(ws + L.cub_temp, cub_bytes, ties, ties, L.nchunks, stream);
     if (e != cudaSuccess) return fail(e);
   }
   write_kernel<<<grid, kThreads, 0, stream>>>(dtab, dchunk, ntensors, L.nchunks, kp, fl, st, ties, k <= 0);
