@@ -106,6 +106,8 @@ def make_extensions():
     with_cuda, why = use_cuda(torch, cpp_extension.CUDA_HOME)
     sources = rel_sources("csrc/ops.cpp", "csrc/cpu/*.cpp")
     cuda_sources = rel_sources("csrc/cuda/*.cu", "csrc/cuda/*.cpp") if with_cuda else []
+    # csrc/cuda/test_*.cu are standalone (torch-free) kernel tests with their own main().
+    cuda_sources = [f for f in cuda_sources if not os.path.basename(f).startswith("test_")]
     omp_compile, omp_link = openmp_flags()
     macros = [
         ("FASTPRUNE_VERSION", version),
