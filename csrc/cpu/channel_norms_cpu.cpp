@@ -100,6 +100,35 @@ struct Norm {
       for (mag_t l : lanes) acc = combine(acc, static_cast<double>(l));
       return nan ? std::numeric_limits<double>::quiet_NaN() : acc;
     }
+    if constexpr (!std::is_same_v<T, double> &&
+                  (N == NormKind::P0 || N == NormKind::P1 || N == NormKind::P2)) {
+      // fp32 lanes over short blocks (16 sequential adds per lane at most, so
+      // rounding stays near 1e-6 relative), blocks summed in double: vectorises
+      // twice as wide as double lanes.
+      constexpr int64_t kLanes = 16, kBlock = 256;
+      double acc = 0.0;
+      int64_t i = 0;
+      for (; i + kBlock <= n; i += kBlock) {
+        float lanes[kLanes] = {};
+        for (int64_t j = 0; j < kBlock; j += kLanes) {
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const float a = magnitude(x[i + j + l]);
+            if constexpr (N == NormKind::P0) {
+              lanes[l] += a != 0.0f ? 1.0f : 0.0f;
+            } else if constexpr (N == NormKind::P2) {
+              lanes[l] += a * a;
+            } else {
+              lanes[l] += a;
+            }
+          }
+        }
+        double block_sum = 0.0;
+        for (float l : lanes) block_sum += static_cast<double>(l);
+        acc += block_sum;
+      }
+      for (; i < n; ++i) acc += term(x[i], p);
+      return acc;
+    }
     double lanes[8];
     for (double& l : lanes) l = init();
     int64_t i = 0;
