@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The measurements behind benchmarks/RESULTS.md, in the order they were taken.
-# Writes one log per step into ${OUT:-benchmarks/logs}. Needs ~5 GB free for the
+# Writes one log per step into ${OUT:-benchmarks/logs/run-HHMM} (UTC start time). Needs ~5 GB free for the
 # 105M torch baselines, ~12 GB for torch at 200M; torch at 400M runs only if its
 # estimated ~24 GB are available (otherwise size_sweep.py says it skipped it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-benchmarks/logs}"
+OUT="${OUT:-benchmarks/logs/run-$(date -u +%H%M)}"
 mkdir -p "$OUT"
 log() { echo "== $(date -u +%FT%TZ) | $(uptime | sed 's/.*load/load/') | $(free -g | awk '/Mem:/{print $7}') GB available" | tee -a "$OUT/load.txt"; }
-log; python -m fastprune.bench --model square --width 2048 --params 105M --repeat 5 --quiet > "$OUT/bench_105M_square.txt" 2>&1 || echo "step failed: see log" | tee -a "$OUT/load.txt"
+log; python -m fastprune.bench --model square --width 2048 --params 105M --repeat 7 --quiet > "$OUT/bench_105M_square.txt" 2>&1 || echo "step failed: see log" | tee -a "$OUT/load.txt"
 log; python -m fastprune.bench --repeat 3 --quiet > "$OUT/bench_100M_llama.txt" 2>&1 || echo "step failed: see log" | tee -a "$OUT/load.txt"
 log; python -m fastprune.bench --model square --width 4096 --params 1B --cases sparsify --skip-torch --repeat 2 --quiet > "$OUT/bench_1B_sparsify.txt" 2>&1 || echo "step failed: see log" | tee -a "$OUT/load.txt"
 log; python benchmarks/size_sweep.py --repeat 3 > "$OUT/size_sweep.txt" 2>/dev/null || echo "step failed" | tee -a "$OUT/load.txt"
