@@ -675,7 +675,8 @@ def format_table(rows, info) -> str:
     if info.get("memcpy"):
         mc = info["memcpy"]
         lines.append(
-            f"memcpy of the same {info['model_bytes'] / 1e9:.2f} GB (reference): {_fmt_time(mc)}, "
+            f"memcpy of the same {info['model_bytes'] / 1e9:.2f} GB (reference; layer by layer into one reused "
+            f"layer-sized buffer): {_fmt_time(mc)}, "
             f"{info['model_bytes'] / mc / 1e9:.2f} GB/s"
         )
         for r in rows:
