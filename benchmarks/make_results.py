@@ -35,7 +35,10 @@ def main(folder):
         table = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "pb_table.py"), js],
                                capture_output=True, text=True).stdout.rstrip()
     out += ["### 5. pytest-benchmark suite (minimum of its rounds; torch: 1 round at 100M)", "",
-            f"`pytest benchmarks --benchmark-only` (start: {load(4)}; end: {load(5)})", "", table, ""]
+            f"`pytest benchmarks --benchmark-only` (start: {load(4)})", "", table, ""]
+    out += ["### 6. Where global_unstructured's time goes (in-process, 105M fp32)", "",
+            f"`python benchmarks/profile_global.py --repeat 5` (start: {load(5)})", "", "```",
+            read(folder, "profile_global.txt"), "```", ""]
     print("\n".join(out))
 
 
