@@ -192,6 +192,26 @@ def test_kselect_multichunk(device, dtype, largest):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("largest", [False, True])
+def test_kselect_cpu_fixup_path(monkeypatch, dtype, largest):
+    """The CPU kernel's histogram-and-fix-up path, normally only taken when the
+    threshold's bin is huge, forced on small inputs."""
+    monkeypatch.setenv("FASTPRUNE_KSELECT_LIST_CAP", "0")
+    gen = torch.Generator().manual_seed(21)
+    scores = [scores_tensor(s, dtype, gen) for s in [(70001,), (7,), (300, 230)]]
+    for exclude_masked, packed in [(True, False), (False, True)]:
+        masks = [mask_tensor(s.shape, torch.bool, gen) for s in scores]
+        if packed:
+            masks = [ref.pack_mask(m) for m in masks]
+        cand = candidates_of(scores, masks, exclude_masked, packed)
+        for k in (1, cand // 2, cand):
+            got, want = run_both(scores, masks, [torch.float32, torch.bool, torch.int8], k, largest,
+                                 exclude_masked, packed)
+            assert_masks_equal(got, want, f"k={k} exclude_masked={exclude_masked} packed={packed}")
+
+
+@needs_ext
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int32, torch.float64], ids=str)
 def test_kselect_noncontiguous(device, dtype):

@@ -14,6 +14,10 @@
 //   4. an exclusive prefix over the per-chunk tie counts picks the chunks that
 //      hold the first r tied candidates in global order; only those are
 //      rewritten (fix-up pass).
+// Shortcut: as soon as the bin holding the threshold has at most kListCap
+// units (usually after the first pass), the write pass runs right away with
+// those units kept for now and listed (position and key); the selection is
+// then finished on the list, saving the remaining passes over all the data.
 // Keys are unsigned integers whose order is the order of |score|: the IEEE bit
 // pattern without the sign bit (every NaN mapped to the largest key), or the
 // unsigned absolute value of an integer. largest=True inverts the key.
@@ -22,6 +26,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <mutex>

@@ -12,6 +12,11 @@ class RadixSelect {
   using key_t = typename KeyTraits<K>::type;
   static constexpr int kBits = KeyTraits<K>::bits;
   static constexpr int kPasses = kBits / kDigitBits;
+  // Listed unit = tensor index << kPosBits | unit index within the tensor.
+  static constexpr int kPosBits = 44;
+  static constexpr uint64_t kPosMask = (uint64_t(1) << kPosBits) - 1;
+  // Largest undecided set finished from a list (positions + keys: 16 MB at most).
+  static constexpr int64_t kListCap = int64_t(1) << 20;
 
  public:
   RadixSelect(std::vector<at::Tensor> scores, std::vector<at::Tensor> masks, std::vector<at::Tensor> outs,
@@ -25,6 +30,8 @@ class RadixSelect {
     std::vector<int64_t> numels;
     for (const auto& s : scores_) numels.push_back(s.numel());
     chunks_ = make_chunks(numels, kChunk);
+    list_ok_ = numels.size() < (size_t(1) << (64 - kPosBits));
+    for (int64_t n : numels) list_ok_ = list_ok_ && uint64_t(n) <= kPosMask;
   }
 
   // Number of units that may be selected, computed without touching `out`.
@@ -42,32 +49,48 @@ class RadixSelect {
   }
 
   void run(int64_t k) {
-    key_t T = 0;
-    int64_t r = 0;
-    const bool select_any = k > 0;
-    if (select_any) {
-      int64_t remaining = k;
-      uint64_t prefix = 0;
-      for (int pass = 0; pass < kPasses; ++pass) {
-        if (!(pass == 0 && have_first_hist_)) histogram(pass, prefix);
-        int64_t below = 0;
-        int64_t b = 0;
-        for (; b < kBins; ++b) {
-          if (below + int64_t(hist_[b]) >= remaining) break;
-          below += hist_[b];
-        }
-        TORCH_INTERNAL_ASSERT(b < kBins, "kselect_: histogram does not hold k units");
-        remaining -= below;
-        prefix = (prefix << kDigitBits) | uint64_t(b);
-      }
-      T = static_cast<key_t>(prefix);
-      r = remaining;
+    if (k == 0) {
+      write_pass(false, 0, 0, false);
+      return;
     }
-    write_pass(select_any, T);
-    if (select_any) fixup_pass(T, r);
+    int64_t remaining = k;
+    uint64_t prefix = 0;
+    for (int pass = 0; pass < kPasses; ++pass) {
+      if (!(pass == 0 && have_first_hist_)) histogram(pass, prefix);
+      int64_t below = 0;
+      int64_t b = 0;
+      for (; b < kBins; ++b) {
+        if (below + int64_t(hist_[b]) >= remaining) break;
+        below += hist_[b];
+      }
+      TORCH_INTERNAL_ASSERT(b < kBins, "kselect_: histogram does not hold k units");
+      remaining -= below;
+      prefix = (prefix << kDigitBits) | uint64_t(b);
+      const int shift = kBits - kDigitBits * (pass + 1);
+      if (shift > 0 && list_ok_ && int64_t(hist_[b]) <= list_cap()) {
+        // Few units share the threshold's leading digits: write the masks now,
+        // keeping those units for the moment and listing their positions, then
+        // finish the selection on the list instead of reading everything again.
+        const key_t lo = static_cast<key_t>(prefix << shift);
+        const key_t hi = static_cast<key_t>(lo | ((key_t(1) << shift) - 1));
+        write_pass(true, lo, hi, true);
+        resolve_list(shift, prefix, remaining);
+        return;
+      }
+    }
+    const key_t T = static_cast<key_t>(prefix);
+    write_pass(true, T, T, false);
+    fixup_pass(T, remaining);
   }
 
  private:
+  // FASTPRUNE_KSELECT_LIST_CAP overrides kListCap; the tests set it to 0 to
+  // exercise the histogram-and-fix-up path on small inputs.
+  static int64_t list_cap() {
+    const char* env = std::getenv("FASTPRUNE_KSELECT_LIST_CAP");
+    return env && *env ? std::strtoll(env, nullptr, 10) : kListCap;
+  }
+
   int64_t total_units() const {
     int64_t n = 0;
     for (const auto& s : scores_) n += s.numel();
@@ -156,30 +179,34 @@ class RadixSelect {
   }
 
   template <typename S>
-  static void classify(const S* s, int64_t n, uint8_t* cls, key_t inv, key_t T) {
-    // 0: key < T (selected), 1: key == T (tied), 2: key > T (kept)
+  static void classify(const S* s, int64_t n, uint8_t* cls, key_t inv, key_t lo, key_t hi) {
+    // 0: key < lo (selected), 1: lo <= key <= hi (undecided), 2: key > hi (kept)
     for (int64_t j = 0; j < n; ++j) {
       const key_t key = make_key<K>(s[j]) ^ inv;
-      cls[j] = uint8_t(key >= T) + uint8_t(key > T);
+      cls[j] = uint8_t(key >= lo) + uint8_t(key > hi);
     }
   }
 
-  void classify_units(int64_t t, int64_t begin, int64_t n, uint8_t* cls, key_t T) const {
+  void classify_units(int64_t t, int64_t begin, int64_t n, uint8_t* cls, key_t lo, key_t hi) const {
     const at::Tensor& score = scores_[t];
     dispatch_score<K>(score.scalar_type(), [&](auto tag) {
       using S = typename decltype(tag)::type;
-      classify<S>(score.data_ptr<S>() + begin, n, cls, inv_, T);
+      classify<S>(score.data_ptr<S>() + begin, n, cls, inv_, lo, hi);
     });
   }
 
-  // Works through each chunk in sub-blocks small enough for the per-unit
-  // buffers to stay in L1.
-  void write_pass(bool select_any, key_t T) {
+  // Writes every mask: units below [lo, hi] selected, above kept, inside kept
+  // for now and counted per chunk (and listed when `collect`). Works through
+  // each chunk in sub-blocks small enough for the per-unit buffers to stay in L1.
+  void write_pass(bool select_any, key_t lo, key_t hi, bool collect) {
     constexpr int64_t kSub = 4096;  // multiple of 8
     ties_.assign(chunks_.size(), 0);
+    std::mutex list_mutex;
     at::parallel_for(0, static_cast<int64_t>(chunks_.size()), 1, [&](int64_t cb, int64_t ce) {
       alignas(64) uint8_t keep[kSub + 8];
       alignas(64) uint8_t cls[kSub];
+      std::vector<uint64_t> listed;
+      std::vector<key_t> listed_keys;
       for (int64_t c = cb; c < ce; ++c) {
         const Chunk& ch = chunks_[c];
         const at::Tensor& mask = masks_[ch.t];
@@ -194,25 +221,99 @@ class RadixSelect {
           }
           std::memset(keep + n, 0, 8);
           if (select_any) {
-            classify_units(ch.t, b, n, cls, T);
+            classify_units(ch.t, b, n, cls, lo, hi);
+            uint32_t sub_tie = 0;
             if (exclude_) {
               for (int64_t j = 0; j < n; ++j) {
                 const uint8_t e = keep[j];
-                tie += e & uint8_t(cls[j] == 1);
+                sub_tie += e & uint8_t(cls[j] == 1);
                 keep[j] = e & uint8_t(cls[j] != 0);
               }
             } else {
               for (int64_t j = 0; j < n; ++j) {
-                tie += uint8_t(cls[j] == 1);
+                sub_tie += uint8_t(cls[j] == 1);
                 keep[j] = keep[j] & uint8_t(cls[j] != 0);
               }
             }
+            if (collect && sub_tie > 0) {
+              // After the loop above, an undecided unit is a candidate iff it is
+              // kept, unless every unit is a candidate. memchr skips the (many)
+              // decided units quickly; the key is taken while the scores are in cache.
+              const at::Tensor& score = scores_[ch.t];
+              dispatch_score<K>(score.scalar_type(), [&](auto tag) {
+                using S = typename decltype(tag)::type;
+                const S* sp = score.data_ptr<S>() + b;
+                const uint8_t* cp = cls;
+                const void* hit;
+                int64_t j = 0;
+                while (j < n && (hit = std::memchr(cp + j, 1, n - j)) != nullptr) {
+                  j = static_cast<const uint8_t*>(hit) - cp;
+                  if (!exclude_ || keep[j]) {
+                    listed.push_back((uint64_t(ch.t) << kPosBits) | uint64_t(b + j));
+                    listed_keys.push_back(make_key<K>(sp[j]) ^ inv_);
+                  }
+                  ++j;
+                }
+              });
+            }
+            tie += sub_tie;
           }
           store_keep(out, packed_, b, n, keep);
         }
         ties_[c] = tie;
       }
+      if (collect) {
+        std::lock_guard<std::mutex> lock(list_mutex);
+        lists_.push_back({cb, std::move(listed), std::move(listed_keys)});
+      }
     });
+  }
+
+  // Finishes a selection started by a collecting write pass: the listed units
+  // share the leading digits `prefix`; `remaining` of them, the smallest keys
+  // and among equal keys the first listed (= lowest global index), are
+  // deselected. `shift` = number of key bits below the prefix.
+  void resolve_list(int shift, uint64_t prefix, int64_t remaining) {
+    std::sort(lists_.begin(), lists_.end(), [](const Listed& a, const Listed& b) { return a.first_chunk < b.first_chunk; });
+    std::vector<uint64_t> pos;
+    std::vector<key_t> keys;
+    for (auto& l : lists_) {
+      pos.insert(pos.end(), l.pos.begin(), l.pos.end());
+      keys.insert(keys.end(), l.keys.begin(), l.keys.end());
+    }
+    lists_.clear();
+    const int64_t m = static_cast<int64_t>(pos.size());
+    std::vector<int64_t> h(kBins);
+    while (shift > 0) {
+      shift -= kDigitBits;
+      std::fill(h.begin(), h.end(), 0);
+      for (int64_t i = 0; i < m; ++i) {
+        if (uint64_t(keys[i] >> (shift + kDigitBits)) == prefix) h[(keys[i] >> shift) & (kBins - 1)]++;
+      }
+      int64_t below = 0, b = 0;
+      for (; b < kBins; ++b) {
+        if (below + h[b] >= remaining) break;
+        below += h[b];
+      }
+      TORCH_INTERNAL_ASSERT(b < kBins, "kselect_: listed units do not hold k units");
+      remaining -= below;
+      prefix = (prefix << kDigitBits) | uint64_t(b);
+    }
+    const key_t T = static_cast<key_t>(prefix);
+    for (int64_t i = 0; i < m; ++i) {
+      if (keys[i] < T || (keys[i] == T && remaining-- > 0)) deselect(pos[i]);
+    }
+  }
+
+  void deselect(uint64_t p) {
+    const at::Tensor& out = outs_[p >> kPosBits];
+    const int64_t idx = static_cast<int64_t>(p & kPosMask);
+    if (packed_) {
+      out.data_ptr<uint8_t>()[idx >> 3] &= static_cast<uint8_t>(~(1u << (idx & 7)));
+    } else {
+      // All-zero bytes are 0 / +0.0 / false in every supported dtype.
+      std::memset(static_cast<char*>(out.data_ptr()) + idx * out.element_size(), 0, out.element_size());
+    }
   }
 
   // Deselects the first r tied candidates in global order.
@@ -235,7 +336,7 @@ class RadixSelect {
         const Chunk& ch = chunks_[todo_chunk[i]];
         const int64_t n = ch.end - ch.begin;
         int64_t quota = todo_quota[i];
-        classify_units(ch.t, ch.begin, n, cls.data(), T);
+        classify_units(ch.t, ch.begin, n, cls.data(), T, T);
         // After the write pass a tied unit that is a candidate is still kept
         // (out != 0) when candidates are the unmasked units; otherwise every
         // tied unit is a candidate.
@@ -258,7 +359,14 @@ class RadixSelect {
   std::vector<Chunk> chunks_;
   std::vector<uint64_t> hist_;
   bool have_first_hist_ = false;
+  bool list_ok_ = true;
   std::vector<uint32_t> ties_;
+  struct Listed {
+    int64_t first_chunk;         // of the parallel task that listed them
+    std::vector<uint64_t> pos;   // tensor << kPosBits | unit
+    std::vector<key_t> keys;
+  };
+  std::vector<Listed> lists_;
 };
 
 template <KeyKind K>
