@@ -320,7 +320,9 @@ def worker(job: Dict[str, object]) -> Dict[str, object]:
     result = None
     outputs_digest = None
     if case in ("forward", "forward_bool"):
-        repeat = max(repeat, 5)  # cheap, and noisy: its time is mostly fresh pages for the new weights
+        # cheap but noisy (mostly fresh pages for the new weights): both libraries
+        # get the same, larger number of runs
+        repeat = max(repeat, 15)
     for r in range(repeat):
         if case in ("forward", "forward_bool"):
             if r == 0:
@@ -709,7 +711,8 @@ def format_table(rows, info) -> str:
     lines.append(f"machine: {info['machine']}; torch {info['torch']}; fastprune kernels: {kernel}")
     lines.append("load average at the end: " + ", ".join(f"{x:.2f}" for x in info["load"]))
     lines.append(
-        "times: best of --repeat runs (torch: one run when it takes over 3 s); each case and library in a fresh process."
+        "times: best of --repeat runs (forward cases: at least 15; torch: one run when it takes over 3 s); "
+        "each case and library in a fresh process."
     )
     lines.append(
         "peak: peak RSS during the call minus RSS just before it (VmHWM reset through /proc/self/clear_refs); "
