@@ -69,7 +69,7 @@ C10_ALWAYS_INLINE T mul(T x, T m) {
 
 // out[0..n) = x * cast<T>(mb) for a bool mask (bytes 0/1). out may equal x.
 template <typename T>
-void mul_bool_range(const T* x, const uint8_t* mb, T* out, int64_t n) {
+C10_ALWAYS_INLINE void mul_bool_range(const T* x, const uint8_t* mb, T* out, int64_t n) {
   if constexpr (is_float_v<T>) {
     using B = FloatBits<T>;
     using U = typename B::U;
@@ -94,7 +94,7 @@ void mul_bool_range(const T* x, const uint8_t* mb, T* out, int64_t n) {
 
 // out[0..n) = x * m, m of x's dtype. out may equal x.
 template <typename T>
-void mul_same_range(const T* x, const T* m, T* out, int64_t n) {
+C10_ALWAYS_INLINE void mul_same_range(const T* x, const T* m, T* out, int64_t n) {
   if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
     // Masks hold 1 and +-0 almost always: those take the bitwise path, anything
     // else (left untouched there) is multiplied afterwards in fp32.
@@ -130,13 +130,37 @@ void mul_same_range(const T* x, const T* m, T* out, int64_t n) {
 }
 
 template <typename T>
-void mul_range(const T* x, const void* m, bool mask_is_bool, T* out, int64_t n) {
+C10_ALWAYS_INLINE void mul_range_impl(const T* x, const void* m, bool mask_is_bool, T* out, int64_t n) {
   if (mask_is_bool) {
     mul_bool_range<T>(x, static_cast<const uint8_t*>(m), out, n);
   } else {
     mul_same_range<T>(x, static_cast<const T*>(m), out, n);
   }
 }
+
+
+// One entry point per dtype, cloned for AVX2 where GCC can dispatch at load
+// time (ifunc): the loops above are inlined into each clone and vectorised for it.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTPRUNE_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FASTPRUNE_CLONES
+#endif
+#define FASTPRUNE_DEFINE_MUL_RANGE(T)                                                           \
+  FASTPRUNE_CLONES void mul_range(const T* x, const void* m, bool mask_is_bool, T* out, int64_t n) { \
+    mul_range_impl<T>(x, m, mask_is_bool, out, n);                                                 \
+  }
+FASTPRUNE_DEFINE_MUL_RANGE(bool)
+FASTPRUNE_DEFINE_MUL_RANGE(uint8_t)
+FASTPRUNE_DEFINE_MUL_RANGE(int8_t)
+FASTPRUNE_DEFINE_MUL_RANGE(int16_t)
+FASTPRUNE_DEFINE_MUL_RANGE(int32_t)
+FASTPRUNE_DEFINE_MUL_RANGE(int64_t)
+FASTPRUNE_DEFINE_MUL_RANGE(at::Half)
+FASTPRUNE_DEFINE_MUL_RANGE(at::BFloat16)
+FASTPRUNE_DEFINE_MUL_RANGE(float)
+FASTPRUNE_DEFINE_MUL_RANGE(double)
+#undef FASTPRUNE_DEFINE_MUL_RANGE
 
 // Brings `mask` to a dtype the fast loops read (the input's own, or bool).
 at::Tensor fast_mask(const at::Tensor& mask, at::ScalarType dtype) {
@@ -163,7 +187,7 @@ at::Tensor mask_mul_cpu(const at::Tensor& input, const at::Tensor& mask) {
     const int64_t msize = m.element_size();
     T* o = out.data_ptr<T>();
     at::parallel_for(0, input.numel(), kGrain, [&](int64_t b, int64_t e) {
-      mul_range<T>(x + b, mp + b * msize, mask_is_bool, o + b, e - b);
+      mul_range(x + b, mp + b * msize, mask_is_bool, o + b, e - b);
     });
   });
   return out;
@@ -201,7 +225,7 @@ void mask_mul__cpu(at::TensorList inputs, at::TensorList masks) {
         using T = typename decltype(tag)::type;
         T* xp = x.data_ptr<T>() + ch.begin;
         const char* mp = static_cast<const char*>(m.data_ptr()) + ch.begin * m.element_size();
-        mul_range<T>(xp, mp, mask_is_bool, xp, ch.end - ch.begin);
+        mul_range(xp, mp, mask_is_bool, xp, ch.end - ch.begin);
       });
     }
   });
