@@ -27,7 +27,11 @@ def _load() -> None:
     if _truthy(os.environ.get("FASTPRUNE_NO_EXT")):
         _load_error = "disabled by FASTPRUNE_NO_EXT=1"
         return
+    import importlib.util
+
     try:
+        if importlib.util.find_spec(f"{__package__}._C") is None:
+            raise ImportError("the extension fastprune._C was not compiled (no _C shared library in the package)")
         from . import _C as compiled  # noqa: WPS433 (import inside function on purpose)
     except Exception as exc:  # ImportError, or an undefined symbol from a torch mismatch
         _load_error = f"{type(exc).__name__}: {exc}"

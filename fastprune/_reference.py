@@ -186,6 +186,8 @@ def channel_norms(t: Tensor, dim: int, p: float) -> Tensor:
     """
     if t.dim() == 0:
         raise ValueError("channel_norms: t must have at least one dimension")
+    if not -t.dim() <= dim < t.dim():
+        raise IndexError(f"channel_norms: dim={dim} is out of range for a tensor with {t.dim()} dimensions")
     dim = dim % t.dim()
     acc = torch.float64 if t.dtype == torch.float64 else torch.float32
     x = t.to(acc)
