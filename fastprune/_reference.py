@@ -83,6 +83,21 @@ def _eligible(mask: Optional[Tensor], numel: int, packed: bool, device) -> Tenso
     return mask.reshape(-1) != 0
 
 
+def allocate_masks(
+    scores: Sequence[Tensor], packed: bool = False, dtypes: Optional[Sequence[torch.dtype]] = None
+) -> List[Tensor]:
+    """Empty outputs for :func:`kselect_`: one per score, in ``dtypes[i]`` (default:
+    the score's dtype) or as packed ``uint8`` bits."""
+    outs = []
+    for i, s in enumerate(scores):
+        if packed:
+            outs.append(torch.empty(packed_numel(s.numel()), dtype=torch.uint8, device=s.device))
+        else:
+            dt = dtypes[i] if dtypes is not None else s.dtype
+            outs.append(torch.empty(s.shape, dtype=dt, device=s.device))
+    return outs
+
+
 def kselect(
     scores: Sequence[Tensor],
     masks: Sequence[Optional[Tensor]],
@@ -93,13 +108,7 @@ def kselect(
     dtypes: Optional[Sequence[torch.dtype]] = None,
 ) -> List[Tensor]:
     """Functional form of :func:`kselect_`: allocates and returns the outputs."""
-    outs = []
-    for i, s in enumerate(scores):
-        if packed:
-            outs.append(torch.empty(packed_numel(s.numel()), dtype=torch.uint8, device=s.device))
-        else:
-            dt = dtypes[i] if dtypes is not None else s.dtype
-            outs.append(torch.empty(s.shape, dtype=dt, device=s.device))
+    outs = allocate_masks(scores, packed, dtypes)
     kselect_(scores, masks, outs, k, largest, exclude_masked, packed)
     return outs
 

@@ -192,22 +192,31 @@ class _AmountMethod(BasePruningMethod):
         self.amount = amount
 
 
+def _select_units(amount, scores, default_mask, largest):
+    """Mask that drops ``amount`` units of ``scores`` (smallest, or largest) from ``default_mask``.
+
+    torch's ``compute_mask`` semantics: every unit may be chosen, and the
+    result is ``default_mask`` with the chosen units set to 0.
+    """
+    tensor_size = scores.nelement()
+    k = _compute_nparams_toprune(amount, tensor_size)
+    _validate_pruning_amount(k, tensor_size)
+    out = torch.empty(default_mask.shape, dtype=default_mask.dtype, device=default_mask.device)
+    existing = None if is_ones_view(default_mask) else default_mask.detach()
+    ops.kselect_([scores.detach()], [existing], [out], k, largest=largest, exclude_masked=False)
+    return out
+
+
 class RandomUnstructured(_AmountMethod, torch_prune.RandomUnstructured):
     """Prune ``amount`` units chosen at random (same random draws as torch)."""
 
     PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
-        tensor_size = t.nelement()
-        k = _compute_nparams_toprune(self.amount, tensor_size)
-        _validate_pruning_amount(k, tensor_size)
-        if k == 0:  # torch draws no random numbers in this case; neither do we
+        if _compute_nparams_toprune(self.amount, t.nelement()) == 0:
+            # torch draws no random numbers in this case; neither may we
             return default_mask.clone(memory_format=torch.contiguous_format)
-        prob = torch.rand_like(t)
-        out = torch.empty(default_mask.shape, dtype=default_mask.dtype, device=default_mask.device)
-        existing = None if is_ones_view(default_mask) else default_mask.detach()
-        ops.kselect_([prob], [existing], [out], k, largest=True, exclude_masked=False)
-        return out
+        return _select_units(self.amount, torch.rand_like(t), default_mask, largest=True)
 
     @classmethod
     def apply(cls, module, name, amount):
@@ -220,13 +229,7 @@ class L1Unstructured(_AmountMethod, torch_prune.L1Unstructured):
     PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
-        tensor_size = t.nelement()
-        k = _compute_nparams_toprune(self.amount, tensor_size)
-        _validate_pruning_amount(k, tensor_size)
-        out = torch.empty(default_mask.shape, dtype=default_mask.dtype, device=default_mask.device)
-        existing = None if is_ones_view(default_mask) else default_mask.detach()
-        ops.kselect_([t.detach()], [existing], [out], k, largest=False, exclude_masked=False)
-        return out
+        return _select_units(self.amount, t, default_mask, largest=False)
 
     @classmethod
     def apply(cls, module, name, amount, importance_scores=None):

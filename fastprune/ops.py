@@ -139,13 +139,7 @@ def kselect(
     ``uint8`` tensors when ``packed``.
     """
     scores = list(scores)
-    outs = []
-    for i, s in enumerate(scores):
-        if packed:
-            outs.append(torch.empty(packed_numel(s.numel()), dtype=torch.uint8, device=s.device))
-        else:
-            dt = dtypes[i] if dtypes is not None else s.dtype
-            outs.append(torch.empty(s.shape, dtype=dt, device=s.device))
+    outs = _reference.allocate_masks(scores, packed, dtypes)
     kselect_(scores, masks, outs, k, largest, exclude_masked, packed)
     return outs
 

@@ -1,29 +1,25 @@
 """Model builders and comparisons shared by the API tests."""
 import copy
+import importlib.util
+import pathlib
+import sys
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
-class LeNet(nn.Module):
-    """The LeNet of the pruning tutorial (seeds 000-002)."""
+def load_example(name):
+    """Import ``examples/<name>.py`` (the examples are scripts, not a package)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"fastprune_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so that pickle finds the classes it defines
+    spec.loader.exec_module(module)
+    return module
 
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 3)
-        self.conv2 = nn.Conv2d(6, 16, 3)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
 
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = x.view(-1, int(x.nelement() / x.shape[0]))
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
+tutorial = load_example("tutorial")
+LeNet = tutorial.LeNet  # the LeNet of the pruning tutorial (seeds 000-002)
 
 
 def lenet_input(batch=2):

@@ -1,16 +1,10 @@
 """The seed tutorial (shared/seeds 000-002) runs on fastprune and prints torch's figures."""
-import importlib.util
-import pathlib
-
 import torch
 import torch.nn.utils.prune as tp
 
 import fastprune as fp
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "tutorial.py"
-_spec = importlib.util.spec_from_file_location("fastprune_tutorial", _PATH)
-tutorial = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tutorial)
+from helpers import tutorial
 
 
 def test_tutorial_gives_torchs_results():
