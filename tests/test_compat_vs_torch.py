@@ -33,12 +33,13 @@ def _input(kind, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("amount", AMOUNTS)
 @pytest.mark.parametrize("name", ["weight", "bias"])
-def test_l1_unstructured_matches_torch(kind, dtype, amount, name):
-    a = MODULES[kind][0](dtype)
+def test_l1_unstructured_matches_torch(kind, dtype, amount, name, device):
+    a = MODULES[kind][0](dtype).to(device)
     b = copy.deepcopy(a)
     fp.l1_unstructured(a, name, amount=amount)
     tp.l1_unstructured(b, name, amount=amount)
-    assert_same_pruning(a, b, _input(kind, dtype))
+    assert a.weight.device.type == device.type
+    assert_same_pruning(a, b, _input(kind, dtype).to(device))
 
 
 @pytest.mark.parametrize("kind", list(MODULES))
@@ -60,8 +61,8 @@ def test_random_unstructured_matches_torch_with_same_seed(kind, amount):
 @pytest.mark.parametrize("n", [1, 2, 3, 0.5, math.inf, -math.inf, "fro"])
 @pytest.mark.parametrize("dim", [0, 1, -1])
 @pytest.mark.parametrize("amount", [0, 1, 0.3, 0.5, 1.0])
-def test_ln_structured_matches_torch(kind, n, dim, amount):
-    a = MODULES[kind][0]()
+def test_ln_structured_matches_torch(kind, n, dim, amount, device):
+    a = MODULES[kind][0]().to(device)
     b = copy.deepcopy(a)
     try:
         tp.ln_structured(b, "weight", amount=amount, n=n, dim=dim)
@@ -70,7 +71,7 @@ def test_ln_structured_matches_torch(kind, n, dim, amount):
             fp.ln_structured(a, "weight", amount=amount, n=n, dim=dim)
         return
     fp.ln_structured(a, "weight", amount=amount, n=n, dim=dim)
-    assert_same_pruning(a, b, _input(kind, torch.float32))
+    assert_same_pruning(a, b, _input(kind, torch.float32).to(device))
 
 
 @pytest.mark.parametrize("kind", list(MODULES))
@@ -133,13 +134,13 @@ def _lenet_params(model):
 
 @pytest.mark.parametrize("amount", [0, 1, 100, 0.2, 0.5, 0.99, 1.0])
 @pytest.mark.parametrize("method", ["fastprune", "torch"])
-def test_global_unstructured_matches_torch(amount, method):
-    a = tie_free_(LeNet())
+def test_global_unstructured_matches_torch(amount, method, device):
+    a = tie_free_(LeNet()).to(device)
     b = copy.deepcopy(a)
     pm = fp.L1Unstructured if method == "fastprune" else tp.L1Unstructured
     fp.global_unstructured(_lenet_params(a), pruning_method=pm, amount=amount)
     tp.global_unstructured(_lenet_params(b), pruning_method=tp.L1Unstructured, amount=amount)
-    assert_same_pruning(a, b, lenet_input())
+    assert_same_pruning(a, b, lenet_input().to(device))
 
 
 def test_global_unstructured_with_importance_scores_and_prepruned_matches_torch():
