@@ -8,7 +8,7 @@
 // accumulator per channel, merged at the end, so no transposed copy is made.
 // Accumulation is in double (the result is rounded to fp32, or kept fp64 for
 // fp64 input), which is at least as accurate as the reference's fp32 sums.
-#include "../common.h"
+#include "../op_args.h"
 
 #include <torch/library.h>
 
@@ -182,23 +182,11 @@ void channel_norms_kernel(const at::Tensor& x, int64_t outer, int64_t C, int64_t
 }
 
 at::Tensor channel_norms_cpu(const at::Tensor& t, int64_t dim, double p) {
-  check_cpu(t, "channel_norms", "t");
-  check_dtype(t, "channel_norms", "t");
-  FP_CHECK_VALUE(t.dim() > 0, "channel_norms: t must have at least one dimension");
-  const int64_t nd = t.dim();
-  FP_CHECK_INDEX(dim >= -nd && dim < nd, "channel_norms: dim=", dim, " is out of range for t with ", nd,
-                 " dimensions (expected to be in range of [", -nd, ", ", nd - 1, "])");
-  if (dim < 0) dim += nd;
-  FP_CHECK_VALUE(!std::isnan(p), "channel_norms: p must not be NaN");
-
-  const at::ScalarType acc_type = t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t C = t.size(dim);
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= t.size(d);
-  for (int64_t d = dim + 1; d < nd; ++d) inner *= t.size(d);
-  at::Tensor out = at::empty({C}, t.options().dtype(acc_type));
-  if (C == 0) return out;
-  if (outer == 0 || inner == 0) return out.zero_();  // the norm of nothing is 0
+  dim = check_channel_norms_args(t, dim, p, CheckCpu{});
+  ChannelNormsView v = channel_norms_view(t, dim);
+  if (v.done) return v.out;
+  const int64_t outer = v.outer, C = v.C, inner = v.inner;
+  at::Tensor& out = v.out;
 
   const at::Tensor x = t.contiguous();
   NormKind kind;

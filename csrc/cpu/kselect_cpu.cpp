@@ -21,7 +21,7 @@
 // Keys are unsigned integers whose order is the order of |score|: the IEEE bit
 // pattern without the sign bit (every NaN mapped to the largest key), or the
 // unsigned absolute value of an integer. largest=True inverts the key.
-#include "../common.h"
+#include "../op_args.h"
 
 #include <torch/library.h>
 
@@ -30,7 +30,6 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
-#include <unordered_map>
 
 namespace fastprune {
 namespace {
@@ -227,93 +226,14 @@ void run_select(std::vector<at::Tensor> scores, std::vector<at::Tensor> masks, s
   baseline::run_select<K>(std::move(scores), std::move(masks), std::move(outs), k, largest, exclude_masked, packed);
 }
 
-// Would writing `out` directly change what a later read of `t` sees?
-bool clobbers(const at::Tensor& out, const at::Tensor& t, bool same_index) {
-  const auto status = at::get_overlap_status(out, t);
-  if (status == at::MemOverlapStatus::No) return false;
-  // out[i] == masks[i] element for element is fine: each unit is read before it is written.
-  return !(same_index && status == at::MemOverlapStatus::Full && out.is_contiguous() && t.is_contiguous() &&
-           out.data_ptr() == t.data_ptr() && out.element_size() == t.element_size() && out.numel() == t.numel());
-}
-
 void kselect_cpu(at::TensorList scores, const c10::List<std::optional<at::Tensor>>& masks, at::TensorList out,
                  int64_t k, bool largest, bool exclude_masked, bool packed) {
-  const int64_t n = static_cast<int64_t>(scores.size());
-  FP_CHECK_VALUE(static_cast<int64_t>(masks.size()) == n && static_cast<int64_t>(out.size()) == n,
-                 "kselect_: scores, masks and out must have the same length, got ", n, ", ", masks.size(), " and ",
-                 out.size());
-  FP_CHECK_VALUE(k >= 0, "kselect_: k=", k, " must be between 0 and the number of selectable units");
-
-  std::vector<at::Tensor> s(n), m(n), o(n);
-  for (int64_t i = 0; i < n; ++i) {
-    s[i] = scores[i];
-    check_cpu(s[i], "kselect_", "scores", i);
-    check_dtype(s[i], "kselect_", "scores", i);
-    const int64_t numel = s[i].numel();
-    const int64_t want = packed ? packed_numel(numel) : numel;
-    const char* unit = packed ? " bytes (packed)" : " elements";
-    const std::optional<at::Tensor> mi = masks[i];
-    if (mi.has_value() && mi->defined()) {
-      m[i] = *mi;
-      check_cpu(m[i], "kselect_", "masks", i);
-      if (packed) {
-        FP_CHECK_TYPE(m[i].scalar_type() == at::kByte, "kselect_: masks[", i,
-                      "] must be uint8 in packed mode, got ", m[i].scalar_type());
-      } else {
-        check_dtype(m[i], "kselect_", "masks", i);
-      }
-      FP_CHECK_VALUE(m[i].numel() == want, "kselect_: masks[", i, "] must have ", want, unit, ", got ",
-                     m[i].numel());
-    }
-    o[i] = out[i];
-    check_cpu(o[i], "kselect_", "out", i);
-    if (packed) {
-      FP_CHECK_TYPE(o[i].scalar_type() == at::kByte, "kselect_: out[", i, "] must be uint8 in packed mode, got ",
-                    o[i].scalar_type());
-    } else {
-      check_dtype(o[i], "kselect_", "out", i);
-    }
-    FP_CHECK_VALUE(o[i].numel() == want, "kselect_: out[", i, "] must have ", want, unit, ", got ", o[i].numel());
-  }
-  if (n == 0) {
-    FP_CHECK_VALUE(k == 0, "kselect_: k=", k, " must be between 0 and the number of selectable units (0)");
-    return;
-  }
-  int64_t total = 0;
-  for (const auto& t : s) total += t.numel();
-  FP_CHECK_VALUE(k <= total, "kselect_: k=", k, " must be between 0 and the number of selectable units (at most ",
-                 total, ")");
-
-  // Outputs that cannot be written in place are computed into contiguous
-  // temporaries and copied back at the end.
-  std::vector<at::Tensor> write(n);
-  std::vector<bool> direct(n);
-  for (int64_t i = 0; i < n; ++i) {
-    direct[i] = o[i].is_contiguous();
-    write[i] = direct[i] ? o[i] : at::empty({o[i].numel()}, o[i].options());
-  }
-  // Inputs that a direct write would clobber before they are read get a copy.
-  std::unordered_map<const void*, std::vector<int64_t>> out_by_storage;
-  for (int64_t i = 0; i < n; ++i) {
-    if (direct[i] && o[i].numel() > 0) out_by_storage[o[i].storage().unsafeGetStorageImpl()].push_back(i);
-  }
-  auto protect = [&](at::Tensor& t, int64_t idx, bool is_mask) {
-    if (!t.defined() || t.numel() == 0) return;
-    auto it = out_by_storage.find(t.storage().unsafeGetStorageImpl());
-    if (it == out_by_storage.end()) return;
-    for (int64_t i : it->second) {
-      if (clobbers(o[i], t, is_mask && i == idx)) {
-        t = t.clone(at::MemoryFormat::Contiguous);
-        return;
-      }
-    }
-  };
-  for (int64_t i = 0; i < n; ++i) {
-    protect(s[i], i, false);
-    protect(m[i], i, true);
-    s[i] = s[i].contiguous();
-    if (m[i].defined()) m[i] = m[i].contiguous();
-  }
+  KSelectArgs a = check_kselect_args(scores, masks, out, k, packed, CheckCpu{});
+  if (a.scores.empty()) return;
+  const KSelectWrites w = stage_kselect(a);
+  const std::vector<at::Tensor>& s = a.scores;
+  const std::vector<at::Tensor>& m = a.masks;
+  const std::vector<at::Tensor>& write = w.write;
 
   const KeyKind kind = choose_kind(s);
   switch (kind) {
@@ -325,9 +245,7 @@ void kselect_cpu(at::TensorList scores, const c10::List<std::optional<at::Tensor
     case KeyKind::U32: run_select<KeyKind::U32>(s, m, write, k, largest, exclude_masked, packed); break;
     case KeyKind::U64: run_select<KeyKind::U64>(s, m, write, k, largest, exclude_masked, packed); break;
   }
-  for (int64_t i = 0; i < n; ++i) {
-    if (!direct[i]) o[i].copy_(write[i].view(o[i].sizes()));
-  }
+  w.copy_back(a.out);
 }
 
 }  // namespace

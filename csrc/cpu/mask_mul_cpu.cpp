@@ -5,9 +5,8 @@
 // keep IEEE semantics (x * 0 is -0 for negative x and NaN for inf/NaN), exactly
 // as in the reference. Same-shape contiguous pairs take the fast loops; other
 // cases (broadcast masks, non-contiguous inputs) are handed to ATen.
-#include "../common.h"
+#include "../op_args.h"
 
-#include <ATen/ExpandUtils.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -171,10 +170,7 @@ at::Tensor fast_mask(const at::Tensor& mask, at::ScalarType dtype) {
 at::Tensor mask_mul_cpu(const at::Tensor& input, const at::Tensor& mask) {
   check_cpu(input, "mask_mul", "input");
   check_cpu(mask, "mask_mul", "mask");
-  const bool fast = input.sizes() == mask.sizes() && input.is_contiguous() &&
-                    is_supported_dtype(input.scalar_type()) && is_supported_dtype(mask.scalar_type());
-  if (!fast) {
-    // Broadcasting and strided inputs: ATen gives the reference's exact result and errors.
+  if (!mask_mul_fast_pair(input, mask)) {
     return at::mul(input, mask.to(input.scalar_type()));
   }
   const at::Tensor m = fast_mask(mask, input.scalar_type());
@@ -194,19 +190,8 @@ at::Tensor mask_mul_cpu(const at::Tensor& input, const at::Tensor& mask) {
 }
 
 void mask_mul__cpu(at::TensorList inputs, at::TensorList masks) {
-  const int64_t n = static_cast<int64_t>(inputs.size());
-  FP_CHECK_VALUE(static_cast<int64_t>(masks.size()) == n, "mask_mul_: inputs and masks must have the same length, got ",
-                 n, " and ", masks.size());
-  std::vector<bool> fast(n);
-  for (int64_t i = 0; i < n; ++i) {
-    check_cpu(inputs[i], "mask_mul_", "inputs", i);
-    check_cpu(masks[i], "mask_mul_", "masks", i);
-    FP_CHECK_VALUE(at::is_expandable_to(masks[i].sizes(), inputs[i].sizes()), "mask_mul_: masks[", i,
-                   "] of shape ", masks[i].sizes(), " cannot be broadcast to inputs[", i, "] of shape ",
-                   inputs[i].sizes());
-    fast[i] = inputs[i].sizes() == masks[i].sizes() && inputs[i].is_contiguous() &&
-              is_supported_dtype(inputs[i].scalar_type()) && is_supported_dtype(masks[i].scalar_type());
-  }
+  const std::vector<bool> fast = check_mask_mul__args(inputs, masks, CheckCpu{});
+  const int64_t n = static_cast<int64_t>(fast.size());
   std::vector<at::Tensor> ms(n);
   std::vector<int64_t> numels(n, 0);
   for (int64_t i = 0; i < n; ++i) {
@@ -252,28 +237,13 @@ void zero_by_bits(W* x, const uint8_t* p, int64_t begin, int64_t end) {
 }
 
 void apply_packed_mask__cpu(at::TensorList inputs, at::TensorList packed) {
+  check_apply_packed_mask__args(inputs, packed, CheckCpu{});
   const int64_t n = static_cast<int64_t>(inputs.size());
-  FP_CHECK_VALUE(static_cast<int64_t>(packed.size()) == n,
-                 "apply_packed_mask_: inputs and packed must have the same length, got ", n, " and ", packed.size());
-  for (int64_t i = 0; i < n; ++i) {
-    check_cpu(inputs[i], "apply_packed_mask_", "inputs", i);
-    check_cpu(packed[i], "apply_packed_mask_", "packed", i);
-    const int64_t es = inputs[i].element_size();
-    FP_CHECK_TYPE(!inputs[i].is_quantized() && (es == 1 || es == 2 || es == 4 || es == 8 || es == 16),
-                  "apply_packed_mask_: inputs[", i, "] has unsupported dtype ", inputs[i].scalar_type());
-    FP_CHECK_TYPE(packed[i].scalar_type() == at::kByte, "apply_packed_mask_: packed[", i, "] must be uint8, got ",
-                  packed[i].scalar_type());
-    const int64_t want = packed_numel(inputs[i].numel());
-    FP_CHECK_VALUE(packed[i].numel() == want, "apply_packed_mask_: packed[", i, "] must have ", want,
-                   " bytes for inputs[", i, "] of ", inputs[i].numel(), " elements, got ", packed[i].numel());
-  }
-  std::vector<at::Tensor> xs(n), ps(n);
+  const PackedMaskViews v = packed_mask_views(inputs, packed);
+  const std::vector<at::Tensor>& xs = v.xs;
+  const std::vector<at::Tensor>& ps = v.ps;
   std::vector<int64_t> numels(n);
-  for (int64_t i = 0; i < n; ++i) {
-    xs[i] = inputs[i].is_contiguous() ? inputs[i] : inputs[i].contiguous();
-    ps[i] = packed[i].contiguous();
-    numels[i] = xs[i].numel();
-  }
+  for (int64_t i = 0; i < n; ++i) numels[i] = xs[i].numel();
   const std::vector<Chunk> chunks = make_chunks(numels, kChunk);
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
@@ -296,9 +266,7 @@ void apply_packed_mask__cpu(at::TensorList inputs, at::TensorList packed) {
       }
     }
   });
-  for (int64_t i = 0; i < n; ++i) {
-    if (!xs[i].is_same(inputs[i])) inputs[i].copy_(xs[i]);
-  }
+  v.copy_back(inputs);
 }
 
 }  // namespace

@@ -157,6 +157,12 @@ inline bool is_aligned(const void* p, int alignment) {
   return alignment <= 1 || (reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(alignment)) == 0;
 }
 
+// Host side, for the pointer tables: `bit` when the operand at p (elements of
+// dtype code dt) is aligned for the wide path of Vec<T, n>, 0 otherwise.
+inline uint32_t wide_bit(const void* p, int32_t dt, int n, uint32_t bit) {
+  return is_aligned(p, vec_alignment(static_cast<int>(dtype_size(dt)), n)) ? bit : 0u;
+}
+
 // Index of the table entry owning `chunk`: the last t with chunk_begin[t] <= chunk
 // (empty tensors own no chunk and are skipped naturally).
 __device__ __forceinline__ int find_owner(const int64_t* chunk_begin, int n, int64_t chunk) {

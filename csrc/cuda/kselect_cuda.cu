@@ -742,11 +742,9 @@ KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k
     t.score_dtype = s.score_dtype;
     t.mask_dtype = packed ? kUInt8 : s.mask_dtype;
     t.out_dtype = packed ? kUInt8 : s.out_dtype;
-    t.vec = 0;
-    if (is_aligned(s.score, vec_alignment(static_cast<int>(dtype_size(s.score_dtype)), kUnits))) t.vec |= 1u;
-    if (!packed && s.mask && is_aligned(s.mask, vec_alignment(static_cast<int>(dtype_size(s.mask_dtype)), kUnits)))
-      t.vec |= 2u;
-    if (!packed && is_aligned(s.out, vec_alignment(static_cast<int>(dtype_size(s.out_dtype)), kUnits))) t.vec |= 4u;
+    t.vec = wide_bit(s.score, s.score_dtype, kUnits, 1u);
+    if (!packed && s.mask) t.vec |= wide_bit(s.mask, s.mask_dtype, kUnits, 2u);
+    if (!packed) t.vec |= wide_bit(s.out, s.out_dtype, kUnits, 4u);
     hchunk[i] = c;
     c += (s.numel + kChunk - 1) / kChunk;
   }

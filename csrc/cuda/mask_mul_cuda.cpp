@@ -1,11 +1,11 @@
 // CUDA backend of fastprune::mask_mul, mask_mul_ and apply_packed_mask_:
-// the CPU kernels' checks and fallbacks (same messages), then the torch-free
-// launchers in mask_mul_cuda.cu. Same-shape pairs with a contiguous input take
+// the checks and fallbacks shared with the CPU backend (csrc/op_args.h), then
+// the torch-free launchers in mask_mul_cuda.cu. Same-shape pairs with a contiguous input take
 // the fused kernel; broadcast masks and strided inputs are handed to ATen,
 // exactly as on the CPU, so both devices give the same results and errors.
 #include "wrapper_common.h"
+#include "../op_args.h"
 
-#include <ATen/ExpandUtils.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -14,16 +14,11 @@ namespace fastprune {
 namespace cuda_ops {
 namespace {
 
-bool fast_pair(const at::Tensor& input, const at::Tensor& mask) {
-  return input.sizes() == mask.sizes() && input.is_contiguous() && is_supported_dtype(input.scalar_type()) &&
-         is_supported_dtype(mask.scalar_type());
-}
-
 at::Tensor mask_mul_cuda_op(const at::Tensor& input, const at::Tensor& mask) {
   const c10::Device device = input.device();
   check_cuda(input, device, "mask_mul", "input");
   check_cuda(mask, device, "mask_mul", "mask");
-  if (!fast_pair(input, mask)) {
+  if (!mask_mul_fast_pair(input, mask)) {
     return at::mul(input, mask.to(input.scalar_type()));
   }
   const c10::cuda::CUDAGuard guard(device);
@@ -44,19 +39,11 @@ at::Tensor mask_mul_cuda_op(const at::Tensor& input, const at::Tensor& mask) {
 }
 
 void mask_mul__cuda_op(at::TensorList inputs, at::TensorList masks) {
-  const int64_t n = static_cast<int64_t>(inputs.size());
-  FP_CHECK_VALUE(static_cast<int64_t>(masks.size()) == n, "mask_mul_: inputs and masks must have the same length, got ",
-                 n, " and ", masks.size());
+  const OnDevice on_device(inputs);
+  const std::vector<bool> fast = check_mask_mul__args(inputs, masks, on_device);
+  const int64_t n = static_cast<int64_t>(fast.size());
   if (n == 0) return;
-  const c10::Device device = inputs[0].device();
-  std::vector<bool> fast(n);
-  for (int64_t i = 0; i < n; ++i) {
-    check_cuda(inputs[i], device, "mask_mul_", "inputs", i);
-    check_cuda(masks[i], device, "mask_mul_", "masks", i);
-    FP_CHECK_VALUE(at::is_expandable_to(masks[i].sizes(), inputs[i].sizes()), "mask_mul_: masks[", i, "] of shape ",
-                   masks[i].sizes(), " cannot be broadcast to inputs[", i, "] of shape ", inputs[i].sizes());
-    fast[i] = fast_pair(inputs[i], masks[i]);
-  }
+  const c10::Device device = on_device.device;
   const c10::cuda::CUDAGuard guard(device);
   std::vector<at::Tensor> keep_alive;  // contiguous mask copies, alive until the launch is queued
   std::vector<fastprune::cuda::MaskMulTensor> desc;
@@ -88,29 +75,17 @@ void mask_mul__cuda_op(at::TensorList inputs, at::TensorList masks) {
 }
 
 void apply_packed_mask__cuda_op(at::TensorList inputs, at::TensorList packed) {
+  const OnDevice on_device(inputs);
+  check_apply_packed_mask__args(inputs, packed, on_device);
   const int64_t n = static_cast<int64_t>(inputs.size());
-  FP_CHECK_VALUE(static_cast<int64_t>(packed.size()) == n,
-                 "apply_packed_mask_: inputs and packed must have the same length, got ", n, " and ", packed.size());
   if (n == 0) return;
-  const c10::Device device = inputs[0].device();
-  for (int64_t i = 0; i < n; ++i) {
-    check_cuda(inputs[i], device, "apply_packed_mask_", "inputs", i);
-    check_cuda(packed[i], device, "apply_packed_mask_", "packed", i);
-    const int64_t es = inputs[i].element_size();
-    FP_CHECK_TYPE(!inputs[i].is_quantized() && (es == 1 || es == 2 || es == 4 || es == 8 || es == 16),
-                  "apply_packed_mask_: inputs[", i, "] has unsupported dtype ", inputs[i].scalar_type());
-    FP_CHECK_TYPE(packed[i].scalar_type() == at::kByte, "apply_packed_mask_: packed[", i, "] must be uint8, got ",
-                  packed[i].scalar_type());
-    const int64_t want = packed_numel(inputs[i].numel());
-    FP_CHECK_VALUE(packed[i].numel() == want, "apply_packed_mask_: packed[", i, "] must have ", want,
-                   " bytes for inputs[", i, "] of ", inputs[i].numel(), " elements, got ", packed[i].numel());
-  }
+  const c10::Device device = on_device.device;
   const c10::cuda::CUDAGuard guard(device);
-  std::vector<at::Tensor> xs(n), ps(n);
+  const PackedMaskViews v = packed_mask_views(inputs, packed);
+  const std::vector<at::Tensor>& xs = v.xs;
+  const std::vector<at::Tensor>& ps = v.ps;
   std::vector<fastprune::cuda::PackedMaskTensor> desc;
   for (int64_t i = 0; i < n; ++i) {
-    xs[i] = inputs[i].is_contiguous() ? inputs[i] : inputs[i].contiguous();
-    ps[i] = packed[i].contiguous();
     if (xs[i].numel() == 0) continue;
     fastprune::cuda::PackedMaskTensor d;
     d.data = xs[i].data_ptr();
@@ -129,9 +104,7 @@ void apply_packed_mask__cuda_op(at::TensorList inputs, at::TensorList packed) {
                                                          bytes, c10::cuda::getCurrentCUDAStream(device.index()).stream()),
                  "apply_packed_mask_");
   }
-  for (int64_t i = 0; i < n; ++i) {
-    if (!xs[i].is_same(inputs[i])) inputs[i].copy_(xs[i]);
-  }
+  v.copy_back(inputs);
 }
 
 }  // namespace

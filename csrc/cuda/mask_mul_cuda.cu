@@ -32,16 +32,12 @@ constexpr int kInline = 8;
 constexpr int64_t kChunk = 1 << 16;  // elements per chunk, multiple of every vector width and of 8
 constexpr int kThreads = 512;
 
-struct MMEntry {
-  const void* in;
-  const void* mask;
-  void* out;
-  int64_t numel;
-  int32_t dtype;
-  int32_t mask_dtype;
+// The host descriptor as given, plus what the launcher works out about it.
+struct MMEntry : MaskMulTensor {
   uint32_t vec;  // bit 0: in/out aligned to 16 bytes, bit 1: mask aligned for its vector width
   uint32_t pad;
 };
+static_assert(sizeof(MMEntry) == 48, "MMEntry layout");
 
 struct PMEntry {
   void* data;
@@ -280,17 +276,11 @@ cudaError_t mask_mul_cuda(const MaskMulTensor* tensors, int ntensors, void* work
     const MaskMulTensor& s = tensors[i];
     if (!dtype_valid(s.dtype) || !dtype_valid(s.mask_dtype)) return cudaErrorInvalidValue;
     MMEntry& e = entries[i];
-    e.in = s.in;
-    e.mask = s.mask;
-    e.out = s.out;
-    e.numel = s.numel;
-    e.dtype = s.dtype;
-    e.mask_dtype = s.mask_dtype;
+    static_cast<MaskMulTensor&>(e) = s;
     e.pad = 0;
     const int v = 16 / static_cast<int>(dtype_size(s.dtype));
-    e.vec = 0;
-    if (is_aligned(s.in, 16) && is_aligned(s.out, 16)) e.vec |= 1u;
-    if (is_aligned(s.mask, vec_alignment(static_cast<int>(dtype_size(s.mask_dtype)), v))) e.vec |= 2u;
+    e.vec = (is_aligned(s.in, 16) && is_aligned(s.out, 16)) ? 1u : 0u;
+    e.vec |= wide_bit(s.mask, s.mask_dtype, v, 2u);
   }
   return launch_table(
       entries, workspace, workspace_bytes, stream,

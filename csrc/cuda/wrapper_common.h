@@ -26,6 +26,19 @@ inline void check_cuda(const at::Tensor& t, const c10::Device& device, const cha
   FP_CHECK_TYPE(t.layout() == at::kStrided, op, ": ", arg_name(name, index), " must be a dense (strided) tensor");
 }
 
+// The device check of the shared argument checks (csrc/op_args.h) for the CUDA
+// backend: check_cuda against the device of the call's first tensor. A call
+// without tensors checks none, so any device will do there.
+struct OnDevice {
+  explicit OnDevice(const at::Tensor& only) : device(only.device()) {}
+  explicit OnDevice(at::TensorList first)
+      : device(first.empty() ? c10::Device(c10::DeviceType::CUDA) : first[0].device()) {}
+  c10::Device device;
+  void operator()(const at::Tensor& t, const char* op, const char* name, int64_t index = -1) const {
+    check_cuda(t, device, op, name, index);
+  }
+};
+
 inline int32_t dtype_code(at::ScalarType st) {
   switch (st) {
     case at::kBool: return fastprune::cuda::kBool;
