@@ -385,3 +385,21 @@ def test_validation_helpers_match_torch():
         fp._validate_pruning_amount_init("0.5")
     with pytest.raises(ValueError):
         fp._validate_pruning_amount_init(float("nan"))
+
+
+def test_bool_mask_buffer_uses_fused_multiply_with_same_result(monkeypatch):
+    a = linear()
+    fp.l1_unstructured(a, "weight", amount=0.4)
+    b = copy.deepcopy(a)
+    b._buffers["weight_mask"] = b.weight_mask.bool()  # 1-byte masks: 4x less mask memory
+    calls = []
+    real = fp.ops.mask_mul
+    monkeypatch.setattr(fp.ops, "mask_mul", lambda x, m: calls.append(m.dtype) or real(x, m))
+    x = torch.randn(5, 13)
+    out_a, out_b = a(x), b(x)
+    assert calls == [torch.bool]
+    assert torch.equal(out_a, out_b)
+    out_a.sum().backward()
+    out_b.sum().backward()
+    assert torch.equal(a.weight_orig.grad, b.weight_orig.grad)
+    assert torch.equal(b.weight_orig.grad * ~b.weight_mask, torch.zeros_like(b.weight_orig.grad))
