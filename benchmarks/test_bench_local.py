@@ -75,6 +75,6 @@ def test_local(benchmark, case, shape, lib):
     benchmark.pedantic(
         lambda: prune_call(lib, case, lin),
         setup=lambda: unprune(lin),
-        rounds=1 if lib == "torch" else 5,
+        rounds=3 if lib == "torch" else 5,  # torch too: a single round catches allocator luck
         iterations=1,
     )
