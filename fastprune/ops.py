@@ -121,6 +121,10 @@ def kselect_(
     """
     scores = list(scores)
     masks = [None] * len(scores) if masks is None else list(masks)
+    if not scores:  # the dispatcher cannot pick a backend without a tensor
+        if int(k) != 0:
+            raise ValueError(f"kselect_: k={k} must be between 0 and the number of selectable units (0)")
+        return
     torch.ops.fastprune.kselect_(scores, masks, list(out), int(k), bool(largest), bool(exclude_masked), bool(packed))
 
 
@@ -151,12 +155,20 @@ def mask_mul(input: Tensor, mask: Tensor) -> Tensor:
 
 def mask_mul_(inputs: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
     """In place ``inputs[i] *= masks[i]`` over many tensors in one call."""
-    torch.ops.fastprune.mask_mul_(list(inputs), list(masks))
+    inputs, masks = list(inputs), list(masks)
+    if len(inputs) != len(masks):
+        raise ValueError(f"mask_mul_: inputs and masks must have the same length, got {len(inputs)} and {len(masks)}")
+    if inputs:  # the dispatcher cannot pick a backend without a tensor
+        torch.ops.fastprune.mask_mul_(inputs, masks)
 
 
 def apply_packed_mask_(inputs: Sequence[Tensor], packed: Sequence[Tensor]) -> None:
     """Zero ``inputs[i]`` wherever its 1-bit mask is 0, over many tensors in one call."""
-    torch.ops.fastprune.apply_packed_mask_(list(inputs), list(packed))
+    inputs, packed = list(inputs), list(packed)
+    if len(inputs) != len(packed):
+        raise ValueError(f"apply_packed_mask_: inputs and packed must have the same length, got {len(inputs)} and {len(packed)}")
+    if inputs:  # the dispatcher cannot pick a backend without a tensor
+        torch.ops.fastprune.apply_packed_mask_(inputs, packed)
 
 
 def channel_norms(t: Tensor, dim: int, p: float = 2.0) -> Tensor:

@@ -73,3 +73,14 @@ def test_build_info_reports_the_mode():
     for key in ("extension", "cuda", "openmp", "num_threads", "torch_version", "version"):
         assert key in info
     assert isinstance(info["extension"], bool)
+
+
+def test_empty_tensor_lists_are_a_no_op():
+    ops.mask_mul_([], [])
+    ops.apply_packed_mask_([], [])
+    ops.kselect_([], [], [], 0)
+    assert ops.kselect([], None, 0) == []
+    with pytest.raises(ValueError, match="k=1"):
+        ops.kselect_([], [], [], 1)
+    with pytest.raises(ValueError, match="same length"):
+        ops.mask_mul_([torch.ones(2)], [])
