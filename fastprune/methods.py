@@ -253,6 +253,16 @@ def _structured_mask(t, dim, keep_channels, default_mask):
     return keep * default_mask.to(dtype=t.dtype)
 
 
+def _channels_to_prune(t, amount, dim):
+    """(channels along ``dim``, how many of them to prune), after torch's checks."""
+    _validate_structured_pruning(t)
+    _validate_pruning_dim(t, dim)
+    nchannels = t.shape[dim]
+    k = _compute_nparams_toprune(amount, nchannels)
+    _validate_pruning_amount(k, nchannels)
+    return nchannels, k
+
+
 class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
     """Prune ``amount`` whole channels along ``dim`` chosen at random."""
 
@@ -263,11 +273,7 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
         self.dim = dim
 
     def compute_mask(self, t, default_mask):
-        _validate_structured_pruning(t)
-        _validate_pruning_dim(t, self.dim)
-        nchannels = t.shape[self.dim]
-        k = _compute_nparams_toprune(self.amount, nchannels)
-        _validate_pruning_amount(k, nchannels)
+        nchannels, k = _channels_to_prune(t, self.amount, self.dim)
         if k == 0:
             return _materialise(default_mask)
         prob = torch.rand(nchannels)  # torch draws these on the CPU generator too
@@ -297,11 +303,7 @@ class LnStructured(_AmountMethod, torch_prune.LnStructured):
         self.dim = dim
 
     def compute_mask(self, t, default_mask):
-        _validate_structured_pruning(t)
-        _validate_pruning_dim(t, self.dim)
-        nchannels = t.shape[self.dim]
-        k = _compute_nparams_toprune(self.amount, nchannels)
-        _validate_pruning_amount(k, nchannels)
+        _, k = _channels_to_prune(t, self.amount, self.dim)
         norms = channel_scores(t, self.n, self.dim)
         if k == 0:
             return _materialise(default_mask)

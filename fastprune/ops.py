@@ -153,22 +153,25 @@ def mask_mul(input: Tensor, mask: Tensor) -> Tensor:
     return torch.ops.fastprune.mask_mul(input, mask)
 
 
+def _call_on_pairs(name: str, inputs, others, other_name: str) -> None:
+    """Run the multi-tensor in-place op ``name`` on matching lists; empty lists are a no-op."""
+    inputs, others = list(inputs), list(others)
+    if len(inputs) != len(others):
+        raise ValueError(
+            f"{name}: inputs and {other_name} must have the same length, got {len(inputs)} and {len(others)}"
+        )
+    if inputs:  # the dispatcher cannot pick a backend without a tensor
+        getattr(torch.ops.fastprune, name)(inputs, others)
+
+
 def mask_mul_(inputs: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
     """In place ``inputs[i] *= masks[i]`` over many tensors in one call."""
-    inputs, masks = list(inputs), list(masks)
-    if len(inputs) != len(masks):
-        raise ValueError(f"mask_mul_: inputs and masks must have the same length, got {len(inputs)} and {len(masks)}")
-    if inputs:  # the dispatcher cannot pick a backend without a tensor
-        torch.ops.fastprune.mask_mul_(inputs, masks)
+    _call_on_pairs("mask_mul_", inputs, masks, "masks")
 
 
 def apply_packed_mask_(inputs: Sequence[Tensor], packed: Sequence[Tensor]) -> None:
     """Zero ``inputs[i]`` wherever its 1-bit mask is 0, over many tensors in one call."""
-    inputs, packed = list(inputs), list(packed)
-    if len(inputs) != len(packed):
-        raise ValueError(f"apply_packed_mask_: inputs and packed must have the same length, got {len(inputs)} and {len(packed)}")
-    if inputs:  # the dispatcher cannot pick a backend without a tensor
-        torch.ops.fastprune.apply_packed_mask_(inputs, packed)
+    _call_on_pairs("apply_packed_mask_", inputs, packed, "packed")
 
 
 def channel_norms(t: Tensor, dim: int, p: float = 2.0) -> Tensor:
@@ -176,15 +179,4 @@ def channel_norms(t: Tensor, dim: int, p: float = 2.0) -> Tensor:
     return torch.ops.fastprune.channel_norms(t, int(dim), float(p))
 
 
-__all__ = [
-    "SCHEMAS",
-    "kselect_",
-    "kselect",
-    "mask_mul",
-    "mask_mul_",
-    "apply_packed_mask_",
-    "channel_norms",
-    "pack_mask",
-    "unpack_mask",
-    "packed_numel",
-]
+__all__ = ["SCHEMAS", *_reference.__all__]

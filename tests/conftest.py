@@ -26,6 +26,16 @@ def _seed():
     torch.manual_seed(1234)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test single-threaded: on tiny models the OpenMP spin-waits of a second
+    thread cost far more than the arithmetic when the 2-core machine is busy."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def requires_extension():
     return pytest.mark.skipif(
         not fastprune.build_info()["extension"],

@@ -12,14 +12,7 @@ from fastprune import at_init
 from helpers import assert_snapshot_equal, module_snapshot
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: with two OpenMP threads on a loaded machine the spin-waits
-    # cost far more than the arithmetic, so run them single-threaded.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SmallConvNet(nn.Module):

@@ -10,12 +10,7 @@ import fastprune as fp
 from helpers import assert_snapshot_equal, module_snapshot
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: thread spin-waits would dominate
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(seed=0):

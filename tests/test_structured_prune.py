@@ -11,13 +11,7 @@ from test_structured_graph import (DenseLike, GroupNormNet, ResNetLike, SplitLik
                                    TinyTransformer, assert_unchanged, image, snapshot)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convs are dominated by thread start-up on a busy 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ConvPair(nn.Module):
