@@ -4,6 +4,7 @@ import torch
 import torch.nn.utils.prune as tp
 
 import fastprune
+from fastprune.bench import _unprune
 from conftest import AMOUNT, DTYPE, SEED, group
 
 SHAPES = {"4096x4096": (4096, 4096), "16384x4096": (16384, 4096)}
@@ -21,13 +22,7 @@ def make_layer(shape):
 
 
 def unprune(lin):
-    for k in list(lin._forward_pre_hooks):
-        del lin._forward_pre_hooks[k]
-    if "weight_orig" in lin._parameters:
-        lin.__dict__.pop("weight", None)
-        lin.__dict__.pop("__deepcopy__", None)
-        lin._parameters["weight"] = lin._parameters.pop("weight_orig")
-        del lin._buffers["weight_mask"]
+    _unprune([lin])
 
 
 def prune_call(lib, case, lin):

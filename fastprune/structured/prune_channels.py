@@ -213,11 +213,9 @@ def prune_channels(model: nn.Module, example_inputs, amount, *, importance: str 
             return min(int(amount), n)
         return int(round(float(amount) * n))
 
-    if global_pruning:
-        pool = [(float(scores[gid][i]), gid, i) for gid, ok in cand.items() for i in ok]
-        pool.sort(key=lambda t: (t[0], t[1], t[2]))
-        k = budget(len(pool))
-        for _, gid, i in pool:
+    def take_in_order(order, k):
+        """Take up to k channels (group id, index) in the given order, skipping those that do not fit."""
+        for gid, i in order:
             if k <= 0:
                 break
             atom = groups[gid].atoms[i]
@@ -225,18 +223,14 @@ def prune_channels(model: nn.Module, example_inputs, amount, *, importance: str 
                 sel.take(atom)
                 chosen[gid].append(i)
                 k -= 1
+
+    if global_pruning:
+        pool = sorted(((float(scores[gid][i]), gid, i) for gid, ok in cand.items() for i in ok))
+        take_in_order([(gid, i) for _, gid, i in pool], budget(len(pool)))
     else:
         for gid, ok in cand.items():
-            k = budget(len(ok))
             order = sorted(ok, key=lambda i: (float(scores[gid][i]), i))
-            for i in order:
-                if k <= 0:
-                    break
-                atom = groups[gid].atoms[i]
-                if sel.fits(atom):
-                    sel.take(atom)
-                    chosen[gid].append(i)
-                    k -= 1
+            take_in_order([(gid, i) for i in order], budget(len(ok)))
     for gid in chosen:
         chosen[gid] = _round(dg, groups[gid], chosen[gid], scores[gid], sel, round_to)
 
