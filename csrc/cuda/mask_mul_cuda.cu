@@ -165,13 +165,21 @@ __device__ __forceinline__ void mask_mul_range(const MMEntry& t, int64_t begin, 
   }
 }
 
+// The tensor that owns `chunk` in the pointer table, and the chunk's element range in it.
+template <class Table>
+__device__ __forceinline__ auto chunk_of(const Table& tab, int64_t chunk, int64_t& begin, int64_t& end) {
+  const int ti = tab.owner(chunk);
+  const auto t = tab.entry(ti);
+  begin = (chunk - tab.begin(ti)) * kChunk;
+  end = begin + kChunk < t.numel ? begin + kChunk : t.numel;
+  return t;
+}
+
 template <class Table>
 __global__ void __launch_bounds__(kThreads) mask_mul_kernel(Table tab, int64_t nchunks) {
   for (int64_t chunk = blockIdx.x; chunk < nchunks; chunk += gridDim.x) {
-    const int ti = tab.owner(chunk);
-    const MMEntry t = tab.entry(ti);
-    const int64_t begin = (chunk - tab.begin(ti)) * kChunk;
-    const int64_t end = begin + kChunk < t.numel ? begin + kChunk : t.numel;
+    int64_t begin, end;
+    const MMEntry t = chunk_of(tab, chunk, begin, end);
     dispatch_dtype(t.dtype, [&](auto dtag) {
       dispatch_dtype(t.mask_dtype, [&](auto mtag) {
         mask_mul_range<decltype(dtag)::value, decltype(mtag)::value>(t, begin, end);
@@ -208,10 +216,8 @@ __device__ __forceinline__ void packed_range(const PMEntry& t, int64_t begin, in
 template <class Table>
 __global__ void __launch_bounds__(kThreads) packed_kernel(Table tab, int64_t nchunks) {
   for (int64_t chunk = blockIdx.x; chunk < nchunks; chunk += gridDim.x) {
-    const int ti = tab.owner(chunk);
-    const PMEntry t = tab.entry(ti);
-    const int64_t begin = (chunk - tab.begin(ti)) * kChunk;
-    const int64_t end = begin + kChunk < t.numel ? begin + kChunk : t.numel;
+    int64_t begin, end;
+    const PMEntry t = chunk_of(tab, chunk, begin, end);
     switch (t.elem_size) {
       case 1: packed_range<uint8_t>(t, begin, end); break;
       case 2: packed_range<uint16_t>(t, begin, end); break;
