@@ -3,43 +3,55 @@
 ``import fastprune as prune`` is a drop-in replacement for
 ``import torch.nn.utils.prune as prune``: same names, signatures and
 reparametrisation, same masks, less time and memory.
+
+The package is layered; each layer imports only the ones before it:
+
+1. ``fastprune.ops``: the kernels as dispatcher ops (``torch.ops.fastprune.*``),
+   their fake kernels and autograd, and ``ops.reference``, the pure-torch
+   specification and fallback.
+2. ``fastprune.core``: the torch-compatible API (methods, functions,
+   reparametrisation) and ``core.targets``, which resolves and validates what
+   is pruned for every feature.
+3. Features: ``maskset`` (in-place pruning with 1-bit masks), ``at_init``
+   (SNIP, FORCE, SynFlow), ``lottery``, ``lightning``, ``structured``.
+4. Tooling: ``fastprune.bench``.
 """
 from ._version import __version__
-from ._ext import build_info
+from .ops import build_info
 from . import ops
-from .methods import (
-    BasePruningMethod,
-    CustomFromMask,
-    Identity,
-    L1Unstructured,
-    LnStructured,
-    PruningContainer,
-    RandomStructured,
-    RandomUnstructured,
-)
-from .functional import (
-    _compute_nparams_toprune,
-    _compute_norm,
-    _validate_pruning_amount,
-    _validate_pruning_amount_init,
-    _validate_pruning_dim,
-    _validate_structured_pruning,
-    custom_from_mask,
-    global_unstructured,
-    identity,
-    is_pruned,
-    l1_unstructured,
-    ln_structured,
-    random_structured,
-    random_unstructured,
-    remove,
-)
-
-# Feature modules register their public names below, one import line each.
-# --- feature imports ---
-from .lean import MaskSet, sparsify_
-from . import scores
-from .at_init import force, iterative_snip, snip, synflow
-from .lottery import LotteryTicket, iterative_magnitude_pruning, pruning_schedule
-from .patch import is_torch_patched, patch_torch
+from .core.api import *  # noqa: F401,F403 (torch's names)
+from .core import api as _api
+from .core.errors import PruningNameError, PruningShapeError
+from .maskset import MaskSet, sparsify_
+from .at_init import force, iterative_snip, scores, snip, synflow
+from .schedule import pruning_schedule
+from .lottery import LotteryTicket, iterative_magnitude_pruning
+from .core.patch import is_torch_patched, patch_torch
 from .structured import DependencyGraph, Plan, prune_channels, remove_masked_channels
+
+# What fastprune adds on top of torch's API.
+EXTRA_NAMES = [
+    "__version__",
+    "build_info",
+    "ops",
+    "PruningShapeError",
+    "PruningNameError",
+    "sparsify_",
+    "MaskSet",
+    "scores",
+    "snip",
+    "iterative_snip",
+    "force",
+    "synflow",
+    "pruning_schedule",
+    "LotteryTicket",
+    "iterative_magnitude_pruning",
+    "patch_torch",
+    "is_torch_patched",
+    "DependencyGraph",
+    "Plan",
+    "prune_channels",
+    "remove_masked_channels",
+]
+
+__all__ = list(_api.__all__) + EXTRA_NAMES

@@ -43,8 +43,8 @@ except ImportError:  # pragma: no cover - depends on what is installed
             "fastprune.lightning needs Lightning: pip install 'fastprune[lightning]' (or lightning)"
         ) from exc
 
-from . import functional as _fp
-from . import methods as _methods
+from .core import functional as _fp
+from .core import methods as _methods
 from .lottery import LotteryTicket
 
 __all__ = ["ModelPruning"]

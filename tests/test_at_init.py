@@ -8,7 +8,7 @@ import torch.nn.utils.prune as tp
 from torch import nn
 
 import fastprune as fp
-from fastprune import at_init
+from fastprune.at_init import methods as at_init
 from helpers import assert_snapshot_equal, module_snapshot
 
 

@@ -1,4 +1,4 @@
-"""The compiled kernels (torch.ops.fastprune.*) against fastprune._reference.
+"""The compiled kernels (torch.ops.fastprune.*) against fastprune.ops.reference.
 
 Masks must be identical bit for bit, mask_mul results identical (NaN payloads
 aside), norms allclose. Everything here is skipped when the compiled extension
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fastprune
-from fastprune import _reference as ref
+from fastprune.ops import reference as ref
 
 EXT = bool(fastprune.build_info()["extension"])
 needs_ext = pytest.mark.skipif(not EXT, reason="compiled extension fastprune._C is not loaded")

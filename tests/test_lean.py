@@ -133,7 +133,7 @@ def test_random_exact_k_and_seeded(model):
 
 
 def test_random_spans_segments(monkeypatch):
-    import fastprune.lean as lean
+    import fastprune.maskset as lean
 
     monkeypatch.setattr(lean, "_RANDOM_SEGMENT", 64)
     lin = nn.Linear(30, 21)  # 630 units: several segments, last one partial
@@ -407,7 +407,7 @@ def test_non_contiguous_parameter():
 def test_random_split_is_exact_and_unbiased():
     import numpy as np
 
-    from fastprune.lean import _hypergeometric, _split_uniformly
+    from fastprune.maskset import _hypergeometric, _split_uniformly
 
     rng = np.random.Generator(np.random.PCG64(0))
     counts = [64, 64, 64, 8, 400]

@@ -8,7 +8,8 @@ import torch.nn.utils.prune as tp
 from torch import nn
 
 import fastprune as fp
-from fastprune.patch import PATCHED_NAMES
+import fastprune.core.patch
+from fastprune.core.patch import PATCHED_NAMES
 from helpers import LeNet
 
 
@@ -27,7 +28,7 @@ def _no_leaked_patch():
     # Put torch back even if a test failed half-way, so other test files are unaffected.
     for name, value in ORIGINALS.items():
         setattr(tp, name, value)
-    fp.patch._active.clear()
+    fastprune.core.patch._active.clear()
     assert not leaked, "a test left torch patched"
 
 

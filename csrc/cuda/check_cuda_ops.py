@@ -19,8 +19,8 @@ import sys
 import torch
 
 import fastprune  # noqa: F401  (registers the ops)
-from fastprune import _reference as ref
-from fastprune._ext import build_info
+from fastprune.ops import reference as ref
+from fastprune.ops import build_info
 
 failures = []
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import rules
+from ..core.targets import eval_mode
 
 __all__ = ["DependencyGraph", "ChannelGroup", "TraceError"]
 
@@ -48,38 +49,8 @@ def split_example_inputs(example_inputs) -> Tuple[tuple, dict]:
         f"inputs or an (args, kwargs) pair; got {type(example_inputs).__name__}")
 
 
-class _ModeGuard:
-    """Eval mode and no KV cache while tracing; every flag restored afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        # every config object (encoder-decoder models keep copies in submodules)
-        self.caches = []
-        seen = set()
-        for m in self.model.modules():
-            cfg = getattr(m, "config", None)
-            if cfg is None or id(cfg) in seen:
-                continue
-            seen.add(id(cfg))
-            if getattr(cfg, "use_cache", None):
-                self.caches.append((cfg, cfg.use_cache))
-                cfg.use_cache = False
-        return self
-
-    def __exit__(self, *exc):
-        for m, flag in self.flags:
-            m.training = flag
-        for cfg, value in self.caches:
-            cfg.use_cache = value
-        return False
-
-
 def trace(model: nn.Module, args: tuple, kwargs: dict):
-    with _ModeGuard(model), warnings.catch_warnings():
+    with eval_mode(model), warnings.catch_warnings():
         # pruning pre-hooks assign ``weight`` during tracing; export restores it
         warnings.filterwarnings("ignore", message=".*was assigned during export.*")
         try:

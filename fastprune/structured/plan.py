@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
+from ..core.targets import eval_mode
 from .graph import _FLAT_ATTRS, _HEAD_ATTRS, _KV_ATTRS, _Q_HEAD_ATTRS
 
 __all__ = ["Plan", "Cut"]
@@ -308,7 +309,6 @@ def _refresh_masked(model: nn.Module, paths, undo):
 
 
 def _check_forward(model: nn.Module, args, kwargs):
-    from .graph import _ModeGuard
 
-    with _ModeGuard(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         model(*args, **kwargs)

@@ -9,7 +9,8 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from .graph import DependencyGraph, _ModeGuard, split_example_inputs
+from .graph import DependencyGraph, split_example_inputs
+from ..core.targets import eval_mode
 from .importance import IMPORTANCES, group_scores
 from .plan import Plan
 
@@ -28,7 +29,7 @@ def count_macs(model: nn.Module, example_inputs) -> Optional[int]:
     args, kwargs = split_example_inputs(example_inputs)
     counter = FlopCounterMode(display=False)
     try:
-        with _ModeGuard(model), torch.no_grad(), counter:
+        with eval_mode(model), torch.no_grad(), counter:
             model(*args, **kwargs)
     except Exception:
         if any(p.is_meta for p in model.parameters()):

@@ -20,19 +20,18 @@ round runs on ``fastprune.ops.kselect`` over the whole parameter list.
 """
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from . import ops as _ops
+from .. import ops as _ops
 from . import scores as _scores
-from .functional import _compute_nparams_toprune, _validate_pruning_amount, _validate_pruning_amount_init
-from .functional import global_unstructured
-from .lottery import pruning_schedule
-from .methods import L1Unstructured
+from ..core.functional import global_unstructured
+from ..core.methods import L1Unstructured
+from ..core.validation import _compute_nparams_toprune, _validate_pruning_amount, _validate_pruning_amount_init
+from ..progress import progress_bar, show_progress
+from ..schedule import pruning_schedule
 
 __all__ = ["snip", "iterative_snip", "force", "synflow"]
 
@@ -40,12 +39,9 @@ Param = Tuple[nn.Module, str]
 
 
 def _show_progress(progress: Optional[bool]) -> bool:
-    if progress is None:
-        stream = sys.stderr
-        return bool(getattr(stream, "isatty", None) and stream.isatty())
-    if not isinstance(progress, bool):
+    if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool or None, got {type(progress).__name__}")
-    return progress
+    return show_progress(progress)
 
 
 def _prepare(model, parameters, amount):
@@ -102,7 +98,7 @@ def _iterate(name: str, score_fn: Callable, targets, masks0, n_unpruned: int, k:
     keep = [m.clone() if m is not None else torch.ones_like(_scores._dense(mod, n), dtype=torch.bool)
             for (mod, n, _), m in zip(targets, masks0)]
     pruned = 0
-    bar = tqdm(counts, desc=name, unit="round", disable=not _show_progress(progress), leave=False)
+    bar = progress_bar(counts, enabled=_show_progress(progress), desc=name, unit="round", leave=False)
     try:
         for t, target in enumerate(bar):
             if target == pruned and not revive:

@@ -12,9 +12,9 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _reference
-from ._ext import build_info, extension_loaded
-from ._reference import pack_mask, packed_numel, unpack_mask
+from . import reference
+from ._load import build_info, extension_loaded
+from .reference import pack_mask, packed_numel, unpack_mask
 
 Tensor = torch.Tensor
 
@@ -30,11 +30,11 @@ SCHEMAS = {
 }
 
 _REFERENCE_IMPLS = {
-    "kselect_": _reference.kselect_,
-    "mask_mul": _reference.mask_mul,
-    "mask_mul_": _reference.mask_mul_,
-    "apply_packed_mask_": _reference.apply_packed_mask_,
-    "channel_norms": _reference.channel_norms,
+    "kselect_": reference.kselect_,
+    "mask_mul": reference.mask_mul,
+    "mask_mul_": reference.mask_mul_,
+    "apply_packed_mask_": reference.apply_packed_mask_,
+    "channel_norms": reference.channel_norms,
 }
 
 # Libraries must stay referenced for their registrations to stay alive.
@@ -117,7 +117,7 @@ def kselect_(
 ) -> None:
     """Select exactly ``k`` units across ``scores``; write keep-masks into ``out``.
 
-    See :func:`fastprune._reference.kselect_` for the full contract.
+    See :func:`fastprune.reference.kselect_` for the full contract.
     """
     scores = list(scores)
     masks = [None] * len(scores) if masks is None else list(masks)
@@ -143,7 +143,7 @@ def kselect(
     ``uint8`` tensors when ``packed``.
     """
     scores = list(scores)
-    outs = _reference.allocate_masks(scores, packed, dtypes)
+    outs = reference.allocate_masks(scores, packed, dtypes)
     kselect_(scores, masks, outs, k, largest, exclude_masked, packed)
     return outs
 
@@ -179,4 +179,4 @@ def channel_norms(t: Tensor, dim: int, p: float = 2.0) -> Tensor:
     return torch.ops.fastprune.channel_norms(t, int(dim), float(p))
 
 
-__all__ = ["SCHEMAS", *_reference.__all__]
+__all__ = ["SCHEMAS", *reference.__all__]

@@ -26,7 +26,8 @@ from torch.nn.modules.conv import _ConvNd
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import ops
-from ._validation import _compute_nparams_toprune, _validate_pruning_amount_init
+from .core.functional import custom_from_mask, remove
+from .core.validation import _compute_nparams_toprune, _validate_pruning_amount_init
 
 __all__ = ["sparsify_", "MaskSet"]
 
@@ -651,8 +652,6 @@ class MaskSet:
         torch stores them. All parameters are converted or none. Returns the
         pruning hooks.
         """
-        from .functional import custom_from_mask, remove
-
         for t in self._targets:
             if t.module._parameters.get(t.name) is not t.param:
                 raise ValueError(

@@ -18,35 +18,14 @@ from typing import Any, Dict, List
 
 import torch.nn.utils.prune as _torch_prune
 
+from . import api as _api
+
 __all__ = ["patch_torch", "is_torch_patched", "PATCHED_NAMES"]
 
-# torch's public API plus the private helpers user code and torch's tests call.
-# ``_compute_norm`` is left alone: fastprune's version delegates to torch's at
-# call time, and it has nothing to speed up.
-PATCHED_NAMES = (
-    "BasePruningMethod",
-    "PruningContainer",
-    "Identity",
-    "RandomUnstructured",
-    "L1Unstructured",
-    "RandomStructured",
-    "LnStructured",
-    "CustomFromMask",
-    "identity",
-    "random_unstructured",
-    "l1_unstructured",
-    "random_structured",
-    "ln_structured",
-    "global_unstructured",
-    "custom_from_mask",
-    "remove",
-    "is_pruned",
-    "_validate_pruning_amount_init",
-    "_validate_pruning_amount",
-    "_compute_nparams_toprune",
-    "_validate_structured_pruning",
-    "_validate_pruning_dim",
-)
+# torch's names (fastprune.__all__ minus the extras). ``_compute_norm`` is left
+# alone: fastprune's version delegates to torch's at call time, and it has
+# nothing to speed up.
+PATCHED_NAMES = tuple(name for name in _api.__all__ if name != "_compute_norm")
 
 _lock = threading.Lock()
 _active: List["TorchPatch"] = []
@@ -54,13 +33,7 @@ _originals: Dict[str, Any] = {}
 
 
 def _replacements() -> Dict[str, Any]:
-    import fastprune
-
-    out = {}
-    for name in PATCHED_NAMES:
-        if hasattr(fastprune, name) and hasattr(_torch_prune, name):
-            out[name] = getattr(fastprune, name)
-    return out
+    return {name: getattr(_api, name) for name in PATCHED_NAMES if hasattr(_torch_prune, name)}
 
 
 class TorchPatch:

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.conv import _ConvNd
 
+from ..core.targets import eval_mode
+
 __all__ = ["snip", "force", "synflow", "magnitude"]
 
 Param = Tuple[nn.Module, str]
@@ -335,23 +337,6 @@ def _check_example_input(example_input: Any) -> None:
         raise ValueError("example_input is empty")
 
 
-class _EvalMode:
-    """Switch every submodule to eval() and restore each one's own flag afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.flags = [(m, m.training) for m in model.modules()]
-
-    def __enter__(self):
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc):
-        for m, flag in self.flags:
-            m.training = flag
-        return False
-
-
 def _synflow_scores(model, example_input, targets, masks) -> List[Tensor]:
     # Linearise the network: every floating tensor replaced by its absolute value,
     # in float64 because the synaptic-flow product spans many orders of magnitude.
@@ -365,7 +350,7 @@ def _synflow_scores(model, example_input, targets, masks) -> List[Tensor]:
         if qual not in subst and b is not None:
             subst[qual] = linear(b.detach())
     ones = torch.ones_like(example_input, dtype=torch.float64)
-    with _EvalMode(model), _Substituted(model, subst) as run:
+    with eval_mode(model), _Substituted(model, subst) as run:
         out = run(ones)
         if not isinstance(out, Tensor):
             raise TypeError("synflow needs a model whose forward returns a single tensor")

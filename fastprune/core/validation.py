@@ -14,16 +14,7 @@ import torch
 from torch import nn
 
 
-class PruningShapeError(ValueError, AssertionError):
-    """A tensor whose shape does not match the parameter it belongs to.
-
-    torch raises ``AssertionError`` here; a ``ValueError`` is what the mistake
-    is, so this is both.
-    """
-
-
-class PruningNameError(AttributeError, ValueError):
-    """``name`` does not name a tensor of ``module`` (torch raises AttributeError)."""
+from .errors import PruningNameError, PruningShapeError  # noqa: F401 (re-exported)
 
 
 def _validate_pruning_amount_init(amount) -> None:
@@ -74,30 +65,3 @@ def _validate_pruning_dim(t, dim) -> None:
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     if dim >= t.dim() or dim < -t.dim():
         raise IndexError(f"Invalid index {dim} for tensor of size {t.shape}")
-
-
-def check_module_and_name(module, name, *, what: str = "module") -> torch.Tensor:
-    """Return the tensor ``module.<name>``, or raise an error naming the culprit."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"{what} must be a torch.nn.Module, got {type(module).__name__}")
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str naming a parameter of {what}, got {type(name).__name__}")
-    try:
-        tensor = getattr(module, name)
-    except AttributeError:
-        raise PruningNameError(
-            f"name={name!r}: {type(module).__name__} has no parameter or attribute called {name!r}"
-        ) from None
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"name={name!r}: {type(module).__name__}.{name} is not a tensor (got {type(tensor).__name__})")
-    return tensor
-
-
-def check_scores_shape(scores, param, label: str) -> None:
-    if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"{label} must be a torch.Tensor, got {type(scores).__name__}")
-    if scores.shape != param.shape:
-        raise PruningShapeError(
-            f"{label} should have the same shape as the parameter it scores: "
-            f"got {tuple(scores.shape)} vs {tuple(param.shape)}"
-        )

@@ -4,14 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.utils.prune as torch_prune
 
-from . import ops
-from ._reparam import (
-    existing_mask,
-    global_scores,
-    global_targets,
-    install_many,
-)
-from ._validation import (
+from .. import ops
+from .reparam import install_many
+from .targets import existing_mask, global_scores, global_targets
+from .validation import (
     _compute_nparams_toprune,
     _validate_pruning_amount,
     _validate_pruning_amount_init,
@@ -118,7 +114,7 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
         hook = CustomFromMask(mask)
         hook._tensor_name = name
         entries.append((module, name, hook, mask))
-    install_many(entries)
+    install_many(entries, PruningContainer)
 
 
 def _global_masks_by_concatenation(method, params, scores, masks):

@@ -30,9 +30,9 @@ def _load() -> None:
     import importlib.util
 
     try:
-        if importlib.util.find_spec(f"{__package__}._C") is None:
+        if importlib.util.find_spec("fastprune._C") is None:
             raise ImportError("the extension fastprune._C was not compiled (no _C shared library in the package)")
-        from . import _C as compiled  # noqa: WPS433 (import inside function on purpose)
+        from .. import _C as compiled  # noqa: WPS433 (import inside function on purpose)
     except Exception as exc:  # ImportError, or an undefined symbol from a torch mismatch
         _load_error = f"{type(exc).__name__}: {exc}"
         warnings.warn(
@@ -62,7 +62,7 @@ def build_info() -> Dict[str, Any]:
     built against, else the running one), ``torch_runtime`` (the running torch),
     ``version`` and ``fallback_reason`` (why the fallback is used, or ``None``).
     """
-    from ._version import __version__
+    from .._version import __version__
 
     info: Dict[str, Any] = {
         "extension": False,

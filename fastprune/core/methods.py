@@ -9,15 +9,17 @@ so a subclass that overrides ``compute_mask`` gets exactly its own behaviour.
 """
 from __future__ import annotations
 
+import copy
 import numbers
 
 import torch
 import torch.nn.utils.prune as torch_prune
 
-from . import ops
-from ._reparam import apply_method, remove_reparametrization
-from ._validation import (
-    PruningShapeError,
+from .. import ops
+from .reparam import install
+from .targets import check_module_and_name, check_scores_shape, pruning_hooks
+from .errors import PruningShapeError
+from .validation import (
     _compute_nparams_toprune,
     _validate_pruning_amount,
     _validate_pruning_amount_init,
@@ -26,6 +28,7 @@ from ._validation import (
 )
 
 TorchBase = torch_prune.BasePruningMethod
+TorchContainer = torch_prune.PruningContainer
 # Captured at import so that patching torch's module (patch_torch) cannot make it recurse.
 torch_compute_norm = torch_prune._compute_norm
 
@@ -338,6 +341,79 @@ class CustomFromMask(BasePruningMethod, torch_prune.CustomFromMask):
     @classmethod
     def apply(cls, module, name, mask):
         return apply_method(cls, module, name, (), {"mask": mask}, None)
+
+
+def _container_for_compute(old, method):
+    """A container holding ``old``'s methods then ``method``, for computing the new mask.
+
+    The module's own hook is not touched here (it is extended only once the mask
+    exists). torch's container class is swapped for fastprune's: same result,
+    but its L1 step runs on the kernel instead of gathering the survivors.
+    """
+    if isinstance(old, TorchContainer):
+        if type(old) in (TorchContainer, PruningContainer):
+            temp = PruningContainer()
+        else:
+            temp = copy.copy(old)
+        temp._tensor_name = old._tensor_name
+        temp._pruning_methods = tuple(old._pruning_methods) + (method,)
+        return temp
+    temp = PruningContainer(old)
+    temp.add_pruning_method(method)
+    return temp
+
+
+def apply_method(cls, module, name, args, kwargs, importance_scores):
+    """``cls.apply``: compute the new mask, then reparametrise ``module.<name>``."""
+    orig = check_module_and_name(module, name)
+    existing = pruning_hooks(module, name)
+    if len(existing) > 1:
+        raise AssertionError(
+            f"Avoid adding multiple pruning hooks to the same tensor {name} of module {module}. "
+            "Use a PruningContainer."
+        )
+    if not existing and name not in module._parameters:
+        raise TypeError(f"name={name!r}: {type(module).__name__}.{name} is not a parameter and cannot be pruned")
+    if importance_scores is not None:
+        check_scores_shape(importance_scores, orig, "importance_scores")
+    else:
+        importance_scores = orig
+
+    method = cls(*args, **kwargs)
+    method._tensor_name = name
+    if not existing:
+        default_mask = ones_view(orig) if accepts_ones_view(cls) else torch.ones_like(orig)
+        mask = method.compute_mask(importance_scores, default_mask=default_mask)
+    else:
+        default_mask = getattr(module, name + "_mask").detach()
+        container = _container_for_compute(existing[0][1], method)
+        mask = container.compute_mask(importance_scores, default_mask=default_mask)
+        if mask is default_mask:  # some methods hand the default back; the buffer must not alias itself
+            mask = mask.clone()
+    return install(module, name, method, mask, PruningContainer)
+
+
+def remove_reparametrization(method, module) -> None:
+    """Make ``method``'s pruning of ``module`` permanent (torch's ``remove``)."""
+    name = method._tensor_name
+    orig = module._parameters[name + "_orig"]
+    mask = module._buffers[name + "_mask"]
+    if _uses_fast_apply(method):
+        # orig * mask in place: no second copy of the weight.
+        with torch.no_grad():
+            ops.mask_mul_([orig.data], [mask])
+    else:
+        weight = method.apply_mask(module)
+        orig.data = weight.data
+    if name in module.__dict__:
+        delattr(module, name)
+    del module._parameters[name + "_orig"]
+    del module._buffers[name + "_mask"]
+    setattr(module, name, orig)
+
+
+def _uses_fast_apply(method) -> bool:
+    return type(method).apply_mask is BasePruningMethod.apply_mask or type(method).apply_mask is TorchBase.apply_mask
 
 
 _L1_COMPUTE_MASKS = (L1Unstructured.compute_mask, torch_prune.L1Unstructured.compute_mask)

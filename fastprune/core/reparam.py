@@ -1,0 +1,146 @@
+"""The ``name_orig`` / ``name_mask`` / forward-pre-hook reparametrisation.
+
+Everything that changes a module lives here, and it changes nothing until the
+new mask has been computed: a failing ``compute_mask`` (or bad argument) leaves
+the module exactly as it was, parameter order and hooks included. The layout it
+produces is torch's, so state_dicts cross between the two libraries.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Iterable
+
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+from .targets import pruning_hooks
+
+TorchBase = torch_prune.BasePruningMethod
+TorchContainer = torch_prune.PruningContainer
+
+
+class ModuleSnapshot:
+    """Enough of a module's state to put it back exactly after a failed change."""
+
+    def __init__(self, module: nn.Module, names: Iterable[str]) -> None:
+        self.module = module
+        self.parameters = OrderedDict(module._parameters)
+        self.buffers = OrderedDict(module._buffers)
+        self.non_persistent = set(module._non_persistent_buffers_set)
+        self.hooks = OrderedDict(module._forward_pre_hooks)
+        self.attributes = {n: module.__dict__[n] for n in names if n in module.__dict__}
+        self.names = list(names)
+        self.deepcopy = module.__dict__.get("__deepcopy__")
+        self.containers = [
+            (h, h._pruning_methods) for h in module._forward_pre_hooks.values() if isinstance(h, TorchContainer)
+        ]
+        flat = getattr(module, "_flat_weights", None)
+        self.flat_weights = list(flat) if isinstance(flat, list) else None
+
+    def restore(self) -> None:
+        m = self.module
+        for target, saved in ((m._parameters, self.parameters), (m._buffers, self.buffers), (m._forward_pre_hooks, self.hooks)):
+            target.clear()
+            target.update(saved)
+        m._non_persistent_buffers_set.clear()
+        m._non_persistent_buffers_set.update(self.non_persistent)
+        for n in self.names:
+            m.__dict__.pop(n, None)
+        m.__dict__.update(self.attributes)
+        if self.deepcopy is None:
+            m.__dict__.pop("__deepcopy__", None)
+        else:
+            m.__dict__["__deepcopy__"] = self.deepcopy
+        for container, methods in self.containers:
+            container._pruning_methods = methods
+        if self.flat_weights is not None:
+            m._flat_weights = self.flat_weights
+
+
+def install(module, name, method, mask, container_cls):
+    """Register ``mask`` and ``method`` for ``module.<name>``; returns the hook. Rolls back on failure.
+
+    A tensor that is already pruned gets ``method`` appended to its container;
+    a single earlier hook is first wrapped into a new ``container_cls``.
+    """
+    snapshot = ModuleSnapshot(module, [name])
+    try:
+        return _install_unchecked(module, name, method, mask, container_cls)
+    except BaseException:
+        snapshot.restore()
+        raise
+
+
+def _install_unchecked(module, name, method, mask, container_cls):
+    previous = pruning_hooks(module, name)
+    for k, _ in previous:
+        del module._forward_pre_hooks[k]
+    if previous:
+        old = previous[0][1]
+        if isinstance(old, TorchContainer):
+            old.add_pruning_method(method)
+            hook = old
+        else:
+            hook = container_cls(old)
+            hook.add_pruning_method(method)
+    else:
+        hook = method
+        orig = module._parameters[name]
+        module.register_parameter(name + "_orig", orig)
+        del module._parameters[name]
+    module.register_buffer(name + "_mask", mask)
+    setattr(module, name, hook.apply_mask(module))
+    module.register_forward_pre_hook(hook)
+    module.__dict__["__deepcopy__"] = DeepcopyPruned(module)
+    return hook
+
+
+def install_many(entries, container_cls) -> None:
+    """``install`` for many (module, name, hook, mask) at once: all of them or none."""
+    snapshots = {}
+    for module, name, _, _ in entries:
+        key = id(module)
+        if key not in snapshots:
+            names = [n for m, n, _, _ in entries if m is module]
+            snapshots[key] = ModuleSnapshot(module, names)
+    try:
+        for module, name, hook, mask in entries:
+            _install_unchecked(module, name, hook, mask, container_cls)
+    except BaseException:
+        for snap in snapshots.values():
+            snap.restore()
+        raise
+
+
+class DeepcopyPruned:
+    """``copy.deepcopy`` support for a pruned module.
+
+    The pruned attribute (``module.weight = weight_orig * weight_mask``) is a
+    non-leaf tensor, which torch refuses to deep-copy; that is why deep-copying a
+    model pruned by ``torch.nn.utils.prune`` fails. ``copy.deepcopy`` looks
+    ``__deepcopy__`` up on the instance, so a pruned module carries one of these:
+    it copies everything but the derived attributes and recomputes them on the
+    copy from the copied ``_orig`` and ``_mask``.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, memo):
+        module = self.module
+        derived = {
+            h._tensor_name
+            for h in module._forward_pre_hooks.values()
+            if isinstance(h, TorchBase) and getattr(h, "_tensor_name", None) is not None
+        }
+        state = {k: v for k, v in module.__dict__.items() if k not in derived and k != "__deepcopy__"}
+        new = module.__class__.__new__(module.__class__)
+        memo[id(module)] = new
+        new.__dict__.update(copy.deepcopy(state, memo))
+        for hook in new._forward_pre_hooks.values():
+            if isinstance(hook, TorchBase) and getattr(hook, "_tensor_name", None) in derived:
+                setattr(new, hook._tensor_name, hook.apply_mask(new))
+        if derived:
+            new.__dict__["__deepcopy__"] = DeepcopyPruned(new)
+        return new
