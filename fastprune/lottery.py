@@ -14,9 +14,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .at_init import scores as _scores
 from .core.functional import global_unstructured, remove
 from .core.methods import L1Unstructured
+from .core.targets import dense_tensor, is_reparametrized, resolve_masks, resolve_targets, unpruned_count
 from .schedule import pruning_schedule
 
 __all__ = ["LotteryTicket", "iterative_magnitude_pruning", "pruning_schedule"]
@@ -39,9 +39,8 @@ def _all_parameters(model: nn.Module) -> List[Param]:
 
 
 def _dense_param(module: nn.Module, name: str) -> Tensor:
-    orig = module._parameters.get(name + "_orig")
-    if orig is not None and name + "_mask" in module._buffers:
-        return orig
+    if is_reparametrized(module, name):
+        return dense_tensor(module, name)
     p = module._parameters.get(name)
     if p is None:
         if hasattr(module, name + "_mask"):
@@ -55,7 +54,7 @@ def _dense_param(module: nn.Module, name: str) -> Tensor:
 
 def _refresh_pruned(module: nn.Module, name: str) -> None:
     """Recompute the cached ``module.name`` after ``name_orig`` changed, as the pre-hook would."""
-    if name + "_orig" in module._parameters and name + "_mask" in module._buffers:
+    if is_reparametrized(module, name):
         for hook in module._forward_pre_hooks.values():
             if getattr(hook, "_tensor_name", None) == name and hasattr(hook, "apply_mask"):
                 setattr(module, name, hook.apply_mask(module))
@@ -175,22 +174,22 @@ def iterative_magnitude_pruning(
     ready for its final training. Returns the sparsity reached after each round.
     """
 
-    targets = _scores._resolve_parameters(model, parameters)
+    targets = resolve_targets(parameters, fn="iterative_magnitude_pruning", model=model, nonempty=True)
     if not callable(train_fn):
         raise TypeError("train_fn must be callable as train_fn(model, round_index)")
     if isinstance(rounds, bool) or not isinstance(rounds, int):
         raise TypeError(f"rounds must be an int, got {type(rounds).__name__}")
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
-    masks = _scores._resolve_masks(targets, None)
-    n_unpruned = _scores._unpruned_count(targets, masks)
+    masks = resolve_masks(targets, None)
+    n_unpruned = unpruned_count(targets, masks)
     counts = pruning_schedule(n_unpruned, amount, rounds, schedule)
     if ticket is not None and not isinstance(ticket, LotteryTicket):
         raise TypeError("ticket must be a fastprune.LotteryTicket")
     if rewind and ticket is None:
         ticket = LotteryTicket(model)
-    pairs = [(m, n) for m, n, _ in targets]
-    total = sum(_scores._dense(m, n).numel() for m, n in pairs)
+    pairs = [t.pair for t in targets]
+    total = sum(t.dense.numel() for t in targets)
     already = total - n_unpruned
     history, done = [], 0
     for r, target in enumerate(counts):

@@ -27,6 +27,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from . import ops
 from .core.functional import custom_from_mask, remove
+from .core.targets import REFUSE, Target, pruning_hooks, resolve_scores, resolve_targets
 from .core.validation import _compute_nparams_toprune, _validate_pruning_amount_init
 
 __all__ = ["sparsify_", "MaskSet"]
@@ -106,81 +107,6 @@ def _clear_padding(packed: Tensor, numel: int) -> None:
 # ----------------------------------------------------------------------------
 
 
-class _Target:
-    __slots__ = ("module", "name", "param", "label")
-
-    def __init__(self, module: nn.Module, name: str, param: Tensor, label: str) -> None:
-        self.module = module
-        self.name = name
-        self.param = param
-        self.label = label
-
-
-def _check_param(module, name, what: str) -> Tensor:
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"{what} must be a torch.nn.Module, got {type(module).__name__}")
-    if not isinstance(name, str):
-        raise TypeError(f"{what}: name must be a str, got {type(name).__name__}")
-    param = module._parameters.get(name) if name in module._parameters else None
-    if param is None:
-        if name + "_orig" in module._parameters and name + "_mask" in module._buffers:
-            raise ValueError(
-                f"{what}: {type(module).__name__}.{name} carries a torch-style pruning reparametrisation; "
-                f"make it permanent with fastprune.remove(module, {name!r}) first, or pass {name + '_orig'!r}"
-            )
-        if hasattr(module, name):
-            raise TypeError(f"{what}: {type(module).__name__}.{name} is not a parameter")
-        raise ValueError(f"{what}: {type(module).__name__} has no parameter called {name!r}")
-    if isinstance(param, nn.parameter.UninitializedParameter):
-        raise ValueError(f"{what}: {type(module).__name__}.{name} is not initialised yet (lazy module)")
-    if param.layout != torch.strided:
-        raise ValueError(f"{what}: {type(module).__name__}.{name} has layout {param.layout}; only dense tensors work")
-    if param.is_complex():
-        raise TypeError(f"{what}: {type(module).__name__}.{name} is complex; magnitude pruning needs real values")
-    if param.device.type == "meta":
-        raise ValueError(f"{what}: {type(module).__name__}.{name} is on the meta device and holds no data")
-    return param
-
-
-def _resolve_targets(parameters) -> List[_Target]:
-    """Every (module, name) to prune, in order, each parameter once."""
-    targets: List[_Target] = []
-    if isinstance(parameters, nn.Module):
-        seen = set()
-        for qualname, module in parameters.named_modules():
-            if isinstance(module, (nn.Linear, _ConvNd)) and module._parameters.get("weight") is not None:
-                label = f"{qualname}.weight" if qualname else "weight"
-                param = _check_param(module, "weight", f"parameters ({label})")
-                if id(param) in seen:  # tied weights are pruned once
-                    continue
-                seen.add(id(param))
-                targets.append(_Target(module, "weight", param, label))
-        return targets
-    if isinstance(parameters, (str, bytes, Tensor)):
-        raise TypeError(
-            f"parameters must be an nn.Module or an iterable of (module, name) pairs, got {type(parameters).__name__}"
-        )
-    try:
-        items = list(parameters)
-    except TypeError:
-        raise TypeError(
-            f"parameters must be an nn.Module or an iterable of (module, name) pairs, got {type(parameters).__name__}"
-        ) from None
-    seen_params: Dict[int, int] = {}
-    for i, item in enumerate(items):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise TypeError(f"parameters[{i}] must be a (module, name) pair, got {item!r}")
-        module, name = item
-        param = _check_param(module, name, f"parameters[{i}]")
-        if id(param) in seen_params:
-            raise ValueError(
-                f"parameters[{i}]: the same parameter already appears as parameters[{seen_params[id(param)]}]"
-            )
-        seen_params[id(param)] = i
-        targets.append(_Target(module, name, param, f"{i}:{type(module).__name__}.{name}"))
-    return targets
-
-
 def _check_choice(value, allowed, arg: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{arg} must be one of {allowed}, got {type(value).__name__}")
@@ -189,37 +115,14 @@ def _check_choice(value, allowed, arg: str) -> str:
     return value
 
 
-def _resolve_scores(targets: List[_Target], importance_scores, method: str) -> List[Tensor]:
-    if importance_scores is None:
-        return [t.param.detach() for t in targets]
-    if method == "random":
+def _resolve_scores(targets: List[Target], importance_scores, method: str) -> List[Tensor]:
+    if importance_scores is not None and method == "random":
         raise ValueError("importance_scores cannot be combined with method='random'")
-    if not isinstance(importance_scores, dict):
-        raise TypeError(
-            f"importance_scores must be a dict {{(module, name): tensor}}, got {type(importance_scores).__name__}"
-        )
-    index = {(id(t.module), t.name): i for i, t in enumerate(targets)}
-    scores: List[Tensor] = [t.param.detach() for t in targets]
-    for key, value in importance_scores.items():
-        if not (isinstance(key, tuple) and len(key) == 2 and (id(key[0]), key[1]) in index):
-            raise ValueError(f"importance_scores has a key {key!r} that is not one of the parameters")
-        t = targets[index[(id(key[0]), key[1])]]
-        if not isinstance(value, Tensor):
-            raise TypeError(f"importance_scores[{t.label}] must be a torch.Tensor, got {type(value).__name__}")
-        if value.shape != t.param.shape:
-            raise ValueError(
-                f"importance_scores[{t.label}] has shape {tuple(value.shape)}, "
-                f"the parameter has {tuple(t.param.shape)}"
-            )
-        if value.device != t.param.device:
-            raise ValueError(f"importance_scores[{t.label}] is on {value.device}, the parameter on {t.param.device}")
-        if value.is_complex() or value.layout != torch.strided:
-            raise TypeError(f"importance_scores[{t.label}] must be a dense real tensor")
-        scores[index[(id(key[0]), key[1])]] = value.detach()
-    return scores
+    scores = resolve_scores(targets, importance_scores, same_device=True)
+    return [t.param.detach() if s is None else s for t, s in zip(targets, scores)]
 
 
-def _existing_cells(targets: List[_Target]) -> List[Optional[_MaskCell]]:
+def _existing_cells(targets: List[Target]) -> List[Optional[_MaskCell]]:
     cells = []
     for t in targets:
         cell = _CELLS.get(t.param)
@@ -371,7 +274,9 @@ def sparsify_(
     All arguments are checked before any weight changes; on an error nothing
     is modified.
     """
-    targets = _resolve_targets(parameters)
+    targets = resolve_targets(
+        parameters, fn="sparsify_", accept_module=True, reparametrized=REFUSE, data=True, unique_tensors=True
+    )
     _validate_pruning_amount_init(amount)
     method = _check_choice(method, _METHODS, "method")
     scope = _check_choice(scope, _SCOPES, "scope")
@@ -450,7 +355,7 @@ class MaskSet:
     ``remove()``; :meth:`detach` removes all of them.
     """
 
-    def __init__(self, targets: Sequence[_Target], cells: Sequence[_MaskCell]) -> None:
+    def __init__(self, targets: Sequence[Target], cells: Sequence[_MaskCell]) -> None:
         self._targets = list(targets)
         self._cells = list(cells)
         self._hook_groups: List[_HookGroup] = []
@@ -503,11 +408,32 @@ class MaskSet:
             raise KeyError(f"({type(key[0]).__name__}, {key[1]!r}) is not in this MaskSet")
         raise TypeError(f"key must be an int, a label or a (module, name) pair, got {type(key).__name__}")
 
+    def _live(self, i: int) -> Tensor:
+        """The tensor mask ``i`` belongs to, looked up through its module now.
+
+        A parameter replaced after pruning (``load_state_dict(assign=True)``,
+        a conversion that swaps parameters) is followed, never the detached old
+        tensor; the mask is re-registered for the new parameter so that a later
+        :func:`sparsify_` keeps counting among the kept units.
+        """
+        t, c = self._targets[i], self._cells[i]
+        live = t.module._parameters.get(t.name + "_orig" if t.reparametrized else t.name)
+        if live is None:
+            raise ValueError(f"{t.label}: {type(t.module).__name__} no longer has a parameter {t.name!r}")
+        if live.numel() != c.numel or live.device != c.packed.device:
+            raise ValueError(
+                f"{t.label}: the parameter was replaced by one with {live.numel()} units on {live.device}; "
+                f"this MaskSet's mask covers {c.numel} units on {c.packed.device}"
+            )
+        if not t.reparametrized and _CELLS.get(live) is not c:
+            _CELLS[live] = c
+        return live
+
     def mask(self, key, dtype: torch.dtype = torch.bool) -> Tensor:
         """The unpacked keep-mask of one parameter, shaped like it, in ``dtype``."""
         i = self._index(key)
         t, c = self._targets[i], self._cells[i]
-        return ops.unpack_mask(c.packed, c.numel, dtype).reshape(t.param.shape)
+        return ops.unpack_mask(c.packed, c.numel, dtype).reshape(self._live(i).shape)
 
     def numel(self) -> int:
         return sum(c.numel for c in self._cells)
@@ -537,7 +463,7 @@ class MaskSet:
         if not self._targets:  # the dispatcher cannot route an op with no tensor at all
             return self
         with torch.no_grad():
-            ops.apply_packed_mask_([t.param.detach() for t in self._targets], [c.packed for c in self._cells])
+            ops.apply_packed_mask_([self._live(i).detach() for i in range(len(self))], [c.packed for c in self._cells])
         return self
 
     def mask_gradients(self) -> _HookGroup:
@@ -547,15 +473,16 @@ class MaskSet:
         zeros; stateful optimizers need :meth:`attach` too.
         """
         handles = []
-        for t, c in zip(self._targets, self._cells):
-            if not t.param.requires_grad:
+        for i, c in enumerate(self._cells):
+            param = self._live(i)
+            if not param.requires_grad:
                 continue
 
             def hook(param, _cell=c):
                 if param.grad is not None:
                     ops.apply_packed_mask_([param.grad], [_cell.packed])
 
-            handles.append(t.param.register_post_accumulate_grad_hook(hook))
+            handles.append(param.register_post_accumulate_grad_hook(hook))
         group = _HookGroup(handles, self)
         self._hook_groups.append(group)
         return group
@@ -589,8 +516,9 @@ class MaskSet:
         """
         self.detach()
         for t, c in zip(self._targets, self._cells):
-            if _CELLS.get(t.param) is c:
-                del _CELLS[t.param]
+            param = t.module._parameters.get(t.name + "_orig" if t.reparametrized else t.name)
+            if param is not None and _CELLS.get(param) is c:
+                del _CELLS[param]
 
     # -- persistence ------------------------------------------------------
 
@@ -599,7 +527,7 @@ class MaskSet:
         return {
             "format": _STATE_FORMAT,
             "names": self.names,
-            "shapes": [tuple(t.param.shape) for t in self._targets],
+            "shapes": [tuple(self._live(i).shape) for i in range(len(self))],
             "masks": [c.packed.detach().clone() for c in self._cells],
         }
 
@@ -624,13 +552,14 @@ class MaskSet:
                 f"state_dict labels {state_dict.get('names')} differ from this MaskSet's {self.names} (strict=True)"
             )
         for i, (t, shape, m) in enumerate(zip(self._targets, shapes, masks)):
-            if tuple(shape) != tuple(t.param.shape):
-                raise ValueError(f"state_dict['shapes'][{i}]={tuple(shape)} does not match {t.label} {tuple(t.param.shape)}")
+            live = self._live(i)
+            if tuple(shape) != tuple(live.shape):
+                raise ValueError(f"state_dict['shapes'][{i}]={tuple(shape)} does not match {t.label} {tuple(live.shape)}")
             if not isinstance(m, Tensor) or m.dtype != torch.uint8 or m.dim() != 1:
                 raise TypeError(f"state_dict['masks'][{i}] must be a 1-d uint8 tensor")
-            if m.numel() != ops.packed_numel(t.param.numel()):
+            if m.numel() != ops.packed_numel(live.numel()):
                 raise ValueError(
-                    f"state_dict['masks'][{i}] has {m.numel()} bytes, {t.label} needs {ops.packed_numel(t.param.numel())}"
+                    f"state_dict['masks'][{i}] has {m.numel()} bytes, {t.label} needs {ops.packed_numel(live.numel())}"
                 )
         for c, m in zip(self._cells, masks):
             c.packed.copy_(m)
@@ -652,16 +581,17 @@ class MaskSet:
         torch stores them. All parameters are converted or none. Returns the
         pruning hooks.
         """
-        for t in self._targets:
-            if t.module._parameters.get(t.name) is not t.param:
+        for i, t in enumerate(self._targets):
+            if t.reparametrized or pruning_hooks(t.module, t.name):
                 raise ValueError(
-                    f"{t.label}: {type(t.module).__name__}.{t.name} is no longer the parameter this MaskSet pruned "
-                    "(already converted, or replaced)"
+                    f"{t.label}: {type(t.module).__name__}.{t.name} is no longer a plain parameter "
+                    "(already in the torch-style layout)"
                 )
+            self._live(i)
         done = []
         try:
-            for t in self._targets:
-                custom_from_mask(t.module, t.name, self.mask((t.module, t.name), dtype=t.param.dtype))
+            for i, t in enumerate(self._targets):
+                custom_from_mask(t.module, t.name, self.mask(i, dtype=self._live(i).dtype))
                 done.append(t)
         except BaseException:
             # orig is already zeroed where the mask is 0, so remove() restores the weight exactly.

@@ -29,6 +29,7 @@ from .. import ops as _ops
 from . import scores as _scores
 from ..core.functional import global_unstructured
 from ..core.methods import L1Unstructured
+from ..core.targets import resolve_masks, resolve_targets, unpruned_count
 from ..core.validation import _compute_nparams_toprune, _validate_pruning_amount, _validate_pruning_amount_init
 from ..progress import progress_bar, show_progress
 from ..schedule import pruning_schedule
@@ -46,10 +47,10 @@ def _show_progress(progress: Optional[bool]) -> bool:
 
 def _prepare(model, parameters, amount):
     """Validate model/parameters/amount; return targets, keep-masks, unpruned count and k."""
-    targets = _scores._resolve_parameters(model, parameters)
+    targets = resolve_targets(parameters, fn="at_init", model=model, nonempty=True)
     _validate_pruning_amount_init(amount)
-    masks = _scores._resolve_masks(targets, None)
-    n_unpruned = _scores._unpruned_count(targets, masks)
+    masks = resolve_masks(targets, None)
+    n_unpruned = unpruned_count(targets, masks)
     _validate_pruning_amount(amount, n_unpruned)
     k = _compute_nparams_toprune(amount, n_unpruned)
     return targets, masks, n_unpruned, k
@@ -69,7 +70,7 @@ def _check_iterative(steps, schedule) -> str:
 
 
 def _install(targets, importance: List[Tensor], amount) -> Dict[Param, Tensor]:
-    pairs = [(m, n) for m, n, _ in targets]
+    pairs = [t.pair for t in targets]
     global_unstructured(
         pairs,
         pruning_method=L1Unstructured,
@@ -95,8 +96,8 @@ def _iterate(name: str, score_fn: Callable, targets, masks0, n_unpruned: int, k:
     that was unpruned when the call started, so earlier rounds can be undone.
     """
     counts = pruning_schedule(n_unpruned, k, steps, schedule)
-    keep = [m.clone() if m is not None else torch.ones_like(_scores._dense(mod, n), dtype=torch.bool)
-            for (mod, n, _), m in zip(targets, masks0)]
+    keep = [m.clone() if m is not None else torch.ones_like(t.dense, dtype=torch.bool)
+            for t, m in zip(targets, masks0)]
     pruned = 0
     bar = progress_bar(counts, enabled=_show_progress(progress), desc=name, unit="round", leave=False)
     try:

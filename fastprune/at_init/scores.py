@@ -21,9 +21,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.nn.modules.conv import _ConvNd
 
-from ..core.targets import eval_mode
+from ..core.targets import Target, eval_mode, resolve_masks, resolve_targets
 
 __all__ = ["snip", "force", "synflow", "magnitude"]
 
@@ -34,115 +33,6 @@ ScoreDict = Dict[Param, Tensor]
 # ---------------------------------------------------------------------------
 # parameter resolution (shared with fastprune.at_init and fastprune.lottery)
 # ---------------------------------------------------------------------------
-
-def _is_pruned_on(module: nn.Module, name: str) -> bool:
-    return name + "_orig" in module._parameters and name + "_mask" in module._buffers
-
-
-def _dense(module: nn.Module, name: str) -> Tensor:
-    """The unmasked tensor: ``name_orig`` of a pruned tensor, else the parameter."""
-    if _is_pruned_on(module, name):
-        return module._parameters[name + "_orig"]
-    return module._parameters[name]
-
-
-def _installed_mask(module: nn.Module, name: str) -> Optional[Tensor]:
-    if _is_pruned_on(module, name):
-        return module._buffers[name + "_mask"]
-    return None
-
-
-def _default_parameters(model: nn.Module) -> List[Param]:
-    found = []
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, _ConvNd)):
-            if "weight" in module._parameters and module._parameters["weight"] is not None:
-                found.append((module, "weight"))
-            elif _is_pruned_on(module, "weight"):
-                found.append((module, "weight"))
-    return found
-
-
-def _resolve_parameters(model: Any, parameters: Optional[Iterable[Param]]) -> List[Tuple[nn.Module, str, str]]:
-    """Validate ``parameters`` against ``model``; return ``(module, name, qualified_prefix)``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    prefixes = {}
-    for qual, mod in model.named_modules(remove_duplicate=True):
-        prefixes.setdefault(id(mod), qual + "." if qual else "")
-    if parameters is None:
-        params = _default_parameters(model)
-        if not params:
-            raise ValueError(
-                "parameters: the model has no Linear or Conv layer with a weight; "
-                "pass parameters=[(module, name), ...] explicitly"
-            )
-    else:
-        if isinstance(parameters, (str, bytes)) or not isinstance(parameters, Iterable):
-            raise TypeError("parameters must be an iterable of (module, name) pairs")
-        params = []
-        for entry in parameters:
-            if (
-                not isinstance(entry, (tuple, list))
-                or len(entry) != 2
-                or not isinstance(entry[0], nn.Module)
-                or not isinstance(entry[1], str)
-            ):
-                raise TypeError(f"parameters must contain (nn.Module, str) pairs, got {entry!r}")
-            params.append((entry[0], entry[1]))
-        if not params:
-            raise ValueError("parameters is empty: nothing to prune")
-    seen = set()
-    out = []
-    for module, name in params:
-        if id(module) not in prefixes:
-            raise ValueError(f"parameters: module {type(module).__name__} is not part of model")
-        has_param = isinstance(module._parameters.get(name), nn.Parameter)
-        if not has_param and not _is_pruned_on(module, name):
-            raise ValueError(
-                f"parameters: {type(module).__name__} has no parameter named {name!r}"
-            )
-        if (id(module), name) in seen:
-            raise ValueError(f"parameters: ({type(module).__name__}, {name!r}) is listed twice")
-        seen.add((id(module), name))
-        out.append((module, name, prefixes[id(module)]))
-    return out
-
-
-def _resolve_masks(targets, masks: Optional[Dict[Param, Tensor]]) -> List[Optional[Tensor]]:
-    """Per target: a bool keep-mask, or None for all-ones."""
-    if masks is not None and not isinstance(masks, dict):
-        raise TypeError("masks must be a dict {(module, name): keep_mask} or None")
-    if masks:
-        known = {(id(m), n) for m, n, _ in targets}
-        for key in masks:
-            if not (isinstance(key, tuple) and len(key) == 2 and (id(key[0]), key[1]) in known):
-                raise ValueError(f"masks has a key {key!r} that is not one of the parameters")
-    out = []
-    for module, name, _ in targets:
-        m = None
-        if masks is not None:
-            m = masks.get((module, name))
-        if m is None:
-            m = _installed_mask(module, name)
-        if m is not None:
-            dense = _dense(module, name)
-            if not isinstance(m, Tensor) or m.shape != dense.shape:
-                raise ValueError(
-                    f"masks: the mask for {type(module).__name__}.{name} must be a tensor of shape "
-                    f"{tuple(dense.shape)}"
-                )
-            m = m.detach().to(device=dense.device) != 0
-        out.append(m)
-    return out
-
-
-def _unpruned_count(targets, masks: Sequence[Optional[Tensor]]) -> int:
-    total = 0
-    for (module, name, _), m in zip(targets, masks):
-        total += _dense(module, name).numel() if m is None else int(m.sum())
-    return total
-
 
 # ---------------------------------------------------------------------------
 # data handling
@@ -217,18 +107,18 @@ class _Substituted:
 def _effective_leaves(targets, masks, transform: Callable[[Tensor], Tensor]):
     """Leaf tensors ``transform(dense) * mask`` standing in for each target's effective weight."""
     leaves, subst = [], {}
-    for (module, name, prefix), m in zip(targets, masks):
-        dense = transform(_dense(module, name).detach())
+    for t, m in zip(targets, masks):
+        dense = transform(t.dense.detach())
         eff = dense * m.to(dense.dtype) if m is not None else dense.clone()
         eff.requires_grad_(True)
         leaves.append(eff)
-        if _is_pruned_on(module, name):
+        if t.reparametrized:
             # The pruning hook recomputes name = name_orig * name_mask; feeding the
             # effective weight as name_orig with a ones mask keeps the hook in play.
-            subst[prefix + name + "_orig"] = eff
-            subst[prefix + name + "_mask"] = torch.ones_like(eff)
+            subst[t.prefix + t.name + "_orig"] = eff
+            subst[t.prefix + t.name + "_mask"] = torch.ones_like(eff)
         else:
-            subst[prefix + name] = eff
+            subst[t.prefix + t.name] = eff
     return leaves, subst
 
 
@@ -244,7 +134,7 @@ def _grads(output: Tensor, leaves: List[Tensor], targets, what: str) -> List[Ten
     if not output.requires_grad:
         raise ValueError(f"{what} does not depend on the parameters being scored")
     grads = torch.autograd.grad(output.reshape(()), leaves, allow_unused=True)
-    unused = [_label(m, n) for g, (m, n, _) in zip(grads, targets) if g is None]
+    unused = [_label(t.module, t.name) for g, t in zip(grads, targets) if g is None]
     if unused:
         raise ValueError(f"{what} does not depend on parameter(s) {', '.join(unused)}")
     return list(grads)
@@ -271,12 +161,12 @@ def _sensitivity(model, targets, masks, batches, loss_fn, require_signal=True) -
             "the loss returned by loss_fn has zero gradient with respect to every parameter "
             "being scored; connection sensitivities would all be 0"
         )
-    dense = [_dense(m, n).detach() for m, n, _ in targets]
+    dense = [t.dense.detach() for t in targets]
     return totals, dense
 
 
 def _as_dict(targets, tensors) -> ScoreDict:
-    return {(m, n): t for (m, n, _), t in zip(targets, tensors)}
+    return {t.pair: x for t, x in zip(targets, tensors)}
 
 
 # ---------------------------------------------------------------------------
@@ -310,8 +200,8 @@ def snip(model: nn.Module, loss_fn: Callable, data: Any, parameters: Optional[It
     passes run in the model's current mode (``train()`` as in the paper unless
     the caller changed it).
     """
-    targets = _resolve_parameters(model, parameters)
-    m = _resolve_masks(targets, masks)
+    targets = resolve_targets(parameters, fn="scores", model=model, nonempty=True)
+    m = resolve_masks(targets, masks)
     return _as_dict(targets, _snip_scores(model, loss_fn, _batches(data), targets, m))
 
 
@@ -323,8 +213,8 @@ def force(model: nn.Module, loss_fn: Callable, data: Any, parameters: Optional[I
     by the *dense* weights and not by the mask, so a pruned connection whose
     gradient has grown scores above zero and can be brought back.
     """
-    targets = _resolve_parameters(model, parameters)
-    m = _resolve_masks(targets, masks)
+    targets = resolve_targets(parameters, fn="scores", model=model, nonempty=True)
+    m = resolve_masks(targets, masks)
     return _as_dict(targets, _force_scores(model, loss_fn, _batches(data), targets, m))
 
 
@@ -369,19 +259,19 @@ def synflow(model: nn.Module, example_input: Tensor, parameters: Optional[Iterab
     Scores are float64.
     """
     _check_example_input(example_input)
-    targets = _resolve_parameters(model, parameters)
-    m = _resolve_masks(targets, masks)
+    targets = resolve_targets(parameters, fn="scores", model=model, nonempty=True)
+    m = resolve_masks(targets, masks)
     return _as_dict(targets, _synflow_scores(model, example_input, targets, m))
 
 
 def magnitude(model: nn.Module, parameters: Optional[Iterable[Param]] = None,
               masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
     """``|w|`` of the dense weights, masked units scoring 0 (magnitude pruning at initialisation)."""
-    targets = _resolve_parameters(model, parameters)
-    ms = _resolve_masks(targets, masks)
+    targets = resolve_targets(parameters, fn="scores", model=model, nonempty=True)
+    ms = resolve_masks(targets, masks)
     out = []
-    for (module, name, _), m in zip(targets, ms):
-        s = _dense(module, name).detach().abs()
+    for t, m in zip(targets, ms):
+        s = t.dense.detach().abs()
         if m is not None:
             s = s * m.to(s.dtype)
         out.append(s)

@@ -6,7 +6,7 @@ import torch.nn.utils.prune as torch_prune
 
 from .. import ops
 from .reparam import install_many
-from .targets import existing_mask, global_scores, global_targets
+from .targets import existing_mask, resolve_scores, resolve_targets
 from .validation import (
     _compute_nparams_toprune,
     _validate_pruning_amount,
@@ -90,8 +90,11 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     method runs on the concatenated scores exactly as torch does. Either way,
     nothing is modified unless every mask could be computed.
     """
-    targets = global_targets(parameters)
-    scores = global_scores(targets, importance_scores)
+    found = resolve_targets(parameters, fn="global_unstructured")
+    targets = [t.pair for t in found]
+    scores = [
+        getattr(t.module, t.name) if s is None else s for t, s in zip(found, resolve_scores(found, importance_scores))
+    ]
     method = _pruning_method_instance(pruning_method, kwargs)
     if not targets:
         if _compute_nparams_toprune(method.amount, 0) if hasattr(method, "amount") else 0:
