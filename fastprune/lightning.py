@@ -10,6 +10,12 @@ but the masks are computed and installed by fastprune: torch's built-in method
 classes and the method names map to fastprune's, global pruning is
 ``fastprune.global_unstructured`` and the rewind is :class:`fastprune.LotteryTicket`.
 
+One difference is deliberate: with ``use_lottery_ticket_hypothesis``, this
+callback rewinds to the true initial weights. Lightning's own callback keeps
+the initial weights by reference to their ``.data``, which training then
+mutates in place, so from the second pruning epoch on it rewinds to (partly)
+trained weights; the masks and weights of the two callbacks differ from then on.
+
 It is written against the ``lightning`` package (``lightning.pytorch``), falling
 back to the standalone ``pytorch_lightning``; install with
 ``pip install fastprune[lightning]``. ``import fastprune`` never imports it.
@@ -45,6 +51,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
 
 from .core import functional as _fp
 from .core import methods as _methods
+from .core.targets import is_reparametrized
 from .lottery import LotteryTicket
 
 __all__ = ["ModelPruning"]
@@ -84,7 +91,7 @@ _MODULE_CONTAINERS = (LightningModule, nn.Sequential, nn.ModuleList, nn.ModuleDi
 def _is_prunable(module: nn.Module, name: str) -> bool:
     if isinstance(module._parameters.get(name), nn.Parameter):
         return True
-    return name + "_orig" in module._parameters and name + "_mask" in module._buffers
+    return is_reparametrized(module, name)
 
 
 class ModelPruning(Callback):

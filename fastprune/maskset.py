@@ -417,7 +417,7 @@ class MaskSet:
         :func:`sparsify_` keeps counting among the kept units.
         """
         t, c = self._targets[i], self._cells[i]
-        live = t.module._parameters.get(t.name + "_orig" if t.reparametrized else t.name)
+        live = t.module._parameters.get(t.name + "_orig" if t.reparametrized else t.name)  # see targets.dense_tensor
         if live is None:
             raise ValueError(f"{t.label}: {type(t.module).__name__} no longer has a parameter {t.name!r}")
         if live.numel() != c.numel or live.device != c.packed.device:

@@ -22,6 +22,7 @@ from .methods import (
     PruningContainer,
     RandomStructured,
     RandomUnstructured,
+    has_soft_values,
     torch_compute_norm,
     uses_fast_l1,
 )
@@ -103,7 +104,15 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
 
     params = [getattr(m, n) for m, n in targets]
     masks = [existing_mask(m, n) for m, n in targets]
-    if uses_fast_l1(method):
+    for i, p in enumerate(params):
+        if p.device.type == "meta" or scores[i].device.type == "meta":
+            # torch refuses too; a mask "selected" on meta would be uninitialised memory after to_empty
+            raise ValueError(
+                f"global_unstructured: parameters[{i}] is on the meta device and holds no data, so no unit "
+                "can be selected; materialise the model first (to_empty and load its weights)"
+            )
+    soft = [mk is not None and has_soft_values(mk) for mk in masks]
+    if uses_fast_l1(method) and not any(soft):
         selectable = sum(p.numel() if mk is None else int(torch.count_nonzero(mk)) for p, mk in zip(params, masks))
         k = _compute_nparams_toprune(method.amount, selectable)
         _validate_pruning_amount(k, selectable)
@@ -112,6 +121,9 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     else:
         new_masks = _global_masks_by_concatenation(method, params, scores, masks)
 
+    # torch installs every global mask with custom_from_mask, which multiplies it
+    # into the existing one: values other than 0/1 come out squared. Same here.
+    new_masks = [old * new if is_soft else new for old, new, is_soft in zip(masks, new_masks, soft)]
     entries = []
     for (module, name), mask in zip(targets, new_masks):
         hook = CustomFromMask(mask)
@@ -147,8 +159,6 @@ def remove(module, name):
         if isinstance(hook, TorchBase) and hook._tensor_name == name:
             hook.remove(module)
             del module._forward_pre_hooks[k]
-            if not any(isinstance(h, TorchBase) for h in module._forward_pre_hooks.values()):
-                module.__dict__.pop("__deepcopy__", None)
             return module
     raise ValueError(f"Parameter '{name}' of module {module} has to be pruned before pruning can be removed")
 

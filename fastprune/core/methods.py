@@ -16,7 +16,7 @@ import torch
 import torch.nn.utils.prune as torch_prune
 
 from .. import ops
-from .reparam import install
+from .reparam import forget_deepcopy, install
 from .targets import check_module_and_name, check_scores_shape, pruning_hooks
 from .errors import PruningShapeError
 from .validation import (
@@ -40,9 +40,25 @@ def ones_view(like: torch.Tensor) -> torch.Tensor:
 
 def is_ones_view(mask: torch.Tensor) -> bool:
     """True for masks made by :func:`ones_view`: the kernels then need no mask."""
-    return mask.dim() > 0 and mask.numel() > 0 and all(s == 0 for s in mask.stride()) and bool(
-        mask.reshape(-1)[0] == 1
-    )
+    if not (mask.dim() > 0 and mask.numel() > 0 and all(s == 0 for s in mask.stride())):
+        return False
+    if mask.device.type == "meta":
+        # No value to read; an all-stride-0 mask is what ones_view() makes, and
+        # on meta the result holds no values either way.
+        return True
+    return bool(mask.reshape(-1)[0] == 1)
+
+
+def has_soft_values(mask: torch.Tensor) -> bool:
+    """True when ``mask`` holds values other than 0 and 1 (a scaling mask, or one loaded as 0.999).
+
+    torch treats only units whose mask is exactly 1 as still prunable and keeps
+    the other values (the new mask is multiplied into the old one), so such
+    masks take torch's path; the fast paths assume 0/1 masks.
+    """
+    if mask.dtype == torch.bool or mask.device.type == "meta" or mask.numel() == 0:
+        return False
+    return bool(((mask != 0) & (mask != 1)).any())
 
 
 def _materialise(mask: torch.Tensor) -> torch.Tensor:
@@ -150,13 +166,25 @@ def combine_masks(method, t, mask):
     the surviving entries into a copy.
     """
     pruning_type = getattr(method, "PRUNING_TYPE", None)
-    if pruning_type == "unstructured" and uses_fast_l1(method) and not is_ones_view(mask):
+    if (
+        pruning_type == "unstructured"
+        and uses_fast_l1(method)
+        and not is_ones_view(mask)
+        and mask.device.type != "meta"
+        and not has_soft_values(mask)
+    ):
         selectable = int(torch.count_nonzero(mask))
         k = _compute_nparams_toprune(method.amount, selectable)
         _validate_pruning_amount(k, selectable)
         out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
         ops.kselect_([t.detach()], [mask.detach()], [out], k, largest=False, exclude_masked=True)
         return out
+    if mask.device.type == "meta" and pruning_type != "global":
+        raise ValueError(
+            "the tensor is on the meta device and already pruned: pruning it again selects among the units "
+            "its mask keeps, which needs the mask's values; materialise the module first (to_empty and load "
+            "its weights and masks)"
+        )
     mask = _materialise(mask)
     new_mask = mask.to(dtype=t.dtype, copy=True)
     if pruning_type == "unstructured":
@@ -410,6 +438,7 @@ def remove_reparametrization(method, module) -> None:
     del module._parameters[name + "_orig"]
     del module._buffers[name + "_mask"]
     setattr(module, name, orig)
+    forget_deepcopy(module, method)
 
 
 def _uses_fast_apply(method) -> bool:

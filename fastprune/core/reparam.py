@@ -8,6 +8,7 @@ produces is torch's, so state_dicts cross between the two libraries.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections import OrderedDict
 from typing import Iterable
 
@@ -122,13 +123,24 @@ class DeepcopyPruned:
     ``__deepcopy__`` up on the instance, so a pruned module carries one of these:
     it copies everything but the derived attributes and recomputes them on the
     copy from the copied ``_orig`` and ``_mask``.
+
+    It refers to its module weakly: a strong reference from the module's own
+    ``__dict__`` back to the module would be a reference cycle, and a pruned
+    model would then stay in memory after ``del`` until the cyclic garbage
+    collector happened to run. Pickling re-links it to the unpickled module
+    (pickle memoises the module before its ``__dict__``).
     """
 
+    __slots__ = ("_module",)
+
     def __init__(self, module: nn.Module) -> None:
-        self.module = module
+        self._module = weakref.ref(module)
+
+    def __reduce__(self):
+        return (DeepcopyPruned, (self._module(),))
 
     def __call__(self, memo):
-        module = self.module
+        module = self._module()
         derived = {
             h._tensor_name
             for h in module._forward_pre_hooks.values()
@@ -144,3 +156,16 @@ class DeepcopyPruned:
         if derived:
             new.__dict__["__deepcopy__"] = DeepcopyPruned(new)
         return new
+
+
+def forget_deepcopy(module: nn.Module, leaving) -> None:
+    """Drop the module's :class:`DeepcopyPruned` once ``leaving`` is its last pruning hook.
+
+    Called while ``leaving`` is being removed (torch's ``remove`` and
+    fastprune's both call the hook's ``remove`` before deleting the hook), so a
+    module with no pruning left carries nothing of fastprune: it pickles and
+    loads where fastprune is not installed.
+    """
+    others = [h for h in module._forward_pre_hooks.values() if isinstance(h, TorchBase) and h is not leaving]
+    if not others:
+        module.__dict__.pop("__deepcopy__", None)

@@ -19,7 +19,8 @@ from .errors import PruningNameError, PruningShapeError  # noqa: F401 (re-export
 
 def _validate_pruning_amount_init(amount) -> None:
     """Check ``amount`` on its own: an int >= 0 or a float in [0, 1]."""
-    if not isinstance(amount, numbers.Real):
+    if not isinstance(amount, numbers.Real) or isinstance(amount, bool):
+        # bool is an int to Python, but amount=True is a caller's bug, not "1 unit"
         raise TypeError(f"Invalid type for amount: {amount!r}. Must be int or float.")
     if isinstance(amount, numbers.Integral):
         if amount < 0:
