@@ -24,6 +24,7 @@ from .core import api as _api
 from .core.errors import PruningNameError, PruningShapeError
 from .maskset import MaskSet, sparsify_
 from .at_init import force, iterative_snip, scores, snip, synflow
+from .at_init import force_scores, magnitude_scores, snip_scores, synflow_scores
 from .schedule import pruning_schedule
 from .lottery import LotteryTicket, iterative_magnitude_pruning
 from .core.patch import is_torch_patched, patch_torch
@@ -43,6 +44,10 @@ EXTRA_NAMES = [
     "iterative_snip",
     "force",
     "synflow",
+    "snip_scores",
+    "force_scores",
+    "synflow_scores",
+    "magnitude_scores",
     "pruning_schedule",
     "LotteryTicket",
     "iterative_magnitude_pruning",

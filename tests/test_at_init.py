@@ -138,12 +138,12 @@ def test_snip_scores_equal_plain_autograd():
     for x, y in data:
         F.cross_entropy(ref(x), y).backward()
     expected = [(m.weight.grad * m.weight).abs() for m in weights(ref)]
-    scores = fp.scores.snip(model, F.cross_entropy, data)
+    scores = fp.scores.snip_scores(model, F.cross_entropy, data)
     assert list(scores) == [(m, "weight") for m in weights(model)]
     for got, want in zip(scores.values(), expected):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
     # Unpruned: FORCE's sensitivity is SNIP's.
-    for got, want in zip(fp.scores.force(model, F.cross_entropy, data).values(), expected):
+    for got, want in zip(fp.scores.force_scores(model, F.cross_entropy, data).values(), expected):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
     # fastprune.snip keeps exactly the top-scoring connections.
     masks = fp.snip(model, F.cross_entropy, data, 0.8)
@@ -166,8 +166,8 @@ def test_snip_scores_on_a_pruned_model_use_the_masked_network():
     for x, y in data:
         F.cross_entropy(probe(x), y).backward()
     g_eff = probe[2].weight.grad
-    snip = fp.scores.snip(model, F.cross_entropy, data)[(model[2], "weight")]
-    force = fp.scores.force(model, F.cross_entropy, data)[(model[2], "weight")]
+    snip = fp.scores.snip_scores(model, F.cross_entropy, data)[(model[2], "weight")]
+    force = fp.scores.force_scores(model, F.cross_entropy, data)[(model[2], "weight")]
     torch.testing.assert_close(snip, (g_eff * w).abs() * mask)
     torch.testing.assert_close(force, (g_eff * w).abs())
     assert torch.all(snip[mask == 0] == 0)
@@ -226,7 +226,7 @@ def test_synflow_scores_match_a_manual_computation_and_signs_survive():
     model = mlp(seed=5)
     signs = [m.weight.detach().sign().clone() for m in weights(model)]
     x = torch.randn(3, 6)
-    scores = fp.scores.synflow(model, x)
+    scores = fp.scores.synflow_scores(model, x)
     ref = copy.deepcopy(model).double()
     with torch.no_grad():
         for p in ref.parameters():
@@ -244,7 +244,7 @@ def test_synflow_scores_match_a_manual_computation_and_signs_survive():
 def test_synflow_uses_eval_mode_and_restores_it():
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
     model.train()
-    scores = fp.scores.synflow(model, torch.randn(2, 4))
+    scores = fp.scores.synflow_scores(model, torch.randn(2, 4))
     # In train mode BatchNorm would normalise the constant all-ones batch to 0 and kill every score.
     assert all(bool(s.any()) for s in scores.values())
     assert all(m.training for m in model.modules())
@@ -252,9 +252,9 @@ def test_synflow_uses_eval_mode_and_restores_it():
 
 def test_default_parameters_are_linear_and_conv_weights():
     model = SmallConvNet()
-    scores = fp.scores.snip(model, F.cross_entropy, conv_data())
+    scores = fp.scores.snip_scores(model, F.cross_entropy, conv_data())
     assert list(scores) == [(model.conv, "weight"), (model.fc1, "weight"), (model.fc2, "weight")]
-    scores = fp.scores.magnitude(model, parameters=[(model.fc2, "bias")])
+    scores = fp.scores.magnitude_scores(model, parameters=[(model.fc2, "bias")])
     assert torch.equal(scores[(model.fc2, "bias")], model.fc2.bias.detach().abs())
 
 
@@ -390,14 +390,28 @@ def test_score_functions_take_explicit_masks():
     model, data = mlp(), mlp_data()
     mask = torch.ones_like(model[0].weight)
     mask[:, 0] = 0
-    snip = fp.scores.snip(model, F.cross_entropy, data, masks={(model[0], "weight"): mask})
-    force = fp.scores.force(model, F.cross_entropy, data, masks={(model[0], "weight"): mask})
-    flow = fp.scores.synflow(model, data[0][0], masks={(model[0], "weight"): mask})
+    snip = fp.scores.snip_scores(model, F.cross_entropy, data, masks={(model[0], "weight"): mask})
+    force = fp.scores.force_scores(model, F.cross_entropy, data, masks={(model[0], "weight"): mask})
+    flow = fp.scores.synflow_scores(model, data[0][0], masks={(model[0], "weight"): mask})
     assert torch.all(snip[(model[0], "weight")][:, 0] == 0)
     assert torch.any(force[(model[0], "weight")][:, 0] > 0)
     assert torch.all(flow[(model[0], "weight")][:, 0] == 0)
     assert not fp.is_pruned(model)
     with pytest.raises(ValueError, match="masks"):
-        fp.scores.snip(model, F.cross_entropy, data, masks={(model[0], "bias"): torch.ones(12)})
+        fp.scores.snip_scores(model, F.cross_entropy, data, masks={(model[0], "bias"): torch.ones(12)})
     with pytest.raises(ValueError, match="masks"):
-        fp.scores.snip(model, F.cross_entropy, data, masks={(model[0], "weight"): torch.ones(3)})
+        fp.scores.snip_scores(model, F.cross_entropy, data, masks={(model[0], "weight"): torch.ones(3)})
+
+
+def test_old_score_names_are_deprecated_aliases():
+    model, data = mlp(), mlp_data()
+    for old, new in [("snip", "snip_scores"), ("force", "force_scores")]:
+        with pytest.warns(DeprecationWarning, match=new):
+            got = getattr(fp.scores, old)(model, F.cross_entropy, data)
+        want = getattr(fp.scores, new)(model, F.cross_entropy, data)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.warns(DeprecationWarning, match="synflow_scores"):
+        fp.scores.synflow(model, data[0][0])
+    with pytest.warns(DeprecationWarning, match="magnitude_scores"):
+        fp.scores.magnitude(model)
+    assert fp.snip_scores is fp.scores.snip_scores

@@ -5,6 +5,10 @@
 them, installing exact global masks torch-style.
 """
 from . import scores
+from .scores import force_scores, magnitude_scores, snip_scores, synflow_scores
 from .methods import force, iterative_snip, snip, synflow
 
-__all__ = ["scores", "snip", "iterative_snip", "force", "synflow"]
+__all__ = [
+    "scores", "snip", "iterative_snip", "force", "synflow",
+    "snip_scores", "force_scores", "synflow_scores", "magnitude_scores",
+]

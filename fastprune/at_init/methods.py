@@ -127,7 +127,7 @@ def snip(model: nn.Module, loss_fn: Callable, data: Any, amount, parameters: Opt
 
     ``data`` is an iterable of ``(inputs, targets)`` batches (read once);
     ``loss_fn(model(inputs), targets)`` must return a scalar. The sensitivity is
-    accumulated over all batches. See :func:`fastprune.scores.snip`.
+    accumulated over all batches. See :func:`fastprune.scores.snip_scores`.
     """
     targets, masks, _, _ = _prepare(model, parameters, amount)
     batches = _scores._batches(data)
@@ -183,7 +183,7 @@ def synflow(model: nn.Module, example_input: Tensor, amount, parameters: Optiona
 
     ``example_input`` only gives the input shape; the scores come from an
     all-ones input through the network with absolute-valued weights (see
-    :func:`fastprune.scores.synflow`). The model's weights and their signs are
+    :func:`fastprune.scores.synflow_scores`). The model's weights and their signs are
     never modified; only the masks are installed.
     """
     _scores._check_example_input(example_input)

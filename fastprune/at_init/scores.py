@@ -16,6 +16,9 @@ its ``name_orig`` parameter.
 """
 from __future__ import annotations
 
+import functools
+import warnings
+
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -24,7 +27,7 @@ from torch.func import functional_call
 
 from ..core.targets import Target, eval_mode, resolve_masks, resolve_targets
 
-__all__ = ["snip", "force", "synflow", "magnitude"]
+__all__ = ["snip_scores", "force_scores", "synflow_scores", "magnitude_scores"]
 
 Param = Tuple[nn.Module, str]
 ScoreDict = Dict[Param, Tensor]
@@ -189,31 +192,77 @@ def _force_scores(model, loss_fn, batches, targets, masks, require_signal=True) 
     return [(g * w).abs() for g, w in zip(grads, dense)]
 
 
-def snip(model: nn.Module, loss_fn: Callable, data: Any, parameters: Optional[Iterable[Param]] = None,
-         masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
+def snip_scores(model: nn.Module, loss_fn: Callable, data: Any, parameters: Optional[Iterable[Param]] = None,
+                masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
     """Connection sensitivity ``|dL/dc|`` of Lee et al. (2019), SNIP.
 
     With ``c`` the mask and ``w`` the dense weights, the network computes with
     ``c * w``, so ``dL/dc = dL/d(c*w) * w``. ``L`` is the sum of
-    ``loss_fn(model(inputs), targets)`` over the batches of ``data`` (an iterable
-    of ``(inputs, targets)`` pairs). Pruned units (mask 0) score 0. The forward
-    passes run in the model's current mode (``train()`` as in the paper unless
-    the caller changed it).
+    ``loss_fn(model(inputs), targets)`` over the batches of ``data``. Pruned
+    units (mask 0) score 0. The forward passes run in the model's current mode
+    (``train()`` as in the paper unless the caller changed it). The model is
+    not modified.
+
+    Args:
+        model: the network.
+        loss_fn: ``loss_fn(model(inputs), targets)`` returning a scalar.
+        data: an iterable of ``(inputs, targets)`` batches, or one such pair.
+        parameters: ``(module, name)`` pairs to score (default: the weight of
+            every ``nn.Linear`` and ``nn.Conv*`` of ``model``). Tensors already
+            pruned torch-style are scored on their dense ``name_orig``.
+        masks: optional ``{(module, name): keep_mask}`` to score the network
+            as pruned by these masks (default: the installed masks).
+
+    Returns:
+        ``{(module, name): scores}``, the dict that
+        ``global_unstructured(..., importance_scores=...)`` takes.
+
+    Raises:
+        TypeError: ``model`` not a module, malformed ``parameters`` or ``masks``.
+        ValueError: nothing to score, a module outside ``model``, a tensor
+            listed twice, a mask key that is not scored, no gradient signal.
+        PruningShapeError: a mask of the wrong shape.
+
+    Example::
+
+        scores = fastprune.scores.snip_scores(model, F.cross_entropy, [(x, y)])
+        fastprune.global_unstructured(list(scores), fastprune.L1Unstructured,
+                                      importance_scores=scores, amount=0.9)
     """
-    targets = resolve_targets(parameters, fn="scores", model=model, nonempty=True)
+    targets = resolve_targets(parameters, fn="snip_scores", model=model, nonempty=True)
     m = resolve_masks(targets, masks)
     return _as_dict(targets, _snip_scores(model, loss_fn, _batches(data), targets, m))
 
 
-def force(model: nn.Module, loss_fn: Callable, data: Any, parameters: Optional[Iterable[Param]] = None,
-          masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
+def force_scores(model: nn.Module, loss_fn: Callable, data: Any, parameters: Optional[Iterable[Param]] = None,
+                 masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
     """FORCE sensitivity ``|dL/d(c*w) * w|`` of de Jorge et al. (2021).
 
-    Unlike :func:`snip`, the gradient taken at the pruned network is multiplied
-    by the *dense* weights and not by the mask, so a pruned connection whose
-    gradient has grown scores above zero and can be brought back.
+    Unlike :func:`snip_scores`, the gradient taken at the pruned network is
+    multiplied by the *dense* weights and not by the mask, so a pruned
+    connection whose gradient has grown scores above zero and can be brought
+    back. The model is not modified.
+
+    Args:
+        model: the network.
+        loss_fn: ``loss_fn(model(inputs), targets)`` returning a scalar.
+        data: an iterable of ``(inputs, targets)`` batches, or one such pair.
+        parameters: ``(module, name)`` pairs to score (default: the weight of
+            every ``nn.Linear`` and ``nn.Conv*`` of ``model``). Tensors already
+            pruned torch-style are scored on their dense ``name_orig``.
+        masks: optional ``{(module, name): keep_mask}`` to score the network
+            as pruned by these masks (default: the installed masks).
+
+    Returns:
+        ``{(module, name): scores}``.
+
+    Raises:
+        TypeError: ``model`` not a module, malformed ``parameters`` or ``masks``.
+        ValueError: nothing to score, a module outside ``model``, a tensor
+            listed twice, a mask key that is not scored, no gradient signal.
+        PruningShapeError: a mask of the wrong shape.
     """
-    targets = resolve_targets(parameters, fn="scores", model=model, nonempty=True)
+    targets = resolve_targets(parameters, fn="force_scores", model=model, nonempty=True)
     m = resolve_masks(targets, masks)
     return _as_dict(targets, _force_scores(model, loss_fn, _batches(data), targets, m))
 
@@ -248,26 +297,60 @@ def _synflow_scores(model, example_input, targets, masks) -> List[Tensor]:
     return [(g * leaf.detach()).abs() for g, leaf in zip(grads, leaves)]
 
 
-def synflow(model: nn.Module, example_input: Tensor, parameters: Optional[Iterable[Param]] = None,
-            masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
+def synflow_scores(model: nn.Module, example_input: Tensor, parameters: Optional[Iterable[Param]] = None,
+                   masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
     """Synaptic-flow scores of Tanaka et al. (2020): ``|dR/dw * w|``.
 
     ``R`` is the sum of the output of the network with every parameter and
     buffer replaced by its absolute value (masked weights stay 0), fed with an
     all-ones tensor shaped like ``example_input``, in eval mode and float64.
     Data-free; the model itself is not modified (its signs never change).
-    Scores are float64.
+
+    Args:
+        model: a network whose forward returns one tensor.
+        example_input: a floating-point tensor with the shape of one input batch.
+        parameters: ``(module, name)`` pairs to score (default: the weight of
+            every ``nn.Linear`` and ``nn.Conv*`` of ``model``). Tensors already
+            pruned torch-style are scored on their dense ``name_orig``.
+        masks: optional ``{(module, name): keep_mask}`` to score the network
+            as pruned by these masks (default: the installed masks).
+
+    Returns:
+        ``{(module, name): scores}`` in float64.
+
+    Raises:
+        TypeError: ``example_input`` not a floating-point tensor, a forward
+            that does not return one tensor, and as :func:`snip_scores`.
+        ValueError: an empty ``example_input``, and as :func:`snip_scores`.
     """
     _check_example_input(example_input)
-    targets = resolve_targets(parameters, fn="scores", model=model, nonempty=True)
+    targets = resolve_targets(parameters, fn="synflow_scores", model=model, nonempty=True)
     m = resolve_masks(targets, masks)
     return _as_dict(targets, _synflow_scores(model, example_input, targets, m))
 
 
-def magnitude(model: nn.Module, parameters: Optional[Iterable[Param]] = None,
-              masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
-    """``|w|`` of the dense weights, masked units scoring 0 (magnitude pruning at initialisation)."""
-    targets = resolve_targets(parameters, fn="scores", model=model, nonempty=True)
+def magnitude_scores(model: nn.Module, parameters: Optional[Iterable[Param]] = None,
+                     masks: Optional[Dict[Param, Tensor]] = None) -> ScoreDict:
+    """``|w|`` of the dense weights, masked units scoring 0 (magnitude pruning at initialisation).
+
+    Args:
+        model: the network.
+        parameters: ``(module, name)`` pairs to score (default: the weight of
+            every ``nn.Linear`` and ``nn.Conv*`` of ``model``). Tensors already
+            pruned torch-style are scored on their dense ``name_orig``.
+        masks: optional ``{(module, name): keep_mask}`` to score the network
+            as pruned by these masks (default: the installed masks).
+
+    Returns:
+        ``{(module, name): |w|}``.
+
+    Raises:
+        TypeError: ``model`` not a module, malformed ``parameters`` or ``masks``.
+        ValueError: nothing to score, a module outside ``model``, a tensor
+            listed twice, a mask key that is not scored, no gradient signal.
+        PruningShapeError: a mask of the wrong shape.
+    """
+    targets = resolve_targets(parameters, fn="magnitude_scores", model=model, nonempty=True)
     ms = resolve_masks(targets, masks)
     out = []
     for t, m in zip(targets, ms):
@@ -276,3 +359,27 @@ def magnitude(model: nn.Module, parameters: Optional[Iterable[Param]] = None,
             s = s * m.to(s.dtype)
         out.append(s)
     return _as_dict(targets, out)
+
+
+def _deprecated(new: Callable, old_name: str) -> Callable:
+    """``old_name`` kept working for existing code: warns, then calls ``new``."""
+
+    @functools.wraps(new)
+    def alias(*args, **kwargs):
+        warnings.warn(
+            f"fastprune.scores.{old_name} is deprecated; use fastprune.scores.{new.__name__} "
+            f"(fastprune.{old_name} prunes, the *_scores functions only score)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return new(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old_name
+    alias.__doc__ = f"Deprecated alias of :func:`{new.__name__}`."
+    return alias
+
+
+snip = _deprecated(snip_scores, "snip")
+force = _deprecated(force_scores, "force")
+synflow = _deprecated(synflow_scores, "synflow")
+magnitude = _deprecated(magnitude_scores, "magnitude")

@@ -14,6 +14,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .._version import __version__
+
 _C: Optional[Any] = None
 _load_error: Optional[str] = None
 
@@ -62,7 +64,7 @@ def build_info() -> Dict[str, Any]:
     built against, else the running one), ``torch_runtime`` (the running torch),
     ``version`` and ``fallback_reason`` (why the fallback is used, or ``None``).
     """
-    from .._version import __version__
+
 
     info: Dict[str, Any] = {
         "extension": False,
