@@ -32,9 +32,7 @@ def _all_parameters(model: nn.Module) -> List[Param]:
             if p is None:
                 continue
             base = pname[: -len("_orig")] if pname.endswith("_orig") else pname
-            if base != pname and base + "_mask" not in module._buffers:
-                base = pname
-            out.append((module, base))
+            out.append((module, base if base != pname and is_reparametrized(module, base) else pname))
     return out
 
 

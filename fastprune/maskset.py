@@ -27,6 +27,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from . import ops
 from .core.functional import custom_from_mask, remove
+from .core.errors import PruningShapeError
 from .core.targets import REFUSE, Target, pruning_hooks, resolve_scores, resolve_targets
 from .core.validation import _compute_nparams_toprune, _validate_pruning_amount_init
 
@@ -554,7 +555,7 @@ class MaskSet:
         for i, (t, shape, m) in enumerate(zip(self._targets, shapes, masks)):
             live = self._live(i)
             if tuple(shape) != tuple(live.shape):
-                raise ValueError(f"state_dict['shapes'][{i}]={tuple(shape)} does not match {t.label} {tuple(live.shape)}")
+                raise PruningShapeError(f"state_dict['shapes'][{i}]={tuple(shape)} does not match {t.label} {tuple(live.shape)}")
             if not isinstance(m, Tensor) or m.dtype != torch.uint8 or m.dim() != 1:
                 raise TypeError(f"state_dict['masks'][{i}] must be a 1-d uint8 tensor")
             if m.numel() != ops.packed_numel(live.numel()):

@@ -19,7 +19,6 @@ Conventions shared by all ops
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence
 
 import torch
