@@ -215,7 +215,7 @@ def unprune_(modules: Iterable[nn.Module], name: str = "weight") -> None:
 
         >>> import torch.nn.utils.prune as prune
         >>> lin = torch.nn.Linear(4, 4)
-        >>> prune.l1_unstructured(lin, "weight", amount=0.5)
+        >>> _ = prune.l1_unstructured(lin, "weight", amount=0.5)
         >>> unprune_([lin])
         >>> hasattr(lin, "weight_orig"), bool((lin.weight != 0).all())
         (False, True)
