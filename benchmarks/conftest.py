@@ -17,9 +17,8 @@ import os
 import pytest
 import torch
 
-import fastprune
 from fastprune import bench
-from fastprune.ops import pack_mask
+from fastprune.ops import build_info, pack_mask
 
 DEFAULT_SIZES = ["1M", "10M", "100M"]
 BIG_SIZES = ["400M"]
@@ -47,7 +46,7 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_report_header(config):
-    info = fastprune.build_info()
+    info = build_info()
     mode = "compiled extension" if info["extension"] else f"pure-torch fallback ({info['fallback_reason']})"
     return [f"fastprune kernels: {mode}; {bench.machine_description(DEVICE)}; torch {torch.__version__}"]
 
@@ -72,12 +71,12 @@ class ModelCache:
 
     def restore(self):
         """Drop any reparametrisation (weight_orig is left dense by pruning)."""
-        bench._unprune(self.model)
+        bench.unprune_(self.model)
 
     def regenerate(self):
         """Put back weights that an in-place prune zeroed."""
-        bench._unprune(self.model)
-        bench._regenerate(self.model, SEED)
+        bench.unprune_(self.model)
+        bench.regenerate_(self.model, SEED)
 
 
 @pytest.fixture(scope="session")
@@ -93,67 +92,51 @@ def model(cache, size):
     cache.restore()
 
 
-def model_bytes(model):
-    return sum(m.weight.numel() * m.weight.element_size() for m in model)
+def torch_fits(case, cache):
+    """Whether torch's call for ``case`` fits next to the cached model; the reason when not."""
+    return bench.torch_fits(case, cache.shapes, DTYPE, AMOUNT, DEVICE, model_loaded=True)
 
 
-def skip_torch_if_too_big(case, model):
-    numel = sum(m.weight.numel() for m in model)
-    nbytes = model_bytes(model)
-    largest = max(m.weight.numel() * m.weight.element_size() for m in model)
-    need = bench.torch_need(case, nbytes, numel, AMOUNT, largest)
-    free = bench.available_memory(DEVICE)
-    if need > 0.9 * free:
-        pytest.skip(f"torch needs ~{need / 2**30:.1f} GiB above the model here, {free / 2**30:.1f} GiB available")
+def skip_torch_if_too_big(case, cache):
+    fits, why = torch_fits(case, cache)
+    if not fits:
+        pytest.skip(f"torch {why}")
 
 
 def packed_masks(masks):
     return [pack_mask(m) for m in masks]
 
 
-def torch_fits(case, model):
-    numel = sum(m.weight.numel() for m in model)
-    nbytes = model_bytes(model)
-    largest = max(m.weight.numel() * m.weight.element_size() for m in model)
-    return bench.torch_need(case, nbytes, numel, AMOUNT, largest) <= 0.9 * bench.available_memory(DEVICE)
-
-
 def reference_global_masks(cache, model):
     """torch's global L1 masks for the cached model (packed), once per size; None if torch cannot run."""
     if "global" not in cache.reference:
-        if not torch_fits("global_l1", model):
+        if not torch_fits("global_l1", cache)[0]:
             return None
         import torch.nn.utils.prune as tp
 
-        tp.global_unstructured([(m, "weight") for m in model], pruning_method=tp.L1Unstructured, amount=AMOUNT)
+        tp.global_unstructured(bench.pairs(model), pruning_method=tp.L1Unstructured, amount=AMOUNT)
         cache.reference["global"] = packed_masks([m.weight_mask for m in model])
         cache.restore()
     return cache.reference["global"]
 
 
-def check_global(model, masks_bool, reference):
-    """fastprune's global masks: equal to torch's (up to tied units), or exact where torch cannot run.
+def check_global(cache, model, masks_bool, reference):
+    """fastprune's global masks: equal to torch's up to tied units, or exact where torch cannot run.
 
     ``reference`` comes from :func:`reference_global_masks`, taken before the model was pruned.
     """
-    getters = [(lambda k=k: k) for k in masks_bool]
     if reference is None:
-        check = bench.check_exact("global_l1", model, getters, AMOUNT, SEED, DTYPE, DEVICE)
+        check = bench.check_exact("global_l1", model, masks_bool, AMOUNT, SEED, DTYPE, DEVICE)
         assert check["exact"], check
         return
     packed = packed_masks(masks_bool)
-    if all(torch.equal(a, b) for a, b in zip(packed, reference)):
+    if bench.compare_masks(packed, reference).identical:
         return
-    # torch's topk breaks ties arbitrarily, fastprune by lower index: differences
-    # are allowed only among units whose |w| equals the threshold.
-    threshold = bench.check_exact("global_l1", model, getters, AMOUNT, SEED, DTYPE, DEVICE)["threshold"]
-    for i, (a, b) in enumerate(zip(packed, reference)):
-        if torch.equal(a, b):
-            continue
-        w = bench.layer_weight(tuple(masks_bool[i].shape), DTYPE, DEVICE, SEED, i).reshape(-1)
-        n = w.numel()
-        diff = fastprune.ops.unpack_mask(a, n) != fastprune.ops.unpack_mask(b, n)
-        assert bool((w[diff].abs().double() == threshold).all()), f"layer {i}: masks differ beyond tied units"
+    # the threshold (and the regenerated weights) only when there are differences to explain
+    threshold = bench.check_exact("global_l1", model, masks_bool, AMOUNT, SEED, DTYPE, DEVICE)["threshold"]
+    scores = bench.layer_scores(cache.shapes, DTYPE, DEVICE, SEED)
+    result = bench.compare_masks(packed, reference, scores, threshold)
+    assert result.ties_only, f"masks differ from torch's beyond tied units: {result.verdict}"
 
 
 def group(benchmark, case, label):

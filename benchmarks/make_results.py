@@ -1,44 +1,69 @@
-"""Assemble the measured part of RESULTS.md from one reproduce.sh log folder.
+"""Assemble the measured sections of RESULTS.md from one reproduce.sh log folder.
 
     python benchmarks/make_results.py benchmarks/logs/run-HHMM > /tmp/measured.md
+
+Every section gets the date, machine, commit and command it came from, and the
+load average and available memory at its start.
 """
 import os
 import subprocess
 import sys
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (title, command, log file, kind): "text" logs go in a code block, "markdown" ones as they are,
+# "pytest" is the pytest-benchmark JSON turned into a table by pb_table.py.
+SECTIONS = [
+    ("Global L1 over 25 x Linear(2048, 2048) (105M fp32)",
+     "python -m fastprune.bench --model square --width 2048 --params 105M --repeat 7", "bench_105M_square.txt",
+     "text"),
+    ("Default model: Llama-shaped stack, ~100M fp32", "python -m fastprune.bench --repeat 3",
+     "bench_100M_llama.txt", "text"),
+    ("In-place pruning at 1B: sparsify_ on 60 x Linear(4096, 4096) (1.007B fp32, 4.03 GB)",
+     "python -m fastprune.bench --model square --width 4096 --params 1B --cases sparsify --skip-torch --repeat 2",
+     "bench_1B_sparsify.txt", "text"),
+    ("Size sweep, global L1 (Llama-shaped models, fp32)", "python benchmarks/size_sweep.py --repeat 3",
+     "size_sweep.txt", "markdown"),
+    ("pytest-benchmark suite (minimum of its rounds; torch: 1 round at 100M)",
+     "python -m pytest benchmarks --benchmark-only", "pytest_benchmark.json", "pytest"),
+    ("Where global_unstructured's time goes (in-process, 105M fp32)",
+     "python benchmarks/profile_global.py --repeat 5", "profile_global.txt", "text"),
+    ("First call of a fresh process", "python benchmarks/cold_first_call.py", "cold_first_call.txt", "text"),
+]
+
 
 def read(folder, name):
     path = os.path.join(folder, name)
-    return open(path).read().rstrip() if os.path.exists(path) else "(missing)"
+    if not os.path.exists(path):
+        return "(missing)"
+    with open(path) as f:
+        return f.read().rstrip()
+
+
+def body(folder, name, kind):
+    if kind == "pytest":
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            return "(missing)"
+        return subprocess.run([sys.executable, os.path.join(HERE, "pb_table.py"), path],
+                              capture_output=True, text=True).stdout.rstrip()
+    text = read(folder, name)
+    return text if kind == "markdown" else f"```\n{text}\n```"
 
 
 def main(folder):
+    run = dict(line.split(": ", 1) for line in read(folder, "run.txt").splitlines() if ": " in line)
     loads = read(folder, "load.txt").splitlines()
-    load = lambda i: loads[i].lstrip("= ") if i < len(loads) else "?"  # noqa: E731
-    sections = [
-        ("1. Issue target model: global L1 over 25 x Linear(2048, 2048) (105M fp32)",
-         "python -m fastprune.bench --model square --width 2048 --params 105M --repeat 7", "bench_105M_square.txt", 0),
-        ("2. Default model: Llama-shaped stack, ~100M fp32",
-         "python -m fastprune.bench --repeat 3", "bench_100M_llama.txt", 1),
-        ("3. Lean mode at 1B: sparsify_ on 60 x Linear(4096, 4096) (1.007B fp32, 4.03 GB)",
-         "python -m fastprune.bench --model square --width 4096 --params 1B --cases sparsify --skip-torch --repeat 2",
-         "bench_1B_sparsify.txt", 2),
-    ]
     out = []
-    for title, cmd, name, i in sections:
-        out += [f"### {title}", "", f"`{cmd}` (start: {load(i)})", "", "```", read(folder, name), "```", ""]
-    out += ["### 4. Size sweep, global L1 (Llama-shaped models, fp32)", "",
-            f"`python benchmarks/size_sweep.py --repeat 3` (start: {load(3)})", "", read(folder, "size_sweep.txt"), ""]
-    js = os.path.join(folder, "pytest_benchmark.json")
-    table = "(missing)"
-    if os.path.exists(js):
-        table = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "pb_table.py"), js],
-                               capture_output=True, text=True).stdout.rstrip()
-    out += ["### 5. pytest-benchmark suite (minimum of its rounds; torch: 1 round at 100M)", "",
-            f"`pytest benchmarks --benchmark-only` (start: {load(4)})", "", table, ""]
-    out += ["### 6. Where global_unstructured's time goes (in-process, 105M fp32)", "",
-            f"`python benchmarks/profile_global.py --repeat 5` (start: {load(5)})", "", "```",
-            read(folder, "profile_global.txt"), "```", ""]
+    for i, (title, cmd, name, kind) in enumerate(SECTIONS):
+        start = loads[i].lstrip("= ") if i < len(loads) else "?"
+        out += [
+            f"## {i + 1}. {title}", "",
+            f"{run.get('date', '?')}, {run.get('machine', '?')}, commit `{run.get('commit', '?')}`; "
+            f"start: {start}", "",
+            f"`{cmd}`", "",
+            body(folder, name, kind), "",
+        ]
     print("\n".join(out))
 
 

@@ -40,7 +40,7 @@ def main():
     n = sum(w.numel() for w in ws)
     k = n // 2
     dst = torch.empty(max(w.numel() for w in ws))
-    pairs = [(m, "weight") for m in model]
+    pairs = bench.pairs(model)
     masks = [torch.empty_like(w) for w in ws]
     rows = []
 
@@ -57,8 +57,8 @@ def main():
                  best(lambda: [ops.mask_mul(w, m) for w, m in zip(ws, masks)], a.repeat)))
     rows.append(("global_unstructured, whole call",
                  best(lambda: fastprune.global_unstructured(pairs, fastprune.L1Unstructured, amount=0.5), a.repeat,
-                      setup=lambda: bench._unprune(model))))
-    bench._unprune(model)
+                      setup=lambda: bench.unprune_(model))))
+    bench.unprune_(model)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     rows.append(("kselect_ into reused fp32 masks, 1 thread",

@@ -12,12 +12,15 @@ printed, where its estimated need exceeds the memory available at that moment.
 """
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 
 import torch
 
 from fastprune import bench
+from fastprune.ops import build_info
+from fastprune.progress import progress_bar
 
 DEFAULT_SIZES = "1M,3M,10M,30M,100M,200M,400M"
 
@@ -34,45 +37,47 @@ def main(argv=None):
     p.add_argument("--min-free-gb", type=float, default=None,
                    help="run torch only when at least this much memory is available (default: its estimated need)")
     args = p.parse_args(argv)
-    from tqdm import tqdm
-
+    cpu = torch.device("cpu")
     sizes = [bench.parse_count(s) for s in args.sizes.split(",") if s.strip()]
     tmp = tempfile.mkdtemp(prefix="fastprune-sweep-")
     rows = {}
     jobs = [(n, "fastprune") for n in sizes] + [(n, "torch") for n in sorted(sizes)]
-    for n, lib in tqdm(jobs, desc="sweep", unit="run", file=sys.stderr):
-        shapes = bench.model_shapes(n, args.model, args.width)
-        numel = sum(o * i for o, i in shapes)
-        row = rows.setdefault(n, {"numel": numel, "layers": len(shapes), "shapes": shapes})
-        model_bytes = numel * 4
-        if lib == "torch":
-            if args.skip_torch:
-                row["torch_note"] = "--skip-torch"
-                continue
-            if args.torch_max and n > args.torch_max:
-                row["torch_note"] = f"above --torch-max"
-                continue
-            largest = max(o * i for o, i in shapes) * 4
-            need = model_bytes + bench.torch_need("global_l1", model_bytes, numel, args.amount, largest)
-            free = bench.available_memory(torch.device("cpu"))
-            floor = args.min_free_gb * 2**30 if args.min_free_gb else need / 0.9
-            if free < floor:
-                row["torch_note"] = f"skipped: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB available"
-                continue
-        job = {
-            "lib": lib, "case": "global_l1", "dtype": "float32", "device": "cpu", "seed": 0,
-            "amount": args.amount, "repeat": args.repeat, "shapes": shapes,
-            "bits": os.path.join(tmp, f"{n}-{lib}.bits"),
-        }
-        if lib == "fastprune":
-            memcpy = bench.run_job(dict(job, case="memcpy", lib="torch"))
-            row["memcpy"] = min(memcpy["times"]) if "times" in memcpy else None
-        res = bench.run_job(job)
-        row[lib] = res
-    print(format_rows(rows, tmp))
-    for name in os.listdir(tmp):
-        os.unlink(os.path.join(tmp, name))
-    os.rmdir(tmp)
+    try:
+        for n, lib in progress_bar(jobs, desc="sweep", unit="run", file=sys.stderr):
+            shapes = bench.model_shapes(n, args.model, args.width)
+            row = rows.setdefault(n, {"numel": bench.model_numel(shapes), "layers": len(shapes), "shapes": shapes})
+            if lib == "torch":
+                note = torch_skip_reason(args, n, shapes, cpu)
+                if note:
+                    row["torch_note"] = note
+                    continue
+            job = {
+                "lib": lib, "case": "global_l1", "dtype": "float32", "device": "cpu", "seed": 0,
+                "amount": args.amount, "repeat": args.repeat, "shapes": shapes,
+                "bits": os.path.join(tmp, f"{n}-{lib}.bits"),
+            }
+            if lib == "fastprune":
+                memcpy = bench.run_job(dict(job, case="memcpy", lib="torch"))
+                row["memcpy"] = min(memcpy["times"]) if "times" in memcpy else None
+            row[lib] = bench.run_job(job)
+        print(format_rows(rows, tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def torch_skip_reason(args, n, shapes, device):
+    """Why torch does not run at size ``n`` (empty when it does)."""
+    if args.skip_torch:
+        return "--skip-torch"
+    if args.torch_max and n > args.torch_max:
+        return "above --torch-max"
+    if args.min_free_gb:
+        free = bench.available_memory(device)
+        if free < args.min_free_gb * 2**30:
+            return f"skipped: {free / 2**30:.1f} GiB available, --min-free-gb {args.min_free_gb}"
+        return ""
+    fits, why = bench.torch_fits("global_l1", shapes, torch.float32, args.amount, device)
+    return "" if fits else f"skipped: {why}"
 
 
 def format_rows(rows, tmp):
@@ -89,16 +94,8 @@ def format_rows(rows, tmp):
         fpk = max(fp["peaks"]) if "peaks" in fp else None
         tpk = max(tc["peaks"]) if "peaks" in tc else None
         if ft and tt:
-            a, b = os.path.join(tmp, f"{n}-fastprune.bits"), os.path.join(tmp, f"{n}-torch.bits")
-            diff = bench.compare_bits(a, b)
-            if diff == 0:
-                masks = "identical"
-            elif diff > 0 and bench.differences_are_ties(
-                a, b, r["shapes"], torch.float32, torch.device("cpu"), 0, fp["check"]["threshold"]
-            ):
-                masks = f"identical but {diff} tied units"
-            else:
-                masks = f"DIFFER ({diff} bits)"
+            masks = bench.mask_verdict(os.path.join(tmp, f"{n}-fastprune.bits"), os.path.join(tmp, f"{n}-torch.bits"),
+                                       "global_l1", r["shapes"], torch.float32, torch.device("cpu"), 0, fp["check"])
         else:
             masks = "exact" if fp.get("check", {}).get("exact") else "-"
         for lib, res in (("fastprune", fp), ("torch", tc)):
@@ -108,25 +105,26 @@ def format_rows(rows, tmp):
             "| {:.1f}M | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 r["numel"] / 1e6,
                 r["layers"],
-                bench._fmt_time(ft),
+                bench.format_time(ft),
                 f"{ft / r['numel'] * 1e9:.2f}" if ft else "-",
                 f"{ft / r['memcpy']:.1f}" if ft and r.get("memcpy") else "-",
-                bench._fmt_mb(fpk),
-                bench._fmt_time(tt) if tt else r.get("torch_note", "-"),
-                bench._fmt_mb(tpk),
+                bench.format_mb(fpk),
+                bench.format_time(tt) if tt else r.get("torch_note", "-"),
+                bench.format_mb(tpk),
                 f"{tt / ft:.0f}x" if ft and tt else "-",
                 masks,
             )
         )
     out.append("")
     out.append(
-        "fastprune: global_unstructured (compiled kernels), best of --repeat runs; torch: one run above 3 s; "
+        "fastprune: global_unstructured, best of --repeat runs; torch: one run above 3 s; "
         "peak = peak RSS of the call above the RSS before it; x memcpy = fastprune time / time to copy the same "
-        "bytes; 'tied units' = masks differ only among units whose |w| equals the threshold "
+        "bytes; 'ties (n bits)' = masks differ only among units whose |w| equals the threshold "
         "(torch's topk breaks ties arbitrarily, fastprune by lower index)."
     )
+    kernels = "compiled extension" if build_info()["extension"] else "pure-torch fallback"
     out.append(f"machine: {bench.machine_description(torch.device('cpu'))}; torch {torch.__version__}; "
-               "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+               f"fastprune kernels: {kernels}; load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     out.extend(notes)
     return "\n".join(out)
 

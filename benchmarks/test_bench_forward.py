@@ -28,14 +28,14 @@ def test_forward(benchmark, cache, model, size, lib):
     group(benchmark, "forward", size)
     P = LIBS[lib]
     if lib == "torch":
-        skip_torch_if_too_big("forward", model)
+        skip_torch_if_too_big("forward", cache)
     else:
         reference = reference_global_masks(cache, model)
     P.global_unstructured([(m, "weight") for m in model], pruning_method=P.L1Unstructured, amount=AMOUNT)
     if lib == "torch":  # the reference fastprune's cases compare with
         cache.reference.setdefault("global", packed_masks([m.weight_mask for m in model]))
     else:
-        check_global(model, [m.weight_mask != 0 for m in model], reference)
+        check_global(cache, model, [m.weight_mask != 0 for m in model], reference)
     if lib == "fastprune-bool":
         for m in model:
             m._buffers["weight_mask"] = m._buffers["weight_mask"].bool()

@@ -26,11 +26,11 @@ def test_global_l1(benchmark, cache, model, size, lib):
         P.global_unstructured(pairs, pruning_method=P.L1Unstructured, amount=AMOUNT)
 
     if lib == "torch":
-        skip_torch_if_too_big("global_l1", model)
+        skip_torch_if_too_big("global_l1", cache)
     else:
         reference = reference_global_masks(cache, model)
         run()
-        check_global(model, [m.weight_mask != 0 for m in model], reference)
+        check_global(cache, model, [m.weight_mask != 0 for m in model], reference)
     benchmark.pedantic(run, setup=cache.restore, rounds=rounds_for(model, lib), iterations=1)
     if lib == "torch":  # the reference fastprune's test compares with
         cache.reference.setdefault("global", packed_masks([m.weight_mask for m in model]))
@@ -49,7 +49,7 @@ def test_sparsify(benchmark, cache, model, size, lib):
         cache.regenerate()
 
     if lib == "torch":
-        skip_torch_if_too_big("sparsify", model)
+        skip_torch_if_too_big("sparsify", cache)
 
         def run():
             tp.global_unstructured(pairs, pruning_method=tp.L1Unstructured, amount=AMOUNT)
@@ -64,6 +64,6 @@ def test_sparsify(benchmark, cache, model, size, lib):
         reference = reference_global_masks(cache, model)
         run()
         ms = state["maskset"]
-        check_global(model, [ms.mask(i) for i in range(len(ms))], reference)
+        check_global(cache, model, [ms.mask(i) for i in range(len(ms))], reference)
     benchmark.pedantic(run, setup=setup, rounds=rounds_for(model, lib), iterations=1)
     setup()

@@ -4,7 +4,8 @@ import torch
 import torch.nn.utils.prune as tp
 
 import fastprune
-from fastprune.bench import _unprune
+from fastprune import bench
+from fastprune.ops import pack_mask
 from conftest import AMOUNT, DTYPE, SEED, group
 
 SHAPES = {"4096x4096": (4096, 4096), "16384x4096": (16384, 4096)}
@@ -13,16 +14,11 @@ _REFERENCE = {}
 
 
 def make_layer(shape):
-    out_f, in_f = shape
-    lin = torch.nn.utils.skip_init(torch.nn.Linear, in_f, out_f, bias=False, dtype=DTYPE)
-    g = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        lin.weight.normal_(0.0, 0.02, generator=g)
-    return lin
+    return bench.build_model([shape], DTYPE, torch.device("cpu"), SEED)[0]
 
 
 def unprune(lin):
-    _unprune([lin])
+    bench.unprune_([lin])
 
 
 def prune_call(lib, case, lin):
@@ -42,18 +38,10 @@ def reference_mask(case, key, lin):
 
 
 def assert_local_match(case, mask, reference, weight):
-    if torch.equal(mask, reference):
-        return
-    # only units (l1) or rows (ln) tied at the threshold may differ
-    if case == "l1_unstructured":
-        keep = mask != 0
-        threshold = weight.abs()[~keep].max()
-        assert bool((weight.abs()[mask != reference] == threshold).all())
-    else:
-        norms = torch.linalg.vector_norm(weight.double(), dim=1)
-        rows = (mask != reference).any(dim=1)
-        threshold = norms[(mask == 0).all(dim=1)].max()
-        assert bool((norms[rows] == threshold).all())
+    """Equal to torch's mask up to units (l1) or rows (ln) tied at the threshold."""
+    scores = bench.unit_scores(weight, rows=case == "ln_structured")
+    result = bench.compare_masks([pack_mask(mask)], [pack_mask(reference)], lambda i: scores)
+    assert result.identical or result.ties_only, f"{case}: masks differ from torch's: {result.verdict}"
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

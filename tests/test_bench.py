@@ -1,11 +1,13 @@
 """The benchmark command's pieces, on tiny models (no timing is asserted)."""
 import argparse
 import os
+import sys
 
 import pytest
 import torch
 
 from fastprune import bench
+from fastprune.ops import pack_mask
 
 proc_ok = os.path.exists("/proc/self/clear_refs") and os.access("/proc/self/clear_refs", os.W_OK)
 needs_proc = pytest.mark.skipif(not proc_ok, reason="peak RSS needs a writable /proc/self/clear_refs (Linux)")
@@ -97,3 +99,78 @@ def test_format_table_names_skips_and_targets():
     assert "50.0x" in text and "skipped" in text and "needs ~99 GiB" in text
     assert "fastprune time / memcpy time = 2.00" in text
     assert "within" in text
+
+
+def _packed(*masks):
+    return [pack_mask(torch.tensor(m)) for m in masks]
+
+
+def test_compare_masks_tells_ties_from_differences():
+    w = torch.tensor([0.1, -0.2, 0.2, 0.3, 0.05])
+    scores = lambda i: bench.unit_scores(w)  # noqa: E731
+    same = bench.compare_masks(_packed([0, 0, 1, 1, 0]), _packed([0, 0, 1, 1, 0]))
+    assert same.identical and same.verdict == "yes"
+    tie = bench.compare_masks(_packed([0, 0, 1, 1, 0]), _packed([0, 1, 0, 1, 0]), scores)
+    assert tie.differing == 2 and tie.ties_only and tie.verdict == "ties (2 bits)"
+    wrong = bench.compare_masks(_packed([0, 0, 1, 1, 0]), _packed([1, 0, 1, 1, 0]), scores)
+    assert wrong.differing == 1 and not wrong.ties_only and wrong.verdict == "NO (1 bits)"
+    # without scores no difference can be explained
+    assert not bench.compare_masks(_packed([0, 0, 1, 1, 0]), _packed([0, 1, 0, 1, 0])).ties_only
+    # a global threshold that is not the differing units' score
+    assert not bench.compare_masks(_packed([0, 0, 1, 1, 0]), _packed([0, 1, 0, 1, 0]), scores, 0.3).ties_only
+    assert bench.compare_masks(_packed([0] * 9), _packed([0, 0, 1])).differing == -1
+
+
+def test_compare_masks_rows_tie_on_their_norm():
+    w = torch.tensor([[3.0, 4.0], [0.0, 5.0], [1.0, 1.0]])  # row norms 5, 5, sqrt(2)
+    scores = lambda i: bench.unit_scores(w, rows=True)  # noqa: E731
+    mine, theirs = [[0, 0], [1, 1], [0, 0]], [[1, 1], [0, 0], [0, 0]]
+    assert bench.compare_masks(_packed(mine), _packed(theirs), scores).ties_only
+    assert not bench.compare_masks(_packed(mine), _packed([[0, 0], [1, 1], [1, 1]]), scores).ties_only
+
+
+@pytest.mark.parametrize("case", ["local_l1", "ln_structured", "global_l1"])
+def test_check_exact_accepts_torch_and_rejects_a_swap(case):
+    shapes = [(6, 5), (4, 7)]
+    model = bench.build_model(shapes, torch.float32, torch.device("cpu"), seed=3)
+    bench.prune_call("torch", case, model, 0.5)
+    masks = [m.weight_mask != 0 for m in model]
+    assert bench.check_exact(case, model, masks, 0.5, 3, torch.float32, torch.device("cpu"))["exact"]
+    bad = [m.clone() for m in masks]
+    bad[0] = ~bad[0]
+    assert not bench.check_exact(case, model, bad, 0.5, 3, torch.float32, torch.device("cpu"))["exact"]
+
+
+def test_unprune_restores_the_dense_weights():
+    import torch.nn.utils.prune as tp
+
+    model = bench.build_model([(8, 4), (3, 8)], torch.float32, torch.device("cpu"), seed=2)
+    tp.global_unstructured(bench.pairs(model), pruning_method=tp.L1Unstructured, amount=0.5)
+    bench.unprune_(model)
+    for i, m in enumerate(model):
+        assert not hasattr(m, "weight_orig") and not hasattr(m, "weight_mask") and not m._forward_pre_hooks
+        assert isinstance(m.weight, torch.nn.Parameter)
+        assert torch.equal(m.weight.detach(), bench.layer_weight(tuple(m.weight.shape), torch.float32, "cpu", 2, i))
+    with torch.no_grad():
+        model[0].weight.zero_()
+    bench.regenerate_(model, 2)
+    assert torch.equal(model[0].weight.detach(), bench.layer_weight((8, 4), torch.float32, "cpu", 2, 0))
+
+
+def test_torch_fits_names_its_need():
+    shapes = [(1000, 1000)]
+    fits, why = bench.torch_fits("global_l1", shapes, torch.float32, 0.5, torch.device("cpu"), available=10**12)
+    assert fits and why == ""
+    fits, why = bench.torch_fits("global_l1", shapes, torch.float32, 0.5, torch.device("cpu"), available=10**6)
+    assert not fits and "GiB available" in why and "model +" in why
+
+
+@needs_proc
+def test_main_prints_the_table_without_tqdm(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # tqdm is optional: the bar falls back to a silent one
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    status = bench.main(["--params", "100K", "--repeat", "1", "--cases", "global_l1", "--skip-torch"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "global L1 (global_unstructured)" in out and "torch skipped for global_l1: --skip-torch" in out
+    assert "| exact" in out
