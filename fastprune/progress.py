@@ -1,6 +1,6 @@
 """Progress bars for long work: tqdm when it is installed, a plain loop otherwise.
 
-tqdm is an optional dependency (``pip install fastprune[progress]`` or just
+tqdm is an optional dependency (``pip install "fastprune[progress]"`` or just
 ``pip install tqdm``); nothing in fastprune needs it to run.
 """
 from __future__ import annotations
