@@ -67,7 +67,7 @@ def random_unstructured(module, name, amount):
     """Prune ``amount`` randomly chosen (still unpruned) units of ``module.<name>``.
 
     Same random draws as torch (``torch.rand_like`` on the tensor), so under the
-    same ``torch.manual_seed`` the same units are pruned.
+    same ``torch.manual_seed`` the same units are pruned (barring equal draws).
 
     Modifies ``module`` in place, as torch does: the parameter moves to
     ``name + "_orig"``, the mask is registered as the buffer
@@ -109,9 +109,10 @@ def l1_unstructured(module, name, amount, importance_scores=None):
 
     Fast path: one exact k-selection kernel instead of ``torch.topk``; for a
     tensor already pruned, the earlier mask is the exclusion set of that
-    selection (no gather of the surviving units). The mask equals torch's,
-    ties included: among equal ``|score|`` the unit with the lower flat index
-    is pruned first, and NaN ranks above ``+inf`` (pruned last).
+    selection (no gather of the surviving units). Exactly ``amount`` units are
+    pruned; among equal ``|score|`` the unit with the lower flat index is
+    pruned first, and NaN ranks above ``+inf`` (pruned last). On tie-free
+    scores the mask is torch's, bit for bit.
 
     Modifies ``module`` in place, as torch does: the parameter moves to
     ``name + "_orig"``, the mask is registered as the buffer
@@ -157,7 +158,8 @@ def l1_unstructured(module, name, amount, importance_scores=None):
 def random_structured(module, name, amount, dim):
     """Prune ``amount`` randomly chosen channels of ``module.<name>`` along ``dim``.
 
-    Same random draws as torch, so the same seed prunes the same channels.
+    Same random draws as torch, so the same seed prunes the same channels
+    (barring equal draws).
 
     Modifies ``module`` in place, as torch does: the parameter moves to
     ``name + "_orig"``, the mask is registered as the buffer
@@ -202,8 +204,7 @@ def ln_structured(module, name, amount, n, dim, importance_scores=None):
 
     Fast path: a numeric ``n`` computes all channel norms in one pass of the
     ``channel_norms`` kernel, and the channels are chosen by the k-selection
-    kernel. Among channels of equal norm, the lower index is pruned first, as
-    in torch.
+    kernel. Among channels of equal norm, the lower index is pruned first.
 
     Modifies ``module`` in place, as torch does: the parameter moves to
     ``name + "_orig"``, the mask is registered as the buffer
@@ -312,10 +313,11 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     tensors together that are not pruned yet.
 
     Fast path: the L1 method (fastprune's or torch's ``L1Unstructured``) runs
-    as one k-selection over all tensors in place, without concatenating them;
-    the masks equal torch's. Ties: among equal ``|score|`` the unit with the
-    lower global flat index (the tensors in the order given, each in row-major
-    order) is pruned first, and NaN ranks above ``+inf``. Any other
+    as one k-selection over all tensors in place, without concatenating them.
+    Ties: among equal ``|score|`` the unit with the lower global flat index
+    (the tensors in the order given, each in row-major order) is pruned first,
+    and NaN ranks above ``+inf``; on tie-free scores the masks are torch's,
+    bit for bit. Any other
     unstructured method runs on the concatenated scores exactly as torch does.
     Either way, nothing is modified unless every mask could be computed.
 

@@ -227,7 +227,8 @@ class PruningContainer(BasePruningMethod, torch_prune.PruningContainer):
     time; each new method's ``amount`` counts among the units the earlier ones
     kept. L1 on unstructured units runs as one k-selection over the whole
     tensor with the old mask excluding the pruned units (torch gathers the
-    surviving entries into a copy first); the mask is the same.
+    surviving entries into a copy first); on tie-free scores the mask is the
+    same.
 
     Args:
         args: pruning methods (instances), all acting on the same tensor
@@ -431,8 +432,8 @@ class RandomUnstructured(_AmountMethod, torch_prune.RandomUnstructured):
 
     The units pruned are those with the ``k`` largest values of
     ``torch.rand_like(t)``, as in torch, so under the same ``torch.manual_seed``
-    both libraries prune the same units; the selection runs on the k-selection
-    kernel instead of ``torch.topk``.
+    both libraries prune the same units (barring equal draws); the selection
+    runs on the k-selection kernel instead of ``torch.topk``.
 
     Args:
         amount (int or float): units to prune. A float in [0, 1] is a
@@ -487,10 +488,10 @@ class L1Unstructured(_AmountMethod, torch_prune.L1Unstructured):
     """Prune the ``amount`` units of smallest ``|score|``.
 
     Fast path: the units are chosen by one exact k-selection (radix select)
-    instead of ``torch.topk`` over a copy of ``|t|``. Ties are broken as torch
-    breaks them: among equal ``|score|``, the unit with the lower flat index is
-    pruned first; NaN ranks above ``+inf`` (it is pruned last). The mask equals
-    torch's.
+    instead of ``torch.topk`` over a copy of ``|t|``. Among equal ``|score|``,
+    the unit with the lower flat index is pruned first; NaN ranks above
+    ``+inf`` (it is pruned last). On tie-free scores the mask is torch's, bit
+    for bit.
 
     Args:
         amount (int or float): units to prune. A float in [0, 1] is a
@@ -572,7 +573,8 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
     """Prune ``amount`` whole channels along ``dim`` chosen at random.
 
     The random numbers are drawn as torch draws them (one ``torch.rand`` per
-    channel on the CPU generator), so the same seed prunes the same channels.
+    channel on the CPU generator), so the same seed prunes the same channels
+    (barring equal draws).
 
     Args:
         amount (int or float): channels to prune, a fraction of the channels
@@ -648,7 +650,7 @@ class LnStructured(_AmountMethod, torch_prune.LnStructured):
     Fast path: for a numeric ``n`` the per-channel norms come from one pass of
     the ``channel_norms`` kernel and the channels from the k-selection kernel;
     other ``n`` (``"fro"``, ``"nuc"``) use torch's norm. Among channels of equal
-    norm, the one with the lower index is pruned first, as in torch.
+    norm, the one with the lower index is pruned first.
 
     Args:
         amount (int or float): channels to prune, a fraction of the channels

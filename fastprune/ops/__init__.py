@@ -2,7 +2,7 @@
 
 With the compiled extension loaded, the schemas and the CPU (and CUDA) kernels
 come from C++. Without it, the same schemas are defined here and implemented by
-:mod:`fastprune._reference`, so callers never branch on which one is present.
+:mod:`fastprune.ops.reference`, so callers never branch on which one is present.
 Fake (meta) kernels and autograd are registered here in both cases, which is
 what lets ``torch.compile`` trace through the ops.
 """
@@ -117,8 +117,9 @@ def kselect_(
 ) -> None:
     """Select exactly ``k`` units across ``scores``; write keep-masks into ``out``.
 
-    The exact k-selection behind every magnitude method: one radix select over
-    all tensors together, without concatenating them or sorting. The ranking
+    The exact k-selection behind every magnitude method; the compiled kernels
+    run one radix select over all tensors together, without concatenating or
+    sorting them (the pure-torch fallback sorts a concatenation). The ranking
     key of a unit is ``|score|``; among equal keys the unit with the lower
     global flat index (the tensors in the order given, each in row-major
     order) is selected first; NaN ranks above ``+inf``. See
@@ -205,18 +206,17 @@ def mask_mul(input: Tensor, mask: Tensor) -> Tensor:
 
     One fused pass that reads the mask in its own dtype, without first
     converting it to ``input``'s; differentiable in both arguments and
-    traceable by ``torch.compile``. Masks that only broadcast to ``input``
-    take ATen's multiply.
+    traceable by ``torch.compile``.
 
     Args:
         input (Tensor): the tensor to mask.
-        mask (Tensor): the mask, shaped like ``input`` (or broadcastable).
+        mask (Tensor): the mask, shaped like ``input``.
 
     Returns:
         Tensor: ``input * mask`` in ``input``'s dtype.
 
     Raises:
-        RuntimeError: shapes that do not broadcast, or tensors on different
+        RuntimeError: shapes that do not match, or tensors on different
             devices.
 
     Example::
@@ -285,8 +285,8 @@ def apply_packed_mask_(inputs: Sequence[Tensor], packed: Sequence[Tensor]) -> No
 def channel_norms(t: Tensor, dim: int, p: float = 2.0) -> Tensor:
     """L``p`` norm of each channel of ``t`` along ``dim`` (over all other dims).
 
-    One pass over ``t`` whatever ``dim`` is (no permuted copy), accumulating in
-    float64 for float64 input and float32 otherwise.
+    Accumulates in float64 for float64 input and float32 otherwise; the
+    compiled kernel reads ``t`` once whatever ``dim`` is (no permuted copy).
 
     Args:
         t (Tensor): a tensor of at least one dimension.

@@ -3,7 +3,7 @@
 The extension (``fastprune._C``) registers the ``fastprune`` op library with the
 dispatcher when it is imported. When it cannot be imported, or the user sets
 ``FASTPRUNE_NO_EXT=1``, :mod:`fastprune.ops` defines the same ops from Python
-on top of :mod:`fastprune._reference`, so every caller sees the same
+on top of :mod:`fastprune.ops.reference`, so every caller sees the same
 ``torch.ops.fastprune.*`` either way.
 """
 from __future__ import annotations
