@@ -87,11 +87,11 @@ def random_unstructured(module, name, amount):
         module (nn.Module): the input module, pruned.
 
     Raises:
-        TypeError: ``module`` is not an ``nn.Module``, ``name`` is not a str
-            or does not name a parameter (a buffer, a plain attribute).
+        TypeError: ``module`` is not an ``nn.Module``; ``name`` is not a str or
+            does not name a parameter (a buffer, a plain attribute); ``amount``
+            is not an int or float (``bool`` included).
         PruningNameError: ``module`` has no attribute ``name`` (an
             ``AttributeError``, as in torch).
-        TypeError: ``amount`` is not an int or float (``bool`` included).
         ValueError: ``amount`` is a negative int, a float outside [0, 1], or
             more than the units still unpruned.
 
@@ -135,14 +135,14 @@ def l1_unstructured(module, name, amount, importance_scores=None):
         module (nn.Module): the input module, pruned.
 
     Raises:
-        TypeError: ``module`` is not an ``nn.Module``, ``name`` is not a str
-            or does not name a parameter (a buffer, a plain attribute).
+        TypeError: ``module`` is not an ``nn.Module``; ``name`` is not a str or
+            does not name a parameter (a buffer, a plain attribute); ``amount``
+            is not an int or float (``bool`` included); ``importance_scores``
+            is not a tensor.
         PruningNameError: ``module`` has no attribute ``name`` (an
             ``AttributeError``, as in torch).
-            Also raised when ``importance_scores`` is not a tensor.
         PruningShapeError: ``importance_scores`` is not shaped like the
             parameter (a ``ValueError`` and torch's ``AssertionError``).
-        TypeError: ``amount`` is not an int or float (``bool`` included).
         ValueError: ``amount`` is a negative int, a float outside [0, 1], or
             more than the units still unpruned.
 
@@ -179,16 +179,15 @@ def random_structured(module, name, amount, dim):
         module (nn.Module): the input module, pruned.
 
     Raises:
-        TypeError: ``module`` is not an ``nn.Module``, ``name`` is not a str
-            or does not name a parameter (a buffer, a plain attribute).
+        TypeError: ``module`` is not an ``nn.Module``; ``name`` is not a str or
+            does not name a parameter (a buffer, a plain attribute); ``amount``
+            is not an int or float (``bool`` included); ``dim`` is not an int.
         PruningNameError: ``module`` has no attribute ``name`` (an
             ``AttributeError``, as in torch).
-        TypeError: ``amount`` is not an int or float (``bool`` included).
         ValueError: ``amount`` is a negative int, a float outside [0, 1], or
-            more than the units still unpruned.
-            Also raised for a tensor with fewer than 2 dimensions.
-        IndexError: ``dim`` is out of range for the tensor (``TypeError`` if
-            it is not an int).
+            more than the channels still unpruned; the tensor has fewer than 2
+            dimensions.
+        IndexError: ``dim`` is out of range for the tensor.
 
     Example::
 
@@ -228,19 +227,18 @@ def ln_structured(module, name, amount, n, dim, importance_scores=None):
         module (nn.Module): the input module, pruned.
 
     Raises:
-        TypeError: ``module`` is not an ``nn.Module``, ``name`` is not a str
-            or does not name a parameter (a buffer, a plain attribute).
+        TypeError: ``module`` is not an ``nn.Module``; ``name`` is not a str or
+            does not name a parameter (a buffer, a plain attribute); ``amount``
+            is not an int or float (``bool`` included); ``dim`` is not an int;
+            ``importance_scores`` is not a tensor.
         PruningNameError: ``module`` has no attribute ``name`` (an
             ``AttributeError``, as in torch).
-            Also raised when ``importance_scores`` is not a tensor.
         PruningShapeError: ``importance_scores`` is not shaped like the
-            parameter.
-        TypeError: ``amount`` is not an int or float (``bool`` included).
+            parameter (a ``ValueError`` and torch's ``AssertionError``).
         ValueError: ``amount`` is a negative int, a float outside [0, 1], or
-            more than the units still unpruned.
-            Also raised for a tensor with fewer than 2 dimensions.
-        IndexError: ``dim`` is out of range for the tensor (``TypeError`` if
-            it is not an int).
+            more than the channels still unpruned; the tensor has fewer than 2
+            dimensions.
+        IndexError: ``dim`` is out of range for the tensor.
 
     Example::
 
@@ -273,12 +271,13 @@ def custom_from_mask(module, name, mask):
         module (nn.Module): the input module, pruned.
 
     Raises:
-        TypeError: ``module`` is not an ``nn.Module``, ``name`` is not a str
-            or does not name a parameter (a buffer, a plain attribute).
+        TypeError: ``module`` is not an ``nn.Module``; ``name`` is not a str or
+            does not name a parameter (a buffer, a plain attribute); ``mask``
+            is not a tensor.
         PruningNameError: ``module`` has no attribute ``name`` (an
             ``AttributeError``, as in torch).
-            Also raised when ``mask`` is not a tensor.
-        PruningShapeError: ``mask`` is not shaped like the parameter.
+        PruningShapeError: ``mask`` is not shaped like the parameter (a
+            ``ValueError`` and torch's ``AssertionError``).
 
     Example::
 
