@@ -154,14 +154,13 @@ def snip(model: nn.Module, loss_fn: Callable, data: Any, amount, parameters: Opt
     Raises:
         TypeError: ``model`` is not an ``nn.Module``; ``parameters`` is not an
             iterable of ``(module, name)`` pairs or names a non-parameter;
-            ``amount`` is not an int or float.
+            ``amount`` is not an int or float; ``loss_fn`` is not callable;
+            ``data`` is not an iterable of ``(inputs, targets)`` pairs.
         PruningNameError: a module has no attribute ``name``.
         ValueError: nothing to prune, a module outside ``model``, a tensor
-            listed twice, ``amount`` out of range or more than the units left.
-        TypeError: ``loss_fn`` is not callable, ``data`` is not an iterable of
-            ``(inputs, targets)`` pairs.
-        ValueError: ``data`` is empty; the loss is not a finite scalar, does
-            not depend on every scored tensor, or has zero gradient everywhere.
+            listed twice, ``amount`` out of range or more than the units left;
+            ``data`` is empty; the loss is not a finite scalar, does not depend
+            on every scored tensor, or has zero gradient everywhere.
 
     Example::
 
@@ -224,17 +223,16 @@ def iterative_snip(model: nn.Module, loss_fn: Callable, data: Any, amount,
     Raises:
         TypeError: ``model`` is not an ``nn.Module``; ``parameters`` is not an
             iterable of ``(module, name)`` pairs or names a non-parameter;
-            ``amount`` is not an int or float.
+            ``amount`` is not an int or float; ``loss_fn`` is not callable;
+            ``data`` is not an iterable of ``(inputs, targets)`` pairs;
+            ``steps`` is not an int, ``schedule`` not a str, ``progress`` not a
+            bool or ``None``.
         PruningNameError: a module has no attribute ``name``.
         ValueError: nothing to prune, a module outside ``model``, a tensor
-            listed twice, ``amount`` out of range or more than the units left.
-        TypeError: ``loss_fn`` is not callable, ``data`` is not an iterable of
-            ``(inputs, targets)`` pairs.
-        ValueError: ``data`` is empty; the loss is not a finite scalar, does
-            not depend on every scored tensor, or has zero gradient everywhere.
-        TypeError: ``steps`` is not an int, ``schedule`` is not a str,
-            ``progress`` is not a bool or ``None``.
-        ValueError: ``steps < 1``, an unknown ``schedule``.
+            listed twice, ``amount`` out of range or more than the units left;
+            ``data`` is empty; the loss is not a finite scalar, does not depend
+            on every scored tensor, or has zero gradient everywhere;
+            ``steps < 1``, an unknown ``schedule``.
 
     Example::
 
@@ -281,17 +279,16 @@ def force(model: nn.Module, loss_fn: Callable, data: Any, amount,
     Raises:
         TypeError: ``model`` is not an ``nn.Module``; ``parameters`` is not an
             iterable of ``(module, name)`` pairs or names a non-parameter;
-            ``amount`` is not an int or float.
+            ``amount`` is not an int or float; ``loss_fn`` is not callable;
+            ``data`` is not an iterable of ``(inputs, targets)`` pairs;
+            ``steps`` is not an int, ``schedule`` not a str, ``progress`` not a
+            bool or ``None``.
         PruningNameError: a module has no attribute ``name``.
         ValueError: nothing to prune, a module outside ``model``, a tensor
-            listed twice, ``amount`` out of range or more than the units left.
-        TypeError: ``loss_fn`` is not callable, ``data`` is not an iterable of
-            ``(inputs, targets)`` pairs.
-        ValueError: ``data`` is empty; the loss is not a finite scalar, does
-            not depend on every scored tensor, or has zero gradient everywhere.
-        TypeError: ``steps`` is not an int, ``schedule`` is not a str,
-            ``progress`` is not a bool or ``None``.
-        ValueError: ``steps < 1``, an unknown ``schedule``.
+            listed twice, ``amount`` out of range or more than the units left;
+            ``data`` is empty; the loss is not a finite scalar, does not depend
+            on every scored tensor, or has zero gradient everywhere;
+            ``steps < 1``, an unknown ``schedule``.
 
     Example::
 
@@ -335,16 +332,14 @@ def synflow(model: nn.Module, example_input: Tensor, amount, parameters: Optiona
     Raises:
         TypeError: ``model`` is not an ``nn.Module``; ``parameters`` is not an
             iterable of ``(module, name)`` pairs or names a non-parameter;
-            ``amount`` is not an int or float.
+            ``amount`` is not an int or float; ``example_input`` is not a
+            floating-point tensor; the forward does not return a single tensor;
+            ``steps`` is not an int, ``schedule`` not a str, ``progress`` not a
+            bool or ``None``.
         PruningNameError: a module has no attribute ``name``.
         ValueError: nothing to prune, a module outside ``model``, a tensor
-            listed twice, ``amount`` out of range or more than the units left.
-        TypeError: ``example_input`` is not a floating-point tensor, or the
-            forward does not return a single tensor.
-        ValueError: ``example_input`` is empty.
-        TypeError: ``steps`` is not an int, ``schedule`` is not a str,
-            ``progress`` is not a bool or ``None``.
-        ValueError: ``steps < 1``, an unknown ``schedule``.
+            listed twice, ``amount`` out of range or more than the units left;
+            ``example_input`` is empty; ``steps < 1``, an unknown ``schedule``.
 
     Example::
 
