@@ -116,6 +116,34 @@ class ModelPruning(Callback):
         pruning_norm: norm for ``ln_structured``.
         verbose: 0 silent, 1 overall sparsity, 2 per-parameter sparsity (logged).
         prune_on_train_epoch_end: prune at the end of the training epoch, else of validation.
+
+    Global pruning runs :func:`fastprune.global_unstructured` (for L1, one
+    k-selection over all tensors; ties: lower flat index pruned first), local
+    pruning the fastprune function of each tensor. With
+    ``use_lottery_ticket_hypothesis`` the rewind goes to the weights as they
+    were at ``setup`` (see the module docstring for how this differs from
+    Lightning's callback).
+
+    Raises:
+        MisconfigurationException: with Lightning's messages, for a
+            ``parameter_names`` entry other than ``"weight"`` / ``"bias"``, an
+            unknown ``pruning_fn`` name or an object that is neither a name nor
+            a ``BasePruningMethod`` class, a structured method without
+            ``pruning_dim`` (``ln_structured`` without ``pruning_norm``), a
+            method class with ``use_global_unstructured=False``, a method that
+            is not ``"unstructured"`` with ``use_global_unstructured=True``, an
+            ``amount`` that is neither an int, a float nor a callable, or a
+            ``verbose`` outside ``(0, 1, 2)``.
+
+    Example::
+
+        from fastprune.lightning import ModelPruning
+
+        trainer = lightning.pytorch.Trainer(
+            max_epochs=10,
+            callbacks=[ModelPruning("l1_unstructured", amount=lambda epoch: 0.2 if epoch % 2 else 0)],
+        )
+        trainer.fit(lit_model)
     """
 
     PARAMETER_NAMES = ("weight", "bias")
@@ -225,7 +253,16 @@ class ModelPruning(Callback):
         return inspect.isclass(method) and issubclass(method, _TorchBase)
 
     def filter_parameters_to_prune(self, parameters_to_prune: _PARAM_LIST = ()) -> _PARAM_LIST:
-        """Override to choose which ``(module, name)`` pairs get pruned."""
+        """Override to choose which ``(module, name)`` pairs get pruned.
+
+        Called once in :meth:`setup`, after :meth:`sanitize_parameters_to_prune`.
+
+        Args:
+            parameters_to_prune (sequence of (module, name)): the candidates.
+
+        Returns:
+            sequence of (module, name): the pairs to prune (here: all of them).
+        """
         return parameters_to_prune
 
     @staticmethod
@@ -235,6 +272,23 @@ class ModelPruning(Callback):
         """Check ``parameters_to_prune`` against the model, or build it from ``parameter_names``.
 
         Tensors that are already pruned (``name_orig`` present) count as parameters.
+
+        Args:
+            pl_module (nn.Module): the model.
+            parameters_to_prune (sequence of (module, name), optional): pairs
+                to check; empty means every ``parameter_names`` parameter of
+                every module that is not a container.
+            parameter_names (sequence of str, optional): names to collect
+                when ``parameters_to_prune`` is empty. Default:
+                ``("weight", "bias")``.
+
+        Returns:
+            list of (module, name): the pairs to prune.
+
+        Raises:
+            MisconfigurationException: ``parameters_to_prune`` is not a list
+                or tuple of ``(nn.Module, str)`` pairs, or names modules or
+                parameters the model does not have.
         """
         names = parameter_names or ModelPruning.PARAMETER_NAMES
         current_modules = [m for m in pl_module.modules() if not isinstance(m, _MODULE_CONTAINERS)]
@@ -289,7 +343,17 @@ class ModelPruning(Callback):
         return int((mask == 0).sum()), mask.numel()
 
     def apply_pruning(self, amount: Union[int, float]) -> None:
-        """Prune ``parameters_to_prune`` by ``amount`` (globally or tensor by tensor)."""
+        """Prune ``parameters_to_prune`` by ``amount`` (globally or tensor by tensor).
+
+        Args:
+            amount (int or float): a fraction of the still-unpruned units, or a
+                count.
+
+        Raises:
+            TypeError, ValueError: as :func:`fastprune.global_unstructured` or
+                the local pruning function (an invalid ``amount``, an
+                ``amount`` larger than the units left).
+        """
         prev = [self._get_pruned_stats(m, n) for m, n in self._parameters_to_prune] if self._verbose else None
         if self._use_global_unstructured:
             self._apply_global_pruning(amount)
@@ -305,7 +369,12 @@ class ModelPruning(Callback):
             ticket.rewind(resample=resample)
 
     def make_pruning_permanent(self, module: nn.Module) -> None:
-        """Drop every pruning reparametrisation under ``module``, keeping the pruned values."""
+        """Drop every pruning reparametrisation under ``module``, keeping the pruned values.
+
+        Args:
+            module (nn.Module): the model; every pruned tensor of it and of its
+                submodules is made permanent with :func:`fastprune.remove`.
+        """
         for _, sub in module.named_modules():
             for hook in list(sub._forward_pre_hooks.values()):
                 if isinstance(hook, _TorchBase):
@@ -344,6 +413,16 @@ class ModelPruning(Callback):
     # -- Lightning hooks ----------------------------------------------------
 
     def setup(self, trainer: "pl.Trainer", pl_module: LightningModule, stage: str) -> None:
+        """Lightning hook: resolve the parameters to prune and remember the initial weights.
+
+        Args:
+            trainer (Trainer): the trainer.
+            pl_module (LightningModule): the model.
+            stage (str): the stage being set up.
+
+        Raises:
+            MisconfigurationException: as :meth:`sanitize_parameters_to_prune`.
+        """
         params = self.sanitize_parameters_to_prune(
             pl_module, self._parameters_to_prune, parameter_names=self._parameter_names
         )
@@ -362,16 +441,34 @@ class ModelPruning(Callback):
                 self._tickets.append((LotteryTicket(pl_module, plain), False))
 
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: LightningModule) -> None:
+        """Lightning hook: prune (and rewind) when ``prune_on_train_epoch_end``.
+
+        Args:
+            trainer (Trainer): the trainer.
+            pl_module (LightningModule): the model.
+        """
         if self._prune_on_train_epoch_end:
             rank_zero_debug("`ModelPruning.on_train_epoch_end`. Applying pruning")
             self._run_pruning(pl_module.current_epoch)
 
     def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module: LightningModule) -> None:
+        """Lightning hook: prune (and rewind) unless ``prune_on_train_epoch_end``; never during sanity checks.
+
+        Args:
+            trainer (Trainer): the trainer.
+            pl_module (LightningModule): the model.
+        """
         if not trainer.sanity_checking and not self._prune_on_train_epoch_end:
             rank_zero_debug("`ModelPruning.on_validation_epoch_end`. Applying pruning")
             self._run_pruning(pl_module.current_epoch)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: LightningModule) -> None:
+        """Lightning hook: make the pruning permanent when ``make_pruning_permanent``.
+
+        Args:
+            trainer (Trainer): the trainer.
+            pl_module (LightningModule): the model.
+        """
         if self._make_pruning_permanent:
             rank_zero_debug("`ModelPruning.on_train_end`. Pruning is made permanent for this checkpoint")
             self.make_pruning_permanent(pl_module)
@@ -392,6 +489,17 @@ class ModelPruning(Callback):
 
     def on_save_checkpoint(self, trainer: "pl.Trainer", pl_module: LightningModule,
                            checkpoint: Dict[str, Any]) -> None:
+        """Lightning hook: with ``make_pruning_permanent``, save ``orig * mask`` as each pruned tensor.
+
+        The model itself keeps its reparametrisation; only the checkpoint's
+        ``state_dict`` holds the permanently pruned weights (without
+        ``_orig`` / ``_mask`` entries), on the CPU.
+
+        Args:
+            trainer (Trainer): the trainer.
+            pl_module (LightningModule): the model.
+            checkpoint (dict): the checkpoint being saved, modified in place.
+        """
         if self._make_pruning_permanent:
             rank_zero_debug("`ModelPruning.on_save_checkpoint`. Pruning is made permanent for this checkpoint")
             checkpoint["state_dict"] = self._make_pruning_permanent_on_state_dict(pl_module)

@@ -67,6 +67,27 @@ class LotteryTicket:
     Carbin). A name may refer to a tensor that is pruned later: rewinding writes
     into ``name_orig`` then. Copies are taken at construction and again by
     :meth:`capture` (call it after ``k`` training steps for late rewinding).
+
+    Args:
+        model (nn.Module): the network.
+        parameters (Iterable of (module, name), optional): the tensors to
+            remember; a name of a tensor pruned torch-style means its
+            ``name_orig``. Default: every parameter of ``model``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or ``parameters`` is not
+            an iterable of ``(nn.Module, str)`` pairs.
+        ValueError: ``parameters`` is empty, names a tensor the module does not
+            have, or one pruned in place without a ``name_orig`` copy.
+
+    Example::
+
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        ticket = prune.LotteryTicket(model)
+        ...  # train
+        prune.global_unstructured([(model[0], "weight"), (model[2], "weight")],
+                                  pruning_method=prune.L1Unstructured, amount=0.8)
+        ticket.rewind()  # surviving weights back to their initial values
     """
 
     def __init__(self, model: nn.Module, parameters: Optional[Iterable[Param]] = None):
@@ -93,7 +114,11 @@ class LotteryTicket:
         self.capture()
 
     def capture(self) -> None:
-        """Take (or retake) the copies that :meth:`rewind` restores."""
+        """Take (or retake) the copies that :meth:`rewind` restores.
+
+        Raises:
+            ValueError: a remembered tensor no longer exists on its module.
+        """
         self.initial = {(m, n): _dense_param(m, n).detach().clone() for m, n in self.parameters}
 
     def _resampled(self, init: Union[bool, Callable[[Tensor], object]]) -> Dict[Param, Tensor]:
@@ -132,7 +157,19 @@ class LotteryTicket:
         ``resample=True`` draws new values instead, with each module's
         ``reset_parameters()``; a callable (e.g. ``torch.nn.init.xavier_normal_``)
         is applied to fresh tensors of the right shape. The parameter objects stay
-        the same (values are copied in place), so optimizers keep working.
+        the same (values are copied in place), so optimizers keep working; the
+        cached pruned attribute (``module.<name>``) is recomputed.
+
+        Args:
+            resample (bool or Callable, optional): ``False`` restores the
+                remembered values, ``True`` draws new ones with
+                ``reset_parameters()``, a callable initialises fresh tensors in
+                place. Default: ``False``.
+
+        Raises:
+            TypeError: ``resample`` is neither a bool nor callable.
+            ValueError: a remembered tensor no longer exists or changed shape,
+                or ``resample=True`` on a module without ``reset_parameters()``.
         """
         if not (isinstance(resample, bool) or callable(resample)):
             raise TypeError("resample must be a bool or an init function applied in place to a tensor")
@@ -169,7 +206,47 @@ def iterative_magnitude_pruning(
     Linear and Conv layer) follows :func:`pruning_schedule`; with ``rewind``
     the surviving weights go back to their values when the call started (or to
     those captured by ``ticket``), so the model ends as the lottery ticket,
-    ready for its final training. Returns the sparsity reached after each round.
+    ready for its final training. Each round prunes with
+    :func:`fastprune.global_unstructured` and ``L1Unstructured`` (the fast
+    path: one k-selection over all tensors, ties to the lower flat index).
+
+    Args:
+        model (nn.Module): the network.
+        train_fn (Callable): ``train_fn(model, round_index)``, trains in place.
+        amount (int or float): the final target among the still-unpruned
+            units, a fraction in [0, 1] or a count.
+        rounds (int): number of train / prune rounds, ``>= 1``.
+        schedule (str, optional): how the target is approached, see
+            :func:`pruning_schedule`. Default: ``"exponential"``.
+        parameters (Iterable of (module, name), optional): the tensors to
+            prune. Default: the weight of every ``nn.Linear`` and ``nn.Conv*``.
+        rewind (bool, optional): rewind after each pruning. Default: ``True``.
+        resample (bool or Callable, optional): passed to
+            :meth:`LotteryTicket.rewind`. Default: ``False``.
+        ticket (LotteryTicket, optional): the values to rewind to. Default: a
+            ticket of every parameter of ``model`` taken when the call starts.
+
+    Returns:
+        list of float: the sparsity of ``parameters`` after each round.
+
+    Raises:
+        TypeError: ``train_fn`` is not callable, ``rounds`` is not an int,
+            ``ticket`` is not a ``LotteryTicket``, or ``model`` /
+            ``parameters`` / ``amount`` / ``schedule`` of the wrong type.
+        PruningNameError: a module has no attribute ``name``.
+        ValueError: ``rounds < 1``, nothing to prune, a module outside
+            ``model``, a tensor listed twice, an unknown ``schedule``, or
+            ``amount`` out of range.
+
+    Example::
+
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+        def train(model, round_index):
+            ...  # a few epochs
+
+        history = prune.iterative_magnitude_pruning(model, train, amount=0.9, rounds=3)
+        assert abs(history[-1] - 0.9) < 0.01
     """
 
     targets = resolve_targets(parameters, fn="iterative_magnitude_pruning", model=model, nonempty=True)

@@ -274,6 +274,32 @@ def sparsify_(
 
     All arguments are checked before any weight changes; on an error nothing
     is modified.
+
+    Raises:
+        TypeError: ``parameters`` is neither a module nor an iterable of
+            ``(module, name)`` pairs, a name is not a str or not a parameter,
+            ``amount`` is not an int or float (``bool`` included), ``method``
+            or ``scope`` is not a str, ``importance_scores`` is not a dict of
+            real dense tensors, or a parameter is bool or complex.
+        PruningNameError: a module has no attribute ``name``.
+        PruningShapeError: an importance score is not shaped like its parameter.
+        ValueError: ``amount`` out of range or more than the units still kept;
+            an unknown ``method`` or ``scope``; ``importance_scores`` with
+            ``method="random"`` or on another device than its parameter; a
+            tensor listed twice (tied weights included); a tensor already
+            pruned torch-style (``name_orig``) or without data (meta device,
+            lazy, sparse); ``scope="global"`` over several devices; a
+            parameter whose remembered mask no longer fits it.
+        ImportError: ``method="random"`` without numpy installed.
+
+    Example::
+
+        model = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
+        masks = prune.sparsify_(model, amount=0.5)
+        assert masks.sparsity() == 0.5
+        assert int((model[0].weight == 0).sum() + (model[2].weight == 0).sum()) == 60
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        masks.attach(optimizer)  # pruned weights stay 0 through training
     """
     targets = resolve_targets(
         parameters, fn="sparsify_", accept_module=True, reparametrized=REFUSE, data=True, unique_tensors=True
@@ -354,6 +380,25 @@ class MaskSet:
     or by calling :meth:`apply_` yourself, and/or zero the pruned units'
     gradients with :meth:`mask_gradients`. Both return a handle with
     ``remove()``; :meth:`detach` removes all of them.
+
+    A MaskSet is made by :func:`sparsify_` (or by a feature built on it), not
+    constructed by hand. Each mask is looked up through its module when used,
+    so a parameter replaced after pruning (``load_state_dict(assign=True)``)
+    is followed.
+
+    Args:
+        targets (sequence of Target): the resolved ``(module, name)`` targets,
+            from :mod:`fastprune.core.targets`.
+        cells (sequence): the shared packed mask of each target, in order.
+
+    Example::
+
+        model = nn.Linear(16, 4)
+        masks = prune.sparsify_(model, amount=0.75)
+        state = masks.state_dict()  # torch.save-able
+        masks.load_state_dict(state)  # and zero the weights again
+        hooks = masks.to_pruning()  # torch-style weight_orig / weight_mask
+        assert prune.is_pruned(model)
     """
 
     def __init__(self, targets: Sequence[Target], cells: Sequence[_MaskCell]) -> None:
@@ -381,6 +426,7 @@ class MaskSet:
 
     @property
     def parameters(self) -> List[Tuple[nn.Module, str]]:
+        """The ``(module, name)`` pair of every parameter, in order."""
         return [(t.module, t.name) for t in self._targets]
 
     @property
@@ -390,6 +436,7 @@ class MaskSet:
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by the packed masks (one bit per unit, rounded up per tensor)."""
         return sum(c.packed.numel() for c in self._cells)
 
     def _index(self, key) -> int:
@@ -431,22 +478,65 @@ class MaskSet:
         return live
 
     def mask(self, key, dtype: torch.dtype = torch.bool) -> Tensor:
-        """The unpacked keep-mask of one parameter, shaped like it, in ``dtype``."""
+        """The unpacked keep-mask of one parameter, shaped like it, in ``dtype``.
+
+        Args:
+            key (int, str or (module, name)): the parameter, by position, by
+                label (see :attr:`names`) or by pair.
+            dtype (torch.dtype, optional): dtype of the result (1 = kept).
+                Default: ``torch.bool``.
+
+        Returns:
+            torch.Tensor: a new tensor shaped like the parameter.
+
+        Raises:
+            IndexError: an int ``key`` out of range.
+            KeyError: a label or pair that is not in this MaskSet.
+            TypeError: ``key`` of another type.
+            ValueError: the module no longer has the parameter, or it was
+                replaced by one of another size or device.
+        """
         i = self._index(key)
         t, c = self._targets[i], self._cells[i]
         return ops.unpack_mask(c.packed, c.numel, dtype).reshape(self._live(i).shape)
 
     def numel(self) -> int:
+        """Units covered by the masks: the total number of elements of the parameters.
+
+        Returns:
+            int: the sum of the parameters' ``numel()``.
+        """
         return sum(c.numel for c in self._cells)
 
     def kept_counts(self) -> List[int]:
+        """Units kept (mask bit 1) in each parameter, in order.
+
+        Returns:
+            list of int: one count per parameter.
+        """
         return [c.count_kept() for c in self._cells]
 
     def num_pruned(self) -> int:
+        """Units pruned across all parameters.
+
+        Returns:
+            int: :meth:`numel` minus the units kept.
+        """
         return self.numel() - sum(self.kept_counts())
 
     def sparsity(self, key=None) -> float:
-        """Fraction of units pruned: of all parameters, or of the one ``key`` names."""
+        """Fraction of units pruned: of all parameters, or of the one ``key`` names.
+
+        Args:
+            key (int, str or (module, name), optional): one parameter, as in
+                :meth:`mask`. Default: all parameters together.
+
+        Returns:
+            float: in [0, 1]; 0.0 for parameters without elements.
+
+        Raises:
+            IndexError, KeyError, TypeError: ``key`` as in :meth:`mask`.
+        """
         if key is not None:
             c = self._cells[self._index(key)]
             return 1.0 - c.count_kept() / c.numel if c.numel else 0.0
@@ -454,13 +544,28 @@ class MaskSet:
         return self.num_pruned() / total if total else 0.0
 
     def sparsities(self) -> Dict[str, float]:
-        """``{label: fraction pruned}`` for every parameter."""
+        """The fraction pruned of every parameter.
+
+        Returns:
+            dict: ``{label: fraction pruned}``, labels as in :attr:`names`.
+        """
         return {t.label: (1.0 - c.count_kept() / c.numel if c.numel else 0.0) for t, c in zip(self._targets, self._cells)}
 
     # -- keeping the zeros ------------------------------------------------
 
     def apply_(self) -> "MaskSet":
-        """Zero every pruned unit again (one multi-tensor kernel call)."""
+        """Zero every pruned unit again (one multi-tensor kernel call).
+
+        Call after anything that may have written into pruned units (an
+        optimizer step, a weight load); :meth:`attach` does it after every step.
+
+        Returns:
+            MaskSet: ``self``.
+
+        Raises:
+            ValueError: a module no longer has its parameter, or it was
+                replaced by one of another size or device.
+        """
         if not self._targets:  # the dispatcher cannot route an op with no tensor at all
             return self
         with torch.no_grad():
@@ -471,7 +576,16 @@ class MaskSet:
         """Zero the pruned units of each parameter's ``.grad`` once it is accumulated.
 
         With plain SGD (no momentum, no weight decay) this alone keeps the
-        zeros; stateful optimizers need :meth:`attach` too.
+        zeros; stateful optimizers need :meth:`attach` too. Parameters that do
+        not require grad get no hook.
+
+        Returns:
+            handle: its ``remove()`` removes the hooks this call installed
+            (also usable as a context manager).
+
+        Raises:
+            ValueError: a module no longer has its parameter, or it was
+                replaced by one of another size or device.
         """
         handles = []
         for i, c in enumerate(self._cells):
@@ -491,7 +605,19 @@ class MaskSet:
     def attach(self, optimizer: torch.optim.Optimizer, mask_gradients: bool = True) -> _HookGroup:
         """Re-apply the masks after every ``optimizer.step()`` (and mask gradients).
 
-        Returns one handle removing all the hooks this call installed.
+        Args:
+            optimizer (torch.optim.Optimizer): the optimizer training the
+                parameters; a step post-hook calls :meth:`apply_`.
+            mask_gradients (bool, optional): also zero the pruned units of the
+                gradients, as :meth:`mask_gradients`. Default: ``True``.
+
+        Returns:
+            handle: its ``remove()`` removes all the hooks this call installed.
+
+        Raises:
+            TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``.
+            ValueError: a module no longer has its parameter, or it was
+                replaced by one of another size or device.
         """
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -524,7 +650,16 @@ class MaskSet:
     # -- persistence ------------------------------------------------------
 
     def state_dict(self) -> Dict[str, object]:
-        """Masks (packed, copied), labels and shapes; ``torch.save``-able."""
+        """Masks (packed, copied), labels and shapes; ``torch.save``-able.
+
+        Returns:
+            dict: with keys ``"format"``, ``"names"``, ``"shapes"`` and
+            ``"masks"`` (one 1-d ``uint8`` tensor per parameter).
+
+        Raises:
+            ValueError: a module no longer has its parameter, or it was
+                replaced by one of another size or device.
+        """
         return {
             "format": _STATE_FORMAT,
             "names": self.names,
@@ -535,8 +670,25 @@ class MaskSet:
     def load_state_dict(self, state_dict, strict: bool = True, apply: bool = True) -> "MaskSet":
         """Load masks saved by :meth:`state_dict`, then (``apply``) zero the weights.
 
-        ``strict`` also requires the labels to match. Every check runs before
-        any mask or weight changes.
+        Every check runs before any mask or weight changes.
+
+        Args:
+            state_dict (dict): what :meth:`state_dict` returned, for the same
+                parameters in the same order.
+            strict (bool, optional): also require the labels to match.
+                Default: ``True``.
+            apply (bool, optional): zero the pruned units of the weights with
+                :meth:`apply_` once loaded. Default: ``True``.
+
+        Returns:
+            MaskSet: ``self``.
+
+        Raises:
+            TypeError: ``state_dict`` is not a dict, or a mask is not a 1-d
+                ``uint8`` tensor.
+            ValueError: keys missing, another format, another number of masks,
+                labels that differ (with ``strict``), a shape or a mask size
+                that does not match its parameter.
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
@@ -579,8 +731,14 @@ class MaskSet:
         (``prune.is_pruned``, ``prune.remove``...). ``name_orig`` is the very
         Parameter this MaskSet holds, so :meth:`apply_` and the gradient hooks
         keep working; the masks are unpacked into the weights' dtype, as
-        torch stores them. All parameters are converted or none. Returns the
-        pruning hooks.
+        torch stores them. All parameters are converted or none.
+
+        Returns:
+            list: the installed pruning hooks, one per parameter.
+
+        Raises:
+            ValueError: a parameter is already in the torch-style layout, or
+                no longer matches its mask.
         """
         for i, t in enumerate(self._targets):
             if t.reparametrized or pruning_hooks(t.module, t.name):

@@ -23,6 +23,33 @@ def pruning_schedule(total: int, amount, steps: int, schedule: str = "exponentia
     For ``"constant"``, ``amount`` is what each round prunes of the units still
     remaining (a fraction, or a count), as repeated ``l1_unstructured`` calls do;
     the final sparsity is then ``1 - (1 - amount) ** steps``.
+
+    Args:
+        total (int): prunable units, ``>= 0``.
+        amount (int or float): the final target (``"linear"``,
+            ``"exponential"``) or the amount of each round (``"constant"``): a
+            fraction in [0, 1] or a count.
+        steps (int): number of rounds, ``>= 1``.
+        schedule (str, optional): ``"linear"``, ``"exponential"`` (or
+            ``"exp"``) or ``"constant"``, case-insensitive.
+            Default: ``"exponential"``.
+
+    Returns:
+        list of int: ``steps`` non-decreasing cumulative counts; the last one
+        is the final number of pruned units.
+
+    Raises:
+        ValueError: ``total`` is not a non-negative int; ``steps < 1``; an
+            unknown ``schedule``; ``amount`` out of range, larger than
+            ``total``, or (``"constant"``, int) ``amount * steps > total``.
+        TypeError: ``steps`` is not an int, ``schedule`` is not a str,
+            ``amount`` is not an int or float.
+
+    Example::
+
+        assert prune.pruning_schedule(100, 0.9, 3, "linear") == [30, 60, 90]
+        assert prune.pruning_schedule(100, 0.9, 3) == [54, 78, 90]
+        assert prune.pruning_schedule(100, 0.5, 2, "constant") == [50, 75]
     """
 
     if isinstance(total, bool) or not isinstance(total, int) or total < 0:

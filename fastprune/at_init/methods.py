@@ -128,6 +128,46 @@ def snip(model: nn.Module, loss_fn: Callable, data: Any, amount, parameters: Opt
     ``data`` is an iterable of ``(inputs, targets)`` batches (read once);
     ``loss_fn(model(inputs), targets)`` must return a scalar. The sensitivity is
     accumulated over all batches. See :func:`fastprune.scores.snip_scores`.
+
+    The units with the smallest scores are pruned globally through
+    :func:`fastprune.global_unstructured` (one k-selection over all tensors;
+    ties: lower global flat index first) and the torch-style reparametrisation
+    is installed. All scores are computed and every argument checked before
+    the first module changes; the model's mode, weights, gradients and
+    buffers are left as they were.
+
+    Args:
+        model (nn.Module): the network to prune.
+        loss_fn (Callable): ``loss_fn(model(inputs), targets)`` returning a
+            scalar loss.
+        data (Iterable): ``(inputs, targets)`` batches, read once, or one such
+            pair of tensors.
+        amount (int or float): units to prune, among the still-unpruned units
+            of all ``parameters`` together: a fraction in [0, 1] or a count.
+        parameters (Iterable of (module, name), optional): the tensors to
+            prune, all inside ``model``. Default: the weight of every
+            ``nn.Linear`` and ``nn.Conv*`` of ``model``.
+
+    Returns:
+        dict: ``{(module, name): mask}``, the installed ``name_mask`` buffers.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``; ``parameters`` is not an
+            iterable of ``(module, name)`` pairs or names a non-parameter;
+            ``amount`` is not an int or float; ``loss_fn`` is not callable;
+            ``data`` is not an iterable of ``(inputs, targets)`` pairs.
+        PruningNameError: a module has no attribute ``name``.
+        ValueError: nothing to prune, a module outside ``model``, a tensor
+            listed twice, ``amount`` out of range or more than the units left;
+            ``data`` is empty; the loss is not a finite scalar, does not depend
+            on every scored tensor, or has zero gradient everywhere.
+
+    Example::
+
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+        x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+        masks = prune.snip(model, F.cross_entropy, [(x, y)], amount=0.9)
+        assert sum(int((m == 0).sum()) for m in masks.values()) == 144
     """
     targets, masks, _, _ = _prepare(model, parameters, amount)
     batches = _scores._batches(data)
@@ -156,8 +196,49 @@ def iterative_snip(model: nn.Module, loss_fn: Callable, data: Any, amount,
     """Iterative SNIP (de Jorge et al. 2021): ``steps`` rounds of SNIP on the pruned network.
 
     Each round recomputes ``|dL/dc|`` with the current mask ``c``; pruned
-    connections score 0 and stay pruned. ``progress`` shows a tqdm bar
-    (default: only when stderr is a terminal).
+    connections score 0 and stay pruned. Intermediate masks never touch the
+    model; only the final one is installed, as by :func:`snip`.
+
+    Args:
+        model (nn.Module): the network to prune.
+        loss_fn (Callable): ``loss_fn(model(inputs), targets)`` returning a
+            scalar loss.
+        data (Iterable): ``(inputs, targets)`` batches, read once, or one such
+            pair of tensors.
+        amount (int or float): units to prune, among the still-unpruned units
+            of all ``parameters`` together: a fraction in [0, 1] or a count.
+        parameters (Iterable of (module, name), optional): the tensors to
+            prune, all inside ``model``. Default: the weight of every
+            ``nn.Linear`` and ``nn.Conv*`` of ``model``.
+        steps (int, optional): number of rounds. Default: 10.
+        schedule (str, optional): ``"exp"`` (keep ``(1 - amount) ** (t / steps)``
+            after round ``t``) or ``"linear"`` (the same number each round).
+            Default: ``"exp"``.
+        progress (bool, optional): show a progress bar (tqdm, if installed).
+            Default: only when stderr is a terminal.
+
+    Returns:
+        dict: ``{(module, name): mask}``, the installed ``name_mask`` buffers.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``; ``parameters`` is not an
+            iterable of ``(module, name)`` pairs or names a non-parameter;
+            ``amount`` is not an int or float; ``loss_fn`` is not callable;
+            ``data`` is not an iterable of ``(inputs, targets)`` pairs;
+            ``steps`` is not an int, ``schedule`` not a str, ``progress`` not a
+            bool or ``None``.
+        PruningNameError: a module has no attribute ``name``.
+        ValueError: nothing to prune, a module outside ``model``, a tensor
+            listed twice, ``amount`` out of range or more than the units left;
+            ``data`` is empty; the loss is not a finite scalar, does not depend
+            on every scored tensor, or has zero gradient everywhere;
+            ``steps < 1``, an unknown ``schedule``.
+
+    Example::
+
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+        batches = [(torch.randn(32, 8), torch.randint(0, 2, (32,)))]
+        masks = prune.iterative_snip(model, F.cross_entropy, batches, amount=0.9, steps=5)
     """
     return _iterative_sensitivity("iterative SNIP", _scores._snip_scores, False, model, loss_fn, data,
                                   amount, parameters, steps, schedule, progress)
@@ -171,7 +252,49 @@ def force(model: nn.Module, loss_fn: Callable, data: Any, amount,
     Each round takes the gradient at the pruned network but multiplies it by the
     dense weights, and selects the units to keep among all units that were
     unpruned when the call started, so connections pruned in an earlier round
-    can come back.
+    can come back. Intermediate masks never touch the model; only the final one
+    is installed, as by :func:`snip`.
+
+    Args:
+        model (nn.Module): the network to prune.
+        loss_fn (Callable): ``loss_fn(model(inputs), targets)`` returning a
+            scalar loss.
+        data (Iterable): ``(inputs, targets)`` batches, read once, or one such
+            pair of tensors.
+        amount (int or float): units to prune, among the still-unpruned units
+            of all ``parameters`` together: a fraction in [0, 1] or a count.
+        parameters (Iterable of (module, name), optional): the tensors to
+            prune, all inside ``model``. Default: the weight of every
+            ``nn.Linear`` and ``nn.Conv*`` of ``model``.
+        steps (int, optional): number of rounds. Default: 10.
+        schedule (str, optional): ``"exp"`` (keep ``(1 - amount) ** (t / steps)``
+            after round ``t``) or ``"linear"`` (the same number each round).
+            Default: ``"exp"``.
+        progress (bool, optional): show a progress bar (tqdm, if installed).
+            Default: only when stderr is a terminal.
+
+    Returns:
+        dict: ``{(module, name): mask}``, the installed ``name_mask`` buffers.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``; ``parameters`` is not an
+            iterable of ``(module, name)`` pairs or names a non-parameter;
+            ``amount`` is not an int or float; ``loss_fn`` is not callable;
+            ``data`` is not an iterable of ``(inputs, targets)`` pairs;
+            ``steps`` is not an int, ``schedule`` not a str, ``progress`` not a
+            bool or ``None``.
+        PruningNameError: a module has no attribute ``name``.
+        ValueError: nothing to prune, a module outside ``model``, a tensor
+            listed twice, ``amount`` out of range or more than the units left;
+            ``data`` is empty; the loss is not a finite scalar, does not depend
+            on every scored tensor, or has zero gradient everywhere;
+            ``steps < 1``, an unknown ``schedule``.
+
+    Example::
+
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+        batches = [(torch.randn(32, 8), torch.randint(0, 2, (32,)))]
+        masks = prune.force(model, F.cross_entropy, batches, amount=0.95, steps=5)
     """
     return _iterative_sensitivity("FORCE", _scores._force_scores, True, model, loss_fn, data,
                                   amount, parameters, steps, schedule, progress)
@@ -184,7 +307,44 @@ def synflow(model: nn.Module, example_input: Tensor, amount, parameters: Optiona
     ``example_input`` only gives the input shape; the scores come from an
     all-ones input through the network with absolute-valued weights (see
     :func:`fastprune.scores.synflow_scores`). The model's weights and their signs are
-    never modified; only the masks are installed.
+    never modified; only the masks are installed. Each round prunes among the
+    units kept so far; only the final mask is installed, as by :func:`snip`.
+
+    Args:
+        model (nn.Module): the network to prune. Its forward must return one tensor.
+        example_input (torch.Tensor): a floating-point tensor shaped like one
+            input batch (its values are not used).
+        amount (int or float): units to prune, among the still-unpruned units
+            of all ``parameters`` together: a fraction in [0, 1] or a count.
+        parameters (Iterable of (module, name), optional): the tensors to
+            prune, all inside ``model``. Default: the weight of every
+            ``nn.Linear`` and ``nn.Conv*`` of ``model``.
+        steps (int, optional): number of rounds. Default: 100.
+        schedule (str, optional): ``"exp"`` (keep ``(1 - amount) ** (t / steps)``
+            after round ``t``) or ``"linear"`` (the same number each round).
+            Default: ``"exp"``.
+        progress (bool, optional): show a progress bar (tqdm, if installed).
+            Default: only when stderr is a terminal.
+
+    Returns:
+        dict: ``{(module, name): mask}``, the installed ``name_mask`` buffers.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``; ``parameters`` is not an
+            iterable of ``(module, name)`` pairs or names a non-parameter;
+            ``amount`` is not an int or float; ``example_input`` is not a
+            floating-point tensor; the forward does not return a single tensor;
+            ``steps`` is not an int, ``schedule`` not a str, ``progress`` not a
+            bool or ``None``.
+        PruningNameError: a module has no attribute ``name``.
+        ValueError: nothing to prune, a module outside ``model``, a tensor
+            listed twice, ``amount`` out of range or more than the units left;
+            ``example_input`` is empty; ``steps < 1``, an unknown ``schedule``.
+
+    Example::
+
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+        masks = prune.synflow(model, torch.randn(1, 3, 8, 8), amount=0.9, steps=10)
     """
     _scores._check_example_input(example_input)
     targets, masks, n_unpruned, k = _prepare(model, parameters, amount)

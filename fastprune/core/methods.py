@@ -66,16 +66,59 @@ def _materialise(mask: torch.Tensor) -> torch.Tensor:
 
 
 class BasePruningMethod(TorchBase):
-    """Base class of pruning methods (see ``torch.nn.utils.prune.BasePruningMethod``).
+    """Abstract base class of pruning methods (torch's ``BasePruningMethod``).
 
     Subclasses implement ``compute_mask(t, default_mask)`` and set
-    ``PRUNING_TYPE`` to ``"unstructured"``, ``"structured"`` or ``"global"``.
+    ``PRUNING_TYPE`` to ``"unstructured"``, ``"structured"`` or ``"global"``,
+    exactly as for ``torch.nn.utils.prune.BasePruningMethod``. This class
+    also derives from torch's, so a method built on it is accepted by torch's
+    ``is_pruned``, ``remove`` and ``PruningContainer``, and a method built on
+    torch's class is accepted by fastprune's functions.
+
+    An instance is installed as a forward pre-hook of the module it prunes:
+    before every forward it recomputes ``module.<name>`` as
+    ``name_orig * name_mask``.
+
+    Example::
+
+        class EveryOther(prune.BasePruningMethod):
+            PRUNING_TYPE = "unstructured"
+
+            def compute_mask(self, t, default_mask):
+                mask = default_mask.clone()
+                mask.view(-1)[::2] = 0
+                return mask
+
+        m = nn.Linear(4, 3)
+        EveryOther.apply(m, "weight")
+        assert (m.weight.view(-1)[::2] == 0).all()
     """
 
     def __call__(self, module, inputs):
+        """Forward pre-hook: store ``name_orig * name_mask`` as ``module.<name>``.
+
+        Args:
+            module (nn.Module): the module being run.
+            inputs: its forward inputs (unused; part of the hook signature).
+        """
         setattr(module, self._tensor_name, self.apply_mask(module))
 
     def apply_mask(self, module):
+        """Multiply the pruned tensor's original by its mask.
+
+        A mask in the weight's own dtype and shape is a plain ``orig * mask``;
+        any other mask dtype (bool, uint8...) goes through the fused
+        ``fastprune.ops.mask_mul`` kernel, which does not first convert the mask.
+
+        Args:
+            module (nn.Module): module holding ``name_orig`` and ``name_mask``.
+
+        Returns:
+            torch.Tensor: the masked tensor (differentiable w.r.t. ``name_orig``).
+
+        Raises:
+            AssertionError: this method was never applied to a tensor (as in torch).
+        """
         if getattr(self, "_tensor_name", None) is None:
             raise AssertionError(f"Module {module} has to be pruned")
         mask = getattr(module, self._tensor_name + "_mask")
@@ -91,11 +134,61 @@ class BasePruningMethod(TorchBase):
 
     @classmethod
     def apply(cls, module, name, *args, importance_scores=None, **kwargs):
-        """Prune ``module.<name>`` with a new ``cls(*args, **kwargs)`` and return the hook."""
+        """Prune ``module.<name>`` with a new ``cls(*args, **kwargs)``, in place.
+
+        Adds the buffer ``name_mask``, moves the parameter to ``name_orig`` and
+        registers the method as a forward pre-hook (a tensor already pruned gets
+        the method appended to its :class:`PruningContainer`, and the new mask is
+        computed among the units still kept). The mask is computed before the
+        module is touched: on any error the module is left exactly as it was.
+
+        Args:
+            module (nn.Module): module containing the tensor to prune.
+            name (str): name of the parameter of ``module`` to prune.
+            args: positional arguments of ``cls``'s constructor.
+            importance_scores (torch.Tensor, optional): scores of the same
+                shape as the parameter, ranking its units instead of the
+                parameter's own values. Default: ``None``.
+            kwargs: keyword arguments of ``cls``'s constructor.
+
+        Returns:
+            BasePruningMethod: the hook now installed on ``module`` (the
+            method, or the container it was added to).
+
+        Raises:
+            TypeError: ``module`` is not an ``nn.Module``, ``name`` is not a str,
+                ``module.<name>`` is not a parameter, ``importance_scores`` is
+                not a tensor, or the constructor rejects its arguments.
+            PruningNameError: ``module`` has no attribute ``name`` (an
+                ``AttributeError``, as in torch).
+            PruningShapeError: ``importance_scores`` is not shaped like the
+                parameter.
+            ValueError: ``amount`` out of range or larger than the units left,
+                or any other error of ``compute_mask``.
+            AssertionError: the tensor carries more than one pruning hook.
+        """
         return apply_method(cls, module, name, args, kwargs, importance_scores)
 
     def prune(self, t, default_mask=None, importance_scores=None):
-        """Return ``t`` multiplied by the mask this method computes for it."""
+        """Return ``t`` multiplied by the mask this method computes for it.
+
+        The module is not involved; nothing is installed.
+
+        Args:
+            t (torch.Tensor): tensor to prune.
+            default_mask (torch.Tensor, optional): mask of a previous pruning
+                of ``t`` (default: all ones).
+            importance_scores (torch.Tensor, optional): scores ranking the
+                units of ``t`` instead of ``t`` itself, of ``t``'s shape.
+
+        Returns:
+            torch.Tensor: ``t * compute_mask(importance_scores, default_mask)``.
+
+        Raises:
+            PruningShapeError: ``importance_scores`` is not shaped like ``t``.
+            ValueError: ``amount`` larger than the units of ``t``, and any
+                other error of ``compute_mask``.
+        """
         if importance_scores is not None:
             if importance_scores.shape != t.shape:
                 raise PruningShapeError(
@@ -109,14 +202,43 @@ class BasePruningMethod(TorchBase):
         return t * self.compute_mask(importance_scores, default_mask=default_mask)
 
     def remove(self, module) -> None:
-        """Make the pruning permanent: ``name`` becomes a Parameter holding ``orig * mask``."""
+        """Make the pruning permanent: ``name`` becomes a Parameter holding ``orig * mask``.
+
+        ``name_orig`` and ``name_mask`` are deleted. The product is computed in
+        place in ``name_orig`` (no second copy of the weight) unless a subclass
+        overrides :meth:`apply_mask`. The forward pre-hook itself is removed by
+        the caller (:func:`fastprune.remove`).
+
+        Args:
+            module (nn.Module): the module this method prunes.
+
+        Raises:
+            AssertionError: this method was never applied to a tensor (as in torch).
+        """
         if getattr(self, "_tensor_name", None) is None:
             raise AssertionError(f"Module {module} has to be pruned before pruning can be removed")
         remove_reparametrization(self, module)
 
 
 class PruningContainer(BasePruningMethod, torch_prune.PruningContainer):
-    """Sequence of pruning methods applied one after the other to one tensor."""
+    """Sequence of pruning methods applied one after the other to one tensor.
+
+    Built by :meth:`BasePruningMethod.apply` when a tensor is pruned a second
+    time; each new method's ``amount`` counts among the units the earlier ones
+    kept. L1 on unstructured units runs as one k-selection over the whole
+    tensor with the old mask excluding the pruned units (torch gathers the
+    surviving entries into a copy first); on tie-free scores the mask is the
+    same.
+
+    Args:
+        args: pruning methods (instances), all acting on the same tensor
+            name. A single method gives the container its tensor name.
+
+    Raises:
+        TypeError: an argument is not a ``BasePruningMethod`` (fastprune's or
+            torch's).
+        ValueError: a method acts on a tensor of another name.
+    """
 
     def __init__(self, *args) -> None:
         self._pruning_methods = ()
@@ -128,6 +250,16 @@ class PruningContainer(BasePruningMethod, torch_prune.PruningContainer):
                 self.add_pruning_method(method)
 
     def add_pruning_method(self, method) -> None:
+        """Append ``method`` to the methods of this container.
+
+        Args:
+            method (BasePruningMethod): method acting on the same tensor name
+                as the container (``None`` is appended as is, as in torch).
+
+        Raises:
+            TypeError: ``method`` is not a ``BasePruningMethod``.
+            ValueError: ``method`` acts on a tensor of another name.
+        """
         if method is not None and not isinstance(method, TorchBase):
             raise TypeError(f"{type(method)} is not a BasePruningMethod subclass")
         if method is not None and getattr(self, "_tensor_name", None) != method._tensor_name:
@@ -148,7 +280,26 @@ class PruningContainer(BasePruningMethod, torch_prune.PruningContainer):
         return self._pruning_methods[idx]
 
     def compute_mask(self, t, default_mask):
-        """Mask of the newest method, computed on what the older ones left, combined with them."""
+        """Mask of the newest method, computed on what the older ones left, combined with them.
+
+        As torch's ``PruningContainer.compute_mask``: an unstructured method
+        selects among the units ``default_mask`` keeps, a structured one among
+        the channels it keeps, a global one over the whole tensor.
+
+        Args:
+            t (torch.Tensor): scores of the tensor being pruned.
+            default_mask (torch.Tensor): the mask the earlier methods produced.
+
+        Returns:
+            torch.Tensor: the new mask, shaped like ``t``.
+
+        Raises:
+            AttributeError: a structured method without a ``dim`` attribute.
+            IndexError: the structured method's ``dim`` is out of range.
+            ValueError: an unknown ``PRUNING_TYPE``, an ``amount`` larger than
+                the units left, or a tensor on the meta device that is already
+                pruned (selection needs the mask's values).
+        """
         return combine_masks(self._pruning_methods[-1], t, default_mask)
 
 
@@ -210,15 +361,46 @@ def combine_masks(method, t, mask):
 
 
 class Identity(BasePruningMethod, torch_prune.Identity):
-    """Reparametrise without pruning anything (mask of ones)."""
+    """Reparametrise without pruning anything (mask of ones).
+
+    The constructor takes no arguments.
+
+    Example::
+
+        m = nn.Linear(4, 3)
+        prune.Identity.apply(m, "weight")
+        assert bool(m.weight_mask.all())
+    """
 
     PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
+        """Return ``default_mask`` unchanged (as a real tensor).
+
+        Args:
+            t (torch.Tensor): tensor being pruned (unused).
+            default_mask (torch.Tensor): mask of a previous pruning.
+
+        Returns:
+            torch.Tensor: a copy of ``default_mask`` where it was a stride-0 view
+            of ones, else ``default_mask`` itself.
+        """
         return _materialise(default_mask)
 
     @classmethod
     def apply(cls, module, name):
+        """Reparametrise ``module.<name>`` with a mask of ones.
+
+        Args:
+            module (nn.Module): module containing the tensor.
+            name (str): name of the parameter of ``module``.
+
+        Returns:
+            Identity: the installed hook (or the container it was added to).
+
+        Raises:
+            TypeError, PruningNameError: as :meth:`BasePruningMethod.apply`.
+        """
         return apply_method(cls, module, name, (), {}, None)
 
 
@@ -246,11 +428,37 @@ def _select_units(amount, scores, default_mask, largest):
 
 
 class RandomUnstructured(_AmountMethod, torch_prune.RandomUnstructured):
-    """Prune ``amount`` units chosen at random (same random draws as torch)."""
+    """Prune ``amount`` units chosen at random (same random draws as torch).
+
+    The units pruned are those with the ``k`` largest values of
+    ``torch.rand_like(t)``, as in torch, so under the same ``torch.manual_seed``
+    both libraries prune the same units (barring equal draws); the selection
+    runs on the k-selection kernel instead of ``torch.topk``.
+
+    Args:
+        amount (int or float): units to prune. A float in [0, 1] is a
+            fraction (``round(amount * numel)``), an int a count.
+
+    Raises:
+        TypeError: ``amount`` is not an int or float (``bool`` included).
+        ValueError: a negative int, or a float outside [0, 1].
+    """
 
     PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
+        """``default_mask`` with ``amount`` random units of ``t`` set to 0.
+
+        Args:
+            t (torch.Tensor): tensor being pruned (only its shape is used).
+            default_mask (torch.Tensor): mask of a previous pruning.
+
+        Returns:
+            torch.Tensor: the new mask, in ``default_mask``'s dtype.
+
+        Raises:
+            ValueError: ``amount`` is larger than the number of units of ``t``.
+        """
         if _compute_nparams_toprune(self.amount, t.nelement()) == 0:
             # torch draws no random numbers in this case; neither may we
             return default_mask.clone(memory_format=torch.contiguous_format)
@@ -258,19 +466,86 @@ class RandomUnstructured(_AmountMethod, torch_prune.RandomUnstructured):
 
     @classmethod
     def apply(cls, module, name, amount):
+        """Prune ``amount`` random (still unpruned) units of ``module.<name>``, in place.
+
+        Args:
+            module (nn.Module): module containing the tensor to prune.
+            name (str): name of the parameter of ``module``.
+            amount (int or float): units to prune, a fraction or a count.
+
+        Returns:
+            RandomUnstructured: the installed hook (or the container it was
+            added to).
+
+        Raises:
+            TypeError, PruningNameError, ValueError: as
+                :meth:`BasePruningMethod.apply`.
+        """
         return apply_method(cls, module, name, (), {"amount": amount}, None)
 
 
 class L1Unstructured(_AmountMethod, torch_prune.L1Unstructured):
-    """Prune the ``amount`` units of smallest |score| (ties: lower flat index first)."""
+    """Prune the ``amount`` units of smallest ``|score|``.
+
+    Fast path: the units are chosen by one exact k-selection (radix select)
+    instead of ``torch.topk`` over a copy of ``|t|``. Among equal ``|score|``,
+    the unit with the lower flat index is pruned first; NaN ranks above
+    ``+inf`` (it is pruned last). On tie-free scores the mask is torch's, bit
+    for bit.
+
+    Args:
+        amount (int or float): units to prune. A float in [0, 1] is a
+            fraction (``round(amount * numel)``), an int a count.
+
+    Raises:
+        TypeError: ``amount`` is not an int or float (``bool`` included).
+        ValueError: a negative int, or a float outside [0, 1].
+
+    Example::
+
+        m = nn.Linear(10, 4)
+        prune.L1Unstructured.apply(m, "weight", amount=0.25)
+        assert int((m.weight_mask == 0).sum()) == 10
+    """
 
     PRUNING_TYPE = "unstructured"
 
     def compute_mask(self, t, default_mask):
+        """``default_mask`` with the ``amount`` units of smallest ``|t|`` set to 0.
+
+        As in torch, every unit of ``t`` may be chosen; to count among the units
+        still kept, apply the method through a :class:`PruningContainer`.
+
+        Args:
+            t (torch.Tensor): scores of the tensor being pruned.
+            default_mask (torch.Tensor): mask of a previous pruning.
+
+        Returns:
+            torch.Tensor: the new mask, in ``default_mask``'s dtype.
+
+        Raises:
+            ValueError: ``amount`` is larger than the number of units of ``t``.
+        """
         return _select_units(self.amount, t, default_mask, largest=False)
 
     @classmethod
     def apply(cls, module, name, amount, importance_scores=None):
+        """Prune the ``amount`` (still unpruned) units of ``module.<name>`` of smallest ``|score|``.
+
+        Args:
+            module (nn.Module): module containing the tensor to prune.
+            name (str): name of the parameter of ``module``.
+            amount (int or float): units to prune, a fraction or a count.
+            importance_scores (torch.Tensor, optional): scores of the
+                parameter's shape ranking its units (default: the parameter).
+
+        Returns:
+            L1Unstructured: the installed hook (or the container it was added to).
+
+        Raises:
+            TypeError, PruningNameError, PruningShapeError, ValueError: as
+                :meth:`BasePruningMethod.apply`.
+        """
         return apply_method(cls, module, name, (), {"amount": amount}, importance_scores)
 
 
@@ -295,7 +570,22 @@ def _channels_to_prune(t, amount, dim):
 
 
 class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
-    """Prune ``amount`` whole channels along ``dim`` chosen at random."""
+    """Prune ``amount`` whole channels along ``dim`` chosen at random.
+
+    The random numbers are drawn as torch draws them (one ``torch.rand`` per
+    channel on the CPU generator), so the same seed prunes the same channels
+    (barring equal draws).
+
+    Args:
+        amount (int or float): channels to prune, a fraction of the channels
+            along ``dim`` or a count.
+        dim (int, optional): dimension along which channels are pruned.
+            Default: -1.
+
+    Raises:
+        TypeError: ``amount`` is not an int or float (``bool`` included).
+        ValueError: a negative int, or a float outside [0, 1].
+    """
 
     PRUNING_TYPE = "structured"
 
@@ -304,6 +594,21 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
         self.dim = dim
 
     def compute_mask(self, t, default_mask):
+        """``default_mask`` with ``amount`` random channels of ``t`` along ``dim`` set to 0.
+
+        Args:
+            t (torch.Tensor): tensor being pruned, at least 2-dimensional.
+            default_mask (torch.Tensor): mask of a previous pruning.
+
+        Returns:
+            torch.Tensor: the new mask, shaped like ``t``.
+
+        Raises:
+            ValueError: ``t`` has fewer than 2 dimensions, or ``amount`` is
+                larger than the number of channels.
+            TypeError: ``dim`` is not an int.
+            IndexError: ``dim`` is out of range for ``t``.
+        """
         nchannels, k = _channels_to_prune(t, self.amount, self.dim)
         if k == 0:
             return _materialise(default_mask)
@@ -313,6 +618,22 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
 
     @classmethod
     def apply(cls, module, name, amount, dim=-1):
+        """Prune ``amount`` random channels of ``module.<name>`` along ``dim``, in place.
+
+        Args:
+            module (nn.Module): module containing the tensor to prune.
+            name (str): name of the parameter of ``module``.
+            amount (int or float): channels to prune, a fraction or a count.
+            dim (int, optional): dimension of the channels. Default: -1.
+
+        Returns:
+            RandomStructured: the installed hook (or the container it was
+            added to).
+
+        Raises:
+            TypeError, PruningNameError, ValueError, IndexError: as
+                :meth:`BasePruningMethod.apply` and :meth:`compute_mask`.
+        """
         return apply_method(cls, module, name, (), {"amount": amount, "dim": dim}, None)
 
 
@@ -324,7 +645,31 @@ def channel_scores(t, n, dim):
 
 
 class LnStructured(_AmountMethod, torch_prune.LnStructured):
-    """Prune the ``amount`` channels along ``dim`` with the smallest L``n`` norm."""
+    """Prune the ``amount`` channels along ``dim`` with the smallest L``n`` norm.
+
+    Fast path: for a numeric ``n`` the per-channel norms come from one pass of
+    the ``channel_norms`` kernel and the channels from the k-selection kernel;
+    other ``n`` (``"fro"``, ``"nuc"``) use torch's norm. Among channels of equal
+    norm, the one with the lower index is pruned first.
+
+    Args:
+        amount (int or float): channels to prune, a fraction of the channels
+            along ``dim`` or a count.
+        n (int, float, inf, -inf, "fro", "nuc"): order of the norm, as in
+            :func:`torch.norm`.
+        dim (int, optional): dimension along which channels are pruned.
+            Default: -1.
+
+    Raises:
+        TypeError: ``amount`` is not an int or float (``bool`` included).
+        ValueError: a negative int, or a float outside [0, 1].
+
+    Example::
+
+        m = nn.Conv2d(3, 8, 3)
+        prune.LnStructured.apply(m, "weight", amount=2, n=2, dim=0)
+        assert int((m.weight_mask.flatten(1).sum(1) == 0).sum()) == 2
+    """
 
     PRUNING_TYPE = "structured"
 
@@ -334,6 +679,22 @@ class LnStructured(_AmountMethod, torch_prune.LnStructured):
         self.dim = dim
 
     def compute_mask(self, t, default_mask):
+        """``default_mask`` with the ``amount`` channels of ``t`` of smallest norm set to 0.
+
+        Args:
+            t (torch.Tensor): scores of the tensor being pruned, at least
+                2-dimensional.
+            default_mask (torch.Tensor): mask of a previous pruning.
+
+        Returns:
+            torch.Tensor: the new mask, shaped like ``t``.
+
+        Raises:
+            ValueError: ``t`` has fewer than 2 dimensions, or ``amount`` is
+                larger than the number of channels.
+            TypeError: ``dim`` is not an int.
+            IndexError: ``dim`` is out of range for ``t``.
+        """
         _, k = _channels_to_prune(t, self.amount, self.dim)
         norms = channel_scores(t, self.n, self.dim)
         if k == 0:
@@ -343,11 +704,36 @@ class LnStructured(_AmountMethod, torch_prune.LnStructured):
 
     @classmethod
     def apply(cls, module, name, amount, n, dim, importance_scores=None):
+        """Prune the ``amount`` channels of ``module.<name>`` along ``dim`` of smallest L``n`` norm.
+
+        Args:
+            module (nn.Module): module containing the tensor to prune.
+            name (str): name of the parameter of ``module``.
+            amount (int or float): channels to prune, a fraction or a count.
+            n (int, float, inf, -inf, "fro", "nuc"): order of the norm.
+            dim (int): dimension of the channels.
+            importance_scores (torch.Tensor, optional): scores of the
+                parameter's shape whose norms rank the channels (default: the
+                parameter).
+
+        Returns:
+            LnStructured: the installed hook (or the container it was added to).
+
+        Raises:
+            TypeError, PruningNameError, PruningShapeError, ValueError,
+                IndexError: as :meth:`BasePruningMethod.apply` and
+                :meth:`compute_mask`.
+        """
         return apply_method(cls, module, name, (), {"amount": amount, "n": n, "dim": dim}, importance_scores)
 
 
 class CustomFromMask(BasePruningMethod, torch_prune.CustomFromMask):
-    """Prune with a mask given by the user."""
+    """Prune with a mask given by the user.
+
+    Args:
+        mask (torch.Tensor): the mask, shaped like the tensor it prunes (0 =
+            pruned). It is checked when the mask is computed.
+    """
 
     PRUNING_TYPE = "global"
 
@@ -355,6 +741,19 @@ class CustomFromMask(BasePruningMethod, torch_prune.CustomFromMask):
         self.mask = mask
 
     def compute_mask(self, t, default_mask):
+        """``default_mask * mask``, in ``default_mask``'s dtype and device.
+
+        Args:
+            t (torch.Tensor): tensor being pruned (unused).
+            default_mask (torch.Tensor): mask of a previous pruning.
+
+        Returns:
+            torch.Tensor: the new mask.
+
+        Raises:
+            TypeError: ``mask`` is not a tensor.
+            PruningShapeError: ``mask`` is not shaped like ``default_mask``.
+        """
         if not isinstance(self.mask, torch.Tensor):
             raise TypeError(f"mask must be a torch.Tensor, got {type(self.mask).__name__}")
         if default_mask.shape != self.mask.shape:
@@ -368,6 +767,20 @@ class CustomFromMask(BasePruningMethod, torch_prune.CustomFromMask):
 
     @classmethod
     def apply(cls, module, name, mask):
+        """Prune ``module.<name>`` with ``mask``, in place.
+
+        Args:
+            module (nn.Module): module containing the tensor to prune.
+            name (str): name of the parameter of ``module``.
+            mask (torch.Tensor): mask shaped like the parameter (0 = pruned).
+
+        Returns:
+            CustomFromMask: the installed hook (or the container it was added to).
+
+        Raises:
+            TypeError, PruningNameError, PruningShapeError: as
+                :meth:`BasePruningMethod.apply` and :meth:`compute_mask`.
+        """
         return apply_method(cls, module, name, (), {"mask": mask}, None)
 
 

@@ -37,7 +37,14 @@ def _replacements() -> Dict[str, Any]:
 
 
 class TorchPatch:
-    """An active patch of ``torch.nn.utils.prune``; a context manager."""
+    """An active patch of ``torch.nn.utils.prune``; a context manager.
+
+    Made by :func:`patch_torch`, not constructed directly (the constructor
+    takes no arguments and patches nothing).
+
+    Attributes:
+        active (bool): whether this handle still holds the patch.
+    """
 
     def __init__(self) -> None:
         self.active = False
@@ -54,7 +61,10 @@ class TorchPatch:
             self.active = True
 
     def restore(self) -> None:
-        """Undo this patch (torch's objects return once no other patch is active). Idempotent."""
+        """Undo this patch; torch's objects return once no other patch is active.
+
+        Idempotent: a second call does nothing.
+        """
         with _lock:
             if not self.active:
                 return
@@ -79,8 +89,24 @@ class TorchPatch:
 def patch_torch() -> TorchPatch:
     """Point ``torch.nn.utils.prune``'s functions and classes at fastprune's.
 
-    Use as ``handle = patch_torch(); ...; handle.restore()`` or as
-    ``with patch_torch(): ...``.
+    Every name of ``torch.nn.utils.prune`` that fastprune implements (except
+    the ``_compute_norm`` helper) is replaced in torch's module, so code calling
+    ``torch.nn.utils.prune.*`` runs on fastprune unchanged. Names imported from
+    torch's module before the patch keep torch's objects. Patches nest and are
+    thread-safe; torch's originals return when the last handle is restored.
+
+    Returns:
+        TorchPatch: the handle; call ``restore()`` or use it as a context
+        manager to undo the patch.
+
+    Example::
+
+        import torch.nn.utils.prune as torch_prune
+
+        with prune.patch_torch():
+            assert torch_prune.l1_unstructured is prune.l1_unstructured
+            torch_prune.l1_unstructured(nn.Linear(4, 4), "weight", amount=0.5)
+        assert not prune.is_torch_patched()
     """
     handle = TorchPatch()
     handle._apply()
@@ -88,6 +114,10 @@ def patch_torch() -> TorchPatch:
 
 
 def is_torch_patched() -> bool:
-    """True while at least one :func:`patch_torch` handle is active."""
+    """Whether ``torch.nn.utils.prune`` is patched now.
+
+    Returns:
+        bool: ``True`` while at least one :func:`patch_torch` handle is active.
+    """
     with _lock:
         return bool(_active)

@@ -18,7 +18,17 @@ from .errors import PruningNameError, PruningShapeError  # noqa: F401 (re-export
 
 
 def _validate_pruning_amount_init(amount) -> None:
-    """Check ``amount`` on its own: an int >= 0 or a float in [0, 1]."""
+    """Check ``amount`` on its own: an int >= 0 or a float in [0, 1].
+
+    Torch's helper of the same name, with a ``TypeError`` for ``bool`` too.
+
+    Args:
+        amount (int or float): quantity to prune, a count or a fraction.
+
+    Raises:
+        TypeError: ``amount`` is not a real number, or is a ``bool``.
+        ValueError: a negative int, or a float outside [0, 1] (NaN included).
+    """
     if not isinstance(amount, numbers.Real) or isinstance(amount, bool):
         # bool is an int to Python, but amount=True is a caller's bug, not "1 unit"
         raise TypeError(f"Invalid type for amount: {amount!r}. Must be int or float.")
@@ -36,7 +46,18 @@ def _validate_pruning_amount_init(amount) -> None:
 
 
 def _validate_pruning_amount(amount, tensor_size) -> None:
-    """Check that an absolute ``amount`` fits into ``tensor_size`` units."""
+    """Check that an absolute ``amount`` fits into ``tensor_size`` units.
+
+    A float is always accepted here (it was checked to lie in [0, 1]).
+
+    Args:
+        amount (int or float): quantity to prune, already checked by
+            :func:`_validate_pruning_amount_init`.
+        tensor_size (int): units that may be pruned.
+
+    Raises:
+        ValueError: ``amount`` is an int larger than ``tensor_size``.
+    """
     if isinstance(amount, numbers.Integral) and amount > tensor_size:
         raise ValueError(
             f"amount={amount} should be smaller than the number of parameters to prune={tensor_size}"
@@ -44,14 +65,31 @@ def _validate_pruning_amount(amount, tensor_size) -> None:
 
 
 def _compute_nparams_toprune(amount, tensor_size):
-    """Units to prune: ``amount`` itself if an int, else ``round(amount * tensor_size)``."""
+    """Units to prune: ``amount`` itself if an int, else ``round(amount * tensor_size)``.
+
+    ``round`` is Python's (halves to even), as in torch.
+
+    Args:
+        amount (int or float): a count, or a fraction in [0, 1].
+        tensor_size (int): units that may be pruned.
+
+    Returns:
+        int: the number of units to prune.
+    """
     if isinstance(amount, numbers.Integral):
         return amount
     return round(amount * tensor_size)
 
 
 def _validate_structured_pruning(t) -> None:
-    """Structured pruning needs channels, i.e. a tensor of at least 2 dims."""
+    """Structured pruning needs channels, i.e. a tensor of at least 2 dims.
+
+    Args:
+        t (torch.Tensor): the tensor to prune.
+
+    Raises:
+        ValueError: ``t`` has fewer than 2 dimensions.
+    """
     shape = t.shape
     if len(shape) <= 1:
         raise ValueError(
@@ -61,7 +99,16 @@ def _validate_structured_pruning(t) -> None:
 
 
 def _validate_pruning_dim(t, dim) -> None:
-    """``dim`` must index a dimension of ``t`` (negative dims count from the end)."""
+    """``dim`` must index a dimension of ``t`` (negative dims count from the end).
+
+    Args:
+        t (torch.Tensor): the tensor to prune.
+        dim (int): index of the dimension of the channels.
+
+    Raises:
+        TypeError: ``dim`` is not an int (or is a ``bool``).
+        IndexError: ``dim`` is out of range for ``t`` (as in torch).
+    """
     if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}")
     if dim >= t.dim() or dim < -t.dim():

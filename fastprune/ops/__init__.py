@@ -2,7 +2,7 @@
 
 With the compiled extension loaded, the schemas and the CPU (and CUDA) kernels
 come from C++. Without it, the same schemas are defined here and implemented by
-:mod:`fastprune._reference`, so callers never branch on which one is present.
+:mod:`fastprune.ops.reference`, so callers never branch on which one is present.
 Fake (meta) kernels and autograd are registered here in both cases, which is
 what lets ``torch.compile`` trace through the ops.
 """
@@ -117,7 +117,44 @@ def kselect_(
 ) -> None:
     """Select exactly ``k`` units across ``scores``; write keep-masks into ``out``.
 
-    See :func:`fastprune.reference.kselect_` for the full contract.
+    The exact k-selection behind every magnitude method; the compiled kernels
+    run one radix select over all tensors together, without concatenating or
+    sorting them (the pure-torch fallback sorts a concatenation). The ranking
+    key of a unit is ``|score|``; among equal keys the unit with the lower
+    global flat index (the tensors in the order given, each in row-major
+    order) is selected first; NaN ranks above ``+inf``. See
+    :func:`fastprune.ops.reference.kselect_`, the specification.
+
+    Args:
+        scores (sequence of Tensor): the scores of each tensor (real or bool).
+        masks (sequence of Tensor or None, optional): the existing keep-mask of
+            each tensor (non-zero = kept), ``None`` for all ones; ``None`` for
+            the whole argument means no masks.
+        out (sequence of Tensor): one output per score, shaped like it (or
+            packed ``uint8`` bytes with ``packed``); may alias ``masks[i]``.
+        k (int): units to select.
+        largest (bool, optional): select the largest keys instead of the
+            smallest. Default: ``False``.
+        exclude_masked (bool, optional): select only among units the existing
+            masks keep (iterated and global pruning); else every unit may be
+            selected and the existing mask is only combined into the result
+            (``compute_mask`` semantics). Default: ``True``.
+        packed (bool, optional): ``masks`` and ``out`` hold 1 bit per unit
+            (bit ``i % 8`` of byte ``i // 8``). Default: ``False``.
+
+    Raises:
+        ValueError: lists of different lengths, ``k`` outside
+            ``[0, selectable units]``, a mask or output of the wrong size.
+        TypeError: an unsupported dtype, or a packed mask that is not
+            ``uint8`` (compiled ops).
+        RuntimeError: tensors on different devices (compiled ops).
+
+    Example::
+
+        w = torch.tensor([0.5, -0.1, 0.3, 0.1])
+        out = torch.empty(4)
+        prune.ops.kselect_([w], None, [out], k=1)
+        assert out.tolist() == [1.0, 0.0, 1.0, 1.0]  # tie |-0.1| == |0.1|: lower index
     """
     scores = list(scores)
     masks = [None] * len(scores) if masks is None else list(masks)
@@ -141,6 +178,22 @@ def kselect(
 
     Masks are in ``dtypes[i]`` (default: the score's dtype), or 1-bit packed
     ``uint8`` tensors when ``packed``.
+
+    Args:
+        scores, masks, k, largest, exclude_masked, packed: as in :func:`kselect_`.
+        dtypes (sequence of torch.dtype, optional): dtype of each output when
+            not ``packed``. Default: the scores' dtypes.
+
+    Returns:
+        list of Tensor: the keep-masks (1 = kept, 0 = selected or masked).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: as :func:`kselect_`.
+
+    Example::
+
+        (keep,) = prune.ops.kselect([torch.tensor([3.0, 1.0, 2.0])], k=1, dtypes=[torch.bool])
+        assert keep.tolist() == [True, False, True]
     """
     scores = list(scores)
     outs = reference.allocate_masks(scores, packed, dtypes)
@@ -149,7 +202,28 @@ def kselect(
 
 
 def mask_mul(input: Tensor, mask: Tensor) -> Tensor:
-    """``input * mask`` (mask in any dtype, bool included); gradient = grad x mask."""
+    """``input * mask`` (mask in any dtype, bool included); gradient = grad x mask.
+
+    One fused pass that reads the mask in its own dtype, without first
+    converting it to ``input``'s; differentiable in both arguments and
+    traceable by ``torch.compile``.
+
+    Args:
+        input (Tensor): the tensor to mask.
+        mask (Tensor): the mask, shaped like ``input``.
+
+    Returns:
+        Tensor: ``input * mask`` in ``input``'s dtype.
+
+    Raises:
+        RuntimeError: shapes that do not match, or tensors on different
+            devices.
+
+    Example::
+
+        x = torch.tensor([1.0, 2.0, 3.0])
+        assert prune.ops.mask_mul(x, torch.tensor([True, False, True])).tolist() == [1.0, 0.0, 3.0]
+    """
     return torch.ops.fastprune.mask_mul(input, mask)
 
 
@@ -165,17 +239,74 @@ def _call_on_pairs(name: str, inputs, others, other_name: str) -> None:
 
 
 def mask_mul_(inputs: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
-    """In place ``inputs[i] *= masks[i]`` over many tensors in one call."""
+    """In place ``inputs[i] *= masks[i]`` over many tensors in one call.
+
+    Args:
+        inputs (sequence of Tensor): tensors modified in place.
+        masks (sequence of Tensor): one mask per input, of any dtype, shaped
+            like it (or broadcastable to it).
+
+    Raises:
+        ValueError: ``inputs`` and ``masks`` differ in length, or (compiled
+            ops) a mask does not broadcast to its input.
+        RuntimeError: tensors on different devices, or (pure-torch fallback) a
+            mask that does not broadcast.
+    """
     _call_on_pairs("mask_mul_", inputs, masks, "masks")
 
 
 def apply_packed_mask_(inputs: Sequence[Tensor], packed: Sequence[Tensor]) -> None:
-    """Zero ``inputs[i]`` wherever its 1-bit mask is 0, over many tensors in one call."""
+    """Zero ``inputs[i]`` wherever its 1-bit mask is 0, over many tensors in one call.
+
+    NaN and inf in pruned units become 0 too (a fill, not a multiply).
+
+    Args:
+        inputs (sequence of Tensor): tensors modified in place.
+        packed (sequence of Tensor): one packed ``uint8`` mask per input, of
+            ``ceil(numel / 8)`` bytes (bit ``i % 8`` of byte ``i // 8`` keeps
+            unit ``i``), e.g. from :func:`pack_mask`.
+
+    Raises:
+        ValueError: ``inputs`` and ``packed`` differ in length, or a mask has
+            the wrong number of bytes.
+        TypeError: a mask that is not ``uint8``, an unsupported input dtype
+            (compiled ops).
+        RuntimeError: tensors on different devices (compiled ops).
+
+    Example::
+
+        w = torch.ones(10)
+        prune.ops.apply_packed_mask_([w], [prune.ops.pack_mask(torch.arange(10) % 2)])
+        assert w.tolist() == [0.0, 1.0] * 5
+    """
     _call_on_pairs("apply_packed_mask_", inputs, packed, "packed")
 
 
 def channel_norms(t: Tensor, dim: int, p: float = 2.0) -> Tensor:
-    """L``p`` norm of each channel of ``t`` along ``dim`` (over all other dims)."""
+    """L``p`` norm of each channel of ``t`` along ``dim`` (over all other dims).
+
+    Accumulates in float64 for float64 input and float32 otherwise; the
+    compiled kernel reads ``t`` once whatever ``dim`` is (no permuted copy).
+
+    Args:
+        t (Tensor): a tensor of at least one dimension.
+        dim (int): the channel dimension (negative counts from the end).
+        p (float, optional): order of the norm; ``inf``, ``-inf`` and ``0``
+            (count of non-zeros) included, as in
+            :func:`torch.linalg.vector_norm`. Default: 2.0.
+
+    Returns:
+        Tensor: ``t.shape[dim]`` norms, float64 for float64 input, else float32.
+
+    Raises:
+        ValueError: ``t`` is 0-dimensional, or ``p`` is NaN (compiled ops).
+        IndexError: ``dim`` is out of range.
+
+    Example::
+
+        t = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+        assert prune.ops.channel_norms(t, 0).tolist() == [5.0, 1.0]
+    """
     return torch.ops.fastprune.channel_norms(t, int(dim), float(p))
 
 

@@ -3,7 +3,7 @@
 The extension (``fastprune._C``) registers the ``fastprune`` op library with the
 dispatcher when it is imported. When it cannot be imported, or the user sets
 ``FASTPRUNE_NO_EXT=1``, :mod:`fastprune.ops` defines the same ops from Python
-on top of :mod:`fastprune._reference`, so every caller sees the same
+on top of :mod:`fastprune.ops.reference`, so every caller sees the same
 ``torch.ops.fastprune.*`` either way.
 """
 from __future__ import annotations
@@ -63,6 +63,18 @@ def build_info() -> Dict[str, Any]:
     ``openmp``, ``num_threads``, ``torch_version`` (the torch the extension was
     built against, else the running one), ``torch_runtime`` (the running torch),
     ``version`` and ``fallback_reason`` (why the fallback is used, or ``None``).
+
+    Returns:
+        dict: the keys above. Without the extension (not compiled, failed to
+        load, or ``FASTPRUNE_NO_EXT=1``) ``extension`` is ``False`` and
+        ``fallback_reason`` says why; the ops then run on the pure-torch
+        reference with the same results.
+
+    Example::
+
+        info = prune.build_info()
+        if not info["extension"]:
+            print("pure-torch fallback:", info["fallback_reason"])
     """
 
 
