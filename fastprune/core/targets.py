@@ -53,6 +53,21 @@ def pruning_hooks(module: nn.Module, name: str) -> List[Tuple[int, TorchBase]]:
     ]
 
 
+def is_reparametrized(module: nn.Module, name: str) -> bool:
+    """True when ``module.<name>`` carries torch's pruning layout (``name_orig`` + ``name_mask``).
+
+    The layout is the same whether ``torch.nn.utils.prune`` or fastprune made it.
+
+    Args:
+        module: the module holding the tensor.
+        name: the tensor's name (``"weight"``), not ``"weight_orig"``.
+
+    Returns:
+        bool.
+    """
+    return name + "_orig" in module._parameters and name + "_mask" in module._buffers
+
+
 def global_targets(parameters) -> list:
     """Validate ``parameters`` of global pruning: a list of distinct (module, name) pairs."""
     try:
