@@ -54,13 +54,27 @@ class SpaceBuilder:
 
     # -- spaces ------------------------------------------------------------
     def new_space(self, size: int) -> int:
-        """A new space of ``size`` channels; returns its id."""
+        """A new space (one tensor dimension) of ``size`` channels.
+
+        Args:
+            size: number of channels.
+
+        Returns:
+            int: the space id.
+        """
         self.parent.append(len(self.parent))
         self.size.append(int(size))
         return len(self.parent) - 1
 
     def find(self, s: int) -> int:
-        """Representative of the set holding space ``s`` (with path compression)."""
+        """Representative of the set holding space ``s`` (with path compression).
+
+        Args:
+            s: a space id.
+
+        Returns:
+            int: the representative space id.
+        """
         p = self.parent
         root = s
         while p[root] != root:
@@ -70,7 +84,11 @@ class SpaceBuilder:
         return root
 
     def alloc(self, node) -> None:
-        """New spaces for every dimension of every tensor ``node`` produces."""
+        """New spaces for every dimension of every tensor ``node`` produces.
+
+        Args:
+            node: an fx node with ``meta["val"]``.
+        """
         val = node.meta.get("val")
         vals = list(val) if isinstance(val, (list, tuple)) else [val]
         outs, shapes = [], []
@@ -86,33 +104,71 @@ class SpaceBuilder:
         self.oshapes[node] = shapes
 
     def spaces(self, node, k: int = 0) -> Optional[List[int]]:
-        """Spaces of output ``k`` of ``node`` (``None`` when it is not a tensor)."""
+        """Spaces of output ``k`` of ``node``.
+
+        Args:
+            node: an fx node already allocated.
+            k: output index (for ops returning several tensors).
+
+        Returns:
+            list of int, one per dimension, or ``None`` when that output is not a tensor.
+        """
         outs = self.outputs.get(node)
         if outs is None or k >= len(outs):
             return None
         return outs[k]
 
     def shape(self, node, k: int = 0) -> Optional[Tuple[int, ...]]:
-        """Shape of output ``k`` of ``node``."""
+        """Shape of output ``k`` of ``node``.
+
+        Args:
+            node: an fx node already allocated.
+            k: output index.
+
+        Returns:
+            tuple of int, or ``None`` when that output is not a tensor.
+        """
         return self.oshapes[node][k]
 
     def n_outputs(self, node) -> int:
-        """Number of outputs of ``node`` (tensors or not)."""
+        """Number of outputs of ``node`` (tensors or not).
+
+        Args:
+            node: an fx node.
+
+        Returns:
+            int.
+        """
         return len(self.outputs.get(node, ()))
 
     def alias_item(self, node, src, k: int) -> None:
-        """``node`` is ``src[k]``: it shares the spaces of that output."""
+        """``node`` is ``src[k]`` (a ``getitem``): it shares the spaces of that output.
+
+        Args:
+            node: the getitem node.
+            src: the node with several outputs.
+            k: the output index.
+        """
         s = self.spaces(src, k)
         self.outputs[node] = [s]
         self.oshapes[node] = [self.oshapes[src][k] if s is not None else None]
 
     # -- coupling declarations used by the rules -----------------------------
     def cover(self, *spaces) -> None:
-        """Mark spaces as handled by the rule without coupling them (they stay free)."""
+        """Mark spaces as handled by the rule without coupling them (they are not blocked).
+
+        Args:
+            *spaces: space ids; ``None`` entries are skipped.
+        """
         self.covered.update(s for s in spaces if s is not None)
 
     def union(self, a: int, b: int) -> None:
-        """Spaces ``a`` and ``b`` share their channel indexing (blocked if sizes differ)."""
+        """Spaces ``a`` and ``b`` share their channel indexing.
+
+        Args:
+            a: a space id.
+            b: a space id; when its size differs from ``a``'s both are blocked instead.
+        """
         self.covered.add(a)
         self.covered.add(b)
         if self.size[a] != self.size[b]:
@@ -124,17 +180,35 @@ class SpaceBuilder:
             self.parent[rb] = ra
 
     def block(self, s: int, reason: str) -> None:
-        """Space ``s`` cannot lose channels; ``reason`` goes into error messages."""
+        """Space ``s`` cannot lose channels.
+
+        Args:
+            s: a space id.
+            reason: why, for error messages (the first reason given is kept).
+        """
         self.blocked.setdefault(s, reason)
 
     def virtual(self, size: int) -> int:
-        """A dimension no tensor has, e.g. the group index of a grouped conv."""
+        """A dimension no tensor has, e.g. the group index of a grouped conv.
+
+        Args:
+            size: number of indices.
+
+        Returns:
+            int: the space id (already covered).
+        """
         s = self.new_space(size)
         self.covered.add(s)
         return s
 
     def block_map(self, coarse: int, fine: int, r: int) -> None:
-        """Index ``i`` of ``coarse`` owns ``r`` consecutive indices of ``fine``."""
+        """Index ``i`` of ``coarse`` owns indices ``i*r .. i*r+r-1`` of ``fine`` (a :class:`BlockEdge`).
+
+        Args:
+            coarse: space of heads / groups.
+            fine: space of channels.
+            r: channels per coarse index (1 couples the two spaces).
+        """
         self.cover(coarse, fine)
         if r == 1:
             self.union(coarse, fine)
@@ -142,24 +216,49 @@ class SpaceBuilder:
             self.edges.append(BlockEdge(coarse, fine, int(r)))
 
     def cat_map(self, out: int, pieces: Sequence[Tuple[int, int]]) -> None:
-        """``out`` concatenates ``pieces``, given as ``(space, offset)`` pairs."""
+        """``out`` concatenates ``pieces`` (a :class:`CatEdge`).
+
+        Args:
+            out: space of the concatenated dimension.
+            pieces: ``(space, offset)`` pairs, in order.
+        """
         self.cover(out, *[p for p, _ in pieces])
         self.edges.append(CatEdge(out, tuple(CatPiece(p, off, self.size[p]) for p, off in pieces)))
 
     def chunk_map(self, x: int, outs: Sequence[int], c: int) -> None:
-        """``x`` is made of equal pieces ``outs`` of ``c`` channels."""
+        """``x`` is made of equal pieces ``outs`` of ``c`` channels (a :class:`ChunkEdge`).
+
+        Args:
+            x: space of the whole dimension.
+            outs: spaces of the pieces, in order.
+            c: channels per piece.
+        """
         self.cover(x, *outs)
         self.edges.append(ChunkEdge(x, tuple(outs), int(c)))
 
     def role(self, node, w, dim: int, kind: str) -> None:
-        """Dimension ``dim`` of weight node ``w`` holds the ``kind`` channels of its layer."""
+        """Record that dimension ``dim`` of weight node ``w`` holds the ``kind`` channels of its layer.
+
+        Args:
+            node: the op node using the weight.
+            w: the weight node (a parameter, or its mask product).
+            dim: the weight dimension.
+            kind: ``"out"`` (channels written) or ``"in"`` (channels read).
+        """
         fqn = self.weight_fqn(w)
         ws = self.spaces(w)
         if fqn is not None and ws is not None:
             self.roles.append(Role(ws[dim], kind, fqn, dim))
 
     def weight_fqn(self, w) -> Optional[str]:
-        """Qualified name of the parameter node ``w`` reads, through a pruning mask if any."""
+        """Qualified name of the parameter node ``w`` reads, through a pruning mask if any.
+
+        Args:
+            w: an fx node.
+
+        Returns:
+            str (without ``_orig``), or ``None`` when ``w`` is not a parameter.
+        """
         if w.op == "placeholder":
             return self.fqn_of.get(w.name)
         # the traced form of a pruning reparametrisation: weight = weight_orig * mask
@@ -172,15 +271,33 @@ class SpaceBuilder:
         return None
 
     def attr(self, node, name: str, spaces) -> None:
-        """Attribute ``name`` of the module running ``node`` holds the size of ``spaces``."""
+        """Record that attribute ``name`` of the module running ``node`` holds the size of ``spaces``.
+
+        Args:
+            node: the op node.
+            name: the attribute (``out_features``, ``num_groups`` ...).
+            spaces: one space id, or a tuple of them for tuple attributes.
+        """
         self.attrs.append(AttrNote(module_path(node), name, spaces))
 
     def heads(self, node, q: int, k: int) -> None:
-        """Attention in ``node`` with query-head space ``q`` and key/value-head space ``k``."""
+        """Record attention in ``node``.
+
+        Args:
+            node: the attention op node.
+            q: space of the query heads.
+            k: space of the key/value heads.
+        """
         self.head_notes.append(HeadNote(module_path(node), q, k))
 
     def split_note(self, node, count: int, flat: int) -> None:
-        """``node`` views flat space ``flat`` as ``count`` heads (or merges them back)."""
+        """Record that ``node`` views flat space ``flat`` as ``count`` heads (or merges them back).
+
+        Args:
+            node: the reshape node.
+            count: space of the head count.
+            flat: space of the flat width.
+        """
         self.split_notes.append(SplitNote(module_path(node), count, flat))
 
 

@@ -38,11 +38,26 @@ class BlockEdge:
         return (self.coarse, self.fine)
 
     def remap(self, f: Callable[[int], int]) -> "BlockEdge":
-        """The same edge with every class id replaced by ``f(id)``."""
+        """The same edge with every class id replaced by ``f(id)``.
+
+        Args:
+            f: maps an id (space or class) to its new id.
+
+        Returns:
+            an edge of the same type.
+        """
         return BlockEdge(f(self.coarse), f(self.fine), self.r)
 
     def propagate(self, c: int, new: Set[int]) -> Deletions:
-        """Deletions implied elsewhere by deleting ``new`` in class ``c``."""
+        """Deletions implied elsewhere by deleting ``new`` in class ``c``.
+
+        Args:
+            c: a class this edge touches.
+            new: indices newly deleted in ``c``.
+
+        Returns:
+            list of ``(class, indices)`` pairs (may repeat ``c``; the closure skips known ones).
+        """
         out: Deletions = []
         if c == self.coarse:
             out.append((self.fine, [i * self.r + j for i in new for j in range(self.r)]))
@@ -76,12 +91,27 @@ class CatEdge:
         return (self.out, *[p.cls for p in self.pieces])
 
     def remap(self, f: Callable[[int], int]) -> "CatEdge":
-        """The same edge with every class id replaced by ``f(id)``."""
+        """The same edge with every class id replaced by ``f(id)``.
+
+        Args:
+            f: maps an id (space or class) to its new id.
+
+        Returns:
+            an edge of the same type.
+        """
         return CatEdge(f(self.out), tuple(CatPiece(f(p.cls), p.offset, p.size)
                                           for p in self.pieces))
 
     def propagate(self, c: int, new: Set[int]) -> Deletions:
-        """Deletions implied elsewhere by deleting ``new`` in class ``c``."""
+        """Deletions implied elsewhere by deleting ``new`` in class ``c``.
+
+        Args:
+            c: a class this edge touches.
+            new: indices newly deleted in ``c``.
+
+        Returns:
+            list of ``(class, indices)`` pairs (may repeat ``c``; the closure skips known ones).
+        """
         out: Deletions = []
         if c == self.out:
             for p in self.pieces:
@@ -115,11 +145,26 @@ class ChunkEdge:
         return (self.x, *self.outs)
 
     def remap(self, f: Callable[[int], int]) -> "ChunkEdge":
-        """The same edge with every class id replaced by ``f(id)``."""
+        """The same edge with every class id replaced by ``f(id)``.
+
+        Args:
+            f: maps an id (space or class) to its new id.
+
+        Returns:
+            an edge of the same type.
+        """
         return ChunkEdge(f(self.x), tuple(f(o) for o in self.outs), self.size)
 
     def propagate(self, c: int, new: Set[int]) -> Deletions:
-        """Deletions implied elsewhere by deleting ``new`` in class ``c``."""
+        """Deletions implied elsewhere by deleting ``new`` in class ``c``.
+
+        Args:
+            c: a class this edge touches.
+            new: indices newly deleted in ``c``.
+
+        Returns:
+            list of ``(class, indices)`` pairs (may repeat ``c``; the closure skips known ones).
+        """
         js: Set[int] = set()
         if c == self.x:
             js |= {i % self.size for i in new}

@@ -195,7 +195,17 @@ class DependencyGraph:
         return fqn, dim, self.member_class[key]
 
     def class_of(self, target, dim: Optional[int] = None, name: str = "weight") -> int:
-        """Class id of ``dim`` of ``target`` (arguments and errors as in :meth:`resolve`)."""
+        """Class id of ``dim`` of ``target``.
+
+        Args:
+            target, dim, name: as for :meth:`resolve`.
+
+        Returns:
+            int.
+
+        Raises:
+            TypeError, ValueError, IndexError: as for :meth:`resolve`.
+        """
         return self.resolve(target, dim, name)[2]
 
     def closure(self, seed: Dict[int, Set[int]]) -> Dict[int, Set[int]]:
@@ -226,14 +236,28 @@ class DependencyGraph:
         return {c: s for c, s in dels.items() if s}
 
     def blocked_reason(self, dels: Dict[int, Set[int]]) -> Optional[str]:
-        """Why the deletion ``dels`` (class -> indices) is impossible, or ``None`` if it is not blocked."""
+        """Why a deletion is impossible.
+
+        Args:
+            dels: class id -> indices.
+
+        Returns:
+            str naming the ops that fix a coupled size, or ``None`` when no class of ``dels`` is blocked.
+        """
         for c in dels:
             if self.class_blocked[c]:
                 return "; ".join(self.class_blocked[c])
         return None
 
     def describe_class(self, c: int) -> str:
-        """A short human-readable name of class ``c`` (its first tensors and dims)."""
+        """A short human-readable name of a class, for messages.
+
+        Args:
+            c: a class id.
+
+        Returns:
+            str: its first tensors and dims, or its id and size.
+        """
         m = self.class_members[c]
         if m:
             return ", ".join(f"{f}[dim {d}]" for f, d, _ in m[:3]) + (" ..." if len(m) > 3 else "")

@@ -75,5 +75,13 @@ def arg(node, i: int, name: str, default: Any = None) -> Any:
 
 
 def norm_dim(d: int, n: int) -> int:
-    """``d`` wrapped into ``range(n)`` (0 for a 0-d tensor)."""
+    """A possibly negative dim wrapped into ``range(n)``.
+
+    Args:
+        d: the dim as given to the op.
+        n: the tensor's number of dims.
+
+    Returns:
+        int (0 for a 0-d tensor).
+    """
     return d % n if n else 0

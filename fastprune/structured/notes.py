@@ -22,7 +22,14 @@ class Role(NamedTuple):
     dim: int
 
     def remap(self, f: Callable[[int], int]) -> "Role":
-        """The same record with the class id replaced by ``f(id)``."""
+        """The same record with every class id replaced by ``f(id)``.
+
+        Args:
+            f: maps a space id to its class id.
+
+        Returns:
+            a record of the same type.
+        """
         return self._replace(cls=f(self.cls))
 
 
@@ -38,7 +45,14 @@ class AttrNote(NamedTuple):
     classes: Union[int, Tuple[int, ...]]
 
     def remap(self, f: Callable[[int], int]) -> "AttrNote":
-        """The same record with every class id replaced by ``f(id)``."""
+        """The same record with every class id replaced by ``f(id)``.
+
+        Args:
+            f: maps a space id to its class id.
+
+        Returns:
+            a record of the same type.
+        """
         c = self.classes
         return self._replace(classes=tuple(f(x) for x in c) if isinstance(c, tuple) else f(c))
 
@@ -51,7 +65,14 @@ class HeadNote(NamedTuple):
     kv: int
 
     def remap(self, f: Callable[[int], int]) -> "HeadNote":
-        """The same record with every class id replaced by ``f(id)``."""
+        """The same record with every class id replaced by ``f(id)``.
+
+        Args:
+            f: maps a space id to its class id.
+
+        Returns:
+            a record of the same type.
+        """
         return self._replace(q=f(self.q), kv=f(self.kv))
 
 
@@ -63,5 +84,12 @@ class SplitNote(NamedTuple):
     flat: int
 
     def remap(self, f: Callable[[int], int]) -> "SplitNote":
-        """The same record with every class id replaced by ``f(id)``."""
+        """The same record with every class id replaced by ``f(id)``.
+
+        Args:
+            f: maps a space id to its class id.
+
+        Returns:
+            a record of the same type.
+        """
         return self._replace(count=f(self.count), flat=f(self.flat))

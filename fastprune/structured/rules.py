@@ -152,7 +152,21 @@ def _same_shape(b, node, tensors, donors_only=False):
 
 
 def reshape_groups(ishape, oshape):
-    """Pairs (input dims, output dims) of equal product, size-1 dims skipped."""
+    """Split a reshape into runs of dims with equal products (size-1 dims skipped).
+
+    Args:
+        ishape: input shape.
+        oshape: output shape (same number of elements).
+
+    Returns:
+        list of ``(input dims, output dims)`` pairs, or ``None`` when the
+        shapes do not line up run by run.
+
+    Example::
+
+        >>> reshape_groups((2, 12), (2, 3, 4))
+        [([0], [0]), ([1], [1, 2])]
+    """
     ii = [d for d, s in enumerate(ishape) if s != 1]
     oo = [d for d, s in enumerate(oshape) if s != 1]
     groups, i, j = [], 0, 0
