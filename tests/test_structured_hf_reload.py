@@ -179,3 +179,16 @@ def test_uniform_on_a_plain_module_matches_counts_across_blocks():
 def test_uniform_must_be_bool():
     with pytest.raises(TypeError, match="uniform"):
         fastprune.prune_channels(_Blocks(), torch.randn(2, 8), 0.2, uniform=1)
+
+
+def test_uniform_with_round_to_keeps_blocks_equal_and_rounded():
+    torch.manual_seed(0)
+    model = _Blocks()
+    with torch.no_grad():
+        model.blocks[1][0].weight.mul_(0.01)
+    fastprune.prune_channels(model, torch.randn(4, 8), 0.3, global_pruning=True, uniform=True,
+                             round_to=4, ignored_layers=[model.head])
+    widths = {b[0].out_features for b in model.blocks}
+    assert len(widths) == 1
+    w = widths.pop()
+    assert w % 4 == 0 and w < 16

@@ -317,9 +317,11 @@ def prune_channels(model: nn.Module, example_inputs, amount, *, importance: str 
         hf_config.rewrite_config(model)
     elif dels and not uniform and hf_config.has_transformers_config(model):
         warnings.warn(
-            "prune_channels(uniform=False) left model.config unchanged, so save_pretrained / "
-            "from_pretrained will not reload this model; prune with uniform=True to have the "
-            "config rewritten, or save the whole module with torch.save(model, path)",
+            "prune_channels(uniform=False) left model.config unchanged: save_pretrained / "
+            "from_pretrained need a config that states the new sizes, which only uniform pruning "
+            "gives (prune with uniform=True, or call fastprune.structured.rewrite_config(model) "
+            "if every block happened to lose the same channels); otherwise save the whole module "
+            "with torch.save(model, path)",
             UserWarning, stacklevel=2)
     return PruneReport(params_before, count_params(model), macs_before,
                        count_macs(model, example_inputs), layers, dg.build_time, plan, changes)

@@ -24,6 +24,8 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
+from ..core.targets import is_reparametrized
+
 __all__ = ["ConfigError", "has_transformers_config", "current_shapes", "config_changes",
            "rewrite_config", "SUPPORTED_MODEL_TYPES"]
 
@@ -123,11 +125,18 @@ def current_shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
         dict: name -> shape.
     """
     out = {}
-    for name, t in list(model.named_parameters(remove_duplicate=False)) + \
-            list(model.named_buffers(remove_duplicate=False)):
-        if name.endswith("_mask"):
-            continue
-        out[name[: -len("_orig")] if name.endswith("_orig") else name] = tuple(t.shape)
+    for path, m in model.named_modules(remove_duplicate=False):
+        prefix = f"{path}." if path else ""
+        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+            if t is None:
+                continue
+            for suffix in ("_orig", "_mask"):
+                base = name[: -len(suffix)]
+                if name.endswith(suffix) and is_reparametrized(m, base):
+                    name = None if suffix == "_mask" else base
+                    break
+            if name is not None:
+                out[prefix + name] = tuple(t.shape)
     return out
 
 
