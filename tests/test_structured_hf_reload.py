@@ -192,3 +192,23 @@ def test_uniform_with_round_to_keeps_blocks_equal_and_rounded():
     assert len(widths) == 1
     w = widths.pop()
     assert w % 4 == 0 and w < 16
+
+
+def test_uniform_reload_with_tied_embeddings_and_a_masked_layer(tmp_path):
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(T.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=32,
+        tie_word_embeddings=True)).eval()
+    x = _tokens()
+    # one block pruned torch-style (weight_orig / weight_mask) still joins its family
+    fastprune.ln_structured(model.model.layers[0].mlp.up_proj, "weight", amount=0.25, n=2, dim=0)
+    report = fastprune.prune_channels(model, x, 0.25, uniform=True)
+    assert set(report.config_changes) == {"hidden_size", "intermediate_size",
+                                          "num_attention_heads", "num_key_value_heads"}
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    fastprune.remove(model.model.layers[0].mlp.up_proj, "weight")
+    expected = _out(model, x)
+    model.save_pretrained(tmp_path)
+    reloaded = T.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(_out(reloaded, x), expected)

@@ -109,8 +109,8 @@ _LAYER_INDEX = re.compile(r"\.\d+(?=\.)")
 
 def _family_key(dg: DependencyGraph, g: ChannelGroup):
     """Groups of repeated blocks (``layers.0.mlp``, ``layers.1.mlp``) share this key."""
-    names = {_LAYER_INDEX.sub(".#", fqn) for c in g.classes
-             for fqn, _, is_param in dg.class_members[c] if is_param}
+    names = {_LAYER_INDEX.sub(".#", fqn[: -len("_orig")] if fqn.endswith("_orig") else fqn)
+             for c in g.classes for fqn, _, is_param in dg.class_members[c] if is_param}
     sizes = sorted(dg.class_size[c] for c in g.classes)
     return tuple(sorted(names)), len(g.atoms), tuple(sizes)
 
@@ -138,7 +138,8 @@ def _unit_fits(sel: _Selector, groups, unit: _Unit) -> bool:
     return all(sel.fits(groups[g].atoms[i]) for g, i in unit)
 
 
-def _select(dg, groups, fams, amount, global_pruning, round_to) -> Dict[int, List[_Unit]]:
+def _select(dg, groups, fams, amount, global_pruning, round_to):
+    """Chosen ``(score, unit)`` per family, and the selector holding the sizes left."""
     sel = _Selector(dg)
     chosen: Dict[int, List[Tuple[float, _Unit]]] = {fid: [] for fid in fams}
 
