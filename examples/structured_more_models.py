@@ -15,7 +15,7 @@ import sys
 import torch
 
 import fastprune
-from fastprune.structured.graph import split_example_inputs
+from fastprune.structured.trace import split_example_inputs
 
 
 def cases():

@@ -4,17 +4,23 @@
 must lose the same channels; :meth:`DependencyGraph.plan` turns a request into
 a :class:`Plan` of cuts; :func:`prune_channels` ranks and removes channel
 groups in one call; :func:`remove_masked_channels` turns structured masks into
-real removal.
-"""
-from .graph import ChannelGroup, DependencyGraph, TraceError
-from .plan import Cut, Plan
-from .prune_channels import (
-    PruneReport,
-    count_macs,
-    count_params,
-    prune_channels,
-    remove_masked_channels,
-)
+real removal; :func:`rewrite_config` states the new sizes in a transformers
+config so the model reloads with ``from_pretrained``.
 
-__all__ = ["ChannelGroup", "Cut", "DependencyGraph", "Plan", "PruneReport", "TraceError",
-           "count_macs", "count_params", "prune_channels", "remove_masked_channels"]
+Modules: ``trace`` (export and its errors), ``nodes`` (fx node helpers),
+``rules`` (per-op coupling rules, a registry), ``builder`` (union-find over
+tensor dimensions), ``edges`` and ``notes`` (typed graph records), ``attrs``
+(size attribute names), ``graph`` (the graph and its queries), ``plan`` (cuts
+and their execution), ``importance``, ``report``, ``channels`` (the one-call
+functions), ``hf_config`` (transformers configs).
+"""
+from .channels import prune_channels, remove_masked_channels
+from .graph import ChannelGroup, DependencyGraph
+from .hf_config import ConfigError, rewrite_config
+from .plan import Cut, Plan
+from .report import PruneReport, count_macs, count_params
+from .trace import TraceError
+
+__all__ = ["ChannelGroup", "ConfigError", "Cut", "DependencyGraph", "Plan", "PruneReport",
+           "TraceError", "count_macs", "count_params", "prune_channels",
+           "remove_masked_channels", "rewrite_config"]

@@ -7,26 +7,37 @@ from typing import Dict, List, Optional
 import torch
 
 from .. import ops
+from ..core.targets import existing_mask, is_reparametrized
 
 __all__ = ["IMPORTANCES", "group_scores"]
 
+#: Importance name -> the norm order it uses (``None``: random scores).
 IMPORTANCES = {"l1": 1.0, "l2": 2.0, "linf": math.inf, "random": None}
 
 
 def _effective(module, name: str) -> torch.Tensor:
     """The weight the forward sees: ``name_orig * name_mask`` when reparametrised."""
     t = getattr(module, name)
-    if name.endswith("_orig"):
-        mask = getattr(module, name[: -len("_orig")] + "_mask", None)
-        if isinstance(mask, torch.Tensor) and mask.shape == t.shape:
+    base = name[: -len("_orig")]
+    if name.endswith("_orig") and is_reparametrized(module, base):
+        mask = existing_mask(module, base)
+        if mask.shape == t.shape:
             t = t * mask.to(t.dtype)
     return t.detach()
 
 
 def class_scores(graph, c: int, p: float) -> Optional[tuple]:
-    """(sum over coupled parameters of |channel|_p^p, weights per channel) for class ``c``.
+    """Per-channel Lp mass of every parameter coupled to class ``c``.
 
-    For ``p = inf`` the first entry is the max instead of a sum.
+    Args:
+        graph: a :class:`~fastprune.structured.DependencyGraph`.
+        c: a class id.
+        p: the norm order (``math.inf`` for the max norm).
+
+    Returns:
+        ``(totals, weights per channel)``: totals is a float64 tensor with the
+        sum over coupled parameters of ``|channel|_p^p`` (the max for
+        ``p = inf``); ``None`` when no parameter is coupled to ``c``.
     """
     total: Optional[torch.Tensor] = None
     count = 0.0
@@ -52,7 +63,18 @@ def class_scores(graph, c: int, p: float) -> Optional[tuple]:
 
 
 def group_scores(graph, group, importance: str, generator=None) -> torch.Tensor:
-    """One score per atom of ``group`` (lower = pruned first)."""
+    """One score per atom of ``group`` (lower = pruned first).
+
+    Args:
+        graph: the :class:`~fastprune.structured.DependencyGraph` of the group.
+        group: a :class:`~fastprune.structured.ChannelGroup`.
+        importance: a key of :data:`IMPORTANCES` (``"l1"``, ``"l2"``, ``"linf"``, ``"random"``).
+        generator: ``torch.Generator`` for ``"random"``.
+
+    Returns:
+        float64 tensor with one score per atom: the Lp norm of every
+        parameter slice the atom removes, normalised by the number of weights.
+    """
     p = IMPORTANCES[importance]
     n = len(group.atoms)
     if p is None:

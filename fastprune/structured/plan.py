@@ -1,4 +1,9 @@
-"""A cut plan: every (module, tensor, dim, indices) to remove, and how to apply it."""
+"""A cut plan: every (module, tensor, dim, indices) to remove, and how to apply it.
+
+A plan reads the graph it comes from (classes, their members, the rules'
+records) but never imports the graph module: the graph builds plans, plans
+only consume graphs.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +12,8 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from ..core.targets import eval_mode
-from .graph import _FLAT_ATTRS, _HEAD_ATTRS, _KV_ATTRS, _Q_HEAD_ATTRS
+from ..core.targets import eval_mode, is_reparametrized
+from .attrs import FLAT_ATTRS, HEAD_ATTRS, KV_ATTRS, Q_HEAD_ATTRS
 
 __all__ = ["Plan", "Cut"]
 
@@ -17,8 +22,16 @@ __all__ = ["Plan", "Cut"]
 class Cut:
     """Remove ``indices`` along ``dim`` of ``module.<tensor>`` (a parameter or buffer).
 
-    ``role`` is ``"in"`` when the layer owning the weight reads these channels
-    (a conv/linear input dim), ``"out"`` when it produces them, else ``None``.
+    Attributes:
+        module_name: qualified name of the module holding the tensor.
+        module: that module.
+        tensor: the tensor's name in the module (``weight_orig`` for a
+            reparametrised weight).
+        dim: the dimension that loses entries.
+        indices: the removed indices, sorted.
+        is_param: False for buffers (running statistics, masks).
+        role: ``"in"`` when the layer owning the weight reads these channels
+            (a conv/linear input dim), ``"out"`` when it produces them, else ``None``.
     """
 
     module_name: str
@@ -31,6 +44,7 @@ class Cut:
 
     @property
     def fqn(self) -> str:
+        """Qualified name of the tensor."""
         return f"{self.module_name}.{self.tensor}" if self.module_name else self.tensor
 
 
@@ -49,11 +63,34 @@ def _fmt_idx(idx) -> str:
 
 
 class Plan:
-    """Channels to remove, grouped per tensor; ``exec()`` applies it.
+    """Channels to remove, grouped per tensor; :meth:`exec` applies it.
 
-    Built by :meth:`DependencyGraph.plan` or :func:`fastprune.prune_channels`.
-    ``cuts`` lists one :class:`Cut` per (tensor, dim); ``attribute_changes``
-    lists ``(module_name, attribute, old, new)`` size attributes that follow.
+    Built by :meth:`DependencyGraph.plan` or :func:`fastprune.prune_channels`;
+    printing it gives a table of every cut.
+
+    Args:
+        graph: the :class:`~fastprune.structured.DependencyGraph` the deletion refers to.
+        dels: class id -> channel indices to delete (already closed under the
+            graph's couplings).
+        requested: ``(label, count)`` of the request, for the printed summary.
+
+    Attributes:
+        cuts: one :class:`Cut` per (tensor, dim).
+        attribute_changes: ``(module_name, attribute, old, new)`` for the size
+            attributes that follow (``out_channels``, ``num_heads`` ...).
+        deletions: class id -> removed indices.
+        executed: True once :meth:`exec` succeeded.
+
+    Raises:
+        ValueError: when one module is used with channel counts that would
+            need two different values of one attribute.
+
+    Example::
+
+        >>> plan = dg.plan(model.conv1, [0, 5])
+        >>> plan.n_params_removed
+        96
+        >>> plan.exec()
     """
 
     def __init__(self, graph, dels: Dict[int, Set[int]], requested=None):
@@ -127,7 +164,7 @@ class Plan:
             m = module_at(path)
             if m is None:
                 continue
-            for names, c in ((_Q_HEAD_ATTRS, qc), (_KV_ATTRS, kc)):
+            for names, c in ((Q_HEAD_ATTRS, qc), (KV_ATTRS, kc)):
                 for a in names:
                     old = getattr(m, a, None)
                     if isinstance(old, int) and old == g.class_size[c] and self._removed(c):
@@ -137,16 +174,16 @@ class Plan:
             if m is None or not self._removed(cc):
                 continue
             if cc in kv_classes:
-                names = _KV_ATTRS
+                names = KV_ATTRS
             elif cc in q_classes:
-                names = _Q_HEAD_ATTRS
+                names = Q_HEAD_ATTRS
             else:
-                names = _HEAD_ATTRS + _KV_ATTRS
+                names = HEAD_ATTRS + KV_ATTRS
             for a in names:
                 old = getattr(m, a, None)
                 if isinstance(old, int) and old == g.class_size[cc]:
                     propose(path, a, old, old - self._removed(cc))
-            for a in _FLAT_ATTRS:
+            for a in FLAT_ATTRS:
                 old = getattr(m, a, None)
                 if isinstance(old, int) and old == g.class_size[fc]:
                     propose(path, a, old, old - self._removed(fc))
@@ -157,8 +194,24 @@ class Plan:
         mod, name = _split_fqn(fqn)
         return getattr(self.graph.model.get_submodule(mod), name)
 
+    def shapes_after(self) -> Dict[str, Tuple[int, ...]]:
+        """Shape of every traced parameter and buffer once the plan is executed.
+
+        Returns:
+            dict: traced tensor name (canonical for tied tensors, ``*_orig``
+            for reparametrised weights) -> shape after the cuts.
+        """
+        out = {}
+        for fqn, shape in self.graph.tensor_shapes.items():
+            shape = list(shape)
+            for d, idx in self._per_tensor.get(fqn, {}).items():
+                shape[d] -= len(idx)
+            out[fqn] = tuple(shape)
+        return out
+
     @property
     def n_params_removed(self) -> int:
+        """Number of parameter entries the plan removes."""
         total = 0
         for fqn, dims in self._per_tensor.items():
             if not any(c.is_param for c in self.cuts if c.fqn == fqn):
@@ -203,16 +256,27 @@ class Plan:
         """Apply the plan to the model in place.
 
         Cut parameters are replaced by new ``nn.Parameter`` objects (rebuild
-        optimizers afterwards; tied parameters stay tied), buffers are replaced, size attributes updated and pruning reparametrisations
-        (``weight_orig`` / ``weight_mask``) refreshed. With ``validate`` (the
-        default; skipped for meta-device models) the model then runs once on
-        the graph's example inputs; if anything fails every change is undone
-        before the error propagates.
+        optimizers afterwards; tied parameters stay tied), buffers are
+        replaced, size attributes updated and pruning reparametrisations
+        (``weight_orig`` / ``weight_mask``) refreshed.
+
+        Args:
+            validate: run the model once on the graph's example inputs after
+                the change (skipped for meta-device models).
+
+        Returns:
+            Plan: ``self``, executed; its graph is stale from now on.
+
+        Raises:
+            RuntimeError: when the plan was executed already, the graph is
+                stale, a tensor changed shape since tracing, or anything fails
+                while applying or validating; in the last case every change is
+                undone first and the model is exactly as before.
         """
         g = self.graph
         if self.executed:
             raise RuntimeError("this plan has already been executed")
-        g._check_fresh()
+        g.check_fresh()
         model = g.model
         # Everything is computed before the first mutation.
         new_tensors: Dict[str, torch.Tensor] = {}
@@ -299,7 +363,7 @@ def _refresh_masked(model: nn.Module, paths, undo):
         m = model.get_submodule(path)
         for hook in list(m._forward_pre_hooks.values()):
             name = getattr(hook, "_tensor_name", None)
-            if name is None or not hasattr(m, name + "_orig"):
+            if name is None or not is_reparametrized(m, name):
                 continue
             undo.append(lambda m=m, n=name, o=getattr(m, name, None): setattr(m, n, o))
             if hasattr(hook, "apply_mask"):
@@ -309,6 +373,5 @@ def _refresh_masked(model: nn.Module, paths, undo):
 
 
 def _check_forward(model: nn.Module, args, kwargs):
-
     with eval_mode(model), torch.no_grad():
         model(*args, **kwargs)

@@ -1,88 +1,123 @@
 """How each traced ATen op couples the dimensions of its inputs and outputs.
 
-A rule receives the builder, the fx node and its arguments, and declares
-which tensor dimensions must keep the same channel indexing (``union``) or
-are related by a structured index map (``block``: one index of a coarse
-dimension owns a run of indices of a fine one; ``cat``: offsets; ``chunk``:
-equal pieces). Every input or output dimension a rule does not mention is
-blocked afterwards: its size is fixed by something other than a parameter
-(a constant in the forward, spatial arithmetic, an index), so removing
-channels there would break the model when its Python code runs again.
-Ops without a rule therefore block everything they touch, which makes
-unknown ops safe and lets error messages name them.
+A rule receives the :class:`~fastprune.structured.builder.SpaceBuilder`, the
+fx node and the node's tensor arguments, and declares which tensor dimensions
+must keep the same channel indexing (``union``) or are related by a
+structured index map (``block``: one index of a coarse dimension owns a run of
+indices of a fine one; ``cat``: offsets; ``chunk``: equal pieces). Every input
+or output dimension a rule does not mention is blocked afterwards: its size is
+fixed by something other than a parameter (a constant in the forward, spatial
+arithmetic, an index), so removing channels there would break the model when
+its Python code runs again. Ops without a rule therefore block everything they
+touch, which makes unknown ops safe and lets error messages name them.
+
+Rules are registered per op name with the :func:`rule` decorator (one small
+function per op family); a few rules apply to every op matching a predicate
+(:func:`rule_when`, e.g. everything ATen tags pointwise). :func:`apply_rule`
+looks the node's op up and falls back to blocking.
 """
 from __future__ import annotations
 
 import operator
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
-RULES: Dict[str, Callable] = {}
+from .nodes import arg, is_tensor_node, norm_dim, shape, tensor_val, tensors_in
 
-# Ops whose tensor arguments only lend dtype/device, or which only assert.
-_IGNORED_PREFIXES = ("_assert", "sym_constrain_range")
+__all__ = ["RULES", "PREDICATE_RULES", "rule", "rule_when", "apply_rule", "reshape_groups"]
 
-# Same-shape ops that are not tagged pointwise in ATen.
-_SAME_SHAPE = {
-    "dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout",
-    "feature_alpha_dropout", "native_dropout", "to", "_to_copy", "alias", "detach",
-    "detach_", "lift_fresh_copy", "contiguous", "clone", "softmax", "_softmax",
-    "log_softmax", "_log_softmax", "cumsum", "cumprod", "logcumsumexp", "hardswish",
-    "hardswish_", "hardsigmoid", "hardsigmoid_", "mish", "mish_", "silu_", "relu_",
-    "gelu_", "zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
-    "randn_like", "fill_", "zero_", "glu_backward", "_native_batch_norm_legit_functional",
-    "elu", "elu_", "selu", "selu_", "celu", "celu_", "softplus", "hardtanh_",
-    "leaky_relu_", "threshold", "log_sigmoid", "type_as", "masked_fill_", "copy_",
-    "__and__", "__or__", "__xor__", "bitwise_and", "bitwise_or", "logical_and",
-    "logical_or", "logical_not", "triu", "tril",
-}
+#: Rule signature: ``fn(builder, node, tensors)``; ``tensors`` are the node's tensor arguments.
+Rule = Callable[..., None]
 
-_DTYPE_DONORS = {"to", "_to_copy", "type_as", "zeros_like", "ones_like", "empty_like",
-                 "full_like", "rand_like", "randn_like"}
+#: Op name (``"aten.linear"``, ``"fastprune.mask_mul"``) -> its coupling rule.
+RULES: Dict[str, Rule] = {}
 
-_RESHAPES = {
-    "view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "squeeze_",
-    "unsqueeze", "unsqueeze_", "view_as", "reshape_as", "view_copy", "squeeze_copy",
-    "unsqueeze_copy", "_reshape_alias", "ravel",
-}
-
-_REDUCTIONS = {
-    "mean", "sum", "amax", "amin", "var", "std", "var_mean", "std_mean", "norm",
-    "linalg_vector_norm", "logsumexp", "prod", "all", "any", "count_nonzero", "nansum",
-    "nanmean",
-}
-# Reductions whose result depends on index positions along the reduced dim.
-_INDEX_REDUCTIONS = {"argmax", "argmin", "max", "min", "mode", "median", "nanmedian",
-                     "kthvalue", "topk", "sort", "argsort", "cummax", "cummin"}
-
-_CREATION = {"arange", "zeros", "ones", "full", "empty", "scalar_tensor", "rand",
-             "randn", "randint", "linspace", "logspace", "eye", "tensor", "new_ones",
-             "new_zeros", "new_full", "new_empty", "new_tensor", "empty_strided",
-             "empty_permuted"}
+#: ``(predicate(op overload), rule)`` pairs tried in order for ops without an entry in RULES.
+PREDICATE_RULES: List[Tuple[Callable[[torch._ops.OpOverload], bool], Rule]] = []
 
 
-def tensor_val(node):
-    val = node.meta.get("val") if hasattr(node, "meta") else None
-    return val if isinstance(val, torch.Tensor) else None
+def rule(*names: str, namespace: str = "aten") -> Callable[[Rule], Rule]:
+    """Register the decorated function as the coupling rule of ops ``names``.
+
+    Args:
+        *names: op names without overload (``"linear"``, ``"conv2d"``).
+        namespace: the ops' namespace (``"aten"`` unless a custom op).
+
+    Returns:
+        A decorator that registers and returns the function unchanged.
+
+    Raises:
+        ValueError: when an op already has a rule (one rule per op).
+
+    Example::
+
+        @rule("my_scale")
+        def _my_scale(b, node, tensors):
+            _pointwise(b, node, tensors)
+    """
+    def register(fn: Rule) -> Rule:
+        for name in names:
+            key = f"{namespace}.{name}"
+            if key in RULES:
+                raise ValueError(f"{key} already has a coupling rule ({RULES[key].__name__})")
+            RULES[key] = fn
+        return fn
+    return register
 
 
-def _shape(node):
-    return tuple(int(s) for s in tensor_val(node).shape)
+def rule_when(predicate: Callable[[torch._ops.OpOverload], bool]) -> Callable[[Rule], Rule]:
+    """Register the decorated function for every op ``predicate`` accepts.
+
+    Predicate rules are tried, in registration order, only for ops that have
+    no entry in :data:`RULES`.
+
+    Args:
+        predicate: called with the ``torch._ops.OpOverload`` of the node.
+
+    Returns:
+        A decorator that registers and returns the function unchanged.
+    """
+    def register(fn: Rule) -> Rule:
+        PREDICATE_RULES.append((predicate, fn))
+        return fn
+    return register
 
 
-def _is_tensor_node(x) -> bool:
-    return isinstance(x, torch.fx.Node) and tensor_val(x) is not None
+def apply_rule(b, node) -> str:
+    """Run the coupling rule for ``node``; returns the op name used in messages.
+
+    Args:
+        b: the :class:`~fastprune.structured.builder.SpaceBuilder` of the graph.
+        node: a ``call_function`` node of the exported graph.
+
+    Returns:
+        str: ``"namespace.op"`` (or the callable's name for non-op targets).
+    """
+    target = node.target
+    if target is operator.getitem:
+        b.alias_item(node, node.args[0], node.args[1])
+        b.cover(*(b.spaces(node) or []))  # the producer's rule already coupled them
+        return "getitem"
+    if not isinstance(target, torch._ops.OpOverload):
+        return getattr(target, "__name__", str(target))
+    full = f"{target.namespace}.{target._opname}"
+    fn = RULES.get(full)
+    if fn is None:
+        fn = next((f for pred, f in PREDICATE_RULES if pred(target)), None)
+    if fn is not None:
+        fn(b, node, tensors_in(list(node.args) + list(node.kwargs.values())))
+    return full
 
 
-def _norm_dim(d, n):
-    return d % n if n else 0
-
+# ---------------------------------------------------------------------------
+# Coupling patterns shared by several ops
+# ---------------------------------------------------------------------------
 
 def _union_right_aligned(b, src, out):
     """Broadcast semantics: align dims from the right, couple equal sizes."""
     ss, os_ = b.spaces(src), b.spaces(out)
-    sshape, oshape = _shape(src), _shape(out)
+    sshape, oshape = shape(src), shape(out)
     off = len(oshape) - len(sshape)
     for i, s in enumerate(sshape):
         j = i + off
@@ -90,12 +125,12 @@ def _union_right_aligned(b, src, out):
             b.union(ss[i], os_[j])
 
 
-def rule_pointwise(b, node, tensors):
+def _pointwise(b, node, tensors):
     for t in tensors:
         _union_right_aligned(b, t, node)
 
 
-def rule_same_shape(b, node, tensors, donors_only=False):
+def _same_shape(b, node, tensors, donors_only=False):
     """Outputs shaped like the first tensor argument.
 
     With ``donors_only`` the other tensor arguments only lend dtype/device
@@ -109,7 +144,7 @@ def rule_same_shape(b, node, tensors, donors_only=False):
                 for s, o in zip(b.spaces(first), out):
                     b.union(s, o)
         for t in tensors[1:]:
-            if not donors_only and _shape(t) == _shape(first):
+            if not donors_only and shape(t) == shape(first):
                 for s, o in zip(b.spaces(t), b.spaces(first)):
                     b.union(s, o)
             else:
@@ -117,7 +152,21 @@ def rule_same_shape(b, node, tensors, donors_only=False):
 
 
 def reshape_groups(ishape, oshape):
-    """Pairs (input dims, output dims) of equal product, size-1 dims skipped."""
+    """Split a reshape into runs of dims with equal products (size-1 dims skipped).
+
+    Args:
+        ishape: input shape.
+        oshape: output shape (same number of elements).
+
+    Returns:
+        list of ``(input dims, output dims)`` pairs, or ``None`` when the
+        shapes do not line up run by run.
+
+    Example::
+
+        >>> reshape_groups((2, 12), (2, 3, 4))
+        [([0], [0]), ([1], [1, 2])]
+    """
     ii = [d for d, s in enumerate(ishape) if s != 1]
     oo = [d for d, s in enumerate(oshape) if s != 1]
     groups, i, j = [], 0, 0
@@ -145,9 +194,9 @@ def reshape_groups(ishape, oshape):
     return groups
 
 
-def rule_reshape(b, node, tensors):
+def _reshape(b, node, tensors):
     src = tensors[0]
-    ishape, oshape = _shape(src), _shape(node)
+    ishape, oshape = shape(src), shape(node)
     ins, outs = b.spaces(src), b.spaces(node)
     for d, s in enumerate(ishape):
         if s == 1:
@@ -179,13 +228,13 @@ def rule_reshape(b, node, tensors):
             b.split_note(node, count=ins[gi[0]], flat=outs[go[0]])
 
 
-def rule_permute(b, node, tensors, perm):
+def _permute(b, node, tensors, perm):
     ins, outs = b.spaces(tensors[0]), b.spaces(node)
     for o, i in enumerate(perm):
         b.union(ins[i], outs[o])
 
 
-def rule_linear(b, node, x, w, bias):
+def _linear(b, node, x, w, bias):
     xs, ws, os_ = b.spaces(x), b.spaces(w), b.spaces(node)
     if len(ws) != 2:
         return
@@ -201,7 +250,7 @@ def rule_linear(b, node, x, w, bias):
     b.attr(node, "out_features", ws[0])
 
 
-def rule_matmul(b, node, a, c):
+def _matmul(b, node, a, c):
     sa, sc, so = b.spaces(a), b.spaces(c), b.spaces(node)
     na, nc = len(sa), len(sc)
     if na == 0 or nc == 0:
@@ -223,7 +272,7 @@ def rule_matmul(b, node, a, c):
     b.union(sa[-1], sc[-2])
     b.union(so[-2], sa[-2])
     b.union(so[-1], sc[-1])
-    sh_a, sh_c, sh_o = _shape(a), _shape(c), _shape(node)
+    sh_a, sh_c, sh_o = shape(a), shape(c), shape(node)
     nb = len(sh_o) - 2
     for src, sh, sp in ((a, sh_a, sa), (c, sh_c, sc)):
         k = len(sh) - 2
@@ -244,13 +293,13 @@ def _weight_as_right_operand(b, node, w):
     b.attr(node, "nx", ws[0])
 
 
-def rule_conv(b, node, x, w, bias, groups, transposed):
+def _conv(b, node, x, w, bias, groups, transposed):
     xs, ws, os_ = b.spaces(x), b.spaces(w), b.spaces(node)
     batched = len(xs) == len(ws)
     ci = 1 if batched else 0
     if batched:
         b.union(xs[0], os_[0])
-    xshape, wshape, oshape = _shape(x), _shape(w), _shape(node)
+    xshape, wshape, oshape = shape(x), shape(w), shape(node)
     cin, cout = xshape[ci], oshape[ci]
     g = int(groups)
     if not transposed:
@@ -278,15 +327,15 @@ def rule_conv(b, node, x, w, bias, groups, transposed):
     b.attr(node, "out_channels", os_[ci])
 
 
-def rule_batch_norm(b, node, x, stats):
+def _batch_norm(b, node, x, stats):
     xs = b.spaces(x)
     c = xs[1] if len(xs) > 1 else xs[0]
     for t in stats:
         if t is not None:
             ts = b.spaces(t)
-            if len(ts) == 1 and _shape(t)[0] == _shape(x)[1 if len(xs) > 1 else 0]:
+            if len(ts) == 1 and shape(t)[0] == shape(x)[1 if len(xs) > 1 else 0]:
                 b.union(ts[0], c)
-    xshape = _shape(x)
+    xshape = shape(x)
     for k in range(b.n_outputs(node)):
         out = b.spaces(node, k)
         if out is None:
@@ -302,7 +351,7 @@ def rule_batch_norm(b, node, x, stats):
     b.attr(node, "num_features", c)
 
 
-def rule_layer_norm(b, node, x, nshape, w, bias):
+def _layer_norm(b, node, x, nshape, w, bias):
     xs = b.spaces(x)
     k = len(nshape)
     norm_dims = xs[len(xs) - k:]
@@ -310,7 +359,7 @@ def rule_layer_norm(b, node, x, nshape, w, bias):
         if t is not None:
             for s, n in zip(b.spaces(t), norm_dims):
                 b.union(s, n)
-    xshape = _shape(x)
+    xshape = shape(x)
     for j in range(b.n_outputs(node)):
         out = b.spaces(node, j)
         if out is None:
@@ -327,14 +376,14 @@ def rule_layer_norm(b, node, x, nshape, w, bias):
     b.attr(node, "normalized_shape", tuple(norm_dims))
 
 
-def rule_group_norm(b, node, x, num_groups, w, bias):
+def _group_norm(b, node, x, num_groups, w, bias):
     xs, os_ = b.spaces(x), b.spaces(node)
     for t in (w, bias):
         if t is not None:
             b.union(b.spaces(t)[0], xs[1])
     for s, o in zip(xs, os_):
         b.union(s, o)
-    c, g = _shape(x)[1], int(num_groups)
+    c, g = shape(x)[1], int(num_groups)
     if g > 1:
         gs = b.virtual(g)
         b.block_map(gs, xs[1], c // g)
@@ -342,7 +391,7 @@ def rule_group_norm(b, node, x, num_groups, w, bias):
     b.attr(node, "num_channels", xs[1])
 
 
-def rule_embedding(b, node, w, idx):
+def _embedding(b, node, w, idx):
     ws, isp, os_ = b.spaces(w), b.spaces(idx), b.spaces(node)
     b.union(ws[1], os_[-1])
     for i, o in zip(isp, os_[:-1]):
@@ -351,7 +400,7 @@ def rule_embedding(b, node, w, idx):
     b.attr(node, "embedding_dim", ws[1])
 
 
-def rule_sdpa(b, node, q, k, v, mask):
+def _sdpa(b, node, q, k, v, mask):
     qs, ks, vs, os_ = b.spaces(q), b.spaces(k), b.spaces(v), b.spaces(node)
     if len(qs) < 3 or len(ks) != len(qs) or len(vs) != len(qs):
         return
@@ -361,23 +410,23 @@ def rule_sdpa(b, node, q, k, v, mask):
     # q/k head_dim (-1) stays uncovered: the softmax scale depends on it.
     b.union(qs[-3], os_[-3])
     b.union(ks[-3], vs[-3])
-    hq, hk = _shape(q)[-3], _shape(k)[-3]
+    hq, hk = shape(q)[-3], shape(k)[-3]
     if hq == hk:
         b.union(qs[-3], ks[-3])
     elif hk and hq % hk == 0:
         b.block_map(ks[-3], qs[-3], hq // hk)  # grouped-query attention
-    qshape, oshape = _shape(q), _shape(node)
+    qshape, oshape = shape(q), shape(node)
     for t in (k, v):
-        for i, s in enumerate(_shape(t)[:-3]):
+        for i, s in enumerate(shape(t)[:-3]):
             if s == qshape[i]:
                 b.union(b.spaces(t)[i], qs[i])
     for i in range(len(qs) - 3):
         if qshape[i] == oshape[i]:
             b.union(qs[i], os_[i])
     if mask is not None:
-        ms, mshape = b.spaces(mask), _shape(mask)
+        ms, mshape = b.spaces(mask), shape(mask)
         ref = [*qs[:-1], ks[-2]]
-        rshape = [*qshape[:-1], _shape(k)[-2]]
+        rshape = [*qshape[:-1], shape(k)[-2]]
         off = len(rshape) - len(mshape)
         for i, s in enumerate(mshape):
             j = i + off
@@ -386,14 +435,14 @@ def rule_sdpa(b, node, q, k, v, mask):
     b.heads(node, qs[-3], ks[-3])
 
 
-def rule_cat(b, node, tensors, dim):
+def _cat(b, node, tensors, dim):
     out = b.spaces(node)
-    oshape = _shape(node)
+    oshape = shape(node)
     n = len(oshape)
-    dim = _norm_dim(dim, n)
+    dim = norm_dim(dim, n)
     pieces, off = [], 0
     for t in tensors:
-        sh = _shape(t)
+        sh = shape(t)
         if len(sh) != n:  # legacy empty 1-d tensors
             b.cover(*b.spaces(t))
             continue
@@ -406,19 +455,19 @@ def rule_cat(b, node, tensors, dim):
     b.cat_map(out[dim], pieces)
 
 
-def rule_stack(b, node, tensors, dim):
+def _stack(b, node, tensors, dim):
     out = b.spaces(node)
     n = len(out)
-    dim = _norm_dim(dim, n)
+    dim = norm_dim(dim, n)
     rest = [d for d in range(n) if d != dim]
     for t in tensors:
         for s, d in zip(b.spaces(t), rest):
             b.union(s, out[d])
 
 
-def rule_split(b, node, x, dim, sizes):
-    xs, xshape = b.spaces(x), _shape(x)
-    dim = _norm_dim(dim, len(xshape))
+def _split(b, node, x, dim, sizes):
+    xs, xshape = b.spaces(x), shape(x)
+    dim = norm_dim(dim, len(xshape))
     outs = [b.spaces(node, k) for k in range(b.n_outputs(node))]
     for o in outs:
         for d in range(len(xshape)):
@@ -431,10 +480,10 @@ def rule_split(b, node, x, dim, sizes):
         b.attr(node, "split_size", outs[0][dim])  # e.g. GPT-2's fused q/k/v split
 
 
-def rule_slice(b, node, x, dim, start, end, step):
+def _slice(b, node, x, dim, start, end, step):
     xs, os_ = b.spaces(x), b.spaces(node)
-    n = _shape(x)
-    dim = _norm_dim(dim, len(n))
+    n = shape(x)
+    dim = norm_dim(dim, len(n))
     for d in range(len(n)):
         if d != dim:
             b.union(xs[d], os_[d])
@@ -448,25 +497,25 @@ def rule_slice(b, node, x, dim, start, end, step):
         b.union(xs[dim], os_[dim])
 
 
-def rule_select(b, node, x, dim):
+def _select(b, node, x, dim):
     xs, os_ = b.spaces(x), b.spaces(node)
-    dim = _norm_dim(dim, len(xs))
+    dim = norm_dim(dim, len(xs))
     for o, d in zip(os_, [d for d in range(len(xs)) if d != dim]):
         b.union(xs[d], o)
 
 
-def rule_expand(b, node, x):
+def _expand(b, node, x):
     _union_right_aligned(b, x, node)
-    for s, n in zip(b.spaces(x), _shape(x)):
+    for s, n in zip(b.spaces(x), shape(x)):
         if n == 1:
             b.cover(s)
 
 
-def rule_repeat(b, node, x, reps):
+def _repeat(b, node, x, reps):
     xs, os_ = b.spaces(x), b.spaces(node)
     off = len(reps) - len(xs)
     for i, s in enumerate(xs):
-        k, n = reps[i + off], _shape(x)[i]
+        k, n = reps[i + off], shape(x)[i]
         if k == 1:
             b.union(s, os_[i + off])
         elif n > 1:
@@ -474,18 +523,18 @@ def rule_repeat(b, node, x, reps):
             b.chunk_map(os_[i + off], [s] * k, n)
 
 
-def rule_repeat_interleave(b, node, x, repeats, dim):
+def _repeat_interleave(b, node, x, repeats, dim):
     if dim is None or not isinstance(repeats, int):
         return
     xs, os_ = b.spaces(x), b.spaces(node)
-    dim = _norm_dim(dim, len(xs))
+    dim = norm_dim(dim, len(xs))
     for d in range(len(xs)):
         if d != dim:
             b.union(xs[d], os_[d])
     b.block_map(xs[dim], os_[dim], repeats)  # e.g. key/value heads shared by query groups
 
 
-def rule_einsum(b, node, equation, operands):
+def _einsum(b, node, equation, operands):
     eq = equation.replace(" ", "")
     if "..." in eq or "->" not in eq:
         return
@@ -512,7 +561,7 @@ def rule_einsum(b, node, equation, operands):
             b.union(big[0], s)
 
 
-def rule_index(b, node, x, indices):
+def _index(b, node, x, indices):
     xs, out = b.spaces(x), b.spaces(node)
     n = len(xs)
     pos = [i for i, t in enumerate(indices) if t is not None]
@@ -520,7 +569,7 @@ def rule_index(b, node, x, indices):
         for s, o in zip(xs, out):
             b.union(s, o)
         return
-    if any(not _is_tensor_node(indices[i]) or tensor_val(indices[i]).dtype == torch.bool
+    if any(not is_tensor_node(indices[i]) or tensor_val(indices[i]).dtype == torch.bool
            for i in pos):
         return
     rest = [d for d in range(n) if d not in pos]
@@ -533,21 +582,21 @@ def rule_index(b, node, x, indices):
         b.union(xs[d], out[o])
 
 
-def rule_gather(b, node, x, dim, idx):
+def _gather(b, node, x, dim, idx):
     xs, isp, out = b.spaces(x), b.spaces(idx), b.spaces(node)
-    dim = _norm_dim(dim, len(xs))
+    dim = norm_dim(dim, len(xs))
     for s, o in zip(isp, out):
         b.union(s, o)
     for d in range(len(xs)):
-        if d != dim and _shape(x)[d] == _shape(node)[d]:
+        if d != dim and shape(x)[d] == shape(node)[d]:
             b.union(xs[d], out[d])
 
 
-def rule_keep_other_dims(b, node, x, dims):
+def _keep_other_dims(b, node, x, dims):
     """Ops that move entries along ``dims`` (flip, roll, index_select): other dims pass."""
     xs = b.spaces(x)
     n = len(xs)
-    moved = {_norm_dim(d, n) for d in dims}
+    moved = {norm_dim(d, n) for d in dims}
     for k in range(b.n_outputs(node)):
         out = b.spaces(node, k)
         if out is None:
@@ -561,7 +610,7 @@ def rule_keep_other_dims(b, node, x, dims):
                 b.union(xs[d], o)
 
 
-def rule_pixel_shuffle(b, node, x, r, inverse):
+def _pixel_shuffle(b, node, x, r, inverse):
     xs, os_ = b.spaces(x), b.spaces(node)
     c = len(xs) - 3
     for d in range(c):
@@ -572,15 +621,15 @@ def rule_pixel_shuffle(b, node, x, r, inverse):
         b.block_map(os_[c], xs[c], r * r)
 
 
-def rule_reduce(b, node, x, dims, keepdim, positional):
+def _reduce(b, node, x, dims, keepdim, positional):
     xs = b.spaces(x)
     n = len(xs)
     if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
         red = set(range(n))
     elif isinstance(dims, int):
-        red = {_norm_dim(dims, n)}
+        red = {norm_dim(dims, n)}
     else:
-        red = {_norm_dim(d, n) for d in dims}
+        red = {norm_dim(d, n) for d in dims}
     keep = [d for d in range(n) if d not in red]
     for k in range(b.n_outputs(node)):
         out = b.spaces(node, k)
@@ -599,7 +648,7 @@ def rule_reduce(b, node, x, dims, keepdim, positional):
             b.cover(xs[d])
 
 
-def rule_spatial(b, node, x, nspatial):
+def _spatial(b, node, x, nspatial):
     xs = b.spaces(x)
     lead = len(xs) - nspatial
     for k in range(b.n_outputs(node)):
@@ -609,7 +658,7 @@ def rule_spatial(b, node, x, nspatial):
                 b.union(xs[d], out[d])
 
 
-def rule_pad(b, node, x, pad):
+def _pad(b, node, x, pad):
     xs, os_ = b.spaces(x), b.spaces(node)
     k = len(pad) // 2
     n = len(xs)
@@ -619,6 +668,313 @@ def rule_pad(b, node, x, pad):
             b.union(xs[d], os_[d])
 
 
+
+
+# ---------------------------------------------------------------------------
+# The registry: one small function per op family
+# ---------------------------------------------------------------------------
+
+# Same-shape ops that are not tagged pointwise in ATen.
+_SAME_SHAPE = (
+    "dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout",
+    "feature_alpha_dropout", "native_dropout", "alias", "detach",
+    "detach_", "lift_fresh_copy", "contiguous", "clone", "softmax", "_softmax",
+    "log_softmax", "_log_softmax", "cumsum", "cumprod", "logcumsumexp", "hardswish",
+    "hardswish_", "hardsigmoid", "hardsigmoid_", "mish", "mish_", "silu_", "relu_",
+    "gelu_", "fill_", "zero_", "glu_backward", "_native_batch_norm_legit_functional",
+    "elu", "elu_", "selu", "selu_", "celu", "celu_", "softplus", "hardtanh_",
+    "leaky_relu_", "threshold", "log_sigmoid", "masked_fill_", "copy_",
+    "__and__", "__or__", "__xor__", "bitwise_and", "bitwise_or", "logical_and",
+    "logical_or", "logical_not", "triu", "tril",
+)
+
+# Same-shape ops whose other tensor arguments only lend dtype/device.
+_DTYPE_DONORS = ("to", "_to_copy", "type_as", "zeros_like", "ones_like", "empty_like",
+                 "full_like", "rand_like", "randn_like")
+
+_REDUCTIONS = ("mean", "sum", "amax", "amin", "var", "std", "var_mean", "std_mean",
+               "logsumexp", "prod", "all", "any", "count_nonzero", "nansum", "nanmean")
+# Reductions whose result depends on index positions along the reduced dim.
+_INDEX_REDUCTIONS = ("argmax", "argmin", "max", "min", "mode", "median", "nanmedian",
+                     "kthvalue", "topk", "sort", "argsort", "cummax", "cummin")
+
+_CREATION = ("arange", "zeros", "ones", "full", "empty", "scalar_tensor", "rand",
+             "randn", "randint", "linspace", "logspace", "eye", "tensor", "new_ones",
+             "new_zeros", "new_full", "new_empty", "new_tensor", "empty_strided",
+             "empty_permuted")
+
+
+@rule("mask_mul", namespace="fastprune")
+def _mask_mul(b, node, tensors):
+    # weight = weight_orig * mask of a reparametrised module (the mask broadcasts)
+    _pointwise(b, node, tensors_in(node.args))
+
+
+@rule("view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "squeeze_",
+      "unsqueeze", "unsqueeze_", "view_as", "reshape_as", "view_copy", "squeeze_copy",
+      "unsqueeze_copy", "_reshape_alias", "ravel")
+def _reshape_op(b, node, tensors):
+    _reshape(b, node, tensors)
+
+
+@rule("permute", "permute_copy")
+def _permute_op(b, node, tensors):
+    n = len(b.spaces(node.args[0]))
+    _permute(b, node, tensors, [norm_dim(d, n) for d in node.args[1]])
+
+
+@rule("transpose", "transpose_", "swapaxes", "swapdims", "transpose_copy")
+def _transpose_op(b, node, tensors):
+    args = node.args
+    n = len(b.spaces(args[0]))
+    perm = list(range(n))
+    if n:
+        d0, d1 = norm_dim(args[1], n), norm_dim(args[2], n)
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+    _permute(b, node, tensors, perm)
+
+
+@rule("t", "t_", "numpy_T")
+def _t_op(b, node, tensors):
+    n = len(b.spaces(node.args[0]))
+    _permute(b, node, tensors, list(range(n))[::-1])
+
+
+@rule("movedim", "moveaxis")
+def _movedim_op(b, node, tensors):
+    args = node.args
+    n = len(b.spaces(args[0]))
+    src = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
+    dst = args[2] if isinstance(args[2], (list, tuple)) else [args[2]]
+    src = [norm_dim(d, n) for d in src]
+    dst = [norm_dim(d, n) for d in dst]
+    perm = [None] * n
+    for s, d in zip(src, dst):
+        perm[d] = s
+    rest = iter(d for d in range(n) if d not in src)
+    _permute(b, node, tensors, [p if p is not None else next(rest) for p in perm])
+
+
+@rule("linear")
+def _linear_op(b, node, tensors):
+    _linear(b, node, node.args[0], node.args[1], arg(node, 2, "bias"))
+
+
+@rule("matmul", "mm", "bmm")
+def _matmul_op(b, node, tensors):
+    _matmul(b, node, node.args[0], node.args[1])
+    _weight_as_right_operand(b, node, node.args[1])
+
+
+@rule("addmm", "baddbmm", "addbmm")
+def _addmm_op(b, node, tensors):
+    args = node.args
+    _matmul(b, node, args[1], args[2])
+    _union_right_aligned(b, args[0], node)
+    _weight_as_right_operand(b, node, args[2])
+
+
+@rule("conv1d", "conv2d", "conv3d")
+def _conv_op(b, node, tensors):
+    _conv(b, node, node.args[0], node.args[1], arg(node, 2, "bias"), arg(node, 6, "groups", 1),
+          False)
+
+
+@rule("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+def _conv_transpose_op(b, node, tensors):
+    _conv(b, node, node.args[0], node.args[1], arg(node, 2, "bias"), arg(node, 6, "groups", 1),
+          True)
+
+
+@rule("convolution", "_convolution")
+def _convolution_op(b, node, tensors):
+    args = node.args
+    _conv(b, node, args[0], args[1], args[2], args[8], bool(args[6]))
+
+
+@rule("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+      "native_batch_norm", "instance_norm", "_batch_norm_with_update", "_batch_norm_no_update")
+def _batch_norm_op(b, node, tensors):
+    _batch_norm(b, node, node.args[0], [a for a in node.args[1:5] if is_tensor_node(a)])
+
+
+@rule("layer_norm", "native_layer_norm")
+def _layer_norm_op(b, node, tensors):
+    _layer_norm(b, node, node.args[0], list(node.args[1]), arg(node, 2, "weight"),
+                arg(node, 3, "bias"))
+
+
+@rule("rms_norm", "_fused_rms_norm")
+def _rms_norm_op(b, node, tensors):
+    _layer_norm(b, node, node.args[0], list(node.args[1]), arg(node, 2, "weight"), None)
+
+
+@rule("group_norm")
+def _group_norm_op(b, node, tensors):
+    _group_norm(b, node, node.args[0], node.args[1], arg(node, 2, "weight"),
+                arg(node, 3, "bias"))
+
+
+@rule("embedding")
+def _embedding_op(b, node, tensors):
+    _embedding(b, node, node.args[0], node.args[1])
+
+
+@rule("scaled_dot_product_attention")
+def _sdpa_op(b, node, tensors):
+    args = node.args
+    mask = arg(node, 3, "attn_mask")
+    _sdpa(b, node, args[0], args[1], args[2], mask if is_tensor_node(mask) else None)
+
+
+@rule("cat")
+def _cat_op(b, node, tensors):
+    _cat(b, node, list(node.args[0]), arg(node, 1, "dim", 0))
+
+
+@rule("stack")
+def _stack_op(b, node, tensors):
+    _stack(b, node, list(node.args[0]), arg(node, 1, "dim", 0))
+
+
+@rule("split", "split_with_sizes", "unsafe_split", "chunk", "tensor_split", "split_copy",
+      "split_with_sizes_copy")
+def _split_op(b, node, tensors):
+    x = node.args[0]
+    dim = arg(node, 2, "dim", 0)
+    d = norm_dim(dim, len(shape(x)))
+    sizes = [b.shape(node, k)[d] for k in range(b.n_outputs(node))]
+    _split(b, node, x, dim, sizes)
+
+
+@rule("slice", "slice_copy")
+def _slice_op(b, node, tensors):
+    _slice(b, node, node.args[0], arg(node, 1, "dim", 0), arg(node, 2, "start"),
+           arg(node, 3, "end"), arg(node, 4, "step", 1))
+
+
+@rule("narrow")
+def _narrow_op(b, node, tensors):
+    args = node.args
+    start, length = args[2], args[3]
+    _slice(b, node, args[0], args[1], start, start + length, 1)
+
+
+@rule("select", "select_copy")
+def _select_op(b, node, tensors):
+    _select(b, node, node.args[0], node.args[1])
+
+
+@rule("expand", "expand_as", "broadcast_to", "expand_copy")
+def _expand_op(b, node, tensors):
+    _expand(b, node, node.args[0])
+
+
+@rule("repeat")
+def _repeat_op(b, node, tensors):
+    _repeat(b, node, node.args[0], list(node.args[1]))
+
+
+@rule("repeat_interleave")
+def _repeat_interleave_op(b, node, tensors):
+    if is_tensor_node(node.args[0]):  # the repeats-only overload has no rule
+        _repeat_interleave(b, node, node.args[0], arg(node, 1, "repeats"), arg(node, 2, "dim"))
+
+
+@rule("einsum")
+def _einsum_op(b, node, tensors):
+    _einsum(b, node, node.args[0], list(node.args[1]))
+
+
+@rule("index", "_unsafe_index")
+def _index_op(b, node, tensors):
+    _index(b, node, node.args[0], list(node.args[1]))
+
+
+@rule("gather")
+def _gather_op(b, node, tensors):
+    _gather(b, node, node.args[0], node.args[1], node.args[2])
+
+
+@rule("index_select", "unbind")
+def _index_select_op(b, node, tensors):
+    _keep_other_dims(b, node, node.args[0], [arg(node, 1, "dim", 0)])
+
+
+@rule("flip")
+def _flip_op(b, node, tensors):
+    _keep_other_dims(b, node, node.args[0], list(node.args[1]))
+
+
+@rule("roll")
+def _roll_op(b, node, tensors):
+    dims = list(arg(node, 2, "dims", []) or [])
+    if not dims:
+        dims = list(range(len(b.spaces(node.args[0]))))
+    _keep_other_dims(b, node, node.args[0], dims)
+
+
+@rule("pixel_shuffle", "pixel_unshuffle")
+def _pixel_shuffle_op(b, node, tensors):
+    _pixel_shuffle(b, node, node.args[0], node.args[1], node.target._opname == "pixel_unshuffle")
+
+
+def _reduction_dims(node, dims, positional: bool):
+    if isinstance(dims, torch.fx.Node) or (not positional and not isinstance(
+            dims, (int, list, tuple, type(None)))):
+        return None
+    return dims
+
+
+@rule(*_REDUCTIONS)
+def _reduce_op(b, node, tensors):
+    dims = _reduction_dims(node, arg(node, 1, "dim"), False)
+    _reduce(b, node, node.args[0], dims, arg(node, 2, "keepdim", False), False)
+
+
+@rule("norm", "linalg_vector_norm")
+def _norm_op(b, node, tensors):
+    dims = _reduction_dims(node, arg(node, 2, "dim"), False)
+    _reduce(b, node, node.args[0], dims, arg(node, 2, "keepdim", False), False)
+
+
+@rule(*_INDEX_REDUCTIONS)
+def _index_reduce_op(b, node, tensors):
+    dims = _reduction_dims(node, arg(node, 1, "dim"), True)
+    _reduce(b, node, node.args[0], dims, arg(node, 2, "keepdim", False), True)
+
+
+@rule("pad", "constant_pad_nd", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",
+      "replication_pad1d", "replication_pad2d", "replication_pad3d")
+def _pad_op(b, node, tensors):
+    _pad(b, node, node.args[0], list(node.args[1]))
+
+
+@rule(*_CREATION)
+def _creation_op(b, node, tensors):
+    for t in tensors:  # new_* take only dtype/device from self
+        b.cover(*b.spaces(t))
+
+
+@rule("prelu")
+def _prelu_op(b, node, tensors):
+    x, w = node.args[0], node.args[1]
+    xs, ws = b.spaces(x), b.spaces(w)
+    if shape(w)[0] > 1:
+        b.union(ws[0], xs[1] if len(xs) > 1 else xs[0])
+    _same_shape(b, node, [x])
+
+
+@rule(*_SAME_SHAPE)
+def _same_shape_op(b, node, tensors):
+    _same_shape(b, node, tensors)
+
+
+@rule(*_DTYPE_DONORS)
+def _dtype_donor_op(b, node, tensors):
+    _same_shape(b, node, tensors, donors_only=True)
+
+
 def _spatial_count(name: str) -> int:
     for k in (3, 2, 1):
         if f"{k}d" in name:
@@ -626,177 +982,22 @@ def _spatial_count(name: str) -> int:
     return 2
 
 
-def _arg(node, i, name, default=None):
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
+def _is_aten(op) -> bool:
+    return op.namespace == "aten"
 
 
-def _tensors_in(args):
-    out = []
-    for a in args:
-        if _is_tensor_node(a):
-            out.append(a)
-        elif isinstance(a, (list, tuple)):
-            out.extend(x for x in a if _is_tensor_node(x))
-    return out
+@rule_when(lambda op: _is_aten(op) and op._opname.startswith(("_assert", "sym_constrain_range")))
+def _ignored_op(b, node, tensors):
+    # tensors only lend dtype/device, or the op only asserts
+    for t in tensors:
+        b.cover(*b.spaces(t))
 
 
-def apply_rule(b, node) -> str:
-    """Run the coupling rule for ``node``; returns the op name used in messages."""
-    target = node.target
-    if target is operator.getitem:
-        b.alias_item(node, node.args[0], node.args[1])
-        b.cover(*(b.spaces(node) or []))  # the producer's rule already coupled them
-        return "getitem"
-    if not isinstance(target, torch._ops.OpOverload):
-        return getattr(target, "__name__", str(target))
-    name = target._opname
-    full = f"{target.namespace}.{name}"
-    if target.namespace == "fastprune" and name == "mask_mul":
-        # weight = weight_orig * mask of a reparametrised module (the mask broadcasts)
-        rule_pointwise(b, node, _tensors_in(node.args))
-        return full
-    if target.namespace != "aten":
-        return full
-    args = node.args
-    tensors = _tensors_in(list(args) + list(node.kwargs.values()))
-    if name.startswith(_IGNORED_PREFIXES):
-        for t in tensors:
-            b.cover(*b.spaces(t))
-        return full
-    if name in _RESHAPES:
-        rule_reshape(b, node, tensors)
-    elif name in ("permute", "permute_copy"):
-        n = len(b.spaces(args[0]))
-        rule_permute(b, node, tensors, [_norm_dim(d, n) for d in args[1]])
-    elif name in ("transpose", "transpose_", "swapaxes", "swapdims", "transpose_copy"):
-        n = len(b.spaces(args[0]))
-        perm = list(range(n))
-        if n:
-            d0, d1 = _norm_dim(args[1], n), _norm_dim(args[2], n)
-            perm[d0], perm[d1] = perm[d1], perm[d0]
-        rule_permute(b, node, tensors, perm)
-    elif name in ("t", "t_", "numpy_T"):
-        n = len(b.spaces(args[0]))
-        rule_permute(b, node, tensors, list(range(n))[::-1])
-    elif name in ("movedim", "moveaxis"):
-        n = len(b.spaces(args[0]))
-        src = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
-        dst = args[2] if isinstance(args[2], (list, tuple)) else [args[2]]
-        src = [_norm_dim(d, n) for d in src]
-        dst = [_norm_dim(d, n) for d in dst]
-        perm = [None] * n
-        for s, d in zip(src, dst):
-            perm[d] = s
-        rest = iter(d for d in range(n) if d not in src)
-        perm = [p if p is not None else next(rest) for p in perm]
-        rule_permute(b, node, tensors, perm)
-    elif name == "linear":
-        rule_linear(b, node, args[0], args[1], _arg(node, 2, "bias"))
-    elif name in ("matmul", "mm", "bmm"):
-        rule_matmul(b, node, args[0], args[1])
-        _weight_as_right_operand(b, node, args[1])
-    elif name in ("addmm", "baddbmm", "addbmm"):
-        rule_matmul(b, node, args[1], args[2])
-        _union_right_aligned(b, args[0], node)
-        _weight_as_right_operand(b, node, args[2])
-    elif name in ("conv1d", "conv2d", "conv3d"):
-        rule_conv(b, node, args[0], args[1], _arg(node, 2, "bias"),
-                  _arg(node, 6, "groups", 1), False)
-    elif name in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
-        rule_conv(b, node, args[0], args[1], _arg(node, 2, "bias"),
-                  _arg(node, 6, "groups", 1), True)
-    elif name in ("convolution", "_convolution"):
-        rule_conv(b, node, args[0], args[1], args[2], args[8], bool(args[6]))
-    elif name in ("batch_norm", "_native_batch_norm_legit_no_training",
-                  "_native_batch_norm_legit", "native_batch_norm", "instance_norm",
-                  "_batch_norm_with_update", "_batch_norm_no_update"):
-        rule_batch_norm(b, node, args[0], [a for a in args[1:5] if _is_tensor_node(a)])
-    elif name in ("layer_norm", "native_layer_norm"):
-        rule_layer_norm(b, node, args[0], list(args[1]), _arg(node, 2, "weight"),
-                        _arg(node, 3, "bias"))
-    elif name in ("rms_norm", "_fused_rms_norm"):
-        rule_layer_norm(b, node, args[0], list(args[1]), _arg(node, 2, "weight"), None)
-    elif name == "group_norm":
-        rule_group_norm(b, node, args[0], args[1], _arg(node, 2, "weight"),
-                        _arg(node, 3, "bias"))
-    elif name == "embedding":
-        rule_embedding(b, node, args[0], args[1])
-    elif name == "scaled_dot_product_attention":
-        mask = _arg(node, 3, "attn_mask")
-        rule_sdpa(b, node, args[0], args[1], args[2], mask if _is_tensor_node(mask) else None)
-    elif name == "cat":
-        rule_cat(b, node, [t for t in args[0]], _arg(node, 1, "dim", 0))
-    elif name == "stack":
-        rule_stack(b, node, list(args[0]), _arg(node, 1, "dim", 0))
-    elif name in ("split", "split_with_sizes", "unsafe_split", "chunk", "tensor_split",
-                  "split_copy", "split_with_sizes_copy"):
-        dim = _arg(node, 2, "dim", 0)
-        sizes = [b.shape(node, k)[_norm_dim(dim, len(_shape(args[0])))]
-                 for k in range(b.n_outputs(node))]
-        rule_split(b, node, args[0], dim, sizes)
-    elif name in ("slice", "narrow", "slice_copy"):
-        if name == "narrow":
-            start, length = args[2], args[3]
-            rule_slice(b, node, args[0], args[1], start, start + length, 1)
-        else:
-            rule_slice(b, node, args[0], _arg(node, 1, "dim", 0), _arg(node, 2, "start"),
-                       _arg(node, 3, "end"), _arg(node, 4, "step", 1))
-    elif name in ("select", "select_copy"):
-        rule_select(b, node, args[0], args[1])
-    elif name in ("expand", "expand_as", "broadcast_to", "expand_copy"):
-        rule_expand(b, node, args[0])
-    elif name == "repeat":
-        rule_repeat(b, node, args[0], list(args[1]))
-    elif name == "repeat_interleave" and _is_tensor_node(args[0]):
-        rule_repeat_interleave(b, node, args[0], _arg(node, 1, "repeats"), _arg(node, 2, "dim"))
-    elif name == "einsum":
-        rule_einsum(b, node, args[0], list(args[1]))
-    elif name in ("index", "_unsafe_index"):
-        rule_index(b, node, args[0], list(args[1]))
-    elif name == "gather":
-        rule_gather(b, node, args[0], args[1], args[2])
-    elif name in ("index_select", "unbind", "flip", "roll"):
-        if name == "flip":
-            dims = list(args[1])
-        elif name == "roll":
-            dims = list(_arg(node, 2, "dims", []) or [])
-            if not dims:
-                dims = list(range(len(b.spaces(args[0]))))
-        else:
-            dims = [_arg(node, 1, "dim", 0)]
-        rule_keep_other_dims(b, node, args[0], dims)
-    elif name in ("pixel_shuffle", "pixel_unshuffle"):
-        rule_pixel_shuffle(b, node, args[0], args[1], name == "pixel_unshuffle")
-    elif name in _REDUCTIONS or name in _INDEX_REDUCTIONS:
-        dims = _arg(node, 1, "dim")
-        if name in ("norm",):
-            dims = _arg(node, 2, "dim")
-        if name == "linalg_vector_norm":
-            dims = _arg(node, 2, "dim")
-        if isinstance(dims, torch.fx.Node) or (name in _REDUCTIONS and not isinstance(
-                dims, (int, list, tuple, type(None)))):
-            dims = None
-        keep = _arg(node, 2, "keepdim", False)
-        rule_reduce(b, node, args[0], dims, keep, name in _INDEX_REDUCTIONS)
-    elif ("pool" in name or "upsample" in name or name.startswith("_upsample")
-          or name in ("adaptive_avg_pool1d", "adaptive_max_pool1d")):
-        rule_spatial(b, node, args[0], _spatial_count(name))
-    elif name in ("pad", "constant_pad_nd", "reflection_pad1d", "reflection_pad2d",
-                  "reflection_pad3d", "replication_pad1d", "replication_pad2d",
-                  "replication_pad3d"):
-        rule_pad(b, node, args[0], list(args[1]))
-    elif name in _CREATION:
-        for t in tensors:  # new_* take only dtype/device from self
-            b.cover(*b.spaces(t))
-    elif name == "prelu":
-        xs, ws = b.spaces(args[0]), b.spaces(args[1])
-        if _shape(args[1])[0] > 1:
-            b.union(ws[0], xs[1] if len(xs) > 1 else xs[0])
-        rule_same_shape(b, node, [args[0]])
-    elif name in _SAME_SHAPE:
-        rule_same_shape(b, node, tensors, donors_only=name in _DTYPE_DONORS)
-    elif torch.Tag.pointwise in target.tags:
-        rule_pointwise(b, node, tensors)
-    return full
+@rule_when(lambda op: _is_aten(op) and ("pool" in op._opname or "upsample" in op._opname))
+def _spatial_op(b, node, tensors):
+    _spatial(b, node, node.args[0], _spatial_count(node.target._opname))
+
+
+@rule_when(lambda op: _is_aten(op) and torch.Tag.pointwise in op.tags)
+def _pointwise_op(b, node, tensors):
+    _pointwise(b, node, tensors)
