@@ -28,7 +28,7 @@ from .at_init import force_scores, magnitude_scores, snip_scores, synflow_scores
 from .schedule import pruning_schedule
 from .lottery import LotteryTicket, iterative_magnitude_pruning
 from .core.patch import is_torch_patched, patch_torch
-from .structured import DependencyGraph, Plan, prune_channels, remove_masked_channels
+from .structured import ConfigError, DependencyGraph, Plan, prune_channels, remove_masked_channels, rewrite_config
 
 # What fastprune adds on top of torch's API.
 EXTRA_NAMES = [
@@ -57,6 +57,8 @@ EXTRA_NAMES = [
     "Plan",
     "prune_channels",
     "remove_masked_channels",
+    "rewrite_config",
+    "ConfigError",
 ]
 
 __all__ = list(_api.__all__) + EXTRA_NAMES
