@@ -1,0 +1,465 @@
+"""Compressed checkpoints: safetensors files holding pruned tensors as a bitmask plus their values.
+
+Layout (format ``fastprune.sparse/1``)
+--------------------------------------
+A checkpoint is one ``.safetensors`` file, or a directory holding
+``model.safetensors`` or, when it is larger than ``max_shard_size``,
+``model-00001-of-0000N.safetensors`` ... plus ``model.safetensors.index.json``
+(the layout transformers uses: ``{"metadata": {"total_size": ...},
+"weight_map": {stored name: file}}``). Every file is plain safetensors.
+
+Each entry ``key`` of the state dict is stored either densely, under ``key``
+itself, or sparsely, as
+
+* ``key.bitmask``: ``uint8``, one bit per element in row-major order; element
+  ``i`` is bit ``i % 8`` (least significant first) of byte ``i // 8``, padding
+  bits 0 (the packed-mask format of :mod:`fastprune.ops`). A set bit marks a
+  stored element.
+* ``key.values``: the stored elements, 1-D, in the tensor's dtype and in
+  row-major order; or, when all of them have the same bit pattern (0/1 masks),
+  that one element.
+* ``key.negzero`` (only when needed): a packed bitmask over the elements *not*
+  stored, in order; a set bit means the element is ``-0.0`` rather than ``+0.0``.
+
+An element is stored unless it is zero: for integer and bool tensors, all bits
+zero; for floating-point tensors, ``+0.0`` or ``-0.0`` (a pruned weight is
+``-0.0`` wherever ``orig * mask`` multiplied a negative weight by 0, which is
+what ``torch.nn.utils.prune.remove`` leaves; ``key.negzero`` keeps that sign).
+Everything else, NaN with its payload and infinities included, is stored with
+its exact bits, so a round trip is bit for bit. A tensor is stored sparsely
+only when that is smaller than dense.
+
+The safetensors header's ``__metadata__`` holds ``"format": "pt"``,
+``"fastprune.format": "fastprune.sparse/1"`` and ``"fastprune.tensors"``, a
+JSON object giving, for each state-dict key stored in the file and in the
+state dict's order, its ``shape``, ``dtype`` (torch's name), ``encoding``
+(``"dense"`` or ``"bitmask"``), ``nnz`` (stored elements), ``const`` and
+``negzero``. The index file's ``metadata`` also lists ``"fastprune.order"``:
+all keys in order.
+
+Size of a tensor of ``N`` elements of ``b`` bytes at sparsity ``s``:
+``N/8 + (1 - s) N b`` bytes (plus ``s N / 8`` when some zeros are ``-0.0``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .. import ops
+from .permanent import permanent_state_dict
+from .state_dict import load_pruned_state_dict
+
+__all__ = ["save_sparse", "load_sparse", "FORMAT"]
+
+FORMAT = "fastprune.sparse/1"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+
+Tensor = torch.Tensor
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _safetensors():
+    try:
+        import safetensors
+        import safetensors.torch
+    except ImportError:
+        raise ImportError(
+            "save_sparse / load_sparse need the safetensors package: pip install 'fastprune[shipping]'"
+        ) from None
+    return safetensors
+
+
+def _dtype_from_name(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r} in a fastprune sparse checkpoint")
+    return dtype
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def _sign_bit(int_dtype: torch.dtype) -> int:
+    """The sign bit of a float of this width, as a value of ``int_dtype``."""
+    bits = torch.iinfo(int_dtype).bits
+    return 0x80 if int_dtype == torch.uint8 else -(1 << (bits - 1))
+
+
+def _bits_view(flat: Tensor) -> Optional[Tensor]:
+    """``flat`` reinterpreted as integers of its own width (``None``: cannot be)."""
+    if flat.is_complex() or flat.element_size() not in _INT_OF_SIZE:
+        return None
+    return flat.view(_INT_OF_SIZE[flat.element_size()])
+
+
+# ----------------------------------------------------------------------------
+# Encoding of one tensor
+# ----------------------------------------------------------------------------
+
+
+def _encode(key: str, tensor: Tensor, seen: set) -> Tuple[Dict[str, Tensor], dict]:
+    """The stored tensors and the metadata entry of one state-dict entry."""
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    info = {"shape": list(t.shape), "dtype": _dtype_name(t.dtype), "encoding": "dense"}
+    flat = t.reshape(-1)
+    bits = _bits_view(flat) if flat.numel() else None
+    if bits is not None:
+        n = flat.numel()
+        if t.is_floating_point():
+            sign = _sign_bit(bits.dtype)
+            stored = (bits & ~sign if sign != 0x80 else bits & 0x7F) != 0
+        else:
+            stored = bits != 0
+        nnz = int(stored.sum())
+        values = bits[stored]
+        const = nnz > 1 and bool((values == values[0]).all())
+        negzero = None
+        if t.is_floating_point() and nnz < n:
+            zeros = bits[~stored]
+            if bool((zeros != 0).any()):
+                negzero = zeros != 0
+        size = ops.packed_numel(n) + (1 if const else nnz) * t.element_size()
+        size += ops.packed_numel(n - nnz) if negzero is not None else 0
+        if size < n * t.element_size():
+            out = {
+                key + ".bitmask": ops.pack_mask(stored),
+                key + ".values": (values[:1] if const else values).view(t.dtype),
+            }
+            if negzero is not None:
+                out[key + ".negzero"] = ops.pack_mask(negzero)
+            info.update(encoding="bitmask", nnz=nnz, const=const, negzero=negzero is not None)
+            return out, info
+    storage = t.untyped_storage()
+    if storage.data_ptr() in seen or storage.nbytes() != t.nbytes:
+        # safetensors refuses tensors sharing memory with another one (tied
+        # weights, views of a larger tensor): store a private copy.
+        t = t.clone()
+    seen.add(t.untyped_storage().data_ptr())
+    return {key: t}, info
+
+
+def _decode(key: str, info: dict, get) -> Tensor:
+    dtype = _dtype_from_name(info["dtype"])
+    shape = [int(s) for s in info["shape"]]
+    if info["encoding"] == "dense":
+        t = get(key)
+        if t.dtype != dtype or list(t.shape) != shape:
+            raise ValueError(f"{key}: stored as {t.dtype} {list(t.shape)}, the header says {dtype} {shape}")
+        return t
+    if info["encoding"] != "bitmask":
+        raise ValueError(f"{key}: unknown encoding {info['encoding']!r}")
+    n = math.prod(shape)
+    packed = get(key + ".bitmask")
+    values = get(key + ".values")
+    if packed.dtype != torch.uint8 or packed.numel() != ops.packed_numel(n) or values.dtype != dtype:
+        raise ValueError(f"{key}: corrupt bitmask or values (dtype/size do not match the header)")
+    stored = ops.unpack_mask(packed, n, torch.bool)
+    nnz = int(stored.sum())
+    if nnz != int(info["nnz"]) or values.numel() != (min(nnz, 1) if info.get("const") else nnz):
+        raise ValueError(f"{key}: the bitmask has {nnz} set bits, {values.numel()} values are stored")
+    int_dtype = _INT_OF_SIZE[values.element_size()]
+    bits = torch.zeros(n, dtype=int_dtype, device=values.device)
+    vbits = values.reshape(-1).view(int_dtype)
+    if info.get("const"):
+        if nnz:
+            bits.masked_fill_(stored, vbits[0])
+    else:
+        bits.masked_scatter_(stored, vbits)
+    if info.get("negzero"):
+        zero_pos = ~stored
+        neg = ops.unpack_mask(get(key + ".negzero"), n - nnz, torch.bool)
+        signs = torch.zeros(n - nnz, dtype=int_dtype, device=values.device)
+        signs.masked_fill_(neg, _sign_bit(int_dtype))
+        bits.masked_scatter_(zero_pos, signs)
+    return bits.view(dtype).reshape(shape)
+
+
+# ----------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _parse_size(value, arg: str = "max_shard_size") -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{arg} must be an int (bytes) or a str like '5GB', got bool")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"{arg} must be positive, got {value}")
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).upper() in _SIZE_UNITS:
+            size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+            if size > 0:
+                return size
+        raise ValueError(f"{arg}={value!r} is not a size such as '500MB', '5GB' or a number of bytes")
+    raise TypeError(f"{arg} must be an int (bytes) or a str like '5GB', got {type(value).__name__}")
+
+
+def _state_to_save(obj) -> "OrderedDict[str, Tensor]":
+    if isinstance(obj, nn.Module):
+        state = permanent_state_dict(obj)
+    elif isinstance(obj, Mapping):
+        state = obj
+    else:
+        raise TypeError(f"model_or_state_dict must be an nn.Module or a mapping of names to tensors, got {type(obj).__name__}")
+    out = OrderedDict()
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise TypeError(f"state dict keys must be str, got {type(key).__name__} ({key!r})")
+        if not isinstance(value, Tensor):
+            raise TypeError(f"state_dict[{key!r}] must be a tensor, got {type(value).__name__}")
+        if value.layout != torch.strided:
+            raise ValueError(f"state_dict[{key!r}] has layout {value.layout}; only dense tensors can be saved")
+        if value.device.type == "meta":
+            raise ValueError(f"state_dict[{key!r}] is on the meta device and holds no data")
+        out[key] = value
+    for key in out:
+        for suffix in (".bitmask", ".values", ".negzero"):
+            if key.endswith(suffix) and key[: -len(suffix)] in out:
+                raise ValueError(
+                    f"state dict keys {key!r} and {key[: -len(suffix)]!r} would collide in the sparse layout"
+                )
+    return out
+
+
+def save_sparse(
+    model_or_state_dict: Union[nn.Module, Mapping],
+    path: Union[str, os.PathLike],
+    *,
+    max_shard_size: Union[int, str, None] = None,
+    metadata: Optional[Dict[str, str]] = None,
+) -> List[str]:
+    """Save a pruned model or a state dict as compressed safetensors.
+
+    Every tensor with enough zeros is stored as a 1-bit mask plus its non-zero
+    values (see the module docstring for the exact layout), the others densely;
+    :func:`load_sparse` gives back every tensor bit for bit.
+
+    Args:
+        model_or_state_dict: an ``nn.Module``, whose pruning is saved made
+            permanent (each pruned ``name`` holds ``orig * mask``, the
+            ``_orig`` / ``_mask`` pair is not stored; ``MaskSet``-pruned weights
+            are plain parameters with zeros anyway), so that the file loads
+            strictly into an unpruned model of the same architecture; or a
+            mapping of names to tensors, saved exactly as given (``_orig`` /
+            ``_mask`` pairs included; :func:`load_sparse` with a model
+            re-creates that pruning).
+        path: a file name ending in ``.safetensors`` (one file), or a
+            directory (created if needed) that receives ``model.safetensors``
+            or, above ``max_shard_size``, numbered shards and
+            ``model.safetensors.index.json``.
+        max_shard_size: largest size of one shard, bytes or a string such as
+            ``"2GB"`` (default ``"5GB"``; directories only). A tensor larger
+            than this gets a shard of its own.
+        metadata: extra ``str -> str`` entries for every file's header.
+
+    Returns:
+        the paths of the files written.
+
+    Raises:
+        TypeError / ValueError: a bad argument or a tensor that cannot be
+            saved (meta, sparse layout, non-tensor entry); checked before
+            any file is written.
+
+    Example::
+
+        >>> fastprune.sparsify_(model, 0.9)
+        >>> fastprune.save_sparse(model, "ckpt/")          # ~ 0.1 x dense + N/8 bytes
+        >>> fastprune.load_sparse("ckpt/", model=fresh_model)
+    """
+    st = _safetensors()
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    single_file = path.endswith(".safetensors")
+    if single_file and max_shard_size is not None:
+        raise ValueError("max_shard_size needs a directory path; a path ending in .safetensors is one file")
+    limit = _parse_size(DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
+    if metadata is not None:
+        if not isinstance(metadata, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError("metadata must be a dict of str to str")
+        reserved = [k for k in metadata if k == "format" or k.startswith("fastprune.")]
+        if reserved:
+            raise ValueError(f"metadata keys {reserved} are reserved")
+    state = _state_to_save(model_or_state_dict)
+
+    if single_file:
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+    shards: List[Tuple[Dict[str, Tensor], "OrderedDict[str, dict]", int]] = []
+    written: List[str] = []
+    tensors: Dict[str, Tensor] = {}
+    infos: "OrderedDict[str, dict]" = OrderedDict()
+    size = 0
+    temp_names: List[str] = []
+
+    def header(infos_):
+        meta = dict(metadata or {})
+        meta.update({"format": "pt", "fastprune.format": FORMAT, "fastprune.tensors": json.dumps(infos_)})
+        return meta
+
+    def flush():
+        # Shards are written as soon as they are full (memory stays one shard);
+        # they get their final numbered names once the count is known.
+        nonlocal tensors, infos, size
+        if single_file:
+            return
+        name = os.path.join(path, f".fastprune-shard-{len(temp_names):05d}.tmp")
+        st.torch.save_file(tensors, name, metadata=header(infos))
+        temp_names.append(name)
+        shards.append(({k: None for k in tensors}, infos, size))
+        tensors, infos, size = {}, OrderedDict(), 0
+
+    seen: set = set()
+    for key, value in state.items():
+        stored, info = _encode(key, value, seen)
+        nbytes = sum(t.numel() * t.element_size() for t in stored.values())
+        if not single_file and tensors and size + nbytes > limit:
+            flush()
+        tensors.update(stored)
+        infos[key] = info
+        size += nbytes
+    if single_file:
+        st.torch.save_file(tensors, path, metadata=header(infos))
+        return [path]
+    if tensors or not temp_names:
+        flush()
+
+    total = sum(s for _, _, s in shards)
+    if len(temp_names) == 1:
+        final = os.path.join(path, SINGLE_FILE)
+        os.replace(temp_names[0], final)
+        stale = os.path.join(path, INDEX_FILE)
+        if os.path.exists(stale):
+            os.remove(stale)
+        return [final]
+    weight_map = {}
+    count = len(temp_names)
+    for i, (tmp, (names, _, _)) in enumerate(zip(temp_names, shards)):
+        fname = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+        os.replace(tmp, os.path.join(path, fname))
+        written.append(os.path.join(path, fname))
+        for n in names:
+            weight_map[n] = fname
+    index = {
+        "metadata": {"total_size": total, "fastprune.format": FORMAT, "fastprune.order": list(state.keys())},
+        "weight_map": weight_map,
+    }
+    with open(os.path.join(path, INDEX_FILE), "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2)
+    single = os.path.join(path, SINGLE_FILE)
+    if os.path.exists(single):  # a previous single-file save in the same directory
+        os.remove(single)
+    written.append(os.path.join(path, INDEX_FILE))
+    return written
+
+
+# ----------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------
+
+
+def _files_of(path: str) -> Tuple[List[str], Optional[List[str]]]:
+    if os.path.isfile(path):
+        return [path], None
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"path={path!r}: no such file or directory")
+    index = os.path.join(path, INDEX_FILE)
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            data = json.load(f)
+        files = sorted(set(data.get("weight_map", {}).values()))
+        order = data.get("metadata", {}).get("fastprune.order")
+        return [os.path.join(path, f) for f in files], order
+    single = os.path.join(path, SINGLE_FILE)
+    if os.path.isfile(single):
+        return [single], None
+    raise FileNotFoundError(f"path={path!r} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+def load_sparse(
+    path: Union[str, os.PathLike],
+    model: Optional[nn.Module] = None,
+    *,
+    strict: bool = True,
+    device: Union[str, torch.device] = "cpu",
+):
+    """Read a checkpoint written by :func:`save_sparse` (or any safetensors checkpoint).
+
+    Args:
+        path: the ``.safetensors`` file or the directory given to :func:`save_sparse`.
+        model: if given, the state dict is loaded into it with
+            :func:`fastprune.load_pruned_state_dict` (so ``_orig`` / ``_mask``
+            pairs re-create their pruning), checked before anything changes.
+        strict: passed to the load into ``model``.
+        device: where the tensors are created.
+
+    Returns:
+        the state dict (an ``OrderedDict`` in the saved order, every tensor
+        bit for bit as saved) when ``model`` is ``None``; otherwise the
+        ``missing_keys`` / ``unexpected_keys`` tuple of the load.
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``path``.
+        ValueError: a corrupt file (sizes or dtypes that contradict the header).
+        TypeError: ``model`` is not an ``nn.Module``.
+
+    Example::
+
+        >>> sd = fastprune.load_sparse("ckpt/")
+        >>> fastprune.load_sparse("ckpt/", model=fresh_model)
+    """
+    st = _safetensors()
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    files, order = _files_of(os.fspath(path))
+    device = str(torch.device(device))
+    state: Dict[str, Tensor] = {}
+    file_order: List[str] = []
+    for fname in files:
+        with st.safe_open(fname, framework="pt", device=device) as f:
+            meta = f.metadata() or {}
+            if meta.get("fastprune.format") is None:
+                # A plain safetensors file: every tensor is stored densely.
+                for k in f.keys():
+                    state[k] = f.get_tensor(k)
+                    file_order.append(k)
+                continue
+            if meta["fastprune.format"] != FORMAT:
+                raise ValueError(f"{fname}: format {meta['fastprune.format']!r}, this version reads {FORMAT!r}")
+            infos = json.loads(meta["fastprune.tensors"], object_pairs_hook=OrderedDict)
+            for key, info in infos.items():
+                state[key] = _decode(key, info, f.get_tensor)
+                file_order.append(key)
+    keys = order if order is not None else file_order
+    if set(keys) != set(state):
+        raise ValueError(f"{path}: the index lists other keys than the shards hold")
+    out = OrderedDict((k, state[k]) for k in keys)
+    if model is None:
+        return out
+    return load_pruned_state_dict(model, out, strict=strict)
