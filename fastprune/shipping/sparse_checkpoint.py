@@ -27,7 +27,7 @@ zero; for floating-point tensors, ``+0.0`` or ``-0.0`` (a pruned weight is
 what ``torch.nn.utils.prune.remove`` leaves; ``key.negzero`` keeps that sign).
 Everything else, NaN with its payload and infinities included, is stored with
 its exact bits, so a round trip is bit for bit. A tensor is stored sparsely
-only when that is smaller than dense.
+only when that saves more than the extra header entries cost (256 bytes).
 
 The safetensors header's ``__metadata__`` holds ``"format": "pt"``,
 ``"fastprune.format": "fastprune.sparse/1"`` and ``"fastprune.tensors"``, a
@@ -65,6 +65,10 @@ INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 Tensor = torch.Tensor
+
+# Bytes the two or three extra header entries of a sparse tensor take: below
+# that saving, a tensor is stored densely.
+_HEADER_COST = 256
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -135,7 +139,7 @@ def _encode(key: str, tensor: Tensor, seen: set) -> Tuple[Dict[str, Tensor], dic
                 negzero = zeros != 0
         size = ops.packed_numel(n) + (1 if const else nnz) * t.element_size()
         size += ops.packed_numel(n - nnz) if negzero is not None else 0
-        if size < n * t.element_size():
+        if size + _HEADER_COST < n * t.element_size():
             out = {
                 key + ".bitmask": ops.pack_mask(stored),
                 key + ".values": (values[:1] if const else values).view(t.dtype),
