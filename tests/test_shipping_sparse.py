@@ -274,3 +274,12 @@ def test_user_metadata_and_device_argument(tmp_path):
         assert f.metadata()["model"] == "tiny"
     out = load_sparse(tmp_path / "m.safetensors", device="cpu")
     assert out["x"].device.type == "cpu" and torch.equal(out["x"], torch.zeros(100))
+
+
+def test_bitmask_is_the_packed_format_of_fastprune_ops(tmp_path):
+    w = torch.randn(37, 53)
+    w[w.abs() < 1] = 0
+    save_sparse({"w": w}, tmp_path / "w.safetensors")
+    with safetensors.safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("w.bitmask"), fp.ops.pack_mask(w != 0))
+

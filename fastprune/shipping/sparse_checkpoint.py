@@ -53,6 +53,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+import numpy as np
+
 from .. import ops
 from .permanent import permanent_state_dict
 from .state_dict import load_pruned_state_dict
@@ -95,22 +97,33 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).rsplit(".", 1)[-1]
 
 
-def _sign_bit(int_dtype: torch.dtype) -> int:
-    """The sign bit of a float of this width, as a value of ``int_dtype``."""
-    bits = torch.iinfo(int_dtype).bits
-    return 0x80 if int_dtype == torch.uint8 else -(1 << (bits - 1))
+def _sign_bit(itemsize: int) -> int:
+    """The sign bit of a float of ``itemsize`` bytes, as a value of the integer view's type."""
+    return 0x80 if itemsize == 1 else -(1 << (8 * itemsize - 1))
 
 
-def _bits_view(flat: Tensor) -> Optional[Tensor]:
-    """``flat`` reinterpreted as integers of its own width (``None``: cannot be)."""
-    if flat.is_complex() or flat.element_size() not in _INT_OF_SIZE:
+# The element-wise work runs in numpy (a dependency of fastprune): single
+# threaded, it avoids the thread wake-up cost torch pays per op on a busy
+# machine, and its packbits / compress are single C passes. Tensors are
+# handled as integer views of their bits, so nothing is ever converted and
+# NaN payloads and signed zeros pass through untouched.
+_NP_INT_OF_SIZE = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def _bits(t: Tensor) -> Optional["np.ndarray"]:
+    """The flat CPU tensor ``t`` as a numpy array of integers of its own width (``None``: cannot be)."""
+    if t.is_complex() or t.element_size() not in _INT_OF_SIZE or t.numel() == 0:
         return None
-    return flat.view(_INT_OF_SIZE[flat.element_size()])
+    return t.view(_INT_OF_SIZE[t.element_size()]).numpy()
 
 
-# ----------------------------------------------------------------------------
-# Encoding of one tensor
-# ----------------------------------------------------------------------------
+def _pack(flags: "np.ndarray") -> Tensor:
+    """Bool array -> the packed 1-bit format of :func:`fastprune.ops.pack_mask` (same bytes)."""
+    return torch.from_numpy(np.packbits(flags, bitorder="little"))
+
+
+def _unpack(packed: Tensor, n: int) -> "np.ndarray":
+    return np.unpackbits(packed.numpy(), count=n, bitorder="little").view(np.bool_)
 
 
 def _encode(key: str, tensor: Tensor, seen: set) -> Tuple[Dict[str, Tensor], dict]:
@@ -120,32 +133,31 @@ def _encode(key: str, tensor: Tensor, seen: set) -> Tuple[Dict[str, Tensor], dic
         t = t.cpu()
     t = t.contiguous()
     info = {"shape": list(t.shape), "dtype": _dtype_name(t.dtype), "encoding": "dense"}
-    flat = t.reshape(-1)
-    bits = _bits_view(flat) if flat.numel() else None
+    bits = _bits(t.reshape(-1))
     if bits is not None:
-        n = flat.numel()
-        if t.is_floating_point():
-            sign = _sign_bit(bits.dtype)
-            stored = (bits & ~sign if sign != 0x80 else bits & 0x7F) != 0
+        n, item = bits.size, t.element_size()
+        floating = t.is_floating_point()
+        if floating:
+            # +0.0 and -0.0 are not stored (the sign goes to .negzero), anything else is.
+            magnitude = bits.dtype.type(0x7F if item == 1 else ~_sign_bit(item))
+            stored = (bits & magnitude) != 0
         else:
             stored = bits != 0
-        nnz = int(stored.sum())
-        values = bits[stored]
-        const = nnz > 1 and bool((values == values[0]).all())
+        nnz = int(np.count_nonzero(stored))
         negzero = None
-        if t.is_floating_point() and nnz < n:
-            zeros = bits[~stored]
-            if bool((zeros != 0).any()):
-                negzero = zeros != 0
-        size = ops.packed_numel(n) + (1 if const else nnz) * t.element_size()
+        if floating and nnz < n and bool((bits == bits.dtype.type(_sign_bit(item))).any()):
+            negzero = np.compress(~stored, bits) != 0
+        values = np.compress(stored, bits)
+        const = nnz > 1 and bool((values == values[0]).all())
+        size = ops.packed_numel(n) + (1 if const else nnz) * item
         size += ops.packed_numel(n - nnz) if negzero is not None else 0
-        if size + _HEADER_COST < n * t.element_size():
+        if size + _HEADER_COST < n * item:
             out = {
-                key + ".bitmask": ops.pack_mask(stored),
-                key + ".values": (values[:1] if const else values).view(t.dtype),
+                key + ".bitmask": _pack(stored),
+                key + ".values": torch.from_numpy(values[:1] if const else values).view(t.dtype),
             }
             if negzero is not None:
-                out[key + ".negzero"] = ops.pack_mask(negzero)
+                out[key + ".negzero"] = _pack(negzero)
             info.update(encoding="bitmask", nnz=nnz, const=const, negzero=negzero is not None)
             return out, info
     storage = t.untyped_storage()
@@ -172,25 +184,19 @@ def _decode(key: str, info: dict, get) -> Tensor:
     values = get(key + ".values")
     if packed.dtype != torch.uint8 or packed.numel() != ops.packed_numel(n) or values.dtype != dtype:
         raise ValueError(f"{key}: corrupt bitmask or values (dtype/size do not match the header)")
-    stored = ops.unpack_mask(packed, n, torch.bool)
-    nnz = int(stored.sum())
+    stored = _unpack(packed, n)
+    nnz = int(np.count_nonzero(stored))
     if nnz != int(info["nnz"]) or values.numel() != (min(nnz, 1) if info.get("const") else nnz):
         raise ValueError(f"{key}: the bitmask has {nnz} set bits, {values.numel()} values are stored")
-    int_dtype = _INT_OF_SIZE[values.element_size()]
-    bits = torch.zeros(n, dtype=int_dtype, device=values.device)
-    vbits = values.reshape(-1).view(int_dtype)
-    if info.get("const"):
-        if nnz:
-            bits.masked_fill_(stored, vbits[0])
-    else:
-        bits.masked_scatter_(stored, vbits)
+    vbits = _bits(values.reshape(-1))
+    item = values.element_size()
+    out = np.zeros(n, dtype=_NP_INT_OF_SIZE[item])
+    if nnz:
+        out[stored] = vbits[0] if info.get("const") else vbits
     if info.get("negzero"):
-        zero_pos = ~stored
-        neg = ops.unpack_mask(get(key + ".negzero"), n - nnz, torch.bool)
-        signs = torch.zeros(n - nnz, dtype=int_dtype, device=values.device)
-        signs.masked_fill_(neg, _sign_bit(int_dtype))
-        bits.masked_scatter_(zero_pos, signs)
-    return bits.view(dtype).reshape(shape)
+        neg = _unpack(get(key + ".negzero"), n - nnz)
+        out[np.flatnonzero(~stored)[neg]] = out.dtype.type(_sign_bit(item))
+    return torch.from_numpy(out).view(dtype).reshape(shape)
 
 
 # ----------------------------------------------------------------------------
@@ -446,7 +452,8 @@ def load_sparse(
     state: Dict[str, Tensor] = {}
     file_order: List[str] = []
     for fname in files:
-        with st.safe_open(fname, framework="pt", device=device) as f:
+        # Decoded on the CPU (numpy unpacks the bits), then moved.
+        with st.safe_open(fname, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             if meta.get("fastprune.format") is None:
                 # A plain safetensors file: every tensor is stored densely.
@@ -463,7 +470,7 @@ def load_sparse(
     keys = order if order is not None else file_order
     if set(keys) != set(state):
         raise ValueError(f"{path}: the index lists other keys than the shards hold")
-    out = OrderedDict((k, state[k]) for k in keys)
+    out = OrderedDict((k, state[k] if device == "cpu" else state[k].to(device)) for k in keys)
     if model is None:
         return out
     return load_pruned_state_dict(model, out, strict=strict)
