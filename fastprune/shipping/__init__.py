@@ -11,4 +11,11 @@ from .permanent import make_permanent, permanent_state_dict, pruned_tensors
 from .state_dict import load_pruned_state_dict
 from .sparse_checkpoint import load_sparse, save_sparse
 
-__all__ = ["make_permanent", "permanent_state_dict", "load_pruned_state_dict", "save_sparse", "load_sparse"]
+__all__ = [
+    "make_permanent",
+    "permanent_state_dict",
+    "pruned_tensors",
+    "load_pruned_state_dict",
+    "save_sparse",
+    "load_sparse",
+]
