@@ -40,6 +40,17 @@ def default_parameters(model: nn.Module) -> Pairs:
     The LM head (``model.get_output_embeddings()``, often tied to the input
     embeddings) is left dense, as gradual-pruning recipes do. Tied weights are
     listed once.
+
+    Args:
+        model: the model (a transformers ``PreTrainedModel`` or any ``nn.Module``).
+
+    Returns:
+        a list of ``(module, "weight")`` pairs, in module order.
+
+    Example::
+
+        >>> pairs = default_parameters(model)       # every projection of every block, no lm_head
+        >>> cb = GradualPruningCallback(0.5, parameters=lambda m: default_parameters(m)[:-1])
     """
     skip = set()
     get_out = getattr(model, "get_output_embeddings", None)

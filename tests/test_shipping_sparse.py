@@ -283,3 +283,33 @@ def test_bitmask_is_the_packed_format_of_fastprune_ops(tmp_path):
     with safetensors.safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
         assert torch.equal(f.get_tensor("w.bitmask"), fp.ops.pack_mask(w != 0))
 
+
+
+def test_resaving_removes_the_files_of_an_earlier_save(tmp_path):
+    sd = {f"t{i}": torch.randn(1000) for i in range(6)}
+    save_sparse(sd, tmp_path / "d", max_shard_size=8000)  # 3 shards
+    assert len(os.listdir(tmp_path / "d")) == 4
+    (tmp_path / "d" / "notes.txt").write_text("kept")
+    save_sparse(sd, tmp_path / "d", max_shard_size=12000)  # 2 shards
+    assert sorted(os.listdir(tmp_path / "d")) == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json", "notes.txt",
+    ]
+    for k, v in load_sparse(tmp_path / "d").items():
+        assert_bit_equal(v, sd[k], k)
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    calls = []
+    real = safetensors.save_file
+
+    def failing(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors, "save_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save_sparse({f"t{i}": torch.randn(1000) for i in range(4)}, tmp_path / "d", max_shard_size=5000)
+    assert os.listdir(tmp_path / "d") == []

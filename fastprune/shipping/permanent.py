@@ -23,6 +23,22 @@ def pruned_tensors(model: nn.Module, remove_duplicate: bool = True) -> List[Tupl
     methods subclass torch's). A module reached under several names is listed
     once, unless ``remove_duplicate=False`` (then once per name, as in
     ``state_dict()``).
+
+    Args:
+        model: any ``nn.Module``.
+        remove_duplicate: list a shared module once (default) or under every name.
+
+    Returns:
+        a list of ``(qualified name, module, tensor name)``.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module``.
+
+    Example::
+
+        >>> fastprune.l1_unstructured(net.fc, "weight", 0.5)
+        >>> [q for q, _, _ in pruned_tensors(net)]
+        ['fc.weight']
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -81,7 +97,23 @@ def permanent_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     ``name`` holding ``orig * mask`` (computed by its own hook, exactly as
     ``remove`` would), and ``name_mask`` is dropped. Other entries are the
     model's own tensors (not copies).
+
+    Args:
+        model: the (possibly pruned) model; not modified.
+
+    Returns:
+        an ``OrderedDict`` from qualified names to tensors, in ``state_dict()`` order.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module``.
+
+    Example::
+
+        >>> sd = permanent_state_dict(net)     # 'fc.weight' (with zeros), no '_orig' / '_mask'
+        >>> Net().load_state_dict(sd)           # loads strictly into an unpruned model
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     state = model.state_dict(keep_vars=False)
     effective = {}
     for qual, module, name in pruned_tensors(model, remove_duplicate=False):

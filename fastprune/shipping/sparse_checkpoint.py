@@ -319,71 +319,99 @@ def save_sparse(
     else:
         os.makedirs(path, exist_ok=True)
 
-    shards: List[Tuple[Dict[str, Tensor], "OrderedDict[str, dict]", int]] = []
-    written: List[str] = []
-    tensors: Dict[str, Tensor] = {}
-    infos: "OrderedDict[str, dict]" = OrderedDict()
-    size = 0
-    temp_names: List[str] = []
-
     def header(infos_):
         meta = dict(metadata or {})
         meta.update({"format": "pt", "fastprune.format": FORMAT, "fastprune.tensors": json.dumps(infos_)})
         return meta
 
+    if single_file:
+        tensors: Dict[str, Tensor] = {}
+        infos: "OrderedDict[str, dict]" = OrderedDict()
+        seen: set = set()
+        for key, value in state.items():
+            stored, infos[key] = _encode(key, value, seen)
+            tensors.update(stored)
+        st.torch.save_file(tensors, path, metadata=header(infos))
+        return [path]
+
+    temp_names: List[str] = []
+    try:
+        shards = _write_shards(st, state, path, limit, header, temp_names)
+    except BaseException:
+        for name in temp_names:
+            if os.path.exists(name):
+                os.remove(name)
+        raise
+    return _finish_directory(path, state, temp_names, shards)
+
+
+def _write_shards(st, state, path, limit, header, temp_names) -> List[Tuple[List[str], int]]:
+    """Encode and write shards as soon as they are full (memory stays one shard).
+
+    They are written under temporary names (``temp_names`` is filled as they
+    appear) and renamed once their count is known. Returns, per shard, its
+    stored tensor names and its size in bytes.
+    """
+    shards: List[Tuple[List[str], int]] = []
+    tensors: Dict[str, Tensor] = {}
+    infos: "OrderedDict[str, dict]" = OrderedDict()
+    size = 0
+    seen: set = set()
+
     def flush():
-        # Shards are written as soon as they are full (memory stays one shard);
-        # they get their final numbered names once the count is known.
         nonlocal tensors, infos, size
-        if single_file:
-            return
         name = os.path.join(path, f".fastprune-shard-{len(temp_names):05d}.tmp")
-        st.torch.save_file(tensors, name, metadata=header(infos))
         temp_names.append(name)
-        shards.append(({k: None for k in tensors}, infos, size))
+        st.torch.save_file(tensors, name, metadata=header(infos))
+        shards.append((list(tensors), size))
         tensors, infos, size = {}, OrderedDict(), 0
 
-    seen: set = set()
     for key, value in state.items():
         stored, info = _encode(key, value, seen)
         nbytes = sum(t.numel() * t.element_size() for t in stored.values())
-        if not single_file and tensors and size + nbytes > limit:
+        if tensors and size + nbytes > limit:
             flush()
         tensors.update(stored)
         infos[key] = info
         size += nbytes
-    if single_file:
-        st.torch.save_file(tensors, path, metadata=header(infos))
-        return [path]
-    if tensors or not temp_names:
+    if tensors or not shards:
         flush()
+    return shards
 
-    total = sum(s for _, _, s in shards)
-    if len(temp_names) == 1:
-        final = os.path.join(path, SINGLE_FILE)
-        os.replace(temp_names[0], final)
-        stale = os.path.join(path, INDEX_FILE)
-        if os.path.exists(stale):
-            os.remove(stale)
-        return [final]
-    weight_map = {}
+
+_SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def _finish_directory(path, state, temp_names, shards) -> List[str]:
+    """Give the shards their final names, write the index, drop files of an earlier save."""
     count = len(temp_names)
-    for i, (tmp, (names, _, _)) in enumerate(zip(temp_names, shards)):
-        fname = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+    if count == 1:
+        final_names = [SINGLE_FILE]
+    else:
+        final_names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    for tmp, fname in zip(temp_names, final_names):
         os.replace(tmp, os.path.join(path, fname))
-        written.append(os.path.join(path, fname))
-        for n in names:
-            weight_map[n] = fname
-    index = {
-        "metadata": {"total_size": total, "fastprune.format": FORMAT, "fastprune.order": list(state.keys())},
-        "weight_map": weight_map,
-    }
-    with open(os.path.join(path, INDEX_FILE), "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=2)
-    single = os.path.join(path, SINGLE_FILE)
-    if os.path.exists(single):  # a previous single-file save in the same directory
-        os.remove(single)
-    written.append(os.path.join(path, INDEX_FILE))
+    written = [os.path.join(path, f) for f in final_names]
+    index_path = os.path.join(path, INDEX_FILE)
+    if count > 1:
+        weight_map = {n: fname for (names, _), fname in zip(shards, final_names) for n in names}
+        index = {
+            "metadata": {
+                "total_size": sum(size for _, size in shards),
+                "fastprune.format": FORMAT,
+                "fastprune.order": list(state.keys()),
+            },
+            "weight_map": weight_map,
+        }
+        with open(index_path, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2)
+        written.append(index_path)
+    # An earlier save into the same directory may have left a single file, an
+    # index, or shards numbered for another count; none of them belongs here now.
+    keep = set(os.path.basename(w) for w in written)
+    for f in os.listdir(path):
+        if f not in keep and (f in (SINGLE_FILE, INDEX_FILE) or _SHARD_NAME.fullmatch(f)):
+            os.remove(os.path.join(path, f))
     return written
 
 
