@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -70,6 +71,28 @@ class _MaskCell:
 # goes away takes its mask with it; the cell holds no reference back to the
 # parameter, hence no cycle keeps either alive.
 _CELLS = WeakIdKeyDictionary()
+
+# Every MaskSet alive, weakly: make_permanent finds the hooks of a model's
+# MaskSets here without the model having to know about them.
+_LIVE = weakref.WeakSet()
+
+
+def release_parameters(params: Iterable[Tensor]) -> int:
+    """Detach every live MaskSet covering one of ``params`` and forget their masks.
+
+    The weights keep their zeros. Returns how many MaskSets were detached.
+    """
+    params = list(params)
+    ids = {id(p) for p in params}
+    count = 0
+    for ms in list(_LIVE):
+        if any(id(t.param) in ids for t in ms._targets):
+            ms.detach()
+            count += 1
+    for p in params:
+        if p in _CELLS:
+            del _CELLS[p]
+    return count
 
 
 _POPCOUNT_TABLE: Dict[torch.device, Tensor] = {}
@@ -405,6 +428,7 @@ class MaskSet:
         self._targets = list(targets)
         self._cells = list(cells)
         self._hook_groups: List[_HookGroup] = []
+        _LIVE.add(self)
 
     # -- contents --------------------------------------------------------
 

@@ -1,0 +1,315 @@
+"""save_sparse / load_sparse: compressed safetensors checkpoints, bit-exact round trips."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.utils.prune as tp
+from torch import nn
+
+import fastprune as fp
+from fastprune.shipping import load_pruned_state_dict, load_sparse, make_permanent, save_sparse
+
+safetensors = pytest.importorskip("safetensors.torch")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+INT_OF = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bits(t):
+    return t.contiguous().view(INT_OF[t.element_size()])
+
+
+def assert_bit_equal(a, b, key=""):
+    assert a.dtype == b.dtype and a.shape == b.shape, key
+    assert torch.equal(bits(a), bits(b)), key
+
+
+def special_tensor(dtype, n=4000, sparsity=0.7):
+    """Values with zeros of both signs, NaNs with payloads, infinities, subnormals."""
+    g = torch.Generator().manual_seed(0)
+    if dtype == torch.bool:
+        return torch.rand(n, generator=g) > sparsity
+    if not dtype.is_floating_point:
+        info = torch.iinfo(dtype)
+        t = torch.randint(info.min, info.max, (n,), generator=g, dtype=torch.int64).to(dtype)
+        t[torch.rand(n, generator=g) < sparsity] = 0
+        t[0], t[1] = info.min, info.max
+        return t
+    t = torch.randn(n, generator=g).to(dtype)
+    keep = torch.rand(n, generator=g) >= sparsity
+    t = torch.where(keep, t, torch.zeros((), dtype=dtype))
+    b = bits(t)
+    width = t.element_size() * 8
+    sign = torch.tensor(0x80 if width == 8 else -(1 << (width - 1)), dtype=b.dtype)
+    b[5] = sign  # -0.0
+    b[6] = sign  # -0.0
+    b[7] = 0
+    b[8] = -1 if width > 8 else 0xFF  # NaN with every payload bit set (sign too)
+    b[9] = 1  # smallest subnormal
+    if dtype not in (torch.float8_e4m3fn,):
+        t[10] = float("inf")
+        t[11] = float("-inf")
+    return t
+
+
+DTYPES = [
+    torch.float32, torch.float64, torch.float16, torch.bfloat16,
+    torch.float8_e4m3fn, torch.float8_e5m2,
+    torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool,
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_round_trip_is_bit_exact_for_every_dtype(tmp_path, dtype):
+    t = special_tensor(dtype)
+    sd = {"a.weight": t.reshape(40, 100), "b": t[:7].clone(), "empty": t[:0].clone()}
+    save_sparse(sd, tmp_path / "x.safetensors")
+    out = load_sparse(tmp_path / "x.safetensors")
+    assert list(out) == list(sd)
+    for k in sd:
+        assert_bit_equal(out[k], sd[k], k)
+    with safetensors.safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
+        infos = json.loads(f.metadata()["fastprune.tensors"])
+        assert infos["a.weight"]["encoding"] == "bitmask"  # 70% zeros: sparse is smaller
+        assert infos["b"]["encoding"] == "dense"  # 7 elements: not worth a mask
+        assert "a.weight" not in f.keys() and "a.weight.bitmask" in f.keys()
+
+
+def test_negative_zeros_cost_one_bit_per_zero(tmp_path):
+    """torch's remove() leaves -0.0 where orig < 0: the sign is kept, the value is not stored."""
+    lin = nn.Linear(200, 100)
+    tp.l1_unstructured(lin, "weight", 0.9)
+    tp.remove(lin, "weight")
+    w = lin.weight.detach()
+    assert bool((bits(w) == torch.tensor(-(1 << 31), dtype=torch.int32)).any())  # there are -0.0
+    save_sparse({"w": w}, tmp_path / "w.safetensors")
+    out = load_sparse(tmp_path / "w.safetensors")["w"]
+    assert_bit_equal(out, w)
+    with safetensors.safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
+        assert f.get_tensor("w.values").numel() == 2000
+        assert f.get_tensor("w.negzero").numel() == (18000 + 7) // 8
+
+
+def test_masks_are_stored_as_bits(tmp_path):
+    mask = (torch.rand(1000, 64) > 0.5).float()
+    save_sparse({"m": mask}, tmp_path / "m.safetensors")
+    with safetensors.safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert f.get_tensor("m.values").tolist() == [1.0]
+        assert f.get_tensor("m.bitmask").numel() == 64000 // 8
+    assert_bit_equal(load_sparse(tmp_path / "m.safetensors")["m"], mask)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_file_size_is_kept_fraction_plus_one_bit(tmp_path, sparsity):
+    model = nn.Sequential(nn.Linear(256, 512, bias=False), nn.Linear(512, 256, bias=False))
+    fp.sparsify_(model, sparsity)
+    n = sum(p.numel() for p in model.parameters())
+    save_sparse(model, tmp_path / "s.safetensors")
+    safetensors.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "d.safetensors"))
+    sparse, dense = os.path.getsize(tmp_path / "s.safetensors"), os.path.getsize(tmp_path / "d.safetensors")
+    expected = (1 - sparsity) * n * 4 + n / 8
+    assert abs(sparse - expected) < 2048  # header only
+    assert dense > n * 4
+
+
+def test_model_pruned_torch_style_loads_into_fresh_model(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).eval()
+    tp.l1_unstructured(net[0], "weight", 0.6)
+    fp.l1_unstructured(net[3], "weight", 0.8)
+    fp.l1_unstructured(net[3], "weight", 0.5)
+    x = torch.randn(2, 3, 8, 8)
+    y = net(x)
+    save_sparse(net, tmp_path / "ckpt")
+    assert os.listdir(tmp_path / "ckpt") == ["model.safetensors"]
+    assert fp.is_pruned(net)  # saving does not change the model
+    fresh = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).eval()
+    res = load_sparse(tmp_path / "ckpt", model=fresh)
+    assert res.missing_keys == [] and res.unexpected_keys == []
+    assert torch.equal(fresh(x), y)
+    permanent = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    load_pruned_state_dict(permanent, net.state_dict())
+    make_permanent(permanent)
+    for k, v in permanent.state_dict().items():
+        assert_bit_equal(fresh.state_dict()[k], v, k)
+
+
+def test_state_dict_with_masks_round_trips_and_recreates_pruning(tmp_path):
+    net = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 5)).eval()
+    fp.global_unstructured([(net[0], "weight"), (net[1], "weight")], fp.L1Unstructured, amount=0.7)
+    sd = net.state_dict()
+    save_sparse(sd, tmp_path / "sd.safetensors")
+    back = load_sparse(tmp_path / "sd.safetensors")
+    assert list(back) == list(sd)
+    for k in sd:
+        assert_bit_equal(back[k], sd[k], k)
+    fresh = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 5)).eval()
+    load_sparse(tmp_path / "sd.safetensors", model=fresh)
+    assert fp.is_pruned(fresh)
+    x = torch.randn(3, 30)
+    assert torch.equal(fresh(x), net(x))
+
+
+def test_maskset_model_and_tied_weights(tmp_path):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 16)
+            self.mid = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 50, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.head(torch.relu(self.mid(self.emb(ids))))
+
+    m = Tied()
+    fp.sparsify_([(m.emb, "weight"), (m.mid, "weight")], 0.6)
+    ids = torch.randint(0, 50, (2, 5))
+    y = m(ids)
+    save_sparse(m, tmp_path / "t")
+    fresh = Tied()
+    load_sparse(tmp_path / "t", model=fresh)
+    assert torch.equal(fresh(ids), y)
+    assert fresh.head.weight is fresh.emb.weight
+
+
+def test_sharded_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    layers = nn.Sequential(*[nn.Linear(64, 64) for _ in range(6)])
+    fp.sparsify_(layers, 0.5)
+    sd = layers.state_dict()
+    written = save_sparse(layers, tmp_path / "sh", max_shard_size="10KB")
+    files = sorted(os.listdir(tmp_path / "sh"))
+    shards = [f for f in files if f.endswith(".safetensors")]
+    assert len(shards) > 2 and "model.safetensors.index.json" in files
+    assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert sorted(os.path.basename(w) for w in written) == files
+    index = json.load(open(tmp_path / "sh" / "model.safetensors.index.json"))
+    assert set(index["weight_map"].values()) == set(shards)
+    assert index["metadata"]["fastprune.order"] == list(sd)
+    stored = 0
+    for s in shards:
+        with safetensors.safe_open(str(tmp_path / "sh" / s), "pt") as f:
+            size = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+            assert size <= 10_000
+            stored += size
+            for k in f.keys():
+                assert index["weight_map"][k] == s
+    assert index["metadata"]["total_size"] == stored
+    back = load_sparse(tmp_path / "sh")
+    assert list(back) == list(sd)
+    for k in sd:
+        assert_bit_equal(back[k], sd[k], k)
+    # saving again without sharding replaces the shards by one file
+    save_sparse(layers, tmp_path / "sh", max_shard_size="1GB")
+    assert "model.safetensors.index.json" not in os.listdir(tmp_path / "sh")
+    for k, v in load_sparse(tmp_path / "sh").items():
+        assert_bit_equal(v, sd[k], k)
+
+
+def test_one_tensor_larger_than_a_shard_gets_its_own(tmp_path):
+    sd = {"big": torch.randn(5000), "small": torch.randn(10)}
+    save_sparse(sd, tmp_path / "d", max_shard_size=1000)
+    assert len([f for f in os.listdir(tmp_path / "d") if f.endswith(".safetensors")]) == 2
+    assert_bit_equal(load_sparse(tmp_path / "d")["big"], sd["big"])
+
+
+def test_non_contiguous_and_plain_safetensors(tmp_path):
+    w = torch.randn(30, 40)
+    w[w.abs() < 1] = 0
+    sd = {"wt": w.t(), "view": w[3:5]}
+    save_sparse(sd, tmp_path / "nc.safetensors")
+    back = load_sparse(tmp_path / "nc.safetensors")
+    assert torch.equal(back["wt"], w.t()) and torch.equal(back["view"], w[3:5])
+    safetensors.save_file({"a": torch.ones(3)}, str(tmp_path / "plain.safetensors"))
+    assert torch.equal(load_sparse(tmp_path / "plain.safetensors")["a"], torch.ones(3))
+
+
+def test_bad_arguments_write_nothing(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(TypeError, match="model_or_state_dict"):
+        save_sparse([torch.ones(2)], target)
+    with pytest.raises(TypeError, match=r"state_dict\['x'\]"):
+        save_sparse({"x": 3}, target)
+    with pytest.raises(ValueError, match="meta"):
+        save_sparse({"x": torch.empty(2, device="meta")}, target)
+    with pytest.raises(ValueError, match="layout"):
+        save_sparse({"x": torch.eye(2).to_sparse()}, target)
+    with pytest.raises(ValueError, match="collide"):
+        save_sparse({"x": torch.ones(2), "x.values": torch.ones(2)}, target)
+    with pytest.raises(ValueError, match="max_shard_size"):
+        save_sparse({"x": torch.ones(2)}, target, max_shard_size="lots")
+    with pytest.raises(ValueError, match="max_shard_size"):
+        save_sparse({"x": torch.ones(2)}, target, max_shard_size=0)
+    with pytest.raises(ValueError, match="max_shard_size"):
+        save_sparse({"x": torch.ones(2)}, tmp_path / "f.safetensors", max_shard_size=10)
+    with pytest.raises(TypeError, match="path"):
+        save_sparse({"x": torch.ones(2)}, 3)
+    with pytest.raises(ValueError, match="reserved"):
+        save_sparse({"x": torch.ones(2)}, target, metadata={"fastprune.format": "x"})
+    assert not target.exists() and not (tmp_path / "f.safetensors").exists()
+    with pytest.raises(FileNotFoundError):
+        load_sparse(tmp_path / "missing")
+    with pytest.raises(TypeError, match="model"):
+        load_sparse(tmp_path, model="m")
+
+
+def test_load_into_wrong_model_changes_nothing(tmp_path):
+    net = nn.Linear(8, 4)
+    fp.sparsify_(net, 0.5)
+    save_sparse(net, tmp_path / "c")
+    other = nn.Linear(8, 5)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(fp.PruningShapeError):
+        load_sparse(tmp_path / "c", model=other)
+    for k, v in other.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_user_metadata_and_device_argument(tmp_path):
+    save_sparse({"x": torch.zeros(100)}, tmp_path / "m.safetensors", metadata={"model": "tiny"})
+    with safetensors.safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert f.metadata()["model"] == "tiny"
+    out = load_sparse(tmp_path / "m.safetensors", device="cpu")
+    assert out["x"].device.type == "cpu" and torch.equal(out["x"], torch.zeros(100))
+
+
+def test_bitmask_is_the_packed_format_of_fastprune_ops(tmp_path):
+    w = torch.randn(37, 53)
+    w[w.abs() < 1] = 0
+    save_sparse({"w": w}, tmp_path / "w.safetensors")
+    with safetensors.safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("w.bitmask"), fp.ops.pack_mask(w != 0))
+
+
+
+def test_resaving_removes_the_files_of_an_earlier_save(tmp_path):
+    sd = {f"t{i}": torch.randn(1000) for i in range(6)}
+    save_sparse(sd, tmp_path / "d", max_shard_size=8000)  # 3 shards
+    assert len(os.listdir(tmp_path / "d")) == 4
+    (tmp_path / "d" / "notes.txt").write_text("kept")
+    save_sparse(sd, tmp_path / "d", max_shard_size=12000)  # 2 shards
+    assert sorted(os.listdir(tmp_path / "d")) == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json", "notes.txt",
+    ]
+    for k, v in load_sparse(tmp_path / "d").items():
+        assert_bit_equal(v, sd[k], k)
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    calls = []
+    real = safetensors.save_file
+
+    def failing(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors, "save_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save_sparse({f"t{i}": torch.randn(1000) for i in range(4)}, tmp_path / "d", max_shard_size=5000)
+    assert os.listdir(tmp_path / "d") == []
