@@ -28,6 +28,7 @@ from .at_init import force_scores, magnitude_scores, snip_scores, synflow_scores
 from .schedule import pruning_schedule
 from .lottery import LotteryTicket, iterative_magnitude_pruning
 from .core.patch import is_torch_patched, patch_torch
+from .shipping import load_pruned_state_dict, load_sparse, make_permanent, save_sparse
 from .structured import ConfigError, DependencyGraph, Plan, prune_channels, remove_masked_channels, rewrite_config
 
 # What fastprune adds on top of torch's API.
@@ -59,6 +60,10 @@ EXTRA_NAMES = [
     "remove_masked_channels",
     "rewrite_config",
     "ConfigError",
+    "make_permanent",
+    "load_pruned_state_dict",
+    "save_sparse",
+    "load_sparse",
 ]
 
 __all__ = list(_api.__all__) + EXTRA_NAMES

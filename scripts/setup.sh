@@ -23,7 +23,7 @@ fi
 python -m pip install --quiet ninja
 # --no-build-isolation: build against the torch installed above, never a second one.
 echo "[setup] building fastprune (MAX_JOBS=${MAX_JOBS:-2})"
-MAX_JOBS="${MAX_JOBS:-2}" python -m pip install --quiet --no-build-isolation -e "$ROOT[${FASTPRUNE_EXTRAS:-test,structured,lightning,examples}]"
+MAX_JOBS="${MAX_JOBS:-2}" python -m pip install --quiet --no-build-isolation -e "$ROOT[${FASTPRUNE_EXTRAS:-test,structured,lightning,examples,shipping,transformers}]"
 python - <<'PY'
 import fastprune
 info = fastprune.build_info()

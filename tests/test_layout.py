@@ -27,7 +27,7 @@ LAYERS = {
     "distributed": 3,
     "llm": 3,
     "shipping": 3,
-    "callbacks": 3,
+    "transformers_callback": 3,
     "bench": 4,
 }
 

@@ -77,12 +77,11 @@ def make_permanent(model: nn.Module) -> nn.Module:
 
     Example::
 
-        >>> import fastprune as prune
-        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-        >>> prune.l1_unstructured(net[0], "weight", amount=0.5)
-        >>> prune.make_permanent(net)
-        >>> prune.is_pruned(net), sorted(net[0].state_dict())
-        (False, ['bias', 'weight'])
+        import fastprune as prune
+        net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        prune.l1_unstructured(net[0], "weight", amount=0.5)
+        prune.make_permanent(net)
+        assert not prune.is_pruned(net) and sorted(net[0].state_dict()) == ["bias", "weight"]
     """
     for _, module, name in pruned_tensors(model):
         remove(module, name)

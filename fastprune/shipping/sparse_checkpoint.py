@@ -292,9 +292,14 @@ def save_sparse(
 
     Example::
 
-        >>> fastprune.sparsify_(model, 0.9)
-        >>> fastprune.save_sparse(model, "ckpt/")          # ~ 0.1 x dense + N/8 bytes
-        >>> fastprune.load_sparse("ckpt/", model=fresh_model)
+        import tempfile
+        model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))
+        fastprune.sparsify_(model, 0.9)
+        with tempfile.TemporaryDirectory() as ckpt:
+            fastprune.save_sparse(model, ckpt)          # ~ 0.1 x dense + N/8 bytes
+            fresh = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 8))
+            fastprune.load_sparse(ckpt, model=fresh)
+        assert torch.equal(fresh[0].weight, model[0].weight)
     """
     st = _safetensors()
     if not isinstance(path, (str, os.PathLike)):
@@ -467,8 +472,15 @@ def load_sparse(
 
     Example::
 
-        >>> sd = fastprune.load_sparse("ckpt/")
-        >>> fastprune.load_sparse("ckpt/", model=fresh_model)
+        import tempfile
+        model = nn.Sequential(nn.Linear(16, 4))
+        fastprune.sparsify_(model, 0.5)
+        with tempfile.TemporaryDirectory() as ckpt:
+            fastprune.save_sparse(model, ckpt)
+            sd = fastprune.load_sparse(ckpt)                 # a state dict
+            fresh = nn.Sequential(nn.Linear(16, 4))
+            fastprune.load_sparse(ckpt, model=fresh)         # or straight into a model
+        assert torch.equal(sd["0.weight"], model[0].weight.detach())
     """
     st = _safetensors()
     if model is not None and not isinstance(model, nn.Module):

@@ -73,11 +73,13 @@ def load_pruned_state_dict(model: nn.Module, state_dict: Mapping, strict: bool =
 
     Example::
 
-        >>> sd = pruned_net.state_dict()            # has 'fc.weight_orig', 'fc.weight_mask'
-        >>> fresh = Net()
-        >>> fastprune.load_pruned_state_dict(fresh, sd)
-        >>> torch.equal(fresh(x), pruned_net(x))
-        True
+        pruned_net = nn.Sequential(nn.Linear(8, 4))
+        fastprune.l1_unstructured(pruned_net[0], "weight", 0.5)
+        sd = pruned_net.state_dict()          # has '0.weight_orig', '0.weight_mask'
+        fresh = nn.Sequential(nn.Linear(8, 4))
+        fastprune.load_pruned_state_dict(fresh, sd)
+        x = torch.randn(2, 8)
+        assert torch.equal(fresh(x), pruned_net(x))
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
