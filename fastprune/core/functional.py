@@ -5,7 +5,7 @@ import torch
 import torch.nn.utils.prune as torch_prune
 
 from .. import ops
-from .reparam import install_many
+from .reparam import forget_deepcopy, install_many
 from .targets import existing_mask, resolve_scores, resolve_targets
 from .validation import (
     _compute_nparams_toprune,
@@ -445,6 +445,7 @@ def remove(module, name):
         if isinstance(hook, TorchBase) and hook._tensor_name == name:
             hook.remove(module)
             del module._forward_pre_hooks[k]
+            forget_deepcopy(module, leaving=None)  # also when the hook was torch's own class
             return module
     raise ValueError(f"Parameter '{name}' of module {module} has to be pruned before pruning can be removed")
 

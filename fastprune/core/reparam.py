@@ -158,7 +158,7 @@ class DeepcopyPruned:
         return new
 
 
-def forget_deepcopy(module: nn.Module, leaving) -> None:
+def forget_deepcopy(module: nn.Module, leaving=None) -> None:
     """Drop the module's :class:`DeepcopyPruned` once ``leaving`` is its last pruning hook.
 
     Called while ``leaving`` is being removed (torch's ``remove`` and
