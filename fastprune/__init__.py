@@ -28,6 +28,7 @@ from .schedule import pruning_schedule
 from .lottery import LotteryTicket, iterative_magnitude_pruning
 from .core.patch import is_torch_patched, patch_torch
 from .structured import DependencyGraph, Plan, prune_channels, remove_masked_channels
+from . import distributed
 
 # What fastprune adds on top of torch's API.
 EXTRA_NAMES = [
@@ -52,6 +53,7 @@ EXTRA_NAMES = [
     "Plan",
     "prune_channels",
     "remove_masked_channels",
+    "distributed",
 ]
 
 __all__ = list(_api.__all__) + EXTRA_NAMES

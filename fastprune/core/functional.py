@@ -6,6 +6,7 @@ import torch.nn.utils.prune as torch_prune
 
 from .. import ops
 from .reparam import install_many
+from .sharding import sharded_handler
 from .targets import existing_mask, global_scores, global_targets
 from .validation import (
     _compute_nparams_toprune,
@@ -100,7 +101,10 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
 
     params = [getattr(m, n) for m, n in targets]
     masks = [existing_mask(m, n) for m, n in targets]
-    if uses_fast_l1(method):
+    handler = sharded_handler(params + scores)
+    if handler is not None:  # sharded parameters: the selection spans every process
+        new_masks = handler.global_masks(targets, scores, method, masks)
+    elif uses_fast_l1(method):
         selectable = sum(p.numel() if mk is None else int(torch.count_nonzero(mk)) for p, mk in zip(params, masks))
         k = _compute_nparams_toprune(method.amount, selectable)
         _validate_pruning_amount(k, selectable)
