@@ -11,6 +11,7 @@ import copy
 import os
 import socket
 import tempfile
+import time
 import traceback
 from datetime import timedelta
 
@@ -62,6 +63,10 @@ def _values(shape, dtype, style, gen):
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
+def _int_values(shape, dtype, gen):
+    return torch.randint(-5, 6, shape, generator=gen).to(dtype)
+
+
 class TPNet(nn.Module):
     """Four weights with different placements, uneven and (for 3-4 processes) empty shards."""
 
@@ -73,7 +78,10 @@ class TPNet(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         for name, shape in self.SHAPES.items():
             lin = nn.Linear(shape[1], shape[0], bias=False)
-            lin.weight = nn.Parameter(_values(shape, dtype, style, gen))
+            if dtype.is_floating_point:
+                lin.weight = nn.Parameter(_values(shape, dtype, style, gen))
+            else:  # integer weights (torch.nn.utils.prune accepts them): int64 |x| keys
+                lin.weight = nn.Parameter(_int_values(shape, dtype, gen), requires_grad=False)
             setattr(self, name, lin)
 
     def pairs(self):
@@ -85,7 +93,8 @@ def _sharded(model, mesh):
     out = copy.deepcopy(model)
     for name in model.SHAPES:
         lin = getattr(out, name)
-        lin.weight = nn.Parameter(_shard(lin.weight.detach(), mesh, model.PLACEMENTS[name]))
+        w = lin.weight.detach()
+        lin.weight = nn.Parameter(_shard(w, mesh, model.PLACEMENTS[name]), requires_grad=w.is_floating_point())
     return out
 
 
@@ -114,20 +123,26 @@ def _check_torch_style(ref, sh, label):
 
 
 def case_global_l1(mesh):
-    for dtype, style in [(torch.float32, "ties"), (torch.float64, "ties"), (torch.bfloat16, "ties"),
-                         (torch.float32, "randn"), (torch.float16, "randn")]:
-        for amount in (0.37, 13, 0.0, 1.0):
-            ref = TPNet(dtype, style)
-            sh = _sharded(ref, mesh)
-            fastprune.global_unstructured(ref.pairs(), fastprune.L1Unstructured, amount=amount)
-            fastprune.global_unstructured(sh.pairs(), fastprune.L1Unstructured, amount=amount)
-            _check_torch_style(ref, sh, f"global {dtype} {style} {amount}")
-            # iterated: the amount counts among the units still kept
-            fastprune.global_unstructured(ref.pairs(), fastprune.L1Unstructured, amount=0.25)
-            fastprune.global_unstructured(sh.pairs(), fastprune.L1Unstructured, amount=0.25)
-            _check_torch_style(ref, sh, f"global iterated {dtype} {style} {amount}")
+    combos = [(torch.float32, "ties", a) for a in (0.37, 13, 0.0, 1.0)] + [
+        (torch.float64, "ties", 0.37), (torch.bfloat16, "ties", 0.5), (torch.float16, "randn", 0.37),
+        (torch.int32, "ties", 40),
+    ]
+    for dtype, style, amount in combos:
+        ref = TPNet(dtype, style)
+        sh = _sharded(ref, mesh)
+        fastprune.global_unstructured(ref.pairs(), fastprune.L1Unstructured, amount=amount)
+        fastprune.global_unstructured(sh.pairs(), fastprune.L1Unstructured, amount=amount)
+        _check_torch_style(ref, sh, f"global {dtype} {style} {amount}")
+        # iterated: the amount counts among the units still kept
+        fastprune.global_unstructured(ref.pairs(), fastprune.L1Unstructured, amount=0.25)
+        fastprune.global_unstructured(sh.pairs(), fastprune.L1Unstructured, amount=0.25)
+        _check_torch_style(ref, sh, f"global iterated {dtype} {style} {amount}")
+    ref = TPNet(torch.float32, "ties")
+    sh = _sharded(ref, mesh)
+    fastprune.global_unstructured(sh.pairs(), fastprune.L1Unstructured, amount=0.37)
     stats = fastprune.distributed.last_call_stats()
-    assert stats["bytes"] > 0 and stats["radix_passes"] == 3
+    assert stats["radix_passes"] == 3 and stats["tie_passes"] >= 1  # float32 keys: 31 bits in 11-bit digits
+    assert stats["bytes"] >= (2048 + 2048 + 512) * 8 and stats["world_size"] == dist.get_world_size()
 
 
 def case_global_l1_scores_and_torch_class(mesh):
@@ -397,6 +412,7 @@ def _worker(rank, ws, port, out_dir, ckpt_dir):
     results = {}
     try:
         for case in CASES:
+            started = time.perf_counter()
             torch.manual_seed(1234)
             try:
                 args = (mesh, ckpt_dir) if case is case_checkpoint else (mesh,)
@@ -406,6 +422,8 @@ def _worker(rank, ws, port, out_dir, ckpt_dir):
                 if os.environ.get("FASTPRUNE_TEST_VERBOSE"):
                     print(f"[rank {rank}] {results[case.__name__][1]}", flush=True)
             dist.barrier()
+            if os.environ.get("FASTPRUNE_TEST_VERBOSE") and rank == 0:
+                print(f"[{ws} processes] {case.__name__}: {time.perf_counter() - started:.2f} s", flush=True)
     finally:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
