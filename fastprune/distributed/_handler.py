@@ -142,6 +142,12 @@ class _Call:
         desc = [(tuple(p.shape), str(p.dtype), tuple(str(pl) for pl in getattr(p, "placements", ())))
                 for p in self.params]
         mesh_ranks = self.mesh.mesh.flatten().tolist()
+        counts = None
+        if not self.errors:
+            try:
+                counts = self._local_counts()
+            except Exception as e:  # reported on every process below, like the other local findings
+                self.error(type(e), f"{type(e).__name__}: {e}")
         signature = {
             "op": self.op,
             "settings": repr(settings),
@@ -149,8 +155,10 @@ class _Call:
             "tensors": zlib.crc32(repr(desc).encode()),
             "mesh": zlib.crc32(repr(mesh_ranks).encode()),
             "error": self.errors[0] if self.errors else None,
+            # the selectable units travel with the signature: no separate count collective
+            "counts": counts,
         }
-        self.comm = Comm(self.group)
+        self.comm = Comm(self.group, self.mesh.device_type)
         everyone = self.comm.all_gather_object(signature)
         for r, sig in enumerate(everyone):
             if sig["error"] is not None:
@@ -165,13 +173,17 @@ class _Call:
                         f"the processes disagree on the {what} of this pruning call (process {r} differs from "
                         f"process 0: {sig[key]!r} vs {first[key]!r}); every process must make the same call"
                     )
+        self._everyone_counts = [sig["counts"] for sig in everyone]
 
     def owned(self, p: DTensor) -> bool:
         coord = self.mesh.get_coordinate()
         return all(not isinstance(pl, Replicate) or coord[d] == 0 for d, pl in enumerate(p.placements))
 
     def selectable_counts(self) -> List[int]:
-        """Global number of selectable units of every tensor (one all_reduce)."""
+        """Global number of selectable units of every tensor (gathered by :meth:`agree`)."""
+        return [sum(c) for c in zip(*self._everyone_counts)]
+
+    def _local_counts(self) -> List[int]:
         local = []
         for p, e in zip(self.params, self.existing):
             loc = p.to_local()
@@ -183,9 +195,7 @@ class _Call:
                 local.append(int(ops.unpack_mask(e, loc.numel()).sum()))
             else:
                 local.append(int(torch.count_nonzero(e.to_local())))
-        counts = torch.tensor(local, dtype=torch.int64)
-        self.comm.all_reduce(counts)
-        return counts.tolist()
+        return local
 
     def select(self, groups: List[int], ks: List[int], selectable: List[int], kind: str, outs) -> None:
         pieces, base = [], 0

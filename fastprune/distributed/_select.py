@@ -32,8 +32,10 @@ from .. import ops
 
 Tensor = torch.Tensor
 
-# Units per chunk (a multiple of 8 so that chunks of packed masks start on whole bytes).
+# Units per chunk (a multiple of 8 so that chunks of packed masks start on whole bytes):
+# small on the CPU (cache-sized temporaries), large on GPUs where each op is a launch.
 CHUNK = 1 << 18
+CHUNK_CUDA = 1 << 24
 # Bits per radix digit: 2048 bins, 16 KiB of int64 counts per group and pass.
 DIGIT_BITS = 11
 _I64_MAX = (1 << 63) - 1
@@ -51,8 +53,14 @@ class Comm:
     with the size of the weights.
     """
 
-    def __init__(self, group) -> None:
+    def __init__(self, group, device_type: str = "cpu") -> None:
         import torch.distributed as dist
+
+        # NCCL reduces CUDA tensors only; gloo takes CPU tensors.
+        if device_type == "cuda" and torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.device = torch.device("cpu")
 
         self.dist = dist
         self.group = group
@@ -88,8 +96,6 @@ class Comm:
         self.bytes += 8
         self.collectives += 1
         return int(t.item())
-
-    device = torch.device("cpu")
 
     def stats(self) -> dict:
         return {
@@ -136,8 +142,10 @@ class Piece:
         self.group = group
 
     def chunks(self):
-        for lo in range(0, self.numel, CHUNK):
-            yield lo, min(self.numel, lo + CHUNK)
+        src = self.scores if self.scores is not None else self.eligible
+        step = CHUNK_CUDA if src is not None and src.is_cuda else CHUNK
+        for lo in range(0, self.numel, step):
+            yield lo, min(self.numel, lo + step)
 
     def eligible_chunk(self, lo: int, hi: int) -> Optional[Tensor]:
         if self.eligible is None:
@@ -174,18 +182,15 @@ KEY_BITS = {"int": 63, "f32": 31, "f64": 63, "random": 62}
 
 
 def score_keys(x: Tensor, kind: str) -> Tensor:
-    """Non-negative int64 keys ordered as the reference orders ``|x|`` (NaN above +inf, -0 == 0)."""
+    """Non-negative integer keys (int32 for ``"f32"``, else int64) ordered as the reference orders ``|x|`` (NaN above +inf, -0 == 0)."""
     if kind == "int":
         v = x.to(torch.int64)
         key = v.abs()
         return torch.where(v == torch.iinfo(torch.int64).min, _I64_MAX, key)
-    if kind == "f32":
-        v = x.to(torch.float32)
-        key = v.abs().view(torch.int32).to(torch.int64)
-        return torch.where(torch.isnan(v), _F32_NAN_KEY, key)
-    v = x.to(torch.float64)
-    key = v.abs().view(torch.int64)
-    return torch.where(torch.isnan(v), _F64_NAN_KEY, key)
+    # |x| as bits: every NaN's bits lie above +inf's, clamping makes all NaNs one key.
+    if kind == "f32":  # int32 keys: half the memory traffic of int64
+        return x.to(torch.float32).abs().view(torch.int32).clamp_max(_F32_NAN_KEY)
+    return x.to(torch.float64).abs().view(torch.int64).clamp_max(_F64_NAN_KEY)
 
 
 def _srl(z: Tensor, s: int) -> Tensor:
@@ -252,9 +257,9 @@ class Selection:
             return piece.scores.device
         return piece.eligible.device if piece.eligible is not None else torch.device("cpu")
 
-    def _candidates(self, piece: Piece, lo: int, hi: int, keys: Tensor) -> Tensor:
-        elig = piece.eligible_chunk(lo, hi)
-        return torch.ones_like(keys, dtype=torch.bool) if elig is None else elig
+    def _candidates(self, piece: Piece, lo: int, hi: int, keys: Tensor) -> Optional[Tensor]:
+        """Selectable units of a chunk, ``None`` when all are."""
+        return piece.eligible_chunk(lo, hi)
 
     def _radix(self, nbits: int, need: List[int], values_of, counter: str):
         """Per group, the ``need[g]``-th smallest (1-based) of the values ``values_of`` yields.
@@ -274,7 +279,7 @@ class Selection:
             width = min(DIGIT_BITS, shift)
             shift -= width
             bins = 1 << width
-            hist = torch.zeros(self.ngroups, bins, dtype=torch.int64)
+            hist = torch.zeros(self.ngroups, bins, dtype=torch.int64, device=self.comm.device)
             for piece in self.pieces:
                 g = piece.group
                 if not (active[g] and piece.owned):
@@ -284,8 +289,9 @@ class Selection:
                         vals = vals[(vals >> (shift + width)) == prefix[g]]
                     if vals.numel():
                         digits = (vals >> shift) & (bins - 1)
-                        hist[g] += torch.bincount(digits, minlength=bins).cpu()
+                        hist[g] += torch.bincount(digits, minlength=bins).to(hist.device)
             self.comm.all_reduce(hist)
+            hist = hist.cpu()  # one synchronisation per pass
             setattr(self.comm, counter, getattr(self.comm, counter) + 1)
             for g in range(self.ngroups):
                 if not active[g]:
@@ -302,13 +308,17 @@ class Selection:
     def _key_values(self, piece: Piece):
         for lo, hi in piece.chunks():
             keys = self._keys(piece, lo, hi)
-            yield keys[self._candidates(piece, lo, hi, keys)]
+            cand = self._candidates(piece, lo, hi, keys)
+            yield keys if cand is None else keys[cand]
 
     def _tie_values(self, piece: Piece):
         t = self.threshold[piece.group]
         for lo, hi in piece.chunks():
             keys = self._keys(piece, lo, hi)
-            hit = self._candidates(piece, lo, hi, keys) & (keys == t)
+            hit = keys == t
+            cand = self._candidates(piece, lo, hi, keys)
+            if cand is not None:
+                hit &= cand
             idx = hit.nonzero().reshape(-1)
             if idx.numel():
                 yield piece.global_index(idx + lo)
@@ -355,7 +365,7 @@ class Selection:
                             selected[tied] = True
                         else:
                             selected[tied] = piece.global_index(tied + lo) <= gmax
-                keep = elig & ~selected
+                keep = ~selected if elig is None else elig & ~selected
                 if packed:
                     flat[lo // 8:(hi + 7) // 8] = ops.pack_mask(keep)
                 else:
