@@ -46,7 +46,7 @@ def _worker(rank, ws, port, args, out_dir):
 
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(max(1, args.threads // ws))
+    torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", rank=rank, world_size=ws)
     mesh = init_device_mesh("cpu", (ws,))
     ref_masks = torch.load(os.path.join(out_dir, "ref.pt"))
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--amount", type=float, default=0.5)
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (and for the one-process run)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -103,6 +103,7 @@ def main() -> None:
     from fastprune.progress import progress_bar
 
     n = args.layers * args.dim * args.dim
+    torch.set_num_threads(args.threads)
     one = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeat):
@@ -122,7 +123,8 @@ def main() -> None:
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
           f"fastprune kernels: {'C++ extension' if info['extension'] else 'pure-torch fallback'}; load {load:.1f}")
     print(f"Model: {args.layers} x Linear({args.dim}, {args.dim}) fp32 = {n / 1e6:.1f}M parameters, "
-          f"sparsify_ amount={args.amount}, global L1; best of {args.repeat}.")
+          f"sparsify_ amount={args.amount}, global L1; best of {args.repeat}, "
+          f"{args.threads} thread(s) per process.")
     print(f"One process, whole model: {min(one) * 1e3:.1f} ms\n")
     print("| processes | time (ms) | vs one process | bytes per process | collectives | radix passes | tie passes |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

@@ -359,6 +359,33 @@ def case_fsdp2_train(mesh):
         assert bool((model[i].weight.to_local()[~keep] == 0).all())
 
 
+def case_ddp(mesh):
+    """DDP replicas (plain tensors): identical masks on every process, kept through training."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(11)
+    ref = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3))
+    torch.manual_seed(100 + dist.get_rank())  # DDP must make the replicas equal anyway
+    ddp = DistributedDataParallel(copy.deepcopy(ref))
+    ms_ref = fastprune.sparsify_(ref, 0.5)
+    ms = fastprune.sparsify_(ddp.module, 0.5)
+    for r, m in zip((ref[0], ref[2]), (ddp.module[0], ddp.module[2])):
+        local = ms.mask((m, "weight"))
+        assert torch.equal(local, ms_ref.mask((r, "weight")))
+        assert all(torch.equal(local, other) for other in _gather_local(local))
+    opt = torch.optim.AdamW(ddp.parameters(), lr=0.05, weight_decay=0.1)
+    ms.attach(opt)
+    gen = torch.Generator().manual_seed(dist.get_rank())
+    for _ in range(3):
+        ddp(torch.randn(8, 6, generator=gen)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    for m in (ddp.module[0], ddp.module[2]):
+        w = m.weight.detach()
+        assert bool((w[~ms.mask((m, "weight"))] == 0).all())
+        assert all(torch.equal(w, other) for other in _gather_local(w.clone())), "replicas drifted apart"
+
+
 def case_checkpoint(mesh, ckpt_dir):
     """4 processes save (FSDP2 and TP MaskSets); 2 processes load and compare with one process."""
     import torch.distributed.checkpoint as dcp
@@ -399,6 +426,7 @@ CASES = [
     case_random_full,
     case_bad_input,
     case_fsdp2_train,
+    case_ddp,
     case_checkpoint,
 ]
 
