@@ -45,10 +45,12 @@ def _piece(full, dt):
 
 
 def _shard(full, mesh, placement):
-    """A DTensor holding ``full`` with ``placement``, built from local slices (no collective)."""
-    shape, offset = compute_local_shape_and_global_offset(full.shape, mesh, [placement])
+    """A DTensor holding ``full`` with ``placement`` (one, or a list for an n-d mesh), built
+    from local slices (no collective)."""
+    placements = list(placement) if isinstance(placement, (list, tuple)) else [placement]
+    shape, offset = compute_local_shape_and_global_offset(full.shape, mesh, placements)
     local = full[tuple(slice(o, o + s) for o, s in zip(offset, shape))].clone()
-    return DTensor.from_local(local, mesh, [placement], run_check=False, shape=full.shape, stride=full.stride())
+    return DTensor.from_local(local, mesh, placements, run_check=False, shape=full.shape, stride=full.stride())
 
 
 def _values(shape, dtype, style, gen):
@@ -110,7 +112,7 @@ def _same(a, b):
         if not torch.equal(nan_a, nan_b):
             return False
         a, b = a[~nan_a], b[~nan_b]
-    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
 def _check_torch_style(ref, sh, label):
@@ -244,6 +246,37 @@ def case_random_full(mesh):
     fastprune.global_unstructured(sh2.pairs(), fastprune.RandomUnstructured, amount=0.3)
     full3 = {n: getattr(sh2, n).weight_mask.full_tensor() for n in ref.SHAPES}
     return {"global": full, "local": full2, "torch_style": full3}
+
+
+def case_mesh_2d(mesh):
+    """A 2-d mesh over every process (2 x ws/2): Shard on both mesh dims, Replicate on one."""
+    ws = dist.get_world_size()
+    if ws % 2:
+        return "skipped"
+    mesh2 = init_device_mesh("cpu", (2, ws // 2), mesh_dim_names=("dp", "tp"))
+    placements = {
+        "a": [Shard(0), Shard(1)],
+        "b": [Replicate(), Shard(0)],
+        "c": [Shard(1), Replicate()],
+        "d": [Shard(0), Shard(0)],
+    }
+    for style in ("ties", "randn"):
+        ref = TPNet(torch.float32, style, seed=21)
+        sh = copy.deepcopy(ref)
+        for name, pl in placements.items():
+            lin = getattr(sh, name)
+            lin.weight = nn.Parameter(_shard(lin.weight.detach(), mesh2, pl))
+        fastprune.global_unstructured(ref.pairs(), fastprune.L1Unstructured, amount=0.45)
+        fastprune.global_unstructured(sh.pairs(), fastprune.L1Unstructured, amount=0.45)
+        _check_torch_style(ref, sh, f"2-d mesh {style}")
+        ref2 = TPNet(torch.bfloat16, style, seed=22)
+        sh2 = copy.deepcopy(ref2)
+        for name, pl in placements.items():
+            lin = getattr(sh2, name)
+            lin.weight = nn.Parameter(_shard(lin.weight.detach(), mesh2, pl))
+        ms_ref = fastprune.sparsify_(ref2.pairs(), 0.3, scope="local")
+        ms_sh = fastprune.sparsify_(sh2.pairs(), 0.3, scope="local")
+        _check_maskset(ref2, sh2, ms_ref, ms_sh, f"2-d mesh sparsify {style}")
 
 
 def _expect_error(exc_type, fn, *, contains=""):
@@ -424,6 +457,7 @@ CASES = [
     case_sparsify_l1,
     case_random_replicas,
     case_random_full,
+    case_mesh_2d,
     case_bad_input,
     case_fsdp2_train,
     case_ddp,
