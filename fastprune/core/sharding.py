@@ -35,7 +35,20 @@ _HANDLERS: List[object] = []
 
 
 def register_sharded_handler(handler) -> None:
-    """Register ``handler`` (see the module docstring); registering it twice is a no-op."""
+    """Register ``handler`` for sharded tensors; registering it twice is a no-op.
+
+    Args:
+        handler: an object with the methods listed in this module's docstring;
+            the first registered handler whose ``claims`` accepts a call's
+            tensors serves that call.
+
+    Raises:
+        TypeError: if ``handler`` has no ``claims`` method.
+
+    Example::
+
+        register_sharded_handler(MyHandler())  # what fastprune.distributed does on import
+    """
     if not callable(getattr(handler, "claims", None)):
         raise TypeError(f"handler must have a claims(tensors) method, got {type(handler).__name__}")
     if handler not in _HANDLERS:
