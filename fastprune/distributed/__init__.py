@@ -9,29 +9,49 @@ sharded parameters, uneven shards) and give on every process the masks the
 same call computes in one process on the gathered model. See
 ``docs/distributed.md``.
 
-Where ``torch.distributed`` (or DTensor) is not available, importing this
-package does nothing and :data:`AVAILABLE` is ``False``.
+The handler is lazy: it imports ``torch.distributed.tensor`` and the
+selection code only when a call meets a DTensor, which cannot happen before
+the program itself imported ``torch.distributed.tensor``. Where
+``torch.distributed`` is not available, nothing is registered and
+:data:`AVAILABLE` is ``False``.
 """
 from __future__ import annotations
 
-AVAILABLE = False
+import sys
 
-try:
-    import torch.distributed as _dist
+import torch
 
-    if _dist.is_available():
-        from torch.distributed.tensor import DTensor as _DTensor  # noqa: F401
+from ..core.sharding import register_sharded_handler
+from ._stats import ShardedInputError, last_call_stats
 
-        AVAILABLE = True
-except ImportError:  # pragma: no cover - builds of torch without distributed
-    AVAILABLE = False
+AVAILABLE = bool(getattr(torch, "distributed", None) is not None and torch.distributed.is_available())
+
+__all__ = ["AVAILABLE", "ShardedInputError", "last_call_stats"]
+
+
+class _LazyDTensorHandler:
+    """Claims DTensors; builds the real handler (``_handler.DTensorHandler``) on first use."""
+
+    def __init__(self) -> None:
+        self._impl = None
+
+    def claims(self, tensors) -> bool:
+        module = sys.modules.get("torch.distributed.tensor")
+        if module is None:  # no DTensor can exist before its module is imported
+            return False
+        dtensor = module.DTensor
+        return any(isinstance(t, dtensor) for t in tensors)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._impl is None:
+            from ._handler import DTensorHandler
+
+            self._impl = DTensorHandler()
+        return getattr(self._impl, name)
+
 
 if AVAILABLE:
-    from ..core.sharding import register_sharded_handler
-    from ._handler import DTensorHandler, ShardedInputError, last_call_stats
-
-    HANDLER = DTensorHandler()
+    HANDLER = _LazyDTensorHandler()
     register_sharded_handler(HANDLER)
-    __all__ = ["AVAILABLE", "DTensorHandler", "ShardedInputError", "last_call_stats"]
-else:  # pragma: no cover
-    __all__ = ["AVAILABLE"]

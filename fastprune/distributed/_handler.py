@@ -19,32 +19,9 @@ from .. import ops
 from ..core import methods as core_methods
 from ..core.validation import _compute_nparams_toprune, _validate_pruning_amount
 from ._select import Comm, Piece, Selection, key_kind
+from ._stats import _LAST_STATS, ShardedInputError
 
 Tensor = torch.Tensor
-
-_LAST_STATS: dict = {}
-
-
-def last_call_stats() -> dict:
-    """Communication of the last sharded pruning call made by this process.
-
-    Returns:
-        a dict with ``bytes`` (payload this process sent and received), the
-        number of ``collectives``, ``radix_passes`` (histogram all-reduces over
-        the keys), ``tie_passes`` (histogram all-reduces over the global
-        indices of tied units) and ``world_size``; empty before any call.
-
-    Example::
-
-        fastprune.sparsify_(model, 0.5)
-        print(fastprune.distributed.last_call_stats()["bytes"])
-    """
-    return dict(_LAST_STATS)
-
-
-class ShardedInputError(ValueError):
-    """Raised on every process when the processes' pruning calls do not agree."""
-
 
 def _fsdp_managed() -> set:
     """``(id(module), name)`` of every parameter that FSDP2 (``fully_shard``) manages."""
