@@ -534,3 +534,14 @@ def test_random_same_units_on_any_world_size(runs):
             for kind in base:
                 for name in base[kind]:
                     assert torch.equal(got[kind][name], base[kind][name]), (ws, rank, kind, name)
+
+
+def test_import_does_not_load_dtensor():
+    """The handler is lazy: ``import fastprune`` leaves torch.distributed.tensor unimported."""
+    import subprocess
+    import sys
+
+    code = "import sys, fastprune; print('torch.distributed.tensor' in sys.modules, fastprune.distributed.AVAILABLE)"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert out.stdout.split() == ["False", "True"]
