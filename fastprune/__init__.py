@@ -30,6 +30,7 @@ from .lottery import LotteryTicket, iterative_magnitude_pruning
 from .core.patch import is_torch_patched, patch_torch
 from .shipping import load_pruned_state_dict, load_sparse, make_permanent, save_sparse
 from .structured import ConfigError, DependencyGraph, Plan, prune_channels, remove_masked_channels, rewrite_config
+from . import distributed
 
 # What fastprune adds on top of torch's API.
 EXTRA_NAMES = [
@@ -64,6 +65,7 @@ EXTRA_NAMES = [
     "load_pruned_state_dict",
     "save_sparse",
     "load_sparse",
+    "distributed",
 ]
 
 __all__ = list(_api.__all__) + EXTRA_NAMES

@@ -27,6 +27,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import ops
+from .core import sharding
 from .core.functional import custom_from_mask, remove
 from .core.errors import PruningShapeError
 from .core.targets import REFUSE, Target, pruning_hooks, resolve_scores, resolve_targets
@@ -150,7 +151,7 @@ def _existing_cells(targets: List[Target]) -> List[Optional[_MaskCell]]:
     cells = []
     for t in targets:
         cell = _CELLS.get(t.param)
-        if cell is not None and (cell.numel != t.param.numel() or cell.packed.device != t.param.device):
+        if cell is not None and (cell.numel != sharding.local_tensor(t.param).numel() or cell.packed.device != t.param.device):
             raise ValueError(
                 f"parameters ({t.label}): its remembered mask was made for {cell.numel} units on "
                 f"{cell.packed.device}, the parameter now has {t.param.numel()} on {t.param.device}; "
@@ -336,6 +337,12 @@ def sparsify_(
         if t.param.dtype == torch.bool:
             raise TypeError(f"parameters ({t.label}): bool parameters cannot be sparsified")
 
+    handler = sharding.sharded_handler([t.param for t in targets] + scores)
+    if handler is not None:  # sharded parameters: counts and selection span every process
+        packed = [None if c is None else c.packed for c in cells]
+        new_masks = handler.sparsify_masks([t.param for t in targets], scores, packed, amount, method, scope)
+        return _install_masks(targets, cells, new_masks, [None] * len(targets))
+
     selectable = [t.param.numel() if c is None else c.count_kept() for t, c in zip(targets, cells)]
     if scope == "global":
         devices = {t.param.device for t in targets}
@@ -354,14 +361,19 @@ def sparsify_(
     else:
         new_masks = _random_masks(targets, cells, ks, scope)
 
-    # Everything that can fail has run; from here the weights change.
+    kept = [selectable[i] - ks[i] if scope == "local" else (selectable[i] if ks[0] == 0 else None)
+            for i in range(len(targets))]
+    return _install_masks(targets, cells, new_masks, kept)
+
+
+def _install_masks(targets, cells, new_masks, kept) -> "MaskSet":
+    """Zero the weights where ``new_masks`` say so and remember the masks (nothing can fail before)."""
     with torch.no_grad():
-        ops.apply_packed_mask_([t.param.detach() for t in targets], new_masks)
+        ops.apply_packed_mask_([sharding.local_tensor(t.param.detach()) for t in targets], new_masks)
     result_cells = []
-    for i, (t, cell, mask) in enumerate(zip(targets, cells, new_masks)):
-        kept = selectable[i] - ks[i] if scope == "local" else (selectable[i] if ks[0] == 0 else None)
+    for t, cell, mask, kept in zip(targets, cells, new_masks, kept):
         if cell is None:
-            cell = _MaskCell(mask, t.param.numel(), kept)
+            cell = _MaskCell(mask, sharding.local_tensor(t.param).numel(), kept)
             _CELLS[t.param] = cell
         else:
             cell.packed.copy_(mask)  # in place: every MaskSet sharing the cell sees the new mask
@@ -492,9 +504,10 @@ class MaskSet:
         live = t.module._parameters.get(t.name + "_orig" if t.reparametrized else t.name)  # see targets.dense_tensor
         if live is None:
             raise ValueError(f"{t.label}: {type(t.module).__name__} no longer has a parameter {t.name!r}")
-        if live.numel() != c.numel or live.device != c.packed.device:
+        local = sharding.local_tensor(live)
+        if local.numel() != c.numel or local.device != c.packed.device:
             raise ValueError(
-                f"{t.label}: the parameter was replaced by one with {live.numel()} units on {live.device}; "
+                f"{t.label}: the parameter was replaced by one with {local.numel()} units on {local.device}; "
                 f"this MaskSet's mask covers {c.numel} units on {c.packed.device}"
             )
         if not t.reparametrized and _CELLS.get(live) is not c:
@@ -522,7 +535,9 @@ class MaskSet:
         """
         i = self._index(key)
         t, c = self._targets[i], self._cells[i]
-        return ops.unpack_mask(c.packed, c.numel, dtype).reshape(self._live(i).shape)
+        live = self._live(i)
+        local = sharding.local_tensor(live)
+        return sharding.wrap_like(live, ops.unpack_mask(c.packed, c.numel, dtype).reshape(local.shape))
 
     def numel(self) -> int:
         """Units covered by the masks: the total number of elements of the parameters.
@@ -593,7 +608,10 @@ class MaskSet:
         if not self._targets:  # the dispatcher cannot route an op with no tensor at all
             return self
         with torch.no_grad():
-            ops.apply_packed_mask_([self._live(i).detach() for i in range(len(self))], [c.packed for c in self._cells])
+            ops.apply_packed_mask_(
+                [sharding.local_tensor(self._live(i).detach()) for i in range(len(self))],
+                [c.packed for c in self._cells],
+            )
         return self
 
     def mask_gradients(self) -> _HookGroup:
@@ -619,7 +637,7 @@ class MaskSet:
 
             def hook(param, _cell=c):
                 if param.grad is not None:
-                    ops.apply_packed_mask_([param.grad], [_cell.packed])
+                    ops.apply_packed_mask_([sharding.local_tensor(param.grad)], [_cell.packed])
 
             handles.append(param.register_post_accumulate_grad_hook(hook))
         group = _HookGroup(handles, self)
@@ -688,7 +706,7 @@ class MaskSet:
             "format": _STATE_FORMAT,
             "names": self.names,
             "shapes": [tuple(self._live(i).shape) for i in range(len(self))],
-            "masks": [c.packed.detach().clone() for c in self._cells],
+            "masks": [sharding.mask_state(self._live(i), c.packed, c.numel) for i, c in enumerate(self._cells)],
         }
 
     def load_state_dict(self, state_dict, strict: bool = True, apply: bool = True) -> "MaskSet":
@@ -724,6 +742,7 @@ class MaskSet:
         shapes, masks = list(state_dict["shapes"]), list(state_dict["masks"])
         if len(shapes) != len(self) or len(masks) != len(self):
             raise ValueError(f"state_dict holds {len(masks)} masks, this MaskSet has {len(self)} tensors")
+        masks = [sharding.mask_from_state(self._live(i), m) for i, m in enumerate(masks)]
         if strict and list(state_dict.get("names", [])) != self.names:
             raise ValueError(
                 f"state_dict labels {state_dict.get('names')} differ from this MaskSet's {self.names} (strict=True)"
@@ -734,9 +753,10 @@ class MaskSet:
                 raise PruningShapeError(f"state_dict['shapes'][{i}]={tuple(shape)} does not match {t.label} {tuple(live.shape)}")
             if not isinstance(m, Tensor) or m.dtype != torch.uint8 or m.dim() != 1:
                 raise TypeError(f"state_dict['masks'][{i}] must be a 1-d uint8 tensor")
-            if m.numel() != ops.packed_numel(live.numel()):
+            if m.numel() != ops.packed_numel(sharding.local_tensor(live).numel()):
                 raise ValueError(
-                    f"state_dict['masks'][{i}] has {m.numel()} bytes, {t.label} needs {ops.packed_numel(live.numel())}"
+                    f"state_dict['masks'][{i}] has {m.numel()} bytes, "
+                    f"{t.label} needs {ops.packed_numel(sharding.local_tensor(live).numel())}"
                 )
         for c, m in zip(self._cells, masks):
             c.packed.copy_(m)

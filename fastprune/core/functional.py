@@ -6,6 +6,7 @@ import torch.nn.utils.prune as torch_prune
 
 from .. import ops
 from .reparam import forget_deepcopy, install_many
+from .sharding import sharded_handler
 from .targets import existing_mask, resolve_scores, resolve_targets
 from .validation import (
     _compute_nparams_toprune,
@@ -375,8 +376,11 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
                 f"global_unstructured: parameters[{i}] is on the meta device and holds no data, so no unit "
                 "can be selected; materialise the model first (to_empty and load its weights)"
             )
-    soft = [mk is not None and has_soft_values(mk) for mk in masks]
-    if uses_fast_l1(method) and not any(soft):
+    handler = sharded_handler(params + scores)
+    soft = [handler is None and mk is not None and has_soft_values(mk) for mk in masks]
+    if handler is not None:  # sharded parameters: the selection spans every process
+        new_masks = handler.global_masks(targets, scores, method, masks)
+    elif uses_fast_l1(method) and not any(soft):
         selectable = sum(p.numel() if mk is None else int(torch.count_nonzero(mk)) for p, mk in zip(params, masks))
         k = _compute_nparams_toprune(method.amount, selectable)
         _validate_pruning_amount(k, selectable)

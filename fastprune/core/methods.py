@@ -17,6 +17,7 @@ import torch.nn.utils.prune as torch_prune
 
 from .. import ops
 from .reparam import forget_deepcopy, install
+from .sharding import local_tensor, sharded_handler
 from .targets import check_module_and_name, check_scores_shape, pruning_hooks
 from .errors import PruningShapeError
 from .validation import (
@@ -822,7 +823,11 @@ def apply_method(cls, module, name, args, kwargs, importance_scores):
 
     method = cls(*args, **kwargs)
     method._tensor_name = name
-    if not existing:
+    handler = sharded_handler([orig, importance_scores])
+    if handler is not None:  # sharded parameter: the selection spans every process
+        old_mask = getattr(module, name + "_mask").detach() if existing else None
+        mask = handler.method_mask(module, name, method, importance_scores, old_mask)
+    elif not existing:
         default_mask = ones_view(orig) if accepts_ones_view(cls) else torch.ones_like(orig)
         mask = method.compute_mask(importance_scores, default_mask=default_mask)
     else:
@@ -842,7 +847,7 @@ def remove_reparametrization(method, module) -> None:
     if _uses_fast_apply(method):
         # orig * mask in place: no second copy of the weight.
         with torch.no_grad():
-            ops.mask_mul_([orig.data], [mask])
+            ops.mask_mul_([local_tensor(orig.data)], [local_tensor(mask)])
     else:
         weight = method.apply_mask(module)
         orig.data = weight.data

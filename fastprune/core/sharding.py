@@ -1,0 +1,96 @@
+"""Where sharded tensors (``torch.distributed`` DTensors) enter the pruning API.
+
+The torch-compatible functions and ``sparsify_`` run on whole tensors held by
+one process. Parameters sharded over several processes need collectives to
+find a global threshold; that lives in :mod:`fastprune.distributed`, a feature
+layer that core must not import. Instead the feature registers a handler here
+when it is imported, and core asks this registry, at the few places where a
+sharded tensor changes what happens, whether a handler claims the tensors.
+
+With no handler registered (``torch.distributed`` unavailable, or the feature
+never imported) every function here is the identity and costs one list walk.
+
+A handler is any object with these methods:
+
+* ``claims(tensors) -> bool``: true when any of ``tensors`` is sharded.
+* ``local(t)``: the part of ``t`` this process holds (``t`` if not sharded).
+* ``wrap_like(param, local)``: a tensor sharded like ``param`` from this
+  process's part ``local``.
+* ``global_masks(targets, scores, method, masks)``: masks (sharded like each
+  parameter) of :func:`fastprune.global_unstructured`.
+* ``method_mask(module, name, method, scores, existing)``: the mask of one
+  pruning method applied to ``module.<name>`` (torch-style reparametrisation).
+* ``sparsify_masks(params, scores, packed, amount, method, scope)``: the new
+  packed 1-bit local masks of :func:`fastprune.sparsify_`.
+* ``mask_state(param, packed, numel)`` / ``mask_from_state(param, value)``:
+  a mask in checkpointable form and back.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+_HANDLERS: List[object] = []
+
+
+def register_sharded_handler(handler) -> None:
+    """Register ``handler`` for sharded tensors; registering it twice is a no-op.
+
+    Args:
+        handler: an object with the methods listed in this module's docstring;
+            the first registered handler whose ``claims`` accepts a call's
+            tensors serves that call.
+
+    Raises:
+        TypeError: if ``handler`` has no ``claims`` method.
+
+    Example::
+
+        register_sharded_handler(MyHandler())  # what fastprune.distributed does on import
+    """
+    if not callable(getattr(handler, "claims", None)):
+        raise TypeError(f"handler must have a claims(tensors) method, got {type(handler).__name__}")
+    if handler not in _HANDLERS:
+        _HANDLERS.append(handler)
+
+
+def unregister_sharded_handler(handler) -> None:
+    """Remove ``handler`` if it is registered."""
+    if handler in _HANDLERS:
+        _HANDLERS.remove(handler)
+
+
+def sharded_handler(tensors: Sequence[Optional[torch.Tensor]]):
+    """The handler claiming ``tensors`` (``None`` entries skipped), or ``None``."""
+    if not _HANDLERS:
+        return None
+    tensors = [t for t in tensors if t is not None]
+    for handler in _HANDLERS:
+        if handler.claims(tensors):
+            return handler
+    return None
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The part of ``t`` held by this process: ``t`` itself unless it is sharded."""
+    handler = sharded_handler([t])
+    return t if handler is None else handler.local(t)
+
+
+def wrap_like(param: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    """``local`` as a tensor sharded like ``param`` (``local`` itself for a plain ``param``)."""
+    handler = sharded_handler([param])
+    return local if handler is None else handler.wrap_like(param, local)
+
+
+def mask_state(param: torch.Tensor, packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """A packed mask as saved in a state dict: a copy, or a sharded 0/1 tensor for a sharded ``param``."""
+    handler = sharded_handler([param])
+    return packed.detach().clone() if handler is None else handler.mask_state(param, packed, numel)
+
+
+def mask_from_state(param: torch.Tensor, value):
+    """Inverse of :func:`mask_state`: the packed local mask (``value`` unchanged for a plain ``param``)."""
+    handler = sharded_handler([param])
+    return value if handler is None else handler.mask_from_state(param, value)
