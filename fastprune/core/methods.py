@@ -33,16 +33,32 @@ TorchContainer = torch_prune.PruningContainer
 torch_compute_norm = torch_prune._compute_norm
 
 
+# One 0-dim tensor of ones per (dtype, device) behind every ones_view(), so
+# that making one is a single expand() and is_ones_view() needs no tensor op
+# (allocating the scalar and reading it back cost more than a small layer's
+# whole k-selection, and the read is a device sync on CUDA). In-place ops on an
+# expanded view bump the shared version counter: a scalar that was ever
+# written to is no longer trusted and is replaced.
+_ONES = {}
+
+
+def _shared_one(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (dtype, device)
+    one = _ONES.get(key)
+    if one is None or one._version != 0:
+        one = _ONES[key] = torch.ones((), dtype=dtype, device=device)
+    return one
+
+
 def ones_view(like: torch.Tensor) -> torch.Tensor:
     """A mask of ones shaped like ``like`` that costs no memory (stride 0)."""
-    return torch.ones((), dtype=like.dtype, device=like.device).expand(like.shape)
+    return _shared_one(like.dtype, like.device).expand_as(like)
 
 
 def is_ones_view(mask: torch.Tensor) -> bool:
-    """True for masks made by :func:`ones_view`: the kernels then need no mask."""
-    return mask.dim() > 0 and mask.numel() > 0 and all(s == 0 for s in mask.stride()) and bool(
-        mask.reshape(-1)[0] == 1
-    )
+    """True for masks made by :func:`ones_view` (and not written since): the kernels then need no mask."""
+    base = mask._base
+    return base is not None and base._version == 0 and base is _ONES.get((base.dtype, base.device))
 
 
 def _materialise(mask: torch.Tensor) -> torch.Tensor:
@@ -211,7 +227,7 @@ def _select_units(amount, scores, default_mask, largest):
     tensor_size = scores.nelement()
     k = _compute_nparams_toprune(amount, tensor_size)
     _validate_pruning_amount(k, tensor_size)
-    out = torch.empty(default_mask.shape, dtype=default_mask.dtype, device=default_mask.device)
+    out = torch.empty_like(default_mask, memory_format=torch.contiguous_format)
     existing = None if is_ones_view(default_mask) else default_mask.detach()
     ops.kselect_([scores.detach()], [existing], [out], k, largest=largest, exclude_masked=False)
     return out
@@ -252,7 +268,7 @@ def _structured_mask(t, dim, keep_channels, default_mask):
     shape[dim] = t.shape[dim]
     keep = keep_channels.to(device=t.device, dtype=t.dtype).reshape(shape)
     if is_ones_view(default_mask):
-        return keep.expand(t.shape).contiguous()
+        return keep.expand_as(t).contiguous()
     return keep * default_mask.to(dtype=t.dtype)
 
 
