@@ -266,10 +266,18 @@ def _structured_mask(t, dim, keep_channels, default_mask):
     """Broadcast a per-channel keep vector along ``dim`` and combine it with ``default_mask``."""
     shape = [1] * t.dim()
     shape[dim] = t.shape[dim]
-    keep = keep_channels.to(device=t.device, dtype=t.dtype).reshape(shape)
+    keep = keep_channels.to(device=t.device).view(shape)
     if is_ones_view(default_mask):
-        return keep.expand_as(t).contiguous()
-    return keep * default_mask.to(dtype=t.dtype)
+        # one broadcasting copy converts and expands at once
+        return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(keep)
+    return keep.to(dtype=t.dtype) * default_mask.to(dtype=t.dtype)
+
+
+def _keep_channels(scores, k):
+    """Bool keep-vector over channels: the ``k`` lowest ``scores`` dropped (ties: lower index first)."""
+    keep = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+    ops.kselect_([scores], [None], [keep], k)
+    return keep
 
 
 def _channels_to_prune(t, amount, dim):
@@ -296,7 +304,7 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
         if k == 0:
             return _materialise(default_mask)
         prob = torch.rand(nchannels)  # torch draws these on the CPU generator too
-        (keep,) = ops.kselect([prob], None, k, dtypes=[torch.bool])
+        keep = _keep_channels(prob, k)
         return _structured_mask(t, self.dim % t.dim(), keep, default_mask)
 
     @classmethod
@@ -326,7 +334,7 @@ class LnStructured(_AmountMethod, torch_prune.LnStructured):
         norms = channel_scores(t, self.n, self.dim)
         if k == 0:
             return _materialise(default_mask)
-        (keep,) = ops.kselect([norms], None, k, dtypes=[torch.bool])
+        keep = _keep_channels(norms, k)
         return _structured_mask(t, self.dim % t.dim(), keep, default_mask)
 
     @classmethod
