@@ -39,6 +39,8 @@ def main(folder):
     out += ["### 6. Where global_unstructured's time goes (in-process, 105M fp32)", "",
             f"`python benchmarks/profile_global.py --repeat 5` (start: {load(5)})", "", "```",
             read(folder, "profile_global.txt"), "```", ""]
+    out += ["### 7. Per-call cost from 8 elements to 100M, and models of many small layers", "",
+            f"`python benchmarks/small_sweep.py --rounds 5` (start: {load(6)})", "", read(folder, "small_sweep.txt"), ""]
     print("\n".join(out))
 
 
