@@ -33,32 +33,22 @@ TorchContainer = torch_prune.PruningContainer
 torch_compute_norm = torch_prune._compute_norm
 
 
-# One 0-dim tensor of ones per (dtype, device) behind every ones_view(), so
-# that making one is a single expand() and is_ones_view() needs no tensor op
-# (allocating the scalar and reading it back cost more than a small layer's
-# whole k-selection, and the read is a device sync on CUDA). In-place ops on an
-# expanded view bump the shared version counter: a scalar that was ever
-# written to is no longer trusted and is replaced.
-_ONES = {}
-
-
-def _shared_one(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (dtype, device)
-    one = _ONES.get(key)
-    if one is None or one._version != 0:
-        one = _ONES[key] = torch.ones((), dtype=dtype, device=device)
-    return one
-
-
 def ones_view(like: torch.Tensor) -> torch.Tensor:
     """A mask of ones shaped like ``like`` that costs no memory (stride 0)."""
-    return _shared_one(like.dtype, like.device).expand_as(like)
+    one = torch.ones((), dtype=like.dtype, device=like.device)
+    # is_ones_view() recognises the view by this mark on its base, with no tensor
+    # op: reading the value back cost more than a small layer's whole
+    # k-selection (and is a device sync on CUDA). A fresh scalar per call, not a
+    # cached one: a cached scalar would carry inference-mode or fake-tensor state
+    # from the call that made it into later calls.
+    one._fastprune_ones_view = True
+    return one.expand_as(like)
 
 
 def is_ones_view(mask: torch.Tensor) -> bool:
     """True for masks made by :func:`ones_view` (and not written since): the kernels then need no mask."""
     base = mask._base
-    return base is not None and base._version == 0 and base is _ONES.get((base.dtype, base.device))
+    return base is not None and getattr(base, "_fastprune_ones_view", False) and base._version == 0
 
 
 def _materialise(mask: torch.Tensor) -> torch.Tensor:
