@@ -29,6 +29,8 @@ SECTIONS = [
     ("Where global_unstructured's time goes (in-process, 105M fp32)",
      "python benchmarks/profile_global.py --repeat 5", "profile_global.txt", "text"),
     ("First call of a fresh process", "python benchmarks/cold_first_call.py", "cold_first_call.txt", "text"),
+    ("Per-call cost from 8 elements to 100M, and models of many small layers",
+     "python benchmarks/small_sweep.py --rounds 5", "small_sweep.txt", "markdown"),
 ]
 
 

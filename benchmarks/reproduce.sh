@@ -21,4 +21,5 @@ log; python benchmarks/size_sweep.py --repeat 3 > "$OUT/size_sweep.txt" 2>/dev/n
 log; python -m pytest benchmarks --benchmark-only -q -p no:cacheprovider --benchmark-columns=min,median,rounds --benchmark-json "$OUT/pytest_benchmark.json" > "$OUT/pytest_benchmark.txt" 2>&1 || echo "step failed: see log" | tee -a "$OUT/load.txt"
 log; python benchmarks/profile_global.py --repeat 5 > "$OUT/profile_global.txt" 2>&1 || true
 log; python benchmarks/cold_first_call.py > "$OUT/cold_first_call.txt" 2>&1 || echo "step failed: see log" | tee -a "$OUT/load.txt"
+log; python benchmarks/small_sweep.py --rounds 5 > "$OUT/small_sweep.txt" 2>/dev/null || echo "step failed" | tee -a "$OUT/load.txt"
 log

@@ -129,6 +129,17 @@ def assert_masks_equal(got, want, context):
 
 # ----------------------------------------------------------------------------- kselect_
 
+# The CPU kernel selects directly (nth_element over all keys) on small inputs
+# and by radix select on larger ones; FASTPRUNE_KSELECT_DIRECT_MAX moves the
+# boundary so that both paths run on the same inputs.
+KSELECT_PATHS = {"direct": str(2**62), "radix": "0"}
+
+
+@pytest.fixture(params=list(KSELECT_PATHS))
+def kselect_path(request, monkeypatch):
+    monkeypatch.setenv("FASTPRUNE_KSELECT_DIRECT_MAX", KSELECT_PATHS[request.param])
+    return request.param
+
 SHAPE_CASES = {
     "one": [(37,)],
     "several": [(16, 33), (5,), (3, 4, 5), (0,), (200,)],
@@ -141,7 +152,7 @@ SHAPE_CASES = {
 @pytest.mark.parametrize("dtype", SCORE_DTYPES, ids=str)
 @pytest.mark.parametrize("case", list(SHAPE_CASES))
 @pytest.mark.parametrize("largest", [False, True])
-def test_kselect_matches_reference(device, dtype, case, largest):
+def test_kselect_matches_reference(device, dtype, case, largest, kselect_path):
     gen = torch.Generator().manual_seed(zlib.crc32(f"{dtype}{case}{largest}".encode()))
     shapes = SHAPE_CASES[case]
     scores = [scores_tensor(s, dtype, gen).to(device) for s in shapes]
@@ -276,8 +287,38 @@ def test_kselect_mixed_dtypes(device, dtypes):
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype,largest", [(torch.float32, False), (torch.bfloat16, True), (torch.float64, True),
+                                           (torch.int32, False), (torch.int64, True), (torch.uint8, False),
+                                           (torch.bool, True)], ids=str)
+def test_kselect_cpu_paths_agree(monkeypatch, dtype, largest):
+    """Direct and radix select give the reference's masks on the same inputs, at
+    sizes around the default boundary between them and across several tensors."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"paths{dtype}{largest}".encode()))
+    cases = [[(4095,)], [(4097,)], [(64, 64), (1,), (0,), (3, 11)], [(9000,), (77,)]]
+    for shapes in cases:
+        scores = [scores_tensor(s, dtype, gen, ties=len(shapes) % 2 == 1) for s in shapes]
+        for exclude_masked, packed in [(True, False), (False, True)]:
+            masks = [mask_tensor(s.shape, torch.bool, gen) for s in scores]
+            masks[-1] = None
+            if packed:
+                masks = [None if m is None else ref.pack_mask(m) for m in masks]
+            out_dtypes = [torch.float32, torch.bool, torch.int8, torch.half][: len(scores)]
+            cand = candidates_of(scores, masks, exclude_masked, packed)
+            for k in (0, 1, cand // 2, cand):
+                want = None
+                for path, limit in KSELECT_PATHS.items():
+                    monkeypatch.setenv("FASTPRUNE_KSELECT_DIRECT_MAX", limit)
+                    if want is None:
+                        got, want = run_both(scores, masks, out_dtypes, k, largest, exclude_masked, packed)
+                    else:
+                        got = [torch.empty_like(w) for w in want]
+                        ops.kselect_(scores, masks, got, k, largest, exclude_masked, packed)
+                    assert_masks_equal(got, want, f"{path}: {shapes} k={k} exclude_masked={exclude_masked}")
+
+
+@needs_ext
 @pytest.mark.parametrize("device", DEVICES)
-def test_kselect_int_extremes(device):
+def test_kselect_int_extremes(device, kselect_path):
     """|INT_MIN| ranks highest; int64's minimum ties with its maximum, as in the reference."""
     for dtype in (torch.int8, torch.int16, torch.int32, torch.int64):
         info = torch.iinfo(dtype)
@@ -310,7 +351,7 @@ def test_kselect_tie_free_matches_topk(device, dtype):
 
 @needs_ext
 @pytest.mark.parametrize("device", DEVICES)
-def test_kselect_nan_ranks_above_inf(device):
+def test_kselect_nan_ranks_above_inf(device, kselect_path):
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0, -float("nan"), 0.0, -0.0], device=device)
     out = torch.empty(7, dtype=torch.bool, device=device)
     ops.kselect_([x], [None], [out], 5, False, True, False)
@@ -341,7 +382,7 @@ def test_kselect_deterministic_across_threads(device):
 
 @needs_ext
 @pytest.mark.parametrize("device", DEVICES)
-def test_kselect_errors_leave_out_untouched(device):
+def test_kselect_errors_leave_out_untouched(device, kselect_path):
     s = [torch.randn(10, device=device), torch.randn(4, 3, device=device)]
     masks = [torch.zeros(10, device=device), None]
     out = [torch.full((10,), 5.0, device=device), torch.full((4, 3), 5.0, device=device)]

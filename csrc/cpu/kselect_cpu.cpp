@@ -21,6 +21,9 @@
 // Keys are unsigned integers whose order is the order of |score|: the IEEE bit
 // pattern without the sign bit (every NaN mapped to the largest key), or the
 // unsigned absolute value of an integer. largest=True inverts the key.
+// Small inputs (up to kDirectMax units in all) skip all of this: their keys are
+// gathered into one buffer and the threshold found with nth_element (see
+// direct_select), so that a call's cost follows its size.
 #include "../op_args.h"
 
 #include <torch/library.h>
@@ -213,9 +216,98 @@ void store_keep(const at::Tensor& out, bool packed, int64_t begin, int64_t n, co
 #pragma GCC pop_options
 #endif
 
+// Inputs up to this many units in all take the direct path below instead of
+// the radix select, whose fixed cost (2^16-bin histograms allocated, zeroed,
+// merged and scanned per pass) dominates for small tensors. The direct path is
+// single-threaded and its nth_element costs ~5-10 ns a unit (mispredicted
+// branches): at about 8K units it costs as much as the radix select.
+constexpr int64_t kDirectMax = int64_t(1) << 12;
+
+// FASTPRUNE_KSELECT_DIRECT_MAX overrides kDirectMax; the tests set it to 0 (radix
+// select only) or to a huge value (direct path only) to compare both on the same inputs.
+int64_t direct_max() {
+  const char* env = std::getenv("FASTPRUNE_KSELECT_DIRECT_MAX");
+  return env && *env ? std::strtoll(env, nullptr, 10) : kDirectMax;
+}
+
+// Direct selection: every unit's key in one buffer, the k-th smallest candidate
+// key T by nth_element, then one pass in global order that selects the keys
+// below T and the first tied ones. Same result as the radix select (smallest
+// keys, ties by lower global index); allocates O(units), which is why it is only
+// used for small inputs.
+template <KeyKind K>
+void direct_select(const std::vector<at::Tensor>& scores, const std::vector<at::Tensor>& masks,
+                   const std::vector<at::Tensor>& outs, int64_t k, bool largest, bool exclude_masked, bool packed) {
+  using key_t = typename KeyTraits<K>::type;
+  const key_t inv = largest ? static_cast<key_t>(~key_t(0)) : key_t(0);
+  const size_t nt = scores.size();
+  // Each tensor's units start at a multiple of 8 in the buffers, and the gap
+  // after them stays 0: store_keep in packed mode reads whole bytes of keep.
+  std::vector<int64_t> off(nt + 1, 0);
+  for (size_t i = 0; i < nt; ++i) off[i + 1] = off[i] + (scores[i].numel() + 7) / 8 * 8;
+  std::vector<key_t> keys(off[nt]);
+  std::vector<uint8_t> keep(off[nt] + 8, 0);
+  std::vector<key_t> cand;
+  cand.reserve(off[nt]);
+  for (size_t i = 0; i < nt; ++i) {
+    const int64_t n = scores[i].numel();
+    key_t* kp = keys.data() + off[i];
+    uint8_t* e = keep.data() + off[i];
+    if (masks[i].defined()) {
+      load_keep(masks[i], packed, 0, n, e);
+    } else {
+      std::memset(e, 1, n);
+    }
+    dispatch_score<K>(scores[i].scalar_type(), [&](auto tag) {
+      using S = typename decltype(tag)::type;
+      const S* s = scores[i].template data_ptr<S>();
+      for (int64_t j = 0; j < n; ++j) kp[j] = make_key<K>(s[j]) ^ inv;
+    });
+    if (exclude_masked) {
+      for (int64_t j = 0; j < n; ++j) {
+        if (e[j]) cand.push_back(kp[j]);
+      }
+    } else {
+      cand.insert(cand.end(), kp, kp + n);
+    }
+  }
+  const int64_t candidates = static_cast<int64_t>(cand.size());
+  FP_CHECK_VALUE(k <= candidates, "kselect_: k=", k, " must be between 0 and the number of selectable units (",
+                 candidates, ")");
+  if (k > 0) {
+    std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end());
+    const key_t T = cand[k - 1];
+    // cand[0, k-1) holds keys <= T; those equal to T take tied places first.
+    int64_t tied = k;
+    for (int64_t j = 0; j < k - 1; ++j) tied -= int64_t(cand[j] < T);
+    for (size_t i = 0; i < nt; ++i) {
+      const int64_t n = scores[i].numel();
+      const key_t* kp = keys.data() + off[i];
+      uint8_t* e = keep.data() + off[i];
+      for (int64_t j = 0; j < n; ++j) {
+        if (exclude_masked && !e[j]) continue;
+        const key_t key = kp[j];
+        if (key < T) {
+          e[j] = 0;
+        } else if (key == T && tied > 0) {
+          e[j] = 0;
+          --tied;
+        }
+      }
+    }
+  }
+  for (size_t i = 0; i < nt; ++i) store_keep(outs[i], packed, 0, scores[i].numel(), keep.data() + off[i]);
+}
+
 template <KeyKind K>
 void run_select(std::vector<at::Tensor> scores, std::vector<at::Tensor> masks, std::vector<at::Tensor> outs,
                 int64_t k, bool largest, bool exclude_masked, bool packed) {
+  int64_t total = 0;
+  for (const auto& s : scores) total += s.numel();
+  if (total <= direct_max()) {
+    direct_select<K>(scores, masks, outs, k, largest, exclude_masked, packed);
+    return;
+  }
 #ifdef FASTPRUNE_KSELECT_AVX2
   static const bool has_avx2 = __builtin_cpu_supports("avx2");
   if (has_avx2) {

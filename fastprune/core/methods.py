@@ -36,18 +36,20 @@ torch_compute_norm = torch_prune._compute_norm
 
 def ones_view(like: torch.Tensor) -> torch.Tensor:
     """A mask of ones shaped like ``like`` that costs no memory (stride 0)."""
-    return torch.ones((), dtype=like.dtype, device=like.device).expand(like.shape)
+    one = torch.ones((), dtype=like.dtype, device=like.device)
+    # is_ones_view() recognises the view by this mark on its base, with no tensor
+    # op: reading the value back cost more than a small layer's whole
+    # k-selection (and is a device sync on CUDA). A fresh scalar per call, not a
+    # cached one: a cached scalar would carry inference-mode or fake-tensor state
+    # from the call that made it into later calls.
+    one._fastprune_ones_view = True
+    return one.expand_as(like)
 
 
 def is_ones_view(mask: torch.Tensor) -> bool:
-    """True for masks made by :func:`ones_view`: the kernels then need no mask."""
-    if not (mask.dim() > 0 and mask.numel() > 0 and all(s == 0 for s in mask.stride())):
-        return False
-    if mask.device.type == "meta":
-        # No value to read; an all-stride-0 mask is what ones_view() makes, and
-        # on meta the result holds no values either way.
-        return True
-    return bool(mask.reshape(-1)[0] == 1)
+    """True for masks made by :func:`ones_view` (and not written since): the kernels then need no mask."""
+    base = mask._base
+    return base is not None and getattr(base, "_fastprune_ones_view", False) and base._version == 0
 
 
 def has_soft_values(mask: torch.Tensor) -> bool:
@@ -422,7 +424,7 @@ def _select_units(amount, scores, default_mask, largest):
     tensor_size = scores.nelement()
     k = _compute_nparams_toprune(amount, tensor_size)
     _validate_pruning_amount(k, tensor_size)
-    out = torch.empty(default_mask.shape, dtype=default_mask.dtype, device=default_mask.device)
+    out = torch.empty_like(default_mask, memory_format=torch.contiguous_format)
     existing = None if is_ones_view(default_mask) else default_mask.detach()
     ops.kselect_([scores.detach()], [existing], [out], k, largest=largest, exclude_masked=False)
     return out
@@ -554,10 +556,18 @@ def _structured_mask(t, dim, keep_channels, default_mask):
     """Broadcast a per-channel keep vector along ``dim`` and combine it with ``default_mask``."""
     shape = [1] * t.dim()
     shape[dim] = t.shape[dim]
-    keep = keep_channels.to(device=t.device, dtype=t.dtype).reshape(shape)
+    keep = keep_channels.to(device=t.device).view(shape)
     if is_ones_view(default_mask):
-        return keep.expand(t.shape).contiguous()
-    return keep * default_mask.to(dtype=t.dtype)
+        # one broadcasting copy converts and expands at once
+        return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(keep)
+    return keep.to(dtype=t.dtype) * default_mask.to(dtype=t.dtype)
+
+
+def _keep_channels(scores, k):
+    """Bool keep-vector over channels: the ``k`` lowest ``scores`` dropped (ties: lower index first)."""
+    keep = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+    ops.kselect_([scores], [None], [keep], k)
+    return keep
 
 
 def _channels_to_prune(t, amount, dim):
@@ -614,7 +624,7 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
         if k == 0:
             return _materialise(default_mask)
         prob = torch.rand(nchannels)  # torch draws these on the CPU generator too
-        (keep,) = ops.kselect([prob], None, k, dtypes=[torch.bool])
+        keep = _keep_channels(prob, k)
         return _structured_mask(t, self.dim % t.dim(), keep, default_mask)
 
     @classmethod
@@ -700,7 +710,7 @@ class LnStructured(_AmountMethod, torch_prune.LnStructured):
         norms = channel_scores(t, self.n, self.dim)
         if k == 0:
             return _materialise(default_mask)
-        (keep,) = ops.kselect([norms], None, k, dtypes=[torch.bool])
+        keep = _keep_channels(norms, k)
         return _structured_mask(t, self.dim % t.dim(), keep, default_mask)
 
     @classmethod

@@ -36,7 +36,7 @@ class ModuleSnapshot:
         self.containers = [
             (h, h._pruning_methods) for h in module._forward_pre_hooks.values() if isinstance(h, TorchContainer)
         ]
-        flat = getattr(module, "_flat_weights", None)
+        flat = module.__dict__.get("_flat_weights")  # RNNs keep it there; getattr would raise and catch on every module
         self.flat_weights = list(flat) if isinstance(flat, list) else None
 
     def restore(self) -> None:

@@ -1,0 +1,211 @@
+"""Per-call cost from 8 elements to 100M: fastprune against torch.nn.utils.prune, interleaved.
+
+    python benchmarks/small_sweep.py                       # 8 ... 100M, plus the many-small-layers models
+    python benchmarks/small_sweep.py --sizes 8,64,4K --rounds 9
+
+Rows:
+- ``l1_unstructured n``: one call on one tensor of n fp32 elements (amount 0.3);
+- ``kselect n``: the selection alone, ``fastprune.ops.kselect_`` against ``torch.topk``
+  of |w| (what torch's L1Unstructured runs);
+- ``l1 2000 x Linear(8, 8)`` / ``ln 500 x Linear(64, 64)``: per-layer pruning of a
+  model made of many small layers, the whole loop timed.
+
+Both libraries run in the same process, one after the other inside every
+round, so that the load of a shared machine hits both alike; each figure is
+the best of ``--rounds`` rounds (torch: fewer rounds where one call takes over
+2 s). fastprune's masks are checked against torch's on every row (equal, or
+different only among units tied with the threshold). Prints a Markdown table
+with the ratio fastprune / torch (below 1: fastprune faster).
+"""
+import argparse
+import os
+import time
+
+import torch
+import torch.nn.utils.prune as tp
+
+import fastprune
+from fastprune import bench
+from fastprune.progress import progress_bar
+
+DEFAULT_SIZES = "8,64,512,4K,32K,256K,2M,16M,100M"
+AMOUNT = 0.3
+
+
+def parse_size(text):
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1_000_000}.get(text[-1:], 1)
+    return int(float(text.rstrip("KM")) * scale)
+
+
+def best_of(fn, setup, rounds):
+    best = float("inf")
+    for _ in range(rounds):
+        state = setup()
+        t0 = time.perf_counter()
+        fn(state)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def fresh_linear(n, seed=0):
+    lin = torch.nn.Linear(1, 1, bias=False)
+    g = torch.Generator().manual_seed(seed)
+    lin.weight = torch.nn.Parameter(torch.randn(n, generator=g))
+    return lin
+
+
+def unprune(module):
+    """Back to a plain dense ``weight`` (the pruned call left ``weight_orig`` untouched)."""
+    if "weight_orig" not in module._parameters:
+        return
+    orig = module._parameters.pop("weight_orig")
+    module._buffers.pop("weight_mask")
+    module.__dict__.pop("weight", None)
+    module.__dict__.pop("__deepcopy__", None)
+    module._forward_pre_hooks.clear()
+    module.weight = orig
+
+
+def check_l1(fp_mask, tp_mask, weight):
+    if torch.equal(fp_mask, tp_mask):
+        return "equal"
+    threshold = weight.abs()[fp_mask == 0].max()
+    differ = fp_mask != tp_mask
+    ok = bool((weight.abs()[differ] == threshold).all())
+    return f"ties ({int(differ.sum())})" if ok else "DIFFER"
+
+
+def row_l1(n, rounds):
+    lin = {"fastprune": fresh_linear(n), "torch": fresh_linear(n)}
+    libs = {"fastprune": fastprune, "torch": tp}
+
+    def setup_for(lib):
+        def setup():
+            unprune(lin[lib])
+            return lin[lib]
+        return setup
+
+    def call_for(lib):
+        return lambda m: libs[lib].l1_unstructured(m, "weight", amount=AMOUNT)
+
+    times = {"fastprune": float("inf"), "torch": float("inf")}
+    torch_rounds = rounds
+    for r in range(rounds):
+        for lib in ("fastprune", "torch"):
+            if lib == "torch" and r >= torch_rounds:
+                continue
+            t = best_of(call_for(lib), setup_for(lib), 1)
+            times[lib] = min(times[lib], t)
+            if lib == "torch" and t > 2.0:
+                torch_rounds = min(torch_rounds, 2)
+    check = check_l1(lin["fastprune"].weight_mask, lin["torch"].weight_mask, lin["fastprune"].weight_orig.detach())
+    for m in lin.values():
+        unprune(m)
+    return times, check
+
+
+def row_kselect(n, rounds):
+    w = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    k = round(AMOUNT * n)
+    out = torch.empty(n)
+
+    def fp_call(_):
+        fastprune.ops.kselect_([w], [None], [out], k, largest=False, exclude_masked=False)
+
+    def torch_call(_):
+        torch.topk(torch.abs(w), k=k, largest=False)
+
+    reps = max(1, min(2000, 200_000 // max(n, 1)))  # small sizes: time a batch of calls
+
+    def batched(fn):
+        def run(_):
+            for _ in range(reps):
+                fn(None)
+        return run
+
+    times = {"fastprune": float("inf"), "torch": float("inf")}
+    torch_rounds = rounds
+    for r in range(rounds):
+        times["fastprune"] = min(times["fastprune"], best_of(batched(fp_call), lambda: None, 1) / reps)
+        if r < torch_rounds:
+            t = best_of(batched(torch_call), lambda: None, 1) / reps
+            times["torch"] = min(times["torch"], t)
+            if t > 2.0:
+                torch_rounds = min(torch_rounds, 2)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[torch.topk(torch.abs(w), k=k, largest=False).indices] = False
+    return times, check_l1(out.bool(), keep, w)
+
+
+def row_many_layers(case, rounds):
+    count, width = (2000, 8) if case == "l1" else (500, 64)
+
+    def setup():
+        torch.manual_seed(0)
+        return [torch.nn.Linear(width, width) for _ in range(count)]
+
+    def call_for(lib):
+        if case == "l1":
+            return lambda layers: [lib.l1_unstructured(m, "weight", amount=AMOUNT) for m in layers]
+        return lambda layers: [lib.ln_structured(m, "weight", amount=AMOUNT, n=2, dim=0) for m in layers]
+
+    times = {"fastprune": float("inf"), "torch": float("inf")}
+    masks = {}
+    for _ in range(rounds):
+        for name, lib in (("fastprune", fastprune), ("torch", tp)):
+            layers = setup()
+            t0 = time.perf_counter()
+            call_for(lib)(layers)
+            times[name] = min(times[name], time.perf_counter() - t0)
+            masks[name] = [m.weight_mask for m in layers]
+    equal = all(torch.equal(a, b) for a, b in zip(masks["fastprune"], masks["torch"]))
+    return times, "equal" if equal else "DIFFER"
+
+
+def fmt(t):
+    if t == float("inf"):
+        return "-"
+    if t < 1e-3:
+        return f"{t * 1e6:.1f} us"
+    if t < 1:
+        return f"{t * 1e3:.1f} ms"
+    return f"{t:.2f} s"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated element counts (K = 1024, M = 10^6)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--no-models", action="store_true", help="skip the many-small-layers rows")
+    args = p.parse_args(argv)
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    jobs = [("kselect", n) for n in sizes] + [("l1_unstructured", n) for n in sizes]
+    if not args.no_models:
+        jobs += [("l1 2000 x Linear(8, 8)", None), ("ln 500 x Linear(64, 64)", None)]
+    load_before = os.getloadavg()
+    rows = []
+    for case, n in progress_bar(jobs, enabled=True, desc="sweep", unit="row"):
+        if case == "kselect":
+            times, check = row_kselect(n, args.rounds)
+        elif case == "l1_unstructured":
+            times, check = row_l1(n, args.rounds)
+        else:
+            times, check = row_many_layers(case.split()[0], args.rounds)
+        rows.append((case if n is None else f"{case} {n:,}", times, check))
+    print("| case | fastprune | torch | fastprune / torch | masks |")
+    print("|---|---:|---:|---:|---|")
+    for name, times, check in rows:
+        ratio = times["fastprune"] / times["torch"] if times["torch"] < float("inf") else float("nan")
+        print(f"| {name} | {fmt(times['fastprune'])} | {fmt(times['torch'])} | {ratio:.2f} | {check} |")
+    print()
+    print(f"best of {args.rounds} interleaved rounds (torch: 2 where a call takes over 2 s); kselect rows: "
+          "fastprune.ops.kselect_ vs torch.topk(|w|), both per call; torch " + torch.__version__ + ", "
+          + str(torch.get_num_threads()) + " threads; " + bench.machine_description(torch.device("cpu")))
+    load_after = os.getloadavg()
+    print("load average before: " + ", ".join(f"{x:.2f}" for x in load_before)
+          + "; after: " + ", ".join(f"{x:.2f}" for x in load_after))
+
+
+if __name__ == "__main__":
+    main()
