@@ -149,7 +149,7 @@ def format_tables(result: Dict[str, object]) -> str:
     lines.append("| op | dtype | elements | op GB/s | copy GB/s | fraction of copy |")
     lines.append("|---|---|---|---|---|---|")
     for r in result["mask_multiply"]:
-        lines.append(f"| {r['op']} | {r['dtype']} | {r['numel']:,} | {r['op_GBps']:.0f} | {r['copy_GBps']:.0f} "
+        lines.append(f"| {r['op']} | {r['dtype']} | {r['numel']:,} | {r['op_GBps']:.1f} | {r['copy_GBps']:.1f} "
                      f"| {r['fraction']:.2f} |")
     lines += ["", "| ln_structured | dtype | dim | fastprune | torch | speedup | masks equal |",
               "|---|---|---|---|---|---|---|"]

@@ -173,7 +173,7 @@ def main(argv: List[str]) -> int:
         md += ["", "## Mask multiply against a device copy of the same bytes", "",
                "| op | dtype | elements | op GB/s | copy GB/s | fraction of copy |", "|---|---|---|---|---|---|"]
         for r in fig.get("mask_multiply", []):
-            md.append(f"| {r['op']} | {r['dtype']} | {r['numel']:,} | {r['op_GBps']:.0f} | {r['copy_GBps']:.0f} "
+            md.append(f"| {r['op']} | {r['dtype']} | {r['numel']:,} | {r['op_GBps']:.1f} | {r['copy_GBps']:.1f} "
                       f"| {r['fraction']:.2f} |")
         md += ["", "## ln_structured (n=2, amount 0.5) against torch", "",
                "| weight | dtype | dim | fastprune | torch | speedup | masks equal |", "|---|---|---|---|---|---|---|"]
