@@ -255,9 +255,12 @@ def make_extensions():
         def _attempt(self, extension):
             self.extensions = [extension]
             self.distribution.ext_modules = [extension]
+            # run() replaces the compiler option with a compiler object; a retry starts from the option
+            self.compiler = self._compiler_option
             super().run()
 
         def run(self):
+            self._compiler_option = self.compiler
             try:
                 self._attempt(ext)
                 return
@@ -310,14 +313,14 @@ def long_description():
     return "torch.nn.utils.prune on C++/CUDA kernels."
 
 
-ext_modules, cmdclass = make_extensions()
-
-setup(
-    version=read_version(),
-    packages=find_packages(include=["fastprune", "fastprune.*"]),
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    long_description=long_description(),
-    long_description_content_type="text/markdown",
-    zip_safe=False,
-)
+if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import its helpers
+    ext_modules, cmdclass = make_extensions()
+    setup(
+        version=read_version(),
+        packages=find_packages(include=["fastprune", "fastprune.*"]),
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        long_description=long_description(),
+        long_description_content_type="text/markdown",
+        zip_safe=False,
+    )
