@@ -29,7 +29,7 @@ PY="$WORK/venv/bin/python"
 step "copying the tracked files"
 mkdir -p "$WORK/src"
 if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-  (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - 2>/dev/null) | tar -xf - -C "$WORK/src"
+  (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
 else
   tar -C "$ROOT" --exclude=./.venv --exclude=./build --exclude='*.so' -cf - . | tar -xf - -C "$WORK/src"
 fi

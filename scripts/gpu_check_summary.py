@@ -73,7 +73,8 @@ def main(argv: List[str]) -> int:
     figures: Dict[str, Any] = {}
 
     build_log = read(os.path.join(out, "build.log")) or ""
-    setup_lines = [ln.strip() for ln in build_log.splitlines() if "fastprune setup:" in ln]
+    # (pip runs setup.py twice, for the metadata and for the wheel: each line once)
+    setup_lines = list(dict.fromkeys(ln.strip() for ln in build_log.splitlines() if "fastprune setup:" in ln))
     build_info = read_json(os.path.join(out, "build_info.json"))
 
     kernels_log = read(os.path.join(out, "kernels.log")) or ""
