@@ -253,6 +253,15 @@ def make_extensions():
         failed = False
 
         def _attempt(self, extension):
+            if extension is not ext:
+                # setuptools finalised the original extension (its file name, stub flags...):
+                # the replacement builds the same module, so it takes those over.
+                for key, value in vars(ext).items():
+                    if key.startswith("_") and not hasattr(extension, key):
+                        setattr(extension, key, value)
+                for key, value in list(getattr(self, "ext_map", {}).items()):
+                    if value is ext:
+                        self.ext_map[key] = extension
             self.extensions = [extension]
             self.distribution.ext_modules = [extension]
             # run() replaces the compiler option with a compiler object; a retry starts from the option
