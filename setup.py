@@ -8,13 +8,17 @@ Always build against the torch that is already installed::
 against a different torch than the one the extension is loaded into.)
 
 What gets built
-  * a CUDAExtension (csrc/ops.cpp, csrc/cpu/*.cpp, csrc/cuda/*.cu, csrc/cuda/*.cpp) when
-    torch was built with CUDA and nvcc is found, or when FORCE_CUDA=1;
+  * a CUDAExtension (csrc/ops.cpp, csrc/cpu/*.cpp, csrc/cuda/*.cu, csrc/cuda/*_wrapper.cpp)
+    when torch was built with CUDA and a CUDA toolkit is found, or when FORCE_CUDA=1;
   * a CppExtension (csrc/ops.cpp, csrc/cpu/*.cpp) otherwise, or when FORCE_ONLY_CPU=1;
-  * nothing, with a warning, when torch cannot be imported or compiling fails:
+  * when the CUDA compile fails: a build error with FORCE_CUDA=1, else (with a loud
+    warning) the CppExtension, which then reports why in build_info()["cuda_fallback_reason"];
+  * nothing, with a warning, when torch cannot be imported or no compiler works:
     the package then installs as pure Python and runs on its torch fallback.
+The CUDA toolkit is CUDA_HOME or CUDA_PATH when set, else the toolkit that the nvcc on
+PATH runs (followed through symlinks and wrapper scripts), else /usr/local/cuda.
 Environment: FORCE_CUDA, FORCE_ONLY_CPU, TORCH_CUDA_ARCH_LIST (default "8.0;9.0"),
-MAX_JOBS (parallel compile jobs, used by ninja), CC/CXX.
+MAX_JOBS (parallel compile jobs, used by ninja), CUDA_HOME/CUDA_PATH, CC/CXX.
 """
 import glob
 import os
@@ -33,6 +37,11 @@ def log(msg):
     print(f"fastprune setup: {msg}", file=sys.stderr, flush=True)
 
 
+def warn_loudly(msg):
+    bar = "!" * 78
+    print(f"\n{bar}\nfastprune setup: WARNING: {msg}\n{bar}\n", file=sys.stderr, flush=True)
+
+
 def read_version():
     with open(os.path.join(ROOT, "fastprune", "_version.py"), encoding="utf-8") as f:
         match = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", f.read())
@@ -48,6 +57,17 @@ def rel_sources(*patterns):
     for pattern in patterns:
         files.extend(sorted(glob.glob(os.path.join(ROOT, pattern))))
     return [os.path.relpath(f, ROOT) for f in files]
+
+
+def check_unique_stems(sources):
+    """torch's extension builder names each object after its file's stem: two sources with one
+    stem (kselect_cuda.cpp and kselect_cuda.cu) make ninja fail with "multiple rules generate"."""
+    seen = {}
+    for src in sources:
+        stem = os.path.splitext(os.path.basename(src))[0]
+        if stem in seen:
+            raise RuntimeError(f"fastprune setup: {seen[stem]} and {src} would compile to the same object file")
+        seen[stem] = src
 
 
 def openmp_flags():
@@ -76,103 +96,222 @@ def openmp_flags():
     return [], []
 
 
-def use_cuda(torch, cuda_home):
-    """(build CUDA?, reason)"""
+def is_toolkit(path):
+    return bool(path) and os.path.isfile(os.path.join(path, "include", "cuda_runtime_api.h"))
+
+
+def toolkit_of_nvcc(nvcc):
+    """The toolkit directory that this nvcc really runs from, or None.
+
+    nvcc may be a symlink or a wrapper script (``exec /usr/local/cuda-13.0/bin/nvcc "$@"``),
+    in which case its own directory's parent is not the toolkit. nvcc's dry run
+    prints the directory of the real binary as ``_HERE_``.
+    """
+    real = os.path.realpath(nvcc)
+    home = os.path.dirname(os.path.dirname(real))
+    if is_toolkit(home):
+        return home
+    try:
+        res = subprocess.run(
+            [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"^#\$ _HERE_=(.+)$", res.stdout, re.MULTILINE)
+    if match:
+        home = os.path.dirname(os.path.realpath(match.group(1).strip()))
+        if is_toolkit(home):
+            return home
+    return None
+
+
+def find_cuda_toolkit():
+    """(toolkit directory or None, how it was found)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        value = os.environ.get(var)
+        if value:
+            if is_toolkit(value):
+                return value, f"${var}"
+            return None, f"${var}={value} has no include/cuda_runtime_api.h"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        home = toolkit_of_nvcc(nvcc)
+        if home:
+            return home, f"the toolkit that {nvcc} runs"
+    if is_toolkit("/usr/local/cuda"):
+        return "/usr/local/cuda", "the default /usr/local/cuda"
+    where = f"nvcc on PATH is {nvcc}, whose toolkit was not found" if nvcc else "no nvcc on PATH"
+    return None, f"no CUDA toolkit found ({where}; set CUDA_HOME)"
+
+
+def cuda_decision(torch):
+    """(build CUDA?, why). With FORCE_CUDA=1, anything that prevents a CUDA build is an error.
+
+    Runs before torch.utils.cpp_extension is imported: that module fixes its toolkit at
+    import time from CUDA_HOME, else from the nvcc on PATH (wrong for a wrapper script).
+    """
+    force = env_flag("FORCE_CUDA")
     if env_flag("FORCE_ONLY_CPU"):
+        if force:
+            raise RuntimeError("fastprune setup: FORCE_CUDA=1 and FORCE_ONLY_CPU=1 contradict each other")
         return False, "FORCE_ONLY_CPU=1"
     if torch.version.cuda is None:
-        if env_flag("FORCE_CUDA"):
-            log("FORCE_CUDA=1 ignored: the installed torch has no CUDA support")
-        return False, f"torch {torch.__version__} was built without CUDA"
-    if env_flag("FORCE_CUDA"):
-        return True, "FORCE_CUDA=1"
-    if cuda_home is None or shutil.which("nvcc") is None and not os.path.exists(
-        os.path.join(cuda_home, "bin", "nvcc")
-    ):
-        return False, "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
-    return True, f"torch {torch.__version__} has CUDA {torch.version.cuda} and nvcc is at {cuda_home}"
+        why = f"torch {torch.__version__} was built without CUDA"
+        if force:
+            raise RuntimeError(f"fastprune setup: FORCE_CUDA=1, but {why}; install a CUDA build of torch")
+        return False, why
+    home, how = find_cuda_toolkit()
+    if home is None:
+        if force:
+            raise RuntimeError(f"fastprune setup: FORCE_CUDA=1, but {how}")
+        return False, how
+    os.environ["CUDA_HOME"] = home
+    log(f"CUDA toolkit: {home} ({how})")
+    why = "FORCE_CUDA=1" if force else f"torch {torch.__version__} has CUDA {torch.version.cuda}"
+    return True, why
+
+
+def hex_macro(text):
+    """A string as an identifier token (x + hex digits) that survives any compiler command line;
+    csrc/ops.cpp decodes it."""
+    if len(text) > 500:
+        text = text[:497] + "..."
+    return "x" + text.encode("utf-8", "replace").hex()
 
 
 def make_extensions():
     """([extension], cmdclass) or ([], {}) when torch is not importable."""
     try:
         import torch
-        from torch.utils import cpp_extension
     except Exception as exc:  # torch missing or broken: pure-Python install
         log(f"WARNING: cannot import torch ({exc}); installing without the compiled extension")
         return [], {}
+    with_cuda, why = cuda_decision(torch)
+    from torch.utils import cpp_extension
 
+    if with_cuda and os.path.realpath(cpp_extension.CUDA_HOME or "") != os.path.realpath(os.environ["CUDA_HOME"]):
+        # imported earlier by someone else: point its module global at our toolkit too
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
     version = read_version()
-    with_cuda, why = use_cuda(torch, cpp_extension.CUDA_HOME)
-    sources = rel_sources("csrc/ops.cpp", "csrc/cpu/*.cpp")
-    cuda_sources = rel_sources("csrc/cuda/*.cu", "csrc/cuda/*.cpp") if with_cuda else []
-    # csrc/cuda/test_*.cu are standalone (torch-free) kernel tests with their own main().
-    cuda_sources = [f for f in cuda_sources if not os.path.basename(f).startswith("test_")]
+    cpu_sources = rel_sources("csrc/ops.cpp", "csrc/cpu/*.cpp")
+    cuda_sources = rel_sources("csrc/cuda/*.cu", "csrc/cuda/*_wrapper.cpp")
     omp_compile, omp_link = openmp_flags()
-    macros = [
-        ("FASTPRUNE_VERSION", version),
-        ("FASTPRUNE_TORCH_VERSION", torch.__version__),
-    ]
     # The language standard is left to torch's BuildExtension (it adds what its headers need).
     # -g0: no debug info (Python's default CFLAGS carry -g), which makes the templated kernels compile faster.
     cxx_flags = (["/O2"] if sys.platform == "win32" else ["-O3", "-g0"]) + omp_compile
-    extra_compile_args = {"cxx": cxx_flags}
-    if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        if cuda_sources:
-            macros.append(("FASTPRUNE_WITH_CUDA", "1"))
-        extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
-        if omp_compile:
-            extra_compile_args["nvcc"] += ["-Xcompiler", omp_compile[0]]
-        log(
-            f"building CUDA extension ({why}); arch list {os.environ['TORCH_CUDA_ARCH_LIST']}; "
-            f"{len(cuda_sources)} CUDA source file(s)"
+    base_macros = [("FASTPRUNE_VERSION", version), ("FASTPRUNE_TORCH_VERSION", torch.__version__)]
+
+    def cpu_extension(cuda_fallback_reason):
+        sources = cpu_sources
+        check_unique_stems(sources)
+        return cpp_extension.CppExtension(
+            name="fastprune._C",
+            sources=sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            define_macros=base_macros + [("FASTPRUNE_CUDA_FALLBACK_REASON", hex_macro(cuda_fallback_reason))],
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=omp_link,
         )
-        ext_cls = cpp_extension.CUDAExtension
+
+    def cuda_extension():
+        sources = cpu_sources + cuda_sources
+        check_unique_stems(sources)
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        if omp_compile:
+            nvcc_flags += ["-Xcompiler", omp_compile[0]]
+        return cpp_extension.CUDAExtension(
+            name="fastprune._C",
+            sources=sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            define_macros=base_macros + [("FASTPRUNE_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=omp_link,
+        )
+
+    if with_cuda:
+        log(
+            f"building CUDA extension ({why}); arch list {os.environ.get('TORCH_CUDA_ARCH_LIST') or '8.0;9.0'}; "
+            f"{len(cuda_sources)} CUDA source file(s); MAX_JOBS={os.environ.get('MAX_JOBS', 'unset')}"
+        )
+        ext = cuda_extension()
     else:
         log(f"building CPU extension ({why})")
-        ext_cls = cpp_extension.CppExtension
-    ext = ext_cls(
-        name="fastprune._C",
-        sources=sources + cuda_sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
-        define_macros=macros,
-        extra_compile_args=extra_compile_args,
-        extra_link_args=omp_link,
-    )
+        ext = cpu_extension(why)
 
     # ninja when available (BuildExtension falls back to setuptools' compiler otherwise); MAX_JOBS sets its jobs.
     base = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    force_cuda = env_flag("FORCE_CUDA")
 
-    class OptionalBuildExt(base):
-        """Build the extension, but never fail the install because of it."""
+    class FallbackBuildExt(base):
+        """CUDA extension, else (not forced) the CPU extension, else no extension at all."""
 
         failed = False
 
+        def _attempt(self, extension):
+            if extension is not ext:
+                # setuptools finalised the original extension (its file name, stub flags...):
+                # the replacement builds the same module, so it takes those over.
+                for key, value in vars(ext).items():
+                    if key.startswith("_") and not hasattr(extension, key):
+                        setattr(extension, key, value)
+                for key, value in list(getattr(self, "ext_map", {}).items()):
+                    if value is ext:
+                        self.ext_map[key] = extension
+            self.extensions = [extension]
+            self.distribution.ext_modules = [extension]
+            # run() replaces the compiler option with a compiler object; a retry starts from the option
+            self.compiler = self._compiler_option
+            super().run()
+
         def run(self):
+            self._compiler_option = self.compiler
             try:
-                super().run()
+                self._attempt(ext)
+                return
+            except (KeyboardInterrupt, SystemExit):
+                raise
             except BaseException as exc:  # compiler missing/broken, ninja errors, ...
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                OptionalBuildExt.failed = True
-                self.extensions = []
-                log(
-                    "WARNING: building the compiled extension fastprune._C failed "
-                    f"({type(exc).__name__}: {exc}). fastprune will be installed without it and "
-                    "use its pure-torch fallback (slower). Fix the compiler/toolchain and reinstall "
-                    "with `pip install --no-build-isolation -v .` to see the full build log."
+                error = f"{type(exc).__name__}: {exc}"
+            if with_cuda:
+                if force_cuda:
+                    raise RuntimeError(
+                        f"fastprune setup: FORCE_CUDA=1 and the CUDA extension failed to build ({error}); "
+                        "see the compiler output above (pip install -v shows it)"
+                    )
+                reason = f"the CUDA build failed ({error}); see the build log (pip install -v)"
+                warn_loudly(
+                    f"{reason}. Building the C++ CPU extension instead: CUDA tensors will use the pure-torch "
+                    "fallback. Set FORCE_CUDA=1 to make this an error."
                 )
+                try:
+                    self._attempt(cpu_extension(reason))
+                    return
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+            FallbackBuildExt.failed = True
+            self.extensions = []
+            warn_loudly(
+                f"building the compiled extension fastprune._C failed ({error}). fastprune will be installed "
+                "without it and use its pure-torch fallback (slower). Fix the compiler/toolchain and reinstall "
+                "with `pip install --no-build-isolation -v .` to see the full build log."
+            )
 
         def get_outputs(self):
-            return [] if OptionalBuildExt.failed else super().get_outputs()
+            return [] if FallbackBuildExt.failed else super().get_outputs()
 
         def get_output_mapping(self):
-            if OptionalBuildExt.failed:
+            if FallbackBuildExt.failed:
                 return {}
             return super().get_output_mapping()
 
-    return [ext], {"build_ext": OptionalBuildExt}
+    return [ext], {"build_ext": FallbackBuildExt}
 
 
 def long_description():
@@ -183,14 +322,14 @@ def long_description():
     return "torch.nn.utils.prune on C++/CUDA kernels."
 
 
-ext_modules, cmdclass = make_extensions()
-
-setup(
-    version=read_version(),
-    packages=find_packages(include=["fastprune", "fastprune.*"]),
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    long_description=long_description(),
-    long_description_content_type="text/markdown",
-    zip_safe=False,
-)
+if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import its helpers
+    ext_modules, cmdclass = make_extensions()
+    setup(
+        version=read_version(),
+        packages=find_packages(include=["fastprune", "fastprune.*"]),
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        long_description=long_description(),
+        long_description_content_type="text/markdown",
+        zip_safe=False,
+    )

@@ -1,11 +1,11 @@
 // The torch-facing parts that the CPU (csrc/cpu/*.cpp) and CUDA
-// (csrc/cuda/*_cuda.cpp) backends of each op have in common: argument checks
+// (csrc/cuda/*_wrapper.cpp) backends of each op have in common: argument checks
 // (so both devices raise the same errors with the same messages), the views the
 // kernels work on, and kselect_'s handling of outputs that alias its inputs.
 //
 // Only the device check differs between backends. It is passed in as a
 // callable check_device(tensor, op, name, index): check_cpu for the CPU, and
-// check_cuda against the call's device for CUDA (cuda_ops::OnDevice).
+// check_cuda against the call's device for CUDA (cuda::OnDevice, csrc/cuda/wrapper_helpers.h).
 #pragma once
 
 #include "common.h"

@@ -1,12 +1,17 @@
-// Op schemas of the fastprune library and the Python extension module.
+// The Python extension module fastprune._C: how it was built (build_info).
 //
-// Kernels register themselves per backend (csrc/cpu/*_cpu.cpp with
-// TORCH_LIBRARY_IMPL(fastprune, CPU, m), csrc/cuda/*_cuda.cu with CUDA).
-// Autograd formulas and fake (meta) kernels are registered from Python
-// (fastprune/ops.py), so that torch.compile can trace the ops.
+// The op schemas are defined once, in Python (fastprune/ops/__init__.py,
+// SCHEMAS), which registers them whether or not this extension is present.
+// The kernels only register implementations for them, per backend:
+// csrc/cpu/<op>_cpu.cpp with TORCH_LIBRARY_IMPL(fastprune, CPU, m) and
+// csrc/cuda/<op>_wrapper.cpp with TORCH_LIBRARY_IMPL(fastprune, CUDA, m). The
+// dispatcher checks each C++ kernel's signature against its schema when both
+// are registered, in either order. Autograd formulas and fake (meta) kernels
+// are registered from Python too, so that torch.compile can trace the ops.
 #include <torch/extension.h>
-#include <torch/library.h>
 #include <torch/version.h>
+
+#include <string>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -15,25 +20,32 @@
 #define FASTPRUNE_STR_(x) #x
 #define FASTPRUNE_STR(x) FASTPRUNE_STR_(x)
 
-TORCH_LIBRARY(fastprune, m) {
-  m.def(
-      "kselect_(Tensor[] scores, Tensor?[] masks, Tensor(a!)[] out, int k, bool largest, "
-      "bool exclude_masked, bool packed) -> ()");
-  m.def("mask_mul(Tensor input, Tensor mask) -> Tensor");
-  m.def("mask_mul_(Tensor(a!)[] inputs, Tensor[] masks) -> ()");
-  m.def("apply_packed_mask_(Tensor(a!)[] inputs, Tensor[] packed) -> ()");
-  m.def("channel_norms(Tensor t, int dim, float p) -> Tensor");
-}
-
 namespace {
+
+#if !defined(FASTPRUNE_WITH_CUDA) && defined(FASTPRUNE_CUDA_FALLBACK_REASON)
+// setup.py passes the reason as "x" + hex digits, a token that no compiler
+// command line can mangle.
+std::string decode_hex_token(const char* token) {
+  auto nibble = [](char c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; };
+  std::string out;
+  for (const char* p = token + 1; p[0] && p[1]; p += 2) out.push_back(static_cast<char>(nibble(p[0]) * 16 + nibble(p[1])));
+  return out;
+}
+#endif
 
 pybind11::dict build_info() {
   pybind11::dict info;
   info["extension"] = true;
 #ifdef FASTPRUNE_WITH_CUDA
   info["cuda"] = true;
+  info["cuda_fallback_reason"] = pybind11::none();
 #else
   info["cuda"] = false;
+#ifdef FASTPRUNE_CUDA_FALLBACK_REASON
+  info["cuda_fallback_reason"] = decode_hex_token(FASTPRUNE_STR(FASTPRUNE_CUDA_FALLBACK_REASON));
+#else
+  info["cuda_fallback_reason"] = "built without CUDA kernels";
+#endif
 #endif
 #ifdef _OPENMP
   info["openmp"] = true;
@@ -59,5 +71,6 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastprune compiled kernels; the ops live under torch.ops.fastprune";
   m.def("build_info", &build_info,
-        "How this extension was built: extension, cuda, openmp, num_threads, torch_version, version.");
+        "How this extension was built: extension, cuda, cuda_fallback_reason, openmp, num_threads, "
+        "torch_version, version.");
 }

@@ -1,9 +1,14 @@
-"""The ops behave as dispatcher ops: autograd, fake kernels (torch.compile), opcheck."""
+"""The ops behave as dispatcher ops: autograd, fake kernels (torch.compile), opcheck, schemas."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import fastprune
 from fastprune import ops
+from fastprune.ops._load import kernel_registrations
 
 
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float64, torch.uint8])
@@ -63,16 +68,53 @@ def test_opcheck(op, args):
 
 
 def test_schemas_are_the_documented_ones():
+    # Holds in both modes: the extension and the fallback register the same op library.
     for name, schema in ops.SCHEMAS.items():
         registered = str(getattr(torch.ops.fastprune, name).default._schema)
         assert registered == "fastprune::" + schema, name
+    regs = kernel_registrations(ops.SCHEMAS)
+    for name, where in regs.items():
+        cpu = where["CPU"]
+        if fastprune.build_info()["extension"]:
+            assert cpu is not None and ".py" not in cpu.split(":")[0] and "csrc" in cpu, (name, cpu)
+        else:  # the reference serves every backend
+            assert cpu is None and "CompositeExplicitAutograd" in torch._C._dispatch_dump(f"fastprune::{name}")
+
+
+@pytest.mark.skipif(not fastprune.build_info()["extension"], reason="compiled extension not loaded")
+def test_compiled_library_implements_exactly_the_schemas():
+    # Load the compiled library alone, without fastprune's Python side: the ops it
+    # registers kernels for must be exactly the ones fastprune.ops defines.
+    from fastprune import _C
+
+    keys = ["CPU"] + (["CUDA"] if fastprune.build_info()["cuda"] else [])
+    code = (
+        "import sys, torch\n"
+        "torch.ops.load_library(sys.argv[1])\n"
+        "for key in sys.argv[2:]:\n"
+        "    names = sorted(n for n in torch._C._dispatch_get_registrations_for_dispatch_key(key)\n"
+        "                   if n.startswith('fastprune::'))\n"
+        "    print(key, ','.join(names))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, _C.__file__, *keys], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "FASTPRUNE_NO_EXT": "1"})
+    assert res.returncode == 0, res.stderr
+    found = dict(line.split(" ", 1) for line in res.stdout.strip().splitlines())
+    want = ",".join(sorted("fastprune::" + n for n in ops.SCHEMAS))
+    assert found == {key: want for key in keys}
 
 
 def test_build_info_reports_the_mode():
     info = fastprune.build_info()
-    for key in ("extension", "cuda", "openmp", "num_threads", "torch_version", "version"):
+    for key in ("extension", "cuda", "cuda_fallback_reason", "openmp", "num_threads", "torch_version", "version"):
         assert key in info
     assert isinstance(info["extension"], bool)
+    # why there are no CUDA kernels, in words (setup.py passes the reason through the compiler)
+    if info["cuda"]:
+        assert info["cuda_fallback_reason"] is None
+    else:
+        assert isinstance(info["cuda_fallback_reason"], str) and info["cuda_fallback_reason"].isprintable()
+        assert len(info["cuda_fallback_reason"]) > 10
 
 
 def test_empty_tensor_lists_are_a_no_op():

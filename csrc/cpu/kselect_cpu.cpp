@@ -1,29 +1,8 @@
 // k-selection over a list of tensors: exactly k units with the smallest (or
 // largest) |score|, ties broken by lower global flat index, written as keep-masks.
-//
-// Radix select on the bit pattern of |score| (see fastprune/_reference.py for the
-// exact semantics). Nothing proportional to the number of units is allocated:
-//   1. a chunk table over all tensors (chunks of kChunk units, global order);
-//   2. histogram passes over 16-bit digits of the key, most significant first,
-//      counting only units whose higher digits match the prefix found so far
-//      (per-thread 2^16-bin histograms, merged). After the last pass the exact
-//      threshold key T is known, and r = how many units with key == T must
-//      still be selected;
-//   3. one write pass: key < T -> selected, key == T -> kept for now, counting
-//      such tied candidates per chunk;
-//   4. an exclusive prefix over the per-chunk tie counts picks the chunks that
-//      hold the first r tied candidates in global order; only those are
-//      rewritten (fix-up pass).
-// Shortcut: as soon as the bin holding the threshold has at most kListCap
-// units (usually after the first pass), the write pass runs right away with
-// those units kept for now and listed (position and key); the selection is
-// then finished on the list, saving the remaining passes over all the data.
-// Keys are unsigned integers whose order is the order of |score|: the IEEE bit
-// pattern without the sign bit (every NaN mapped to the largest key), or the
-// unsigned absolute value of an integer. largest=True inverts the key.
-// Small inputs (up to kDirectMax units in all) skip all of this: their keys are
-// gathered into one buffer and the threshold found with nth_element (see
-// direct_select), so that a call's cost follows its size.
+// The radix select and its CPU specifics are described in csrc/README.md
+// ("k-selection: the radix select"); the semantics are fastprune/ops/reference.py.
+// Small inputs (up to kDirectMax units) take direct_select instead (csrc/README.md).
 #include "../op_args.h"
 
 #include <torch/library.h>

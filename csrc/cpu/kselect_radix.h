@@ -1,4 +1,4 @@
-// Radix select over a chunk table (see kselect_cpu.cpp for the algorithm).
+// Radix select over a chunk table (algorithm: csrc/README.md).
 // Included by kselect_cpu.cpp once per instruction set: inside the namespace
 // FASTPRUNE_KSELECT_NS, after the key helpers and load_keep/store_keep.
 #ifndef FASTPRUNE_KSELECT_NS

@@ -18,7 +18,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "common.cuh"
+#include "device_helpers.cuh"
 #include "kernels.h"
 
 namespace fastprune {

@@ -1,5 +1,5 @@
 // Plain C++ interface between the CUDA kernels (csrc/cuda/*.cu, CUDA + CUB only)
-// and their torch-facing wrappers (csrc/cuda/*_cuda.cpp) or the standalone test.
+// and their torch-facing wrappers (csrc/cuda/*_wrapper.cpp) or the standalone test (tests/cuda/).
 //
 // Nothing here depends on torch: tensors are raw device pointers plus one of the
 // dtype codes below and an element count; every launch takes a cudaStream_t.
@@ -93,7 +93,7 @@ cudaError_t kselect_workspace_bytes(const KSelectTensor* tensors, int ntensors, 
 // Writes, for every tensor, keep = existing_keep AND NOT selected, where exactly
 // k units are selected: those with the smallest |score| (largest with
 // `largest`), NaN above +inf, ties by lower global flat index. Semantics are
-// those of fastprune/_reference.py::kselect_.
+// those of fastprune/ops/reference.py::kselect_.
 //
 // `known_selectable`: the number of selectable units when the caller knows it
 // (no masks, or exclude_masked == false) and has already checked

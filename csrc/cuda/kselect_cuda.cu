@@ -1,45 +1,9 @@
-// Exact k-selection over a list of tensors (fastprune::kselect_ on CUDA).
-//
-// Algorithm (radix select on the bit pattern of the ranking key, never a sort
-// and never a concatenated copy of the scores):
-//
-// 1. Every unit gets an unsigned key of W bits (W = 16, 32 or 64) whose integer
-//    order is the order of |score| (NaN canonicalised above +inf, -0 == 0); the
-//    key's top bit is always 0 (see make_key). With `largest` the key is
-//    complemented within its low W-1 bits, so "smallest key first" always holds.
-// 2. W / 16 histogram passes over all tensors, one launch each (the tensors are
-//    a pointer table in device memory, split into fixed chunks; a block maps a
-//    chunk to its tensor by binary search over the per-tensor first-chunk
-//    table). Pass p histograms digit p (16 bits) of the keys of the selectable
-//    units whose higher digits equal the prefix chosen so far.
-//    - Pass 0: the digit has at most 2^15 values (top key bit is 0), so each
-//      block privatises the histogram as 2^15 32-bit counters in shared memory
-//      (128 KiB; needs the sm_80+/sm_90 opt-in limit, checked at run time) and
-//      adds its non-zero bins to a global 2^16-bin 64-bit histogram at the end.
-//    - Passes >= 1 (and pass 0 on devices without 128 KiB of shared memory):
-//      only the units of the threshold bucket take part, so they go straight
-//      to the global histogram with warp-aggregated atomics (lanes with the same
-//      digit add once, via __match_any_sync), which keeps all-equal data fast.
-//    After each pass one single-block kernel scans the histogram (CUB
-//    BlockScan) and picks the bucket holding the k-th unit: it appends the
-//    digit to the prefix and stores the rank still to select inside it. The
-//    state stays on the device; no pass needs the host.
-// 3. After the last pass the prefix is the exact threshold key T, r is the
-//    number of units with key == T still to select, and c the number of
-//    selectable units with key == T. Units with key < T are selected; of the
-//    key == T units, the first r in global order. When c > r, a tie-count
-//    kernel writes the number of ties of every chunk, CUB DeviceScan turns that
-//    into each chunk's global tie offset, and the mask-writing kernel ranks
-//    ties inside a chunk with CUB BlockScan (two-phase scan over blocks). The
-//    chunk order is the global order, so the result is deterministic and
-//    identical to the CPU kernel and to _reference.py.
-//
-// Host round trip: none when the caller knows how many units are selectable
-// (no existing masks, or exclude_masked == false). Otherwise exactly one
-// device-to-host copy of the selection state (a few words) right after the
-// first histogram pass, whose total is the number of selectable units; k is
-// validated against it before anything is written, so a bad k raises the same
-// ValueError as on the CPU and leaves the outputs untouched.
+// Exact k-selection over a list of tensors (fastprune::kselect_ on CUDA): a
+// radix select on the bit pattern of the ranking key, never a sort and never a
+// concatenated copy of the scores. The algorithm is described in csrc/README.md
+// ("k-selection: the radix select"); what is specific to this CUDA version
+// (shared-memory pass 0, warp-aggregated atomics, CUB tie ranking, the single
+// host round trip) in csrc/cuda/README.md.
 
 #include <cstdint>
 #include <cstdlib>
@@ -51,7 +15,7 @@
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
 
-#include "common.cuh"
+#include "device_helpers.cuh"
 #include "kernels.h"
 
 namespace fastprune {
@@ -82,14 +46,9 @@ struct KeyParams {
   uint64_t flip;    // 0, or 2^(W-1) - 1 for `largest`
 };
 
-struct TableEntry {
-  const void* score;
-  const void* mask;
-  void* out;
-  int64_t numel;
-  int32_t score_dtype;
-  int32_t mask_dtype;
-  int32_t out_dtype;
+// A caller's tensor descriptor as the kernels read it from the device table:
+// with `packed`, mask_dtype and out_dtype are set to kUInt8.
+struct TableEntry : KSelectTensor {
   uint32_t vec;  // bit 0: score, bit 1: mask, bit 2: out may use wide accesses
 };
 
@@ -735,13 +694,8 @@ KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k
   for (int i = 0; i < ntensors; ++i) {
     const KSelectTensor& s = tensors[i];
     TableEntry& t = htab[i];
-    t.score = s.score;
-    t.mask = s.mask;
-    t.out = s.out;
-    t.numel = s.numel;
-    t.score_dtype = s.score_dtype;
-    t.mask_dtype = packed ? kUInt8 : s.mask_dtype;
-    t.out_dtype = packed ? kUInt8 : s.out_dtype;
+    static_cast<KSelectTensor&>(t) = s;
+    if (packed) t.mask_dtype = t.out_dtype = kUInt8;
     t.vec = wide_bit(s.score, s.score_dtype, kUnits, 1u);
     if (!packed && s.mask) t.vec |= wide_bit(s.mask, s.mask_dtype, kUnits, 2u);
     if (!packed) t.vec |= wide_bit(s.out, s.out_dtype, kUnits, 4u);

@@ -19,7 +19,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "common.cuh"
+#include "device_helpers.cuh"
 #include "kernels.h"
 
 namespace fastprune {

@@ -1,10 +1,12 @@
 """The fastprune ops, reached through the dispatcher as ``torch.ops.fastprune.*``.
 
-With the compiled extension loaded, the schemas and the CPU (and CUDA) kernels
-come from C++. Without it, the same schemas are defined here and implemented by
-:mod:`fastprune.ops.reference`, so callers never branch on which one is present.
-Fake (meta) kernels and autograd are registered here in both cases, which is
-what lets ``torch.compile`` trace through the ops.
+The op schemas are defined here, once (:data:`SCHEMAS`), whether or not the
+compiled extension is present. The extension only registers kernels for them
+(CPU, and CUDA when built with it); the dispatcher checks every C++ kernel's
+signature against its schema. Without the extension, the same ops are
+implemented by :mod:`fastprune.ops.reference`, so callers never branch on which
+one is present. Fake (meta) kernels and autograd are registered here in both
+cases, which is what lets ``torch.compile`` trace through the ops.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from .reference import pack_mask, packed_numel, unpack_mask
 
 Tensor = torch.Tensor
 
-# The one list of op schemas on the Python side; tests check that the C++
-# library registered exactly these.
+# The op schemas: the one definition of the fastprune op library. In-place list
+# arguments are ``Tensor(a!)[]`` and return ``()``.
 SCHEMAS = {
     "kselect_": "kselect_(Tensor[] scores, Tensor?[] masks, Tensor(a!)[] out, int k, bool largest, "
     "bool exclude_masked, bool packed) -> ()",
@@ -41,19 +43,19 @@ _REFERENCE_IMPLS = {
 _libraries: List[torch.library.Library] = []
 
 
-def _register_python_fallbacks() -> None:
+def _define_ops() -> None:
+    """Define the schemas; back them with the reference where no compiled kernel exists."""
+    lib = torch.library.Library("fastprune", "DEF")
+    _libraries.append(lib)
+    for name, schema in SCHEMAS.items():
+        lib.define(schema)
     if not extension_loaded():
-        lib = torch.library.Library("fastprune", "DEF")
-        for name, schema in SCHEMAS.items():
-            lib.define(schema)
+        for name in SCHEMAS:
             lib.impl(name, _REFERENCE_IMPLS[name], "CompositeExplicitAutograd")
-        _libraries.append(lib)
     elif not build_info()["cuda"]:
         # A CPU-only build still serves CUDA tensors, through the reference.
-        lib = torch.library.Library("fastprune", "IMPL")
         for name in SCHEMAS:
             lib.impl(name, _REFERENCE_IMPLS[name], "CUDA")
-        _libraries.append(lib)
 
 
 def _register_fakes() -> None:
@@ -96,7 +98,7 @@ def _register_autograd() -> None:
     torch.library.register_autograd("fastprune::mask_mul", backward, setup_context=setup_context)
 
 
-_register_python_fallbacks()
+_define_ops()
 _register_fakes()
 _register_autograd()
 

@@ -1,16 +1,16 @@
 """Loading of the compiled extension, and the build information it reports.
 
 The extension (``fastprune._C``) registers the ``fastprune`` op library with the
-dispatcher when it is imported. When it cannot be imported, or the user sets
-``FASTPRUNE_NO_EXT=1``, :mod:`fastprune.ops` defines the same ops from Python
-on top of :mod:`fastprune.ops.reference`, so every caller sees the same
-``torch.ops.fastprune.*`` either way.
+dispatcher when it is imported; :mod:`fastprune.ops` defines their schemas.
+When it cannot be imported, or the user sets ``FASTPRUNE_NO_EXT=1``,
+:mod:`fastprune.ops` backs the same ops with :mod:`fastprune.ops.reference`,
+so every caller sees the same ``torch.ops.fastprune.*`` either way.
 """
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import torch
 
@@ -59,16 +59,16 @@ def extension_loaded() -> bool:
 def build_info() -> Dict[str, Any]:
     """What this installation of fastprune runs on.
 
-    Keys: ``extension`` (compiled ops loaded), ``cuda`` (compiled CUDA kernels),
-    ``openmp``, ``num_threads``, ``torch_version`` (the torch the extension was
-    built against, else the running one), ``torch_runtime`` (the running torch),
-    ``version`` and ``fallback_reason`` (why the fallback is used, or ``None``).
-
     Returns:
-        dict: the keys above. Without the extension (not compiled, failed to
-        load, or ``FASTPRUNE_NO_EXT=1``) ``extension`` is ``False`` and
-        ``fallback_reason`` says why; the ops then run on the pure-torch
-        reference with the same results.
+        dict: ``extension`` (the compiled ops are loaded), ``cuda`` (compiled CUDA
+        kernels), ``cuda_fallback_reason`` (why there are none, e.g. the installed
+        torch has no CUDA or the CUDA compile failed and the CPU extension was built
+        instead; ``None`` when ``cuda`` is true), ``openmp``, ``num_threads``,
+        ``torch_version`` (the torch the extension was built against, else the
+        running one), ``torch_runtime`` (the running torch), ``version`` and
+        ``fallback_reason`` (why the pure-torch fallback is used, or ``None``).
+        Without the extension the ops run on the pure-torch reference with the
+        same results.
 
     Example::
 
@@ -81,6 +81,7 @@ def build_info() -> Dict[str, Any]:
     info: Dict[str, Any] = {
         "extension": False,
         "cuda": False,
+        "cuda_fallback_reason": f"no compiled extension ({_load_error})",
         "openmp": False,
         "num_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
@@ -93,4 +94,32 @@ def build_info() -> Dict[str, Any]:
         info["extension"] = True
         info["fallback_reason"] = None
         info["torch_runtime"] = torch.__version__
+        info.setdefault("cuda_fallback_reason", None if info["cuda"] else "built without CUDA kernels")
     return info
+
+
+def kernel_registrations(ops: Iterable[str], keys: Iterable[str] = ("CPU", "CUDA")) -> Dict[str, Dict[str, Optional[str]]]:
+    """Where the dispatcher's kernel for each op and dispatch key was registered.
+
+    Args:
+        ops: op names in the ``fastprune`` namespace, e.g. ``["mask_mul"]``.
+        keys: dispatch keys to look up.
+
+    Returns:
+        dict: ``{op: {key: location}}`` with ``location`` the registering source
+        file and line as the dispatcher reports it (a ``csrc/...`` C++ file for a
+        compiled kernel, a ``.py`` file for the pure-torch reference), or ``None``
+        when the op has no kernel for that key.
+    """
+    result: Dict[str, Dict[str, Optional[str]]] = {}
+    for op in ops:
+        dump = torch._C._dispatch_dump(f"fastprune::{op}")
+        found: Dict[str, Optional[str]] = {}
+        for key in keys:
+            found[key] = None
+            prefix = f"{key}: registered at "
+            for line in dump.splitlines():
+                if line.startswith(prefix):
+                    found[key] = line[len(prefix):].split(" :: ")[0].strip()
+        result[op] = found
+    return result

@@ -1,18 +1,15 @@
 // Torch-free test of the fastprune CUDA kernels against simple host
-// implementations of fastprune/_reference.py. Needs a GPU to run; compiled
-// (and linked against the kernel objects) by .ci/compile_cuda.sh everywhere.
+// implementations of fastprune/ops/reference.py. Needs a GPU to run; compiled
+// (and linked against the kernel objects) by .ci/compile_cuda.sh everywhere,
+// and run (also under compute-sanitizer) by scripts/gpu_check.sh.
 //
-//   nvcc -std=c++17 -O2 -arch=sm_90 -Icsrc/cuda -o /tmp/fp_test csrc/cuda/test_kernels_standalone.cu
+//   nvcc -std=c++17 -O2 -arch=sm_90 -Icsrc/cuda -o /tmp/fp_test tests/cuda/test_kernels_standalone.cu
 //        csrc/cuda/kselect_cuda.cu csrc/cuda/mask_mul_cuda.cu csrc/cuda/channel_norms_cuda.cu
 //   (one command line)
 //   /tmp/fp_test            # prints one line per case, exit status 0 when all pass
 //   compute-sanitizer --tool memcheck /tmp/fp_test --quick
 //
 // Random data includes ties, NaN, +-inf, -0.0 and integer extremes.
-
-// setup.py compiles every csrc/cuda/*.cu into the extension; torch's build
-// defines TORCH_EXTENSION_NAME, and this program is not part of the library.
-#ifndef TORCH_EXTENSION_NAME
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -831,5 +828,3 @@ int main(int argc, char** argv) {
   std::printf("%d cases, %d failed\n", g_cases, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
-
-#endif  // TORCH_EXTENSION_NAME

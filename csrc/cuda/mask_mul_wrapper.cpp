@@ -3,7 +3,7 @@
 // the torch-free launchers in mask_mul_cuda.cu. Same-shape pairs with a contiguous input take
 // the fused kernel; broadcast masks and strided inputs are handed to ATen,
 // exactly as on the CPU, so both devices give the same results and errors.
-#include "wrapper_common.h"
+#include "wrapper_helpers.h"
 #include "../op_args.h"
 
 #include <torch/library.h>
@@ -11,7 +11,7 @@
 #include <vector>
 
 namespace fastprune {
-namespace cuda_ops {
+namespace cuda {
 namespace {
 
 at::Tensor mask_mul_cuda_op(const at::Tensor& input, const at::Tensor& mask) {
@@ -25,7 +25,7 @@ at::Tensor mask_mul_cuda_op(const at::Tensor& input, const at::Tensor& mask) {
   const at::Tensor m = mask.contiguous();
   at::Tensor out = at::empty_like(input, at::MemoryFormat::Contiguous);
   if (input.numel() == 0) return out;
-  fastprune::cuda::MaskMulTensor d;
+  MaskMulTensor d;
   d.in = input.data_ptr();
   d.mask = m.data_ptr();
   d.out = out.data_ptr();
@@ -33,7 +33,7 @@ at::Tensor mask_mul_cuda_op(const at::Tensor& input, const at::Tensor& mask) {
   d.dtype = dtype_code(input.scalar_type());
   d.mask_dtype = dtype_code(m.scalar_type());
   // One tensor always fits in the kernel arguments: no workspace.
-  check_launch(fastprune::cuda::mask_mul_cuda(&d, 1, nullptr, 0, c10::cuda::getCurrentCUDAStream(device.index()).stream()),
+  check_launch(mask_mul_cuda(&d, 1, nullptr, 0, c10::cuda::getCurrentCUDAStream(device.index()).stream()),
                "mask_mul");
   return out;
 }
@@ -46,11 +46,11 @@ void mask_mul__cuda_op(at::TensorList inputs, at::TensorList masks) {
   const c10::Device device = on_device.device;
   const c10::cuda::CUDAGuard guard(device);
   std::vector<at::Tensor> keep_alive;  // contiguous mask copies, alive until the launch is queued
-  std::vector<fastprune::cuda::MaskMulTensor> desc;
+  std::vector<MaskMulTensor> desc;
   for (int64_t i = 0; i < n; ++i) {
     if (!fast[i] || inputs[i].numel() == 0) continue;
     at::Tensor m = masks[i].contiguous();
-    fastprune::cuda::MaskMulTensor d;
+    MaskMulTensor d;
     d.in = inputs[i].data_ptr();
     d.mask = m.data_ptr();
     d.out = inputs[i].data_ptr();
@@ -62,10 +62,10 @@ void mask_mul__cuda_op(at::TensorList inputs, at::TensorList masks) {
   }
   if (!desc.empty()) {
     const int count = static_cast<int>(desc.size());
-    const size_t bytes = fastprune::cuda::mask_mul_workspace_bytes(count);
+    const size_t bytes = mask_mul_workspace_bytes(count);
     at::Tensor ws;
     if (bytes > 0) ws = workspace(bytes, device);
-    check_launch(fastprune::cuda::mask_mul_cuda(desc.data(), count, bytes > 0 ? ws.data_ptr() : nullptr, bytes,
+    check_launch(mask_mul_cuda(desc.data(), count, bytes > 0 ? ws.data_ptr() : nullptr, bytes,
                                                 c10::cuda::getCurrentCUDAStream(device.index()).stream()),
                  "mask_mul_");
   }
@@ -84,10 +84,10 @@ void apply_packed_mask__cuda_op(at::TensorList inputs, at::TensorList packed) {
   const PackedMaskViews v = packed_mask_views(inputs, packed);
   const std::vector<at::Tensor>& xs = v.xs;
   const std::vector<at::Tensor>& ps = v.ps;
-  std::vector<fastprune::cuda::PackedMaskTensor> desc;
+  std::vector<PackedMaskTensor> desc;
   for (int64_t i = 0; i < n; ++i) {
     if (xs[i].numel() == 0) continue;
-    fastprune::cuda::PackedMaskTensor d;
+    PackedMaskTensor d;
     d.data = xs[i].data_ptr();
     d.bits = ps[i].data_ptr<uint8_t>();
     d.numel = xs[i].numel();
@@ -97,10 +97,10 @@ void apply_packed_mask__cuda_op(at::TensorList inputs, at::TensorList packed) {
   }
   if (!desc.empty()) {
     const int count = static_cast<int>(desc.size());
-    const size_t bytes = fastprune::cuda::apply_packed_mask_workspace_bytes(count);
+    const size_t bytes = apply_packed_mask_workspace_bytes(count);
     at::Tensor ws;
     if (bytes > 0) ws = workspace(bytes, device);
-    check_launch(fastprune::cuda::apply_packed_mask_cuda(desc.data(), count, bytes > 0 ? ws.data_ptr() : nullptr,
+    check_launch(apply_packed_mask_cuda(desc.data(), count, bytes > 0 ? ws.data_ptr() : nullptr,
                                                          bytes, c10::cuda::getCurrentCUDAStream(device.index()).stream()),
                  "apply_packed_mask_");
   }
@@ -115,5 +115,5 @@ TORCH_LIBRARY_IMPL(fastprune, CUDA, m) {
   m.impl("apply_packed_mask_", &apply_packed_mask__cuda_op);
 }
 
-}  // namespace cuda_ops
+}  // namespace cuda
 }  // namespace fastprune

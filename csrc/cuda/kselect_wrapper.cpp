@@ -1,7 +1,7 @@
 // CUDA backend of fastprune::kselect_: the argument checks and the contiguity
 // and aliasing handling shared with the CPU backend (csrc/op_args.h), then the
 // torch-free launcher in kselect_cuda.cu.
-#include "wrapper_common.h"
+#include "wrapper_helpers.h"
 #include "../op_args.h"
 
 #include <torch/library.h>
@@ -10,7 +10,7 @@
 #include <vector>
 
 namespace fastprune {
-namespace cuda_ops {
+namespace cuda {
 namespace {
 
 void kselect_cuda_op(at::TensorList scores, const c10::List<std::optional<at::Tensor>>& masks, at::TensorList out,
@@ -26,15 +26,15 @@ void kselect_cuda_op(at::TensorList scores, const c10::List<std::optional<at::Te
   const std::vector<at::Tensor>& m = a.masks;
   const std::vector<at::Tensor>& write = w.write;
 
-  std::vector<fastprune::cuda::KSelectTensor> desc(n);
+  std::vector<KSelectTensor> desc(n);
   for (int64_t i = 0; i < n; ++i) {
-    fastprune::cuda::KSelectTensor& d = desc[i];
+    KSelectTensor& d = desc[i];
     d.score = s[i].data_ptr();
     d.mask = m[i].defined() ? m[i].data_ptr() : nullptr;
     d.out = write[i].data_ptr();
     d.numel = s[i].numel();
     d.score_dtype = dtype_code(s[i].scalar_type());
-    d.mask_dtype = m[i].defined() ? dtype_code(m[i].scalar_type()) : fastprune::cuda::kBool;
+    d.mask_dtype = m[i].defined() ? dtype_code(m[i].scalar_type()) : kBool;
     d.out_dtype = dtype_code(write[i].scalar_type());
     d.reserved = 0;
   }
@@ -42,10 +42,10 @@ void kselect_cuda_op(at::TensorList scores, const c10::List<std::optional<at::Te
   // otherwise the launcher counts the selectable units on the device.
   const int64_t known = (!exclude_masked || !a.any_mask) ? a.total : -1;
   size_t bytes = 0;
-  check_launch(fastprune::cuda::kselect_workspace_bytes(desc.data(), static_cast<int>(n), &bytes), "kselect_");
+  check_launch(kselect_workspace_bytes(desc.data(), static_cast<int>(n), &bytes), "kselect_");
   at::Tensor ws = workspace(bytes, device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  const fastprune::cuda::KSelectStatus st = fastprune::cuda::kselect_cuda(
+  const KSelectStatus st = kselect_cuda(
       desc.data(), static_cast<int>(n), k, largest, exclude_masked, packed, known, ws.data_ptr(), bytes, stream);
   check_launch(st.error, "kselect_");
   FP_CHECK_VALUE(!st.k_out_of_range, "kselect_: k=", k, " must be between 0 and the number of selectable units (",
@@ -57,5 +57,5 @@ void kselect_cuda_op(at::TensorList scores, const c10::List<std::optional<at::Te
 
 TORCH_LIBRARY_IMPL(fastprune, CUDA, m) { m.impl("kselect_", &kselect_cuda_op); }
 
-}  // namespace cuda_ops
+}  // namespace cuda
 }  // namespace fastprune

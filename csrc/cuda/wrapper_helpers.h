@@ -1,4 +1,4 @@
-// Helpers shared by the torch-facing CUDA wrappers (csrc/cuda/*_cuda.cpp):
+// Helpers shared by the torch-facing CUDA wrappers (csrc/cuda/*_wrapper.cpp):
 // argument checks that name the argument, the dtype code the kernels take,
 // and turning a cudaError_t into a torch error. The kernels themselves
 // (csrc/cuda/*.cu) never see torch.
@@ -13,7 +13,7 @@
 #include <cuda_runtime_api.h>
 
 namespace fastprune {
-namespace cuda_ops {
+namespace cuda {
 
 // Same wording as check_cpu (csrc/common.h), for the CUDA backend: every tensor
 // of one call must live on the CUDA device of its first tensor.
@@ -41,16 +41,16 @@ struct OnDevice {
 
 inline int32_t dtype_code(at::ScalarType st) {
   switch (st) {
-    case at::kBool: return fastprune::cuda::kBool;
-    case at::kByte: return fastprune::cuda::kUInt8;
-    case at::kChar: return fastprune::cuda::kInt8;
-    case at::kShort: return fastprune::cuda::kInt16;
-    case at::kInt: return fastprune::cuda::kInt32;
-    case at::kLong: return fastprune::cuda::kInt64;
-    case at::kHalf: return fastprune::cuda::kHalf;
-    case at::kBFloat16: return fastprune::cuda::kBFloat16;
-    case at::kFloat: return fastprune::cuda::kFloat;
-    case at::kDouble: return fastprune::cuda::kDouble;
+    case at::kBool: return kBool;
+    case at::kByte: return kUInt8;
+    case at::kChar: return kInt8;
+    case at::kShort: return kInt16;
+    case at::kInt: return kInt32;
+    case at::kLong: return kInt64;
+    case at::kHalf: return kHalf;
+    case at::kBFloat16: return kBFloat16;
+    case at::kFloat: return kFloat;
+    case at::kDouble: return kDouble;
     default: return -1;
   }
 }
@@ -66,5 +66,5 @@ inline at::Tensor workspace(size_t bytes, const c10::Device& device) {
                    at::TensorOptions().dtype(at::kByte).device(device));
 }
 
-}  // namespace cuda_ops
+}  // namespace cuda
 }  // namespace fastprune
