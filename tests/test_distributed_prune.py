@@ -9,7 +9,6 @@ run are loaded by the 2-process run (resharding).
 """
 import copy
 import os
-import socket
 import tempfile
 import time
 import traceback
@@ -465,11 +464,10 @@ CASES = [
 ]
 
 
-def _worker(rank, ws, port, out_dir, ckpt_dir):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _worker(rank, ws, store, out_dir, ckpt_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=ws, timeout=timedelta(seconds=int(os.environ.get("FASTPRUNE_TEST_TIMEOUT", "90"))))
+    # A file rendezvous, not a TCP port: nothing to collide with other jobs on the machine.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws, timeout=timedelta(seconds=int(os.environ.get("FASTPRUNE_TEST_TIMEOUT", "90"))))
     mesh = init_device_mesh("cpu", (ws,))
     results = {}
     try:
@@ -491,12 +489,6 @@ def _worker(rank, ws, port, out_dir, ckpt_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs():
     """Every world size run once (largest first), its per-process results by case name."""
@@ -508,7 +500,7 @@ def runs():
         for ws in WORLD_SIZES:
             d = os.path.join(tmp, f"ws{ws}")
             os.makedirs(d)
-            mp.spawn(_worker, args=(ws, _free_port(), d, ckpt), nprocs=ws, join=True)
+            mp.spawn(_worker, args=(ws, os.path.join(d, "store"), d, ckpt), nprocs=ws, join=True)
             out[ws] = [torch.load(os.path.join(d, f"rank{r}.pt"), weights_only=False) for r in range(ws)]
         yield out
 
