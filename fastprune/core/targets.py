@@ -49,7 +49,7 @@ def check_module_and_name(module, name, *, what: str = "module", where: str = ""
 
 
 def check_scores_shape(scores, param, label: str) -> None:
-    """``scores`` must be a tensor shaped like ``param``.
+    """``scores`` (importance scores, a mask, a saved tensor) must be a tensor shaped like ``param``.
 
     Raises:
         TypeError: not a tensor.
@@ -59,7 +59,7 @@ def check_scores_shape(scores, param, label: str) -> None:
         raise TypeError(f"{label} must be a torch.Tensor, got {type(scores).__name__}")
     if scores.shape != param.shape:
         raise PruningShapeError(
-            f"{label} should have the same shape as the parameter it scores: "
+            f"{label} should have the same shape as the parameter it belongs to: "
             f"got {tuple(scores.shape)} vs {tuple(param.shape)}"
         )
 

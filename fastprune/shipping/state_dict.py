@@ -11,7 +11,7 @@ from torch import nn
 from ..core.errors import PruningShapeError
 from ..core.functional import custom_from_mask
 from ..core.reparam import ModuleSnapshot
-from ..core.targets import pruning_hooks
+from ..core.targets import check_scores_shape, pruning_hooks
 
 __all__ = ["load_pruned_state_dict", "pruned_pairs"]
 
@@ -109,14 +109,7 @@ def load_pruned_state_dict(model: nn.Module, state_dict: Mapping, strict: bool =
                 )
             continue
         for suffix in ("_orig", "_mask"):
-            value = state_dict[qual + suffix]
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"state_dict[{qual + suffix!r}] must be a tensor, got {type(value).__name__}")
-            if value.shape != param.shape:
-                raise PruningShapeError(
-                    f"state_dict[{qual + suffix!r}] has shape {tuple(value.shape)}, "
-                    f"the model's {qual} has {tuple(param.shape)}"
-                )
+            check_scores_shape(state_dict[qual + suffix], param, f"state_dict[{qual + suffix!r}]")
         to_create.append((qual, module, name))
 
     _check_keys_and_shapes(model, state_dict, to_create, strict)
