@@ -23,6 +23,8 @@ TORCH_LIBRARY(fastprune, m) {
   m.def("mask_mul_(Tensor(a!)[] inputs, Tensor[] masks) -> ()");
   m.def("apply_packed_mask_(Tensor(a!)[] inputs, Tensor[] packed) -> ()");
   m.def("channel_norms(Tensor t, int dim, float p) -> Tensor");
+  m.def("row_kselect(Tensor scores, int k) -> Tensor");
+  m.def("nm_select(Tensor scores, int n, int m) -> Tensor");
 }
 
 namespace {

@@ -455,6 +455,76 @@ class MaskSet:
         self._cells = list(cells)
         self._hook_groups: List[_HookGroup] = []
 
+    @classmethod
+    def from_masks(
+        cls,
+        parameters: Iterable[Tuple[nn.Module, str]],
+        masks: Sequence[Tensor],
+        *,
+        labels: Optional[Sequence[str]] = None,
+    ) -> "MaskSet":
+        """Prune in place with given keep-masks and return their :class:`MaskSet`.
+
+        For pruning methods that choose their masks elsewhere (calibration-based
+        LLM pruning, for instance) but want the lean 1-bit representation.
+
+        Args:
+            parameters: ``(module, name)`` pairs.
+            masks: one mask per pair, shaped like the parameter (non-zero =
+                keep), any dtype.
+            labels: optional names for :attr:`names` (e.g. qualified names).
+
+        Returns:
+            a :class:`MaskSet`; the weights are zeroed where the masks are 0. A
+            parameter that already has a remembered mask keeps the units both
+            masks keep.
+
+        Raises:
+            TypeError, ValueError: a pair is invalid, or a mask's count, shape
+                or device does not match; nothing is modified then.
+
+        Example::
+
+            >>> keep = lin.weight.abs() > 0.1
+            >>> ms = MaskSet.from_masks([(lin, "weight")], [keep])
+        """
+        targets = _resolve_targets(parameters)
+        masks = list(masks)
+        if len(masks) != len(targets):
+            raise ValueError(f"masks: got {len(masks)} masks for {len(targets)} parameters")
+        if labels is not None:
+            labels = list(labels)
+            if len(labels) != len(targets):
+                raise ValueError(f"labels: got {len(labels)} labels for {len(targets)} parameters")
+            for t, label in zip(targets, labels):
+                t.label = str(label)
+        for t, mask in zip(targets, masks):
+            if not isinstance(mask, Tensor):
+                raise TypeError(f"masks ({t.label}) must be a torch.Tensor, got {type(mask).__name__}")
+            if mask.shape != t.param.shape:
+                raise ValueError(
+                    f"masks ({t.label}) has shape {tuple(mask.shape)}, the parameter {tuple(t.param.shape)}"
+                )
+            if mask.device != t.param.device:
+                raise ValueError(f"masks ({t.label}) is on {mask.device}, the parameter on {t.param.device}")
+        cells = _existing_cells(targets)
+        packed = [ops.pack_mask(m) for m in masks]
+        for i, cell in enumerate(cells):
+            if cell is not None:
+                packed[i] = packed[i] & cell.packed
+        with torch.no_grad():
+            ops.apply_packed_mask_([t.param.detach() for t in targets], packed)
+        result = []
+        for t, cell, p in zip(targets, cells, packed):
+            if cell is None:
+                cell = _MaskCell(p, t.param.numel(), None)
+                _CELLS[t.param] = cell
+            else:
+                cell.packed.copy_(p)
+                cell.kept = None
+            result.append(cell)
+        return cls(targets, result)
+
     # -- contents --------------------------------------------------------
 
     def __len__(self) -> int:
