@@ -404,7 +404,10 @@ def prune(
     if device is None:
         first = next(iter(block_list[0].parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device torch knows") from None
 
     report = PruneReport(method=method, pattern=pattern, sparsity=sparsity, mode=mode)
     start = time.perf_counter()

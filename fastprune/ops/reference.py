@@ -216,6 +216,17 @@ def channel_norms(t: Tensor, dim: int, p: float) -> Tensor:
 # ----------------------------------------------------------------------------
 
 
+_SELECT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                  torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_select_scores(scores: Tensor, op: str) -> None:
+    if scores.dtype not in _SELECT_DTYPES:
+        raise TypeError(f"{op}: scores has unsupported dtype {scores.dtype}")
+    if scores.dim() == 0:
+        raise ValueError(f"{op}: scores must have at least one dimension")
+
+
 def _row_keys(scores: Tensor) -> Tensor:
     """``scores`` as [rows, cols] ranking keys (the conventions of :func:`_keys`)."""
     cols = scores.shape[-1] if scores.dim() else 1
@@ -241,8 +252,7 @@ def row_kselect(scores: Tensor, k: int) -> Tensor:
     first; NaN ranks above ``+inf``. Returns a ``bool`` tensor of ``scores``'
     shape, True = keep.
     """
-    if scores.dim() == 0:
-        raise ValueError("row_kselect: scores must have at least one dimension")
+    _check_select_scores(scores, "row_kselect")
     cols = scores.shape[-1]
     if k < 0 or k > cols:
         raise ValueError(f"row_kselect: k={k} must be between 0 and the row length ({cols})")
@@ -257,8 +267,7 @@ def nm_select(scores: Tensor, n: int, m: int) -> Tensor:
     units of smallest ``|score|`` are pruned, ties by lower index, NaN above
     ``+inf``. Returns a ``bool`` tensor of ``scores``' shape, True = keep.
     """
-    if scores.dim() == 0:
-        raise ValueError("nm_select: scores must have at least one dimension")
+    _check_select_scores(scores, "nm_select")
     if m < 1:
         raise ValueError(f"nm_select: m={m} must be positive")
     if n < 0 or n >= m:
