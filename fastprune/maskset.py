@@ -462,6 +462,7 @@ class MaskSet:
         masks: Sequence[Tensor],
         *,
         labels: Optional[Sequence[str]] = None,
+        packed: bool = False,
     ) -> "MaskSet":
         """Prune in place with given keep-masks and return their :class:`MaskSet`.
 
@@ -471,8 +472,10 @@ class MaskSet:
         Args:
             parameters: ``(module, name)`` pairs.
             masks: one mask per pair, shaped like the parameter (non-zero =
-                keep), any dtype.
+                keep), any dtype; or, with ``packed=True``, 1-bit packed
+                ``uint8`` masks (the format of :attr:`masks`).
             labels: optional names for :attr:`names` (e.g. qualified names).
+            packed: the masks are already packed.
 
         Returns:
             a :class:`MaskSet`; the weights are zeroed where the masks are 0. A
@@ -501,21 +504,28 @@ class MaskSet:
         for t, mask in zip(targets, masks):
             if not isinstance(mask, Tensor):
                 raise TypeError(f"masks ({t.label}) must be a torch.Tensor, got {type(mask).__name__}")
-            if mask.shape != t.param.shape:
+            if packed:
+                if mask.dtype != torch.uint8 or mask.dim() != 1 or mask.numel() != ops.packed_numel(t.param.numel()):
+                    raise ValueError(
+                        f"masks ({t.label}): a packed mask must be a 1-d uint8 tensor of "
+                        f"{ops.packed_numel(t.param.numel())} bytes"
+                    )
+            elif mask.shape != t.param.shape:
                 raise ValueError(
                     f"masks ({t.label}) has shape {tuple(mask.shape)}, the parameter {tuple(t.param.shape)}"
                 )
             if mask.device != t.param.device:
                 raise ValueError(f"masks ({t.label}) is on {mask.device}, the parameter on {t.param.device}")
         cells = _existing_cells(targets)
-        packed = [ops.pack_mask(m) for m in masks]
-        for i, cell in enumerate(cells):
+        bits = [m.clone() if packed else ops.pack_mask(m) for m in masks]
+        for i, (t, cell) in enumerate(zip(targets, cells)):
+            _clear_padding(bits[i], t.param.numel())
             if cell is not None:
-                packed[i] = packed[i] & cell.packed
+                bits[i] = bits[i] & cell.packed
         with torch.no_grad():
-            ops.apply_packed_mask_([t.param.detach() for t in targets], packed)
+            ops.apply_packed_mask_([t.param.detach() for t in targets], bits)
         result = []
-        for t, cell, p in zip(targets, cells, packed):
+        for t, cell, p in zip(targets, cells, bits):
             if cell is None:
                 cell = _MaskCell(p, t.param.numel(), None)
                 _CELLS[t.param] = cell

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.functional import custom_from_mask
+from ..ops import pack_mask
 from ..core.targets import eval_mode
 from ..maskset import MaskSet
 from ..progress import progress_bar
@@ -310,6 +311,7 @@ def prune(
     owl_m: float = 5.0,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    measure_errors: bool = True,
 ) -> PruneReport:
     """Prune the linear layers of a decoder model one-shot, block by block.
 
@@ -354,6 +356,9 @@ def prune(
             and M (outlier threshold as a multiple of the mean score).
         blocksize, percdamp: SparseGPT's column block size and dampening
             (fraction of the mean Hessian diagonal).
+        measure_errors: compute each layer's reconstruction error while the
+            pruned block's outputs are recomputed (one extra matrix product
+            per layer); False leaves ``error`` NaN.
 
     Returns:
         a :class:`PruneReport` (per-layer sparsity and reconstruction error,
@@ -448,8 +453,8 @@ def prune(
             dense = {}
             for l in layers:
                 w = weight_rows(l.module, l.module.weight)
-                dense_w = l.module.weight.detach().clone()
-                dense[l.name] = dense_w
+                if (inputs is not None and measure_errors) or (mode == "reparam" and method != "sparsegpt"):
+                    dense[l.name] = l.module.weight.detach().clone()
                 s = per_layer.get(l.name, per_block[i])
                 if method == "magnitude":
                     keep = magnitude_mask(w.detach(), s, nm)
@@ -467,18 +472,22 @@ def prune(
                 w.masked_fill_(~keep, 0)
                 report.layers.append(LayerReport(l.name, i, l.shape, 1.0 - float(keep.sum()) / keep.numel(), math.nan))
                 keep_param = keep.t() if is_conv1d(l.module) else keep
-                masks_out.append(keep_param)
+                # Reparam needs the mask itself; in place, 1 bit per weight is all we keep.
+                masks_out.append(keep_param if mode == "reparam" else pack_mask(keep_param))
                 pairs.append((l.module, "weight"))
                 labels.append(l.name + ".weight")
-            if inputs is not None:
+            if inputs is not None and measure_errors:
                 errors, inputs = _measure_errors(block, layers, dense, inputs, token_rows)
                 for rep in report.layers[-len(layers):]:
                     rep.error = errors[rep.name]
+            elif inputs is not None and i + 1 < len(block_list):
+                inputs = _run_block(block, inputs)
             if mode == "reparam":
                 for l, keep_param in zip(layers, masks_out[-len(layers):]):
                     if method != "sparsegpt":  # torch-style: weight_orig keeps the dense values
                         l.module.weight.copy_(dense[l.name])
                     custom_from_mask(l.module, "weight", keep_param)
+                del masks_out[-len(layers):]  # the modules hold them now
             del dense
             if offload and home is not None and home != device:
                 block.to(home)
@@ -486,10 +495,10 @@ def prune(
             report.blocks.append(BlockReport(i, per_block[i], seconds))
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(block_s=f"{seconds:.2f}")
-        # Masks are kept on the blocks' final devices.
-        masks_out = [m.to(p[0].weight.device if mode == "inplace" else m.device) for m, p in zip(masks_out, pairs)]
         if mode == "inplace":
-            report.masks = MaskSet.from_masks(pairs, masks_out, labels=labels)
+            # The masks live where the weights ended up.
+            masks_out = [m.to(p[0].weight.device) for m, p in zip(masks_out, pairs)]
+            report.masks = MaskSet.from_masks(pairs, masks_out, labels=labels, packed=True)
     report.seconds = time.perf_counter() - start
     return report
 
