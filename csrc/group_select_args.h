@@ -61,12 +61,13 @@ GroupSelectView check_nm_select_args(const at::Tensor& scores, int64_t n, int64_
   return v;
 }
 
+// (Host side; the CUDA kernel has its own loader of the same keys.)
 // Order-preserving unsigned key of |v|: comparing keys compares magnitudes,
 // every NaN maps to the largest key (ranked above +inf, all NaNs equal), -0
 // equals +0. Integers: |INT64_MIN| does not fit and ranks with INT64_MAX, as
 // in the reference.
 template <typename T>
-C10_HOST_DEVICE C10_ALWAYS_INLINE uint64_t select_key(T v) {
+C10_ALWAYS_INLINE uint64_t select_key(T v) {
   if constexpr (std::is_same_v<T, bool>) {
     return v ? 1u : 0u;
   } else if constexpr (std::is_integral_v<T>) {
@@ -76,7 +77,7 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE uint64_t select_key(T v) {
   } else {
     const double d = static_cast<double>(static_cast<float>(v));
     if (d != d) return ~uint64_t(0);
-    const double a = d < 0 ? -d : d;
+    const double a = std::fabs(d);  // also maps -0.0 to +0.0
     uint64_t bits;
     std::memcpy(&bits, &a, sizeof(bits));  // non-negative doubles order like their bit patterns
     return bits;
@@ -85,9 +86,9 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE uint64_t select_key(T v) {
 
 // double keeps every bit of a double score.
 template <>
-C10_HOST_DEVICE C10_ALWAYS_INLINE uint64_t select_key<double>(double v) {
+C10_ALWAYS_INLINE uint64_t select_key<double>(double v) {
   if (v != v) return ~uint64_t(0);
-  const double a = v < 0 ? -v : v;
+  const double a = std::fabs(v);
   uint64_t bits;
   std::memcpy(&bits, &a, sizeof(bits));
   return bits;
