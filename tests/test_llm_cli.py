@@ -58,12 +58,14 @@ def test_cli_end_to_end(checkpoint):
     assert tok("abc")["input_ids"] == [97, 98, 99]
 
 
-def test_cli_owl_and_sparsegpt(checkpoint):
+def test_cli_owl_and_sparsegpt(checkpoint, capsys):
+    # In-process (the subprocess run above covers the module entry point).
     out = checkpoint / "owl"
-    r = run_cli("--model", str(checkpoint / "model"), "--method", "sparsegpt", "--sparsity", "0.7",
-                "--layer-sparsity", "owl", "--calibration", str(checkpoint / "texts" / "a.txt"),
-                "--nsamples", "4", "--seqlen", "32", "--output", str(out), "--no-progress")
-    assert r.returncode == 0, r.stderr
+    code = main(["--model", str(checkpoint / "model"), "--method", "sparsegpt", "--sparsity", "0.7",
+                 "--layer-sparsity", "owl", "--calibration", str(checkpoint / "texts" / "a.txt"),
+                 "--nsamples", "4", "--seqlen", "32", "--output", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert "sparsegpt, unstructured" in capsys.readouterr().out
     model = transformers.LlamaForCausalLM.from_pretrained(out)
     w = torch.cat([m.weight.reshape(-1) for n, m in model.named_modules()
                    if isinstance(m, torch.nn.Linear) and ".layers." in n])
