@@ -177,8 +177,11 @@ def perplexity(model, rows, batch):
 def evaluate(args):
     from transformers import LlamaForCausalLM
 
+    import transformers
+
     import fastprune.llm as llm
 
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     with open(os.path.join(args.dir, "training.json")) as fh:
         seqlen = json.load(fh)["seqlen"]
@@ -205,8 +208,8 @@ def evaluate(args):
                 model = LlamaForCausalLM.from_pretrained(args.dir).eval()
                 llm.prune(model, calib, method=method, progress=False, **kw)
                 ppls.append(perplexity(model, held, 16))
-                if method == "magnitude":  # calibration-free: one run is every run
-                    break
+                if method == "magnitude" and "layer_sparsity" not in kw:
+                    break  # calibration-free: one run is every run
             mean = sum(ppls) / len(ppls)
             spread = (max(ppls) - min(ppls)) / 2
             results[(label, method)] = (mean, spread)
@@ -217,7 +220,7 @@ def evaluate(args):
         cells = []
         for m in methods:
             mean, spread = results[(label, m)]
-            cells.append(f"{mean:.3f}" if m == "magnitude" else f"{mean:.3f} ± {spread:.3f}")
+            cells.append(f"{mean:.3f}" if spread == 0 else f"{mean:.3f} ± {spread:.3f}")
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
