@@ -459,3 +459,14 @@ def test_blocks_not_found():
     with pytest.raises(ValueError, match="blocks"):
         llm.prune(model, calib(), progress=False)
     assert_snapshot_equal(before, module_snapshot(model))
+
+
+def test_offload_and_device_arguments(one_thread):
+    ids = calib()
+    a, b = tiny_llama(), tiny_llama()
+    llm.prune(a, ids, method="sparsegpt", device="cpu", offload=True, progress=False)
+    llm.prune(b, ids, method="sparsegpt", device=torch.device("cpu"), offload=False, progress=False)
+    for (_, x), (_, y) in zip(linears(a), linears(b)):
+        assert torch.equal(x.weight, y.weight)
+    with pytest.raises(ValueError, match="device"):
+        llm.prune(tiny_llama(), ids, device="not-a-device", progress=False)
