@@ -470,3 +470,13 @@ def test_offload_and_device_arguments(one_thread):
         assert torch.equal(x.weight, y.weight)
     with pytest.raises(ValueError, match="device"):
         llm.prune(tiny_llama(), ids, device="not-a-device", progress=False)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_bfloat16_model(one_thread, method):
+    model = tiny_llama(dtype=torch.bfloat16)
+    report = llm.prune(model, calib(), method=method, sparsity=0.5, pattern="2:4", progress=False)
+    for name, m in linears(model):
+        assert m.weight.dtype == torch.bfloat16
+        assert bool(((m.weight == 0).reshape(-1, 4).sum(dim=1) >= 2).all()), name
+    assert all(math.isfinite(l.error) for l in report.layers)
