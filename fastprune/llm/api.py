@@ -463,8 +463,9 @@ def prune(
                     keep = wanda_mask(w.detach(), stats[l.name].norms(), s, nm)
                     new_w = None
                 else:
-                    H = stats[l.name].matrix()
-                    new_w, keep = sparsegpt_prune(w.detach(), H, s, nm, blocksize, percdamp, l.name)
+                    H = stats.pop(l.name).take()
+                    new_w, keep = sparsegpt_prune(w.detach(), H, s, nm, blocksize, percdamp, l.name,
+                                                  overwrite_h=True)
                     del H
                 stats.pop(l.name, None)
                 if new_w is not None:

@@ -30,6 +30,11 @@ class Hessian:
     def matrix(self) -> torch.Tensor:
         return self.sum * (2.0 / max(self.tokens, 1))
 
+    def take(self) -> torch.Tensor:
+        """The Hessian, scaled in place; the accumulator is released (one copy less)."""
+        H, self.sum = self.sum.mul_(2.0 / max(self.tokens, 1)), None
+        return H
+
 
 def sparsegpt_prune(
     weight: torch.Tensor,
@@ -39,6 +44,7 @@ def sparsegpt_prune(
     blocksize: int = 128,
     percdamp: float = 0.01,
     name: str = "weight",
+    overwrite_h: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Prune ``weight`` ``[out, in]`` with SparseGPT; returns ``(new_weight fp32, keep_mask)``.
 
@@ -53,12 +59,15 @@ def sparsegpt_prune(
     columns, and the block's errors over all later columns in one matrix
     product (lazy batched updates).
 
+    ``overwrite_h=True`` lets the function modify ``H`` instead of copying it.
+
     Raises:
         RuntimeError: the dampened Hessian is not positive definite (raise ``percdamp``).
     """
     W = weight.detach().to(torch.float32).clone()
     rows, cols = W.shape
-    H = H.clone()
+    if not overwrite_h:
+        H = H.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -69,6 +78,7 @@ def sparsegpt_prune(
     if int(info) != 0:
         raise RuntimeError(f"sparsegpt: the dampened Hessian of {name} is not positive definite; raise percdamp")
     Hinv = torch.cholesky_inverse(L)
+    del L  # one n x n matrix fewer alive during the column loop
     Hinv, info = torch.linalg.cholesky_ex(Hinv, upper=True)
     if int(info) != 0:
         raise RuntimeError(f"sparsegpt: the inverse Hessian of {name} is not positive definite; raise percdamp")
