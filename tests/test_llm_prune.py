@@ -480,3 +480,13 @@ def test_bfloat16_model(one_thread, method):
         assert m.weight.dtype == torch.bfloat16
         assert bool(((m.weight == 0).reshape(-1, 4).sum(dim=1) >= 2).all()), name
     assert all(math.isfinite(l.error) for l in report.layers)
+
+
+def test_packing_matches_the_ops_format():
+    from fastprune.llm.api import _pack
+
+    for n in (1, 7, 8, 9, 64, 1001):
+        keep = torch.rand(n) < 0.5
+        assert torch.equal(_pack(keep), fastprune.ops.pack_mask(keep))
+    keep = (torch.rand(5, 12) < 0.5).t()  # non-contiguous
+    assert torch.equal(_pack(keep), fastprune.ops.pack_mask(keep))
