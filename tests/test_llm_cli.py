@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastprune.llm.__main__ import main
-from tests.helpers import load_example
+from helpers import load_example
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")

@@ -8,7 +8,7 @@ from torch import nn
 
 import fastprune
 import fastprune.llm as llm
-from tests.helpers import assert_snapshot_equal, module_snapshot
+from helpers import assert_snapshot_equal, module_snapshot
 
 transformers = pytest.importorskip("transformers")
 
