@@ -442,6 +442,86 @@ class MaskSet:
         self._hook_groups: List[_HookGroup] = []
         _LIVE.add(self)
 
+    @classmethod
+    def from_masks(
+        cls,
+        parameters: Iterable[Tuple[nn.Module, str]],
+        masks: Sequence[Tensor],
+        *,
+        labels: Optional[Sequence[str]] = None,
+        packed: bool = False,
+    ) -> "MaskSet":
+        """Prune in place with given keep-masks and return their :class:`MaskSet`.
+
+        For pruning methods that choose their masks elsewhere (calibration-based
+        LLM pruning, for instance) but want the lean 1-bit representation.
+
+        Args:
+            parameters: ``(module, name)`` pairs.
+            masks: one mask per pair, shaped like the parameter (non-zero =
+                keep), any dtype; or, with ``packed=True``, 1-bit packed
+                ``uint8`` masks (the format of :attr:`masks`).
+            labels: optional names for :attr:`names` (e.g. qualified names).
+            packed: the masks are already packed.
+
+        Returns:
+            a :class:`MaskSet`; the weights are zeroed where the masks are 0. A
+            parameter that already has a remembered mask keeps the units both
+            masks keep.
+
+        Raises:
+            TypeError, ValueError: a pair is invalid, or a mask's count, shape
+                or device does not match; nothing is modified then.
+
+        Example::
+
+            >>> keep = lin.weight.abs() > 0.1
+            >>> ms = MaskSet.from_masks([(lin, "weight")], [keep])
+        """
+        targets = _resolve_targets(parameters)
+        masks = list(masks)
+        if len(masks) != len(targets):
+            raise ValueError(f"masks: got {len(masks)} masks for {len(targets)} parameters")
+        if labels is not None:
+            labels = list(labels)
+            if len(labels) != len(targets):
+                raise ValueError(f"labels: got {len(labels)} labels for {len(targets)} parameters")
+            for t, label in zip(targets, labels):
+                t.label = str(label)
+        for t, mask in zip(targets, masks):
+            if not isinstance(mask, Tensor):
+                raise TypeError(f"masks ({t.label}) must be a torch.Tensor, got {type(mask).__name__}")
+            if packed:
+                if mask.dtype != torch.uint8 or mask.dim() != 1 or mask.numel() != ops.packed_numel(t.param.numel()):
+                    raise ValueError(
+                        f"masks ({t.label}): a packed mask must be a 1-d uint8 tensor of "
+                        f"{ops.packed_numel(t.param.numel())} bytes"
+                    )
+            elif mask.shape != t.param.shape:
+                raise ValueError(
+                    f"masks ({t.label}) has shape {tuple(mask.shape)}, the parameter {tuple(t.param.shape)}"
+                )
+            if mask.device != t.param.device:
+                raise ValueError(f"masks ({t.label}) is on {mask.device}, the parameter on {t.param.device}")
+        cells = _existing_cells(targets)
+        bits = [m.clone() if packed else ops.pack_mask(m) for m in masks]
+        for i, (t, cell) in enumerate(zip(targets, cells)):
+            _clear_padding(bits[i], t.param.numel())
+            if cell is not None:
+                bits[i] = bits[i] & cell.packed
+        with torch.no_grad():
+            ops.apply_packed_mask_([t.param.detach() for t in targets], bits)
+        result = []
+        for t, cell, p in zip(targets, cells, bits):
+            if cell is None:
+                cell = _MaskCell(p, t.param.numel(), None)
+                _CELLS[t.param] = cell
+            else:
+                cell.packed.copy_(p)
+                cell.kept = None
+            result.append(cell)
+        return cls(targets, result)
+
     # -- contents --------------------------------------------------------
 
     def __len__(self) -> int:

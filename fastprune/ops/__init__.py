@@ -29,6 +29,8 @@ SCHEMAS = {
     "mask_mul_": "mask_mul_(Tensor(a!)[] inputs, Tensor[] masks) -> ()",
     "apply_packed_mask_": "apply_packed_mask_(Tensor(a!)[] inputs, Tensor[] packed) -> ()",
     "channel_norms": "channel_norms(Tensor t, int dim, float p) -> Tensor",
+    "row_kselect": "row_kselect(Tensor scores, int k) -> Tensor",
+    "nm_select": "nm_select(Tensor scores, int n, int m) -> Tensor",
 }
 
 _REFERENCE_IMPLS = {
@@ -37,6 +39,8 @@ _REFERENCE_IMPLS = {
     "mask_mul_": reference.mask_mul_,
     "apply_packed_mask_": reference.apply_packed_mask_,
     "channel_norms": reference.channel_norms,
+    "row_kselect": reference.row_kselect,
+    "nm_select": reference.nm_select,
 }
 
 # Libraries must stay referenced for their registrations to stay alive.
@@ -80,6 +84,16 @@ def _register_fakes() -> None:
     def _channel_norms_fake(t, dim, p):
         acc = torch.float64 if t.dtype == torch.float64 else torch.float32
         return t.new_empty((t.shape[dim],), dtype=acc)
+
+    @torch.library.register_fake("fastprune::row_kselect")
+    def _row_kselect_fake(scores, k):
+        torch._check(scores.dim() > 0, lambda: "row_kselect: scores must have at least one dimension")
+        return torch.empty_like(scores, dtype=torch.bool)
+
+    @torch.library.register_fake("fastprune::nm_select")
+    def _nm_select_fake(scores, n, m):
+        torch._check(scores.dim() > 0, lambda: "nm_select: scores must have at least one dimension")
+        return torch.empty_like(scores, dtype=torch.bool)
 
 
 def _register_autograd() -> None:
@@ -313,3 +327,55 @@ def channel_norms(t: Tensor, dim: int, p: float = 2.0) -> Tensor:
 
 
 __all__ = ["SCHEMAS", *reference.__all__]
+
+
+def row_kselect(scores: Tensor, k: int) -> Tensor:
+    """Keep-mask with exactly ``k`` units pruned in every row of ``scores``.
+
+    Every row (slice along the last dimension) is handled in the same launch.
+    In each row the ``k`` units of smallest ``|score|`` are pruned, ties by
+    lower column index, NaN ranked above ``+inf``.
+
+    Args:
+        scores: a tensor of at least one dimension (any real dtype, any device).
+        k: units to prune per row, ``0 <= k <= scores.size(-1)``.
+
+    Returns:
+        a ``bool`` tensor shaped like ``scores``; True = keep.
+
+    Raises:
+        ValueError: ``k`` out of range or a 0-d ``scores``.
+
+    Example::
+
+        >>> fastprune.ops.row_kselect(torch.tensor([[3., 1., 2.], [0., 5., 4.]]), 1)
+        tensor([[ True, False,  True],
+                [False,  True,  True]])
+    """
+    return torch.ops.fastprune.row_kselect(scores, int(k))
+
+
+def nm_select(scores: Tensor, n: int, m: int) -> Tensor:
+    """Keep-mask of the N:M pattern: ``n`` units pruned in every group of ``m``.
+
+    Groups are ``m`` consecutive units along the last dimension. In each group
+    the ``n`` units of smallest ``|score|`` are pruned, ties by lower index,
+    NaN ranked above ``+inf``.
+
+    Args:
+        scores: a tensor whose last dimension is a multiple of ``m``.
+        n: units pruned per group, ``0 <= n < m``.
+        m: group length.
+
+    Returns:
+        a ``bool`` tensor shaped like ``scores``; True = keep.
+
+    Raises:
+        ValueError: ``m`` does not divide the last dimension, or ``n`` out of range.
+
+    Example::
+
+        >>> fastprune.ops.nm_select(torch.tensor([[4., 1., 3., 2.]]), 2, 4)
+        tensor([[ True, False,  True, False]])
+    """
+    return torch.ops.fastprune.nm_select(scores, int(n), int(m))

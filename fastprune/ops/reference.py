@@ -35,6 +35,8 @@ __all__ = [
     "pack_mask",
     "unpack_mask",
     "packed_numel",
+    "row_kselect",
+    "nm_select",
 ]
 
 
@@ -206,3 +208,71 @@ def channel_norms(t: Tensor, dim: int, p: float) -> Tensor:
         # vector_norm refuses inf/-inf over empty slices; the norm of nothing is 0.
         return torch.zeros(t.shape[dim], dtype=acc, device=t.device)
     return torch.linalg.vector_norm(x, ord=p, dim=dims)
+
+
+# ----------------------------------------------------------------------------
+# Selection within rows and within groups (one-shot LLM pruning)
+# ----------------------------------------------------------------------------
+
+
+_SELECT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                  torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_select_scores(scores: Tensor, op: str) -> None:
+    if scores.dtype not in _SELECT_DTYPES:
+        raise TypeError(f"{op}: scores has unsupported dtype {scores.dtype}")
+    if scores.dim() == 0:
+        raise ValueError(f"{op}: scores must have at least one dimension")
+
+
+def _row_keys(scores: Tensor) -> Tensor:
+    """``scores`` as [rows, cols] ranking keys (the conventions of :func:`_keys`)."""
+    cols = scores.shape[-1] if scores.dim() else 1
+    return _keys(scores).reshape(-1, cols) if scores.numel() else scores.new_zeros((0, cols), dtype=torch.float64)
+
+
+def _prune_smallest_per_row(keys: Tensor, k: int) -> Tensor:
+    """Keep-mask of [rows, cols] keys with the ``k`` smallest of each row pruned,
+    ties by lower column index (a stable sort gives exactly that)."""
+    keep = torch.ones(keys.shape, dtype=torch.bool, device=keys.device)
+    if k and keys.numel():
+        order = torch.sort(keys, dim=1, stable=True).indices[:, :k]
+        keep.scatter_(1, order, False)
+    return keep
+
+
+def row_kselect(scores: Tensor, k: int) -> Tensor:
+    """Keep-mask pruning exactly ``k`` units in every row of ``scores``.
+
+    A row is a slice along the last dimension (``scores`` is seen as
+    ``[numel // size(-1), size(-1)]``). In each row the ``k`` units of smallest
+    ``|score|`` are pruned; among equal keys the lower column index is pruned
+    first; NaN ranks above ``+inf``. Returns a ``bool`` tensor of ``scores``'
+    shape, True = keep.
+    """
+    _check_select_scores(scores, "row_kselect")
+    cols = scores.shape[-1]
+    if k < 0 or k > cols:
+        raise ValueError(f"row_kselect: k={k} must be between 0 and the row length ({cols})")
+    return _prune_smallest_per_row(_row_keys(scores), k).reshape(scores.shape)
+
+
+def nm_select(scores: Tensor, n: int, m: int) -> Tensor:
+    """Keep-mask of an N:M pattern: ``n`` units pruned in every group of ``m``.
+
+    Groups are ``m`` consecutive units along the last dimension, starting at
+    column 0 (so ``m`` must divide ``scores.size(-1)``). In each group the ``n``
+    units of smallest ``|score|`` are pruned, ties by lower index, NaN above
+    ``+inf``. Returns a ``bool`` tensor of ``scores``' shape, True = keep.
+    """
+    _check_select_scores(scores, "nm_select")
+    if m < 1:
+        raise ValueError(f"nm_select: m={m} must be positive")
+    if n < 0 or n >= m:
+        raise ValueError(f"nm_select: n={n} must satisfy 0 <= n < m={m}")
+    cols = scores.shape[-1]
+    if cols % m:
+        raise ValueError(f"nm_select: m={m} does not divide the last dimension ({cols})")
+    keys = _keys(scores).reshape(-1, m) if scores.numel() else scores.new_zeros((0, m), dtype=torch.float64)
+    return _prune_smallest_per_row(keys, n).reshape(scores.shape)

@@ -1,0 +1,263 @@
+"""Time and peak memory of fastprune.llm.prune next to a plain-torch implementation.
+
+The plain implementation is what the research scripts do, written here in
+straightforward torch: the same block-by-block walk with hooks, masks chosen
+with ``torch.sort`` per row (magnitude, Wanda), SparseGPT's loop with a sorted
+threshold per column block and ``torch.topk`` per N:M group. Both run in the
+same invocation on the same random-init Llama-shaped model, each in a fresh
+process so that peak memory (max RSS above the loaded model) is its own.
+
+    # the model the numbers in docs/llm.md were measured on (~250M parameters)
+    python benchmarks/bench_llm.py --hidden 1024 --intermediate 2816 --layers 16 --nsamples 4 --seqlen 256
+    # ~1B parameters, the calibration of the papers' quick runs (16 x 512)
+    python benchmarks/bench_llm.py --hidden 2048 --intermediate 5632 --layers 16 --heads 32 --kv-heads 8 \\
+        --nsamples 16 --seqlen 512
+
+Prints a Markdown table: seconds per method and implementation, the ratio,
+peak extra memory, and whether the two produced the same masks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_model(args):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      num_key_value_heads=args.kv_heads, max_position_embeddings=max(args.seqlen, 128))
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    # Random init without transformers' slow per-module initialisers.
+    model = model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+        model.model.rotary_emb.__init__(cfg)  # buffers (inv_freq) are not parameters
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------
+# The plain-torch implementation
+# ----------------------------------------------------------------------------
+
+
+def plain_prune(model, ids, method, sparsity, nm):
+    layers = model.model.layers
+    if method == "magnitude":
+        with torch.no_grad():
+            for block in layers:
+                for m in block.modules():
+                    if isinstance(m, nn.Linear):
+                        keep = plain_select(m.weight.abs(), sparsity, nm)
+                        m.weight[~keep] = 0
+        return
+    captured = []
+
+    def catch(module, a, kw):
+        captured.append((a, kw))
+        raise RuntimeError("caught")
+
+    h = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+    with torch.no_grad():
+        try:
+            model(ids, use_cache=False)
+        except RuntimeError:
+            pass
+    h.remove()
+    (args, kwargs), = captured
+    hidden = args[0]
+    with torch.no_grad():
+        for block in layers:
+            stats, handles = {}, []
+            for m in block.modules():
+                if isinstance(m, nn.Linear):
+                    if method == "wanda":
+                        stats[m] = torch.zeros(m.in_features)
+                    else:
+                        stats[m] = [torch.zeros(m.in_features, m.in_features), 0]
+
+                    def hook(mod, a, out):
+                        x = a[0].reshape(-1, a[0].shape[-1]).float()
+                        if method == "wanda":
+                            stats[mod] += (x * x).sum(dim=0)
+                        else:
+                            stats[mod][0] += x.t() @ x
+                            stats[mod][1] += x.shape[0]
+                    handles.append(m.register_forward_hook(hook))
+            block(hidden, *args[1:], **kwargs)
+            for h in handles:
+                h.remove()
+            for m, st in stats.items():
+                if method == "wanda":
+                    keep = plain_select(m.weight.abs().float() * st.sqrt().reshape(1, -1), sparsity, nm)
+                    m.weight[~keep] = 0
+                else:
+                    m.weight.copy_(plain_sparsegpt(m.weight, st[0] * (2 / st[1]), sparsity, nm))
+            out = block(hidden, *args[1:], **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+
+
+def plain_select(score, sparsity, nm):
+    keep = torch.ones_like(score, dtype=torch.bool)
+    if nm:
+        rows, cols = score.shape
+        g = score.reshape(-1, nm[1])
+        idx = torch.sort(g, dim=1, stable=True).indices[:, :nm[0]]
+        return keep.reshape(-1, nm[1]).scatter(1, idx, False).reshape(rows, cols)
+    k = round(score.shape[1] * sparsity)
+    return keep.scatter(1, torch.sort(score, dim=1, stable=True).indices[:, :k], False)
+
+
+def plain_sparsegpt(weight, H, sparsity, nm, blocksize=128, percdamp=0.01):
+    W = weight.float().clone()
+    cols = W.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        if nm is None:
+            tmp = W1 ** 2 / torch.diag(Hinv1).reshape(1, -1) ** 2
+            order = torch.sort(tmp.flatten(), stable=True).indices[:round(tmp.numel() * sparsity)]
+            mask1 = torch.zeros(tmp.numel(), dtype=torch.bool)
+            mask1[order] = True
+            mask1 = mask1.reshape(tmp.shape)
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if nm is not None and i % nm[1] == 0:
+                tmp = W1[:, i:i + nm[1]] ** 2 / torch.diag(Hinv1)[i:i + nm[1]].reshape(1, -1) ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, nm[0], dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return W.to(weight.dtype)
+
+
+# ----------------------------------------------------------------------------
+# One measurement per process
+# ----------------------------------------------------------------------------
+
+
+def rss_mb():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(spec):
+    torch.set_num_threads(spec["threads"])
+    args = argparse.Namespace(**spec["model"])
+    model = build_model(args)
+    ids = torch.randint(0, args.vocab, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(1))
+    import fastprune.llm as llm  # imported (by both) before the memory baseline and the clock
+
+    base = rss_mb()
+    nm = tuple(spec["nm"]) if spec["nm"] else None
+    pattern = f"{nm[0]}:{nm[1]}" if nm else "unstructured"
+    t0 = time.perf_counter()
+    if spec["impl"] == "fastprune":
+        llm.prune(model, None if spec["method"] == "magnitude" else ids, method=spec["method"],
+                  sparsity=spec["sparsity"], pattern=pattern, progress=False, measure_errors=False)
+    else:
+        plain_prune(model, ids, spec["method"], spec["sparsity"], nm)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    zeros = [m.weight.eq(0) for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in n]
+    digest = torch.cat([z.reshape(-1) for z in zeros])
+    torch.save(digest, spec["digest"])
+    print(json.dumps({"seconds": seconds, "peak_extra_mb": peak - base, "sparsity": float(digest.float().mean())}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--intermediate", type=int, default=2816)
+    p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--nsamples", type=int, default=4)
+    p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"])
+    p.add_argument("--patterns", nargs="+", default=["unstructured", "2:4"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        with open(args.worker) as fh:
+            worker(json.load(fh))
+        return
+    model_args = {k: getattr(args, k) for k in ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab",
+                                                "nsamples", "seqlen")}
+    nparams = build_model(argparse.Namespace(**model_args)).num_parameters()
+    print(f"Llama-shaped model, {nparams / 1e6:.0f}M parameters, calibration {args.nsamples} x {args.seqlen}; "
+          f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
+          flush=True)
+    rows = []
+    tmp = os.path.join(os.path.expanduser("~"), ".cache", "fastprune")
+    os.makedirs(tmp, exist_ok=True)
+    for pattern in args.patterns:
+        nm = None if pattern == "unstructured" else [int(x) for x in pattern.split(":")]
+        for method in args.methods:
+            res = {}
+            for impl in ("fastprune", "plain"):
+                spec = {"impl": impl, "method": method, "sparsity": 0.5, "nm": nm, "threads": args.threads,
+                        "model": model_args, "digest": os.path.join(tmp, f"bench_llm_{impl}.pt")}
+                path = os.path.join(tmp, "bench_llm_spec.json")
+                with open(path, "w") as fh:
+                    json.dump(spec, fh)
+                out = subprocess.run([sys.executable, __file__, "--worker", path], capture_output=True, text=True,
+                                     env=dict(os.environ, PYTHONPATH=ROOT))
+                if out.returncode:
+                    raise SystemExit(out.stderr)
+                res[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"  {pattern} {method} {impl}: {res[impl]}", flush=True)
+            a = torch.load(os.path.join(tmp, "bench_llm_fastprune.pt"))
+            b = torch.load(os.path.join(tmp, "bench_llm_plain.pt"))
+            same = "yes" if torch.equal(a, b) else f"{float((a != b).float().mean()) * 100:.3f}% differ"
+            rows.append((pattern, method, res["fastprune"], res["plain"], same))
+    print()
+    print("| pattern | method | fastprune s | plain torch s | speed-up | fastprune peak extra MB | plain peak extra MB "
+          "| same masks |")
+    print("|---|---|---|---|---|---|---|---|")
+    for pattern, method, f, pl, same in rows:
+        print(f"| {pattern} | {method} | {f['seconds']:.2f} | {pl['seconds']:.2f} | "
+              f"{pl['seconds'] / f['seconds']:.2f}x | {f['peak_extra_mb']:.0f} | {pl['peak_extra_mb']:.0f} | {same} |")
+
+
+if __name__ == "__main__":
+    main()

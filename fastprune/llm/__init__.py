@@ -1,0 +1,28 @@
+"""One-shot pruning of large language models: Wanda, SparseGPT, magnitude, N:M, OWL.
+
+:func:`prune` walks the decoder blocks one after the other on calibration
+data, as the papers do; mask selection runs on fastprune's selection ops
+(``ops.row_kselect``, ``ops.nm_select``, ``ops.kselect``), the linear algebra
+on torch's. ``python -m fastprune.llm`` does the same for a checkpoint folder.
+"""
+from .api import METHODS, prune
+from .blocks import block_linears, find_blocks
+from .calibration import load_text_calibration, normalize_calibration
+from .owl import outlier_ratio, owl_sparsities
+from .patterns import parse_pattern
+from .report import BlockReport, LayerReport, PruneReport
+
+__all__ = [
+    "prune",
+    "METHODS",
+    "PruneReport",
+    "LayerReport",
+    "BlockReport",
+    "find_blocks",
+    "block_linears",
+    "normalize_calibration",
+    "load_text_calibration",
+    "parse_pattern",
+    "outlier_ratio",
+    "owl_sparsities",
+]

@@ -1,0 +1,130 @@
+"""``python -m fastprune.llm``: prune a local transformers checkpoint and save it.
+
+Example::
+
+    python -m fastprune.llm --model ./llama --method wanda --sparsity 0.5 \\
+        --calibration corpus.txt --nsamples 128 --seqlen 2048 --output ./llama-wanda50
+
+The checkpoint folder is what ``save_pretrained`` writes (config, weights and
+the tokenizer); ``--calibration`` is a text file or a folder of text files.
+The pruned model is written to ``--output`` with ``save_pretrained`` (and the
+tokenizer next to it), the report table is printed. A bad path or setting
+ends with one line on stderr and exit status 2, not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from .api import METHODS, prune
+from .calibration import load_text_calibration
+from .patterns import parse_pattern
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastprune.llm",
+        description="One-shot pruning (Wanda, SparseGPT, magnitude; unstructured or N:M; OWL) of a local "
+        "transformers checkpoint, block by block on calibration text.",
+    )
+    p.add_argument("--model", required=True, help="checkpoint folder (save_pretrained layout, with its tokenizer)")
+    p.add_argument("--method", default="wanda", choices=METHODS)
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned, in [0, 1) (N/M for --pattern N:M)")
+    p.add_argument("--pattern", default="unstructured", help="'unstructured' or N:M, e.g. 2:4")
+    p.add_argument("--layer-sparsity", default=None, choices=["owl"], help="per-block sparsities (OWL)")
+    p.add_argument("--calibration", help="a text file or a folder of text files (not needed for magnitude)")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration sequences")
+    p.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration sequence")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
+    p.add_argument("--output", required=True, help="folder for the pruned model")
+    p.add_argument("--device", default=None, help="device each block is pruned on (default: where the model is)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="load the model in this dtype")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _load(args):
+    if not os.path.isdir(args.model):
+        raise _UsageError(f"--model: {args.model!r} is not a folder")
+    if not os.path.isfile(os.path.join(args.model, "config.json")):
+        raise _UsageError(f"--model: {args.model!r} has no config.json (expected a save_pretrained folder)")
+    try:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:  # transformers is an optional dependency
+        raise _UsageError(f"transformers is needed to load checkpoints ({e}); pip install transformers")
+    # Our bar goes over the blocks; transformers' loading bars would only add noise.
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    tokenizer = None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 (one line for whatever transformers raises)
+        if args.calibration:
+            raise _UsageError(f"--model: cannot load the tokenizer from {args.model!r}: {str(e).splitlines()[0]}")
+    calibration = None
+    if args.calibration:
+        try:
+            calibration = load_text_calibration(args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed)
+        except ValueError as e:
+            raise _UsageError(str(e))
+    kwargs = {}
+    if args.dtype:
+        kwargs["dtype"] = getattr(torch, args.dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise _UsageError(f"--model: cannot load {args.model!r}: {str(e).splitlines()[0]}")
+    return model, tokenizer, calibration
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``python -m fastprune.llm``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if not 0.0 <= args.sparsity < 1.0:
+            raise _UsageError(f"--sparsity={args.sparsity} must be in [0, 1)")
+        try:
+            parse_pattern(args.pattern)
+        except ValueError as e:
+            raise _UsageError(f"--pattern: {e}")
+        if args.nsamples < 1 or args.seqlen < 1:
+            raise _UsageError("--nsamples and --seqlen must be at least 1")
+        needs_data = args.method != "magnitude" or args.layer_sparsity == "owl"
+        if needs_data and not args.calibration:
+            raise _UsageError(f"--calibration is required for --method {args.method}"
+                              + (" with --layer-sparsity owl" if args.method == "magnitude" else ""))
+        if args.calibration and not os.path.exists(args.calibration):
+            raise _UsageError(f"--calibration: {args.calibration!r} does not exist")
+        if os.path.isfile(args.output):
+            raise _UsageError(f"--output: {args.output!r} is a file, not a folder")
+        model, tokenizer, calibration = _load(args)
+        try:
+            report = prune(model, calibration, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
+                           layer_sparsity=args.layer_sparsity, device=args.device,
+                           progress=not args.no_progress)
+        except (TypeError, ValueError, IndexError) as e:
+            raise _UsageError(str(e))
+        if report.masks is not None:
+            report.masks.detach()
+        os.makedirs(args.output, exist_ok=True)
+        model.save_pretrained(args.output)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(args.output)
+    except _UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.table())
+    print(f"saved to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

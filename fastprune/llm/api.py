@@ -1,0 +1,521 @@
+"""``fastprune.llm.prune``: one-shot pruning of decoder models, block by block."""
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import time
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.functional import custom_from_mask
+from ..ops import pack_mask
+from ..core.targets import eval_mode
+from ..maskset import MaskSet
+from ..progress import progress_bar
+from .blocks import block_linears, find_blocks, is_conv1d, weight_rows
+from .calibration import normalize_calibration
+from .magnitude import magnitude_mask
+from .owl import outlier_ratio, owl_sparsities
+from .patterns import parse_pattern
+from .report import BlockReport, LayerReport, PruneReport
+from .sparsegpt import Hessian, sparsegpt_prune
+from .wanda import InputNorms, wanda_mask, wanda_scores
+
+__all__ = ["prune", "METHODS"]
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+_MODES = ("inplace", "reparam")
+
+
+class _Stop(Exception):
+    """Raised by the capture hook once the first block's inputs are recorded."""
+
+
+# ----------------------------------------------------------------------------
+# Validation (nothing is modified here)
+# ----------------------------------------------------------------------------
+
+
+def _check_fraction(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a float in [0, 1), got {type(value).__name__}")
+    value = float(value)
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"{what}={value} must be in [0, 1)")
+    return value
+
+
+def _check_choice(value, allowed, what: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{what}={value!r} is not supported; choose one of {allowed}")
+    return value
+
+
+class _Layer:
+    __slots__ = ("name", "module", "block")
+
+    def __init__(self, name: str, module: nn.Module, block: int) -> None:
+        self.name = name
+        self.module = module
+        self.block = block
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        w = weight_rows(self.module, self.module.weight)
+        return int(w.shape[0]), int(w.shape[1])
+
+
+def _plan_layers(model: nn.Module, blocks: List[nn.Module]) -> List[List[_Layer]]:
+    names = {id(m): n for n, m in model.named_modules()}
+    plan = []
+    for i, block in enumerate(blocks):
+        layers = []
+        for name, m in block_linears(block, names.get(id(block), f"blocks.{i}")):
+            if "weight_orig" in m._parameters or "weight" not in m._parameters:
+                raise ValueError(
+                    f"{name}: its weight carries a pruning reparametrisation; call fastprune.remove(module, 'weight') first"
+                )
+            if m.weight.is_complex() or not m.weight.is_floating_point():
+                raise TypeError(f"{name}: weight must be floating point, got {m.weight.dtype}")
+            layers.append(_Layer(name, m, i))
+        plan.append(layers)
+    if not any(plan):
+        raise ValueError("blocks: the blocks hold no linear layers to prune")
+    return plan
+
+
+def _layer_targets(plan, sparsity: float, layer_sparsity) -> Tuple[List[float], Dict[str, float]]:
+    """Per-block sparsity and per-layer overrides from ``layer_sparsity`` (a dict)."""
+    per_block = [sparsity] * len(plan)
+    per_layer: Dict[str, float] = {}
+    if not isinstance(layer_sparsity, dict):
+        return per_block, per_layer
+    names = {l.name for layers in plan for l in layers}
+    for key, value in layer_sparsity.items():
+        what = f"layer_sparsity[{key!r}]"
+        s = _check_fraction(value, what)
+        if isinstance(key, bool) or not isinstance(key, (int, str)):
+            raise TypeError(f"layer_sparsity keys must be block indices (int) or layer names (str), got {key!r}")
+        if isinstance(key, int):
+            if not -len(plan) <= key < len(plan):
+                raise IndexError(f"{what}: there are {len(plan)} blocks")
+            per_block[key % len(plan)] = s
+        else:
+            if key not in names:
+                raise ValueError(f"{what}: no prunable layer of that name in the blocks")
+            per_layer[key] = s
+    return per_block, per_layer
+
+
+# ----------------------------------------------------------------------------
+# Moving things between devices
+# ----------------------------------------------------------------------------
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+class _OutsideBlocksOn:
+    """Moves every parameter and buffer that is not inside a block to ``device``
+    for the duration of the ``with`` (to run the embeddings during capture)."""
+
+    def __init__(self, model: nn.Module, blocks: List[nn.Module], device) -> None:
+        inside = {id(t) for b in blocks for t in list(b.parameters()) + list(b.buffers())}
+        self.moved = []
+        self.device = device
+        for m in model.modules():
+            for kind in ("_parameters", "_buffers"):
+                for name, t in getattr(m, kind).items():
+                    if t is not None and id(t) not in inside and t.device != torch.device(device):
+                        self.moved.append((m, kind, name, t.device))
+        self.moved_ids = set()
+
+    def _move(self, restore: bool) -> None:
+        for m, kind, name, home in self.moved:
+            t = getattr(m, kind)[name]
+            target = home if restore else self.device
+            if kind == "_parameters":
+                t.data = t.data.to(target)
+            else:
+                getattr(m, kind)[name] = t.to(target)
+
+    def __enter__(self):
+        self._move(False)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._move(True)
+        return False
+
+
+def _model_call_kwargs(model: nn.Module) -> Dict[str, object]:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
+def _capture(model, blocks, batches, device):
+    """The first block's (args, kwargs) for every batch, on ``device``."""
+    captured = []
+
+    def hook(module, args, kwargs):
+        captured.append((_to(args, device), _to(kwargs, device)))
+        raise _Stop
+
+    extra = _model_call_kwargs(model)
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with _OutsideBlocksOn(model, blocks, device):
+            for ids, mask in batches:
+                kwargs = dict(extra)
+                if mask is not None:
+                    kwargs["attention_mask"] = mask.to(device)
+                try:
+                    model(ids.to(device), **kwargs)
+                except _Stop:
+                    pass
+                else:
+                    raise ValueError("blocks: the first block was never called by the model's forward")
+    finally:
+        handle.remove()
+    return captured
+
+
+def _hidden(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args, kwargs, hidden):
+    if args:
+        return (hidden,) + tuple(args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs["hidden_states"] = hidden
+    return args, kwargs
+
+
+def _run_block(block, inputs) -> List:
+    """Runs the block on every captured input; returns the inputs of the next block."""
+    outs = []
+    for args, kwargs in inputs:
+        out = block(*args, **kwargs)
+        hidden = out[0] if isinstance(out, (tuple, list)) else out
+        outs.append(_with_hidden(args, kwargs, hidden))
+    return outs
+
+
+class _TokenRows:
+    """Turns a linear layer's input ``[..., in]`` into the rows of real (non-padding) tokens."""
+
+    def __init__(self, token_masks: List[Optional[torch.Tensor]]) -> None:
+        self.token_masks = token_masks
+        self.current = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        mask = self.token_masks[self.current]
+        if mask is not None and mask.numel() == rows.shape[0]:
+            rows = rows[mask.to(rows.device)]
+        return rows
+
+
+def _run_block_with(block, inputs, token_rows: _TokenRows) -> List:
+    outs = []
+    for i, (args, kwargs) in enumerate(inputs):
+        token_rows.current = i
+        out = block(*args, **kwargs)
+        hidden = out[0] if isinstance(out, (tuple, list)) else out
+        outs.append(_with_hidden(args, kwargs, hidden))
+    return outs
+
+
+def _gather_stats(block, layers: List[_Layer], inputs, token_rows: _TokenRows, kind: str):
+    """Forward the block over the calibration with hooks collecting each layer's statistic."""
+    stats = {}
+    handles = []
+    for l in layers:
+        in_features = l.shape[1]
+        dev = l.module.weight.device
+        stats[l.name] = InputNorms(in_features, dev) if kind == "norms" else Hessian(in_features, dev)
+
+        def hook(module, args, output, acc=stats[l.name]):
+            acc.add(token_rows(args[0].detach()))
+
+        handles.append(l.module.register_forward_hook(hook))
+    try:
+        outs = _run_block_with(block, inputs, token_rows)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats, outs
+
+
+def _measure_errors(block, layers, dense, inputs, token_rows):
+    """Forward the pruned block; each layer's relative output error against its dense weight."""
+    sums = {l.name: [0.0, 0.0] for l in layers}
+    handles = []
+    for l in layers:
+        def hook(module, args, output, l=l):
+            x = token_rows(args[0].detach())
+            y = token_rows(output.detach())
+            w = dense[l.name]
+            ref = x @ w.to(x.dtype) if is_conv1d(module) else F.linear(x, w.to(x.dtype))
+            if getattr(module, "bias", None) is not None:
+                ref = ref + module.bias.to(x.dtype)
+            diff = (ref.float() - y.float())
+            sums[l.name][0] += float((diff * diff).sum())
+            sums[l.name][1] += float((ref.float() * ref.float()).sum())
+
+        handles.append(l.module.register_forward_hook(hook))
+    try:
+        outs = _run_block_with(block, inputs, token_rows)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: (a / b if b > 0 else (0.0 if a == 0 else math.inf)) for k, (a, b) in sums.items()}, outs
+
+
+# ----------------------------------------------------------------------------
+# The public function
+# ----------------------------------------------------------------------------
+
+
+def prune(
+    model: nn.Module,
+    calibration=None,
+    method: str = "wanda",
+    sparsity: float = 0.5,
+    pattern: str = "unstructured",
+    *,
+    layer_sparsity=None,
+    blocks=None,
+    device=None,
+    offload: bool = True,
+    mode: str = "inplace",
+    progress: Optional[bool] = True,
+    owl_lambda: float = 0.08,
+    owl_m: float = 5.0,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    measure_errors: bool = True,
+) -> PruneReport:
+    """Prune the linear layers of a decoder model one-shot, block by block.
+
+    The inputs of the first decoder block are captured once on the
+    calibration data. Then, for each block in turn: its linear layers'
+    statistics are gathered with forward hooks (Wanda: the L2 norm of every
+    input feature over the calibration tokens; SparseGPT: the Hessian
+    ``2 X X^T / n``), the layers are pruned, and the block's outputs,
+    recomputed with the pruned weights, become the next block's inputs.
+    Embeddings, norms and the LM head stay dense.
+
+    Args:
+        model: a transformers decoder model (Llama / Mistral / Qwen2 / GPT-2 /
+            OPT ...) or any model whose blocks are given with ``blocks``.
+        calibration: token ids ``[n, seq_len]``, or an iterable of batches
+            (tensors, ``(ids, attention_mask)`` pairs or tokenizer dicts);
+            padding (attention mask 0) is left out of the statistics. Not
+            needed for ``method="magnitude"`` without OWL.
+        method: ``"wanda"`` (score ``|W_ij| * ||X_j||_2`` compared within each
+            output row), ``"sparsegpt"`` (Hessian-based selection and weight
+            reconstruction) or ``"magnitude"`` (``|W_ij|`` within each row).
+        sparsity: fraction pruned in ``[0, 1)``; for an N:M pattern it must be
+            ``N / M``.
+        pattern: ``"unstructured"`` or ``"N:M"`` (``N`` of every ``M``
+            consecutive input weights of a row pruned, e.g. ``"2:4"``).
+        layer_sparsity: ``None`` (every block at ``sparsity``), ``"owl"``
+            (outlier-weighted per-block sparsities whose parameter-weighted mean
+            is ``sparsity``) or a dict ``{block index or layer name: sparsity}``.
+        blocks: the decoder blocks (a path such as ``"model.layers"``, or the
+            modules), found automatically when ``None``.
+        device: where each block is pruned; default: the device of the first
+            block's parameters.
+        offload: True: each block is moved to ``device`` for its turn and back
+            afterwards (peak memory: one block plus the activations). False:
+            blocks are moved to ``device`` and stay there.
+        mode: ``"inplace"`` (weights zeroed, 1-bit masks returned in
+            ``report.masks``) or ``"reparam"`` (``weight_orig`` /
+            ``weight_mask`` as ``torch.nn.utils.prune`` makes them; works with
+            ``remove`` and ``is_pruned``).
+        progress: show a progress bar over the blocks.
+        owl_lambda, owl_m: OWL's lambda (largest deviation from ``sparsity``)
+            and M (outlier threshold as a multiple of the mean score).
+        blocksize, percdamp: SparseGPT's column block size and dampening
+            (fraction of the mean Hessian diagonal).
+        measure_errors: compute each layer's reconstruction error while the
+            pruned block's outputs are recomputed (one extra matrix product
+            per layer); False leaves ``error`` NaN.
+
+    Returns:
+        a :class:`PruneReport` (per-layer sparsity and reconstruction error,
+        time per block; ``print(report)`` shows a table).
+
+    Raises:
+        TypeError, ValueError, IndexError: bad arguments (naming the argument),
+            raised before any weight changes.
+
+    Example::
+
+        >>> ids = tokenizer(texts, return_tensors="pt", padding=True)
+        >>> report = fastprune.llm.prune(model, [ids], method="wanda", sparsity=0.5)
+        >>> print(report)
+    """
+    # -- every check first: a bad call changes nothing ------------------------
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    method = _check_choice(method, METHODS, "method")
+    mode = _check_choice(mode, _MODES, "mode")
+    sparsity = _check_fraction(sparsity, "sparsity")
+    nm = parse_pattern(pattern)
+    if nm is not None and abs(sparsity - nm[0] / nm[1]) > 1e-9:
+        raise ValueError(f"sparsity={sparsity} does not match pattern={pattern!r}, which prunes {nm[0] / nm[1]}")
+    if layer_sparsity is not None and not (layer_sparsity == "owl" or isinstance(layer_sparsity, dict)):
+        raise ValueError(f"layer_sparsity={layer_sparsity!r} must be None, 'owl' or a dict")
+    if layer_sparsity is not None and nm is not None:
+        raise ValueError(f"layer_sparsity cannot be combined with pattern={pattern!r} (N:M fixes every layer's sparsity)")
+    for value, what in ((owl_lambda, "owl_lambda"), (owl_m, "owl_m"), (percdamp, "percdamp")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+            raise ValueError(f"{what}={value!r} must be a non-negative number")
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
+        raise ValueError(f"blocksize={blocksize!r} must be a positive int")
+    if nm is not None and method == "sparsegpt" and blocksize % nm[1]:
+        raise ValueError(f"blocksize={blocksize} must be a multiple of M in pattern={pattern!r}")
+    block_list = find_blocks(model, blocks)
+    plan = _plan_layers(model, block_list)
+    per_block, per_layer = _layer_targets(plan, sparsity, layer_sparsity)
+    if nm is not None:
+        for layers in plan:
+            for l in layers:
+                if l.shape[1] % nm[1]:
+                    raise ValueError(
+                        f"pattern={pattern!r}: M={nm[1]} does not divide the input dimension {l.shape[1]} of {l.name}"
+                    )
+    needs_data = method != "magnitude" or layer_sparsity == "owl"
+    batches = normalize_calibration(calibration) if needs_data or calibration is not None else None
+    if device is None:
+        first = next(iter(block_list[0].parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device torch knows") from None
+
+    report = PruneReport(method=method, pattern=pattern, sparsity=sparsity, mode=mode)
+    start = time.perf_counter()
+    token_masks = [None if m is None else (m.reshape(-1) != 0) for _, m in batches] if batches else []
+    token_rows = _TokenRows(token_masks)
+    pairs, masks_out, labels = [], [], []
+
+    with torch.no_grad(), eval_mode(model):
+        if layer_sparsity == "owl":
+            ratios, params = [], []
+            inputs = _capture(model, block_list, batches, device)
+            bar = progress_bar(range(len(block_list)), enabled=bool(progress), desc="OWL outlier ratios", unit="block")
+            for i in bar:
+                home = _block_device(block_list[i])
+                block = block_list[i].to(device) if offload or home != device else block_list[i]
+                stats, inputs = _gather_stats(block, plan[i], inputs, token_rows, "norms")
+                scores = [wanda_scores(weight_rows(l.module, l.module.weight), stats[l.name].norms()) for l in plan[i]]
+                ratios.append(outlier_ratio(scores, owl_m) if scores else 0.0)
+                params.append(sum(s.numel() for s in scores))
+                del scores
+                if offload and home is not None:
+                    block.to(home)
+            per_block = owl_sparsities(ratios, params, sparsity, owl_lambda)
+
+        inputs = _capture(model, block_list, batches, device) if batches else None
+        bar = progress_bar(range(len(block_list)), enabled=bool(progress), desc=f"{method} pruning", unit="block")
+        for i in bar:
+            t0 = time.perf_counter()
+            home = _block_device(block_list[i])
+            block = block_list[i]
+            if offload or home != device:
+                block.to(device)
+            layers = plan[i]
+            stats = {}
+            if method != "magnitude":
+                stats, _ = _gather_stats(block, layers, inputs, token_rows,
+                                         "norms" if method == "wanda" else "hessian")
+            dense = {}
+            for l in layers:
+                w = weight_rows(l.module, l.module.weight)
+                if (inputs is not None and measure_errors) or (mode == "reparam" and method != "sparsegpt"):
+                    dense[l.name] = l.module.weight.detach().clone()
+                s = per_layer.get(l.name, per_block[i])
+                if method == "magnitude":
+                    keep = magnitude_mask(w.detach(), s, nm)
+                    new_w = None
+                elif method == "wanda":
+                    keep = wanda_mask(w.detach(), stats[l.name].norms(), s, nm)
+                    new_w = None
+                else:
+                    H = stats.pop(l.name).take()
+                    new_w, keep = sparsegpt_prune(w.detach(), H, s, nm, blocksize, percdamp, l.name,
+                                                  overwrite_h=True)
+                    del H
+                stats.pop(l.name, None)
+                if new_w is not None:
+                    w.copy_(new_w.to(w.dtype))
+                w.masked_fill_(~keep, 0)
+                report.layers.append(LayerReport(l.name, i, l.shape, 1.0 - float(keep.sum()) / keep.numel(), math.nan))
+                keep_param = keep.t() if is_conv1d(l.module) else keep
+                # Reparam needs the mask itself; in place, 1 bit per weight is all we keep.
+                masks_out.append(keep_param if mode == "reparam" else _pack(keep_param))
+                pairs.append((l.module, "weight"))
+                labels.append(l.name + ".weight")
+            if inputs is not None and measure_errors:
+                errors, inputs = _measure_errors(block, layers, dense, inputs, token_rows)
+                for rep in report.layers[-len(layers):]:
+                    rep.error = errors[rep.name]
+            elif inputs is not None and i + 1 < len(block_list):
+                inputs = _run_block(block, inputs)
+            if mode == "reparam":
+                for l, keep_param in zip(layers, masks_out[-len(layers):]):
+                    if method != "sparsegpt":  # torch-style: weight_orig keeps the dense values
+                        l.module.weight.copy_(dense[l.name])
+                    custom_from_mask(l.module, "weight", keep_param)
+                del masks_out[-len(layers):]  # the modules hold them now
+            del dense
+            if offload and home is not None and home != device:
+                block.to(home)
+            seconds = time.perf_counter() - t0
+            report.blocks.append(BlockReport(i, per_block[i], seconds))
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(block_s=f"{seconds:.2f}")
+        if mode == "inplace":
+            # The masks live where the weights ended up.
+            masks_out = [m.to(p[0].weight.device) for m, p in zip(masks_out, pairs)]
+            report.masks = MaskSet.from_masks(pairs, masks_out, labels=labels, packed=True)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _pack(keep: torch.Tensor) -> torch.Tensor:
+    """1-bit packed copy of a keep-mask (fastprune's format: unit i is bit i % 8 of byte i // 8).
+
+    On the CPU numpy's ``packbits`` does it in one pass; elsewhere the ops' packer.
+    """
+    if keep.device.type == "cpu" and keep.dtype == torch.bool:
+        import numpy as np  # a runtime dependency of fastprune
+
+        return torch.from_numpy(np.packbits(keep.reshape(-1).numpy(), bitorder="little"))
+    return pack_mask(keep)
+
+
+def _block_device(block: nn.Module):
+    p = next(iter(block.parameters()), None)
+    return p.device if p is not None else None

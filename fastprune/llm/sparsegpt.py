@@ -1,0 +1,116 @@
+"""SparseGPT (Frantar & Alistarh, 2023): prune and reconstruct with the Hessian.
+
+The mask selection runs on fastprune's selection ops; the Hessian, Cholesky
+factorisation and weight updates are torch's linear algebra.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import ops
+from .patterns import rows_to_prune
+
+__all__ = ["Hessian", "sparsegpt_prune"]
+
+
+class Hessian:
+    """Accumulates ``H = 2/n * sum_t x_t x_t^T`` over the ``n`` tokens a layer sees (fp32)."""
+
+    def __init__(self, in_features: int, device) -> None:
+        self.sum = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        xf = x.to(torch.float32)
+        self.sum.addmm_(xf.t(), xf)
+        self.tokens += x.shape[0]
+
+    def matrix(self) -> torch.Tensor:
+        return self.sum * (2.0 / max(self.tokens, 1))
+
+    def take(self) -> torch.Tensor:
+        """The Hessian, scaled in place; the accumulator is released (one copy less)."""
+        H, self.sum = self.sum.mul_(2.0 / max(self.tokens, 1)), None
+        return H
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float,
+    nm: Optional[Tuple[int, int]],
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    name: str = "weight",
+    overwrite_h: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Prune ``weight`` ``[out, in]`` with SparseGPT; returns ``(new_weight fp32, keep_mask)``.
+
+    As published: dead inputs (zero Hessian diagonal) get weight 0 and diagonal
+    1; the Hessian is dampened by ``percdamp`` times the mean of its diagonal;
+    the upper Cholesky factor of its inverse drives the updates. Columns are
+    processed in blocks of ``blocksize``: the mask of a block is chosen at its
+    start (adaptive mask selection) from ``w^2 / [H^-1]_jj^2``, exactly
+    ``round(rows * blocksize * sparsity)`` weights of the block; for N:M, ``n``
+    of every ``m`` columns of each row, chosen when the group's first column
+    is reached. Each column's error is spread over the block's remaining
+    columns, and the block's errors over all later columns in one matrix
+    product (lazy batched updates).
+
+    ``overwrite_h=True`` lets the function modify ``H`` instead of copying it.
+
+    Raises:
+        RuntimeError: the dampened Hessian is not positive definite (raise ``percdamp``).
+    """
+    W = weight.detach().to(torch.float32).clone()
+    rows, cols = W.shape
+    if not overwrite_h:
+        H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    damp = percdamp * torch.mean(torch.diag(H))
+    idx = torch.arange(cols, device=H.device)
+    H[idx, idx] += damp
+    L, info = torch.linalg.cholesky_ex(H)
+    if int(info) != 0:
+        raise RuntimeError(f"sparsegpt: the dampened Hessian of {name} is not positive definite; raise percdamp")
+    Hinv = torch.cholesky_inverse(L)
+    del L  # one n x n matrix fewer alive during the column loop
+    Hinv, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+    if int(info) != 0:
+        raise RuntimeError(f"sparsegpt: the inverse Hessian of {name} is not positive definite; raise percdamp")
+    keep = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d = torch.diag(Hinv1)
+        if nm is None:
+            score = W1 * W1 / (d * d).reshape(1, -1)
+            k = rows_to_prune(score.numel(), sparsity)
+            (mask1,) = ops.kselect([score], None, k, largest=False, exclude_masked=False, packed=False,
+                                   dtypes=[torch.bool])
+        else:
+            mask1 = torch.ones_like(W1, dtype=torch.bool)
+        n, m = nm if nm is not None else (0, 0)
+        for i in range(count):
+            if nm is not None and i % m == 0:
+                group = W1[:, i:i + m]
+                score = group * group / (d[i:i + m] * d[i:i + m]).reshape(1, -1)
+                mask1[:, i:i + m] = ops.nm_select(score, n, m)
+            w = W1[:, i]
+            q = torch.where(mask1[:, i], w, torch.zeros_like(w))
+            Q1[:, i] = q
+            err = (w - q) / d[i]
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        keep[:, i1:i2] = mask1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return W, keep

@@ -1,0 +1,107 @@
+"""python -m fastprune.llm end to end on a tiny checkpoint written with save_pretrained."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastprune.llm.__main__ import main
+from helpers import load_example
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny byte-level Llama (no download: the tokenizer is built here) and a text corpus."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    example = load_example("train_tiny_llama")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder / "model")
+    example.byte_tokenizer().save_pretrained(folder / "model")
+    texts = folder / "texts"
+    texts.mkdir()
+    with open(os.path.join(ROOT, "fastprune", "llm", "api.py"), encoding="utf-8") as fh:
+        source = fh.read()
+    (texts / "a.txt").write_text(source[: len(source) // 2], encoding="utf-8")
+    (texts / "b.txt").write_text(source[len(source) // 2:], encoding="utf-8")
+    (folder / "empty.txt").write_text("", encoding="utf-8")
+    return folder
+
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "fastprune.llm", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+def test_cli_end_to_end(checkpoint):
+    out = checkpoint / "pruned"
+    r = run_cli("--model", str(checkpoint / "model"), "--method", "wanda", "--sparsity", "0.5", "--pattern", "2:4",
+                "--calibration", str(checkpoint / "texts"), "--nsamples", "4", "--seqlen", "32",
+                "--output", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "model.layers.1.mlp.down_proj" in r.stdout and "sparsity 0.5000" in r.stdout
+    model = transformers.LlamaForCausalLM.from_pretrained(out)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and ".layers." in name:
+            groups = (m.weight == 0).reshape(-1, 4).sum(dim=1)
+            assert bool((groups == 2).all()), name
+    assert bool((model.lm_head.weight != 0).all())
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok("abc")["input_ids"] == [97, 98, 99]
+
+
+def test_cli_owl_and_sparsegpt(checkpoint, capsys):
+    # In-process (the subprocess run above covers the module entry point).
+    out = checkpoint / "owl"
+    code = main(["--model", str(checkpoint / "model"), "--method", "sparsegpt", "--sparsity", "0.7",
+                 "--layer-sparsity", "owl", "--calibration", str(checkpoint / "texts" / "a.txt"),
+                 "--nsamples", "4", "--seqlen", "32", "--output", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert "sparsegpt, unstructured" in capsys.readouterr().out
+    model = transformers.LlamaForCausalLM.from_pretrained(out)
+    w = torch.cat([m.weight.reshape(-1) for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and ".layers." in n])
+    assert float((w == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model", "/nonexistent/model"], "--model"),
+        (["--calibration", "/nonexistent/text.txt"], "--calibration"),
+        (["--calibration", "EMPTY"], "no readable text"),
+        (["--sparsity", "1.5"], "--sparsity"),
+        (["--pattern", "4:4"], "--pattern"),
+        (["--pattern", "3:6"], "does not divide"),
+        (["--method", "wanda", "--no-calibration"], "--calibration is required"),
+        (["--seqlen", "100000"], "fewer than seqlen"),
+    ],
+)
+def test_cli_bad_input_is_one_line(checkpoint, args, needle, capfd):
+    base = {"--model": str(checkpoint / "model"), "--calibration": str(checkpoint / "texts"),
+            "--nsamples": "2", "--seqlen": "16", "--output": str(checkpoint / "bad")}
+    args = list(args)
+    if "--no-calibration" in args:
+        args.remove("--no-calibration")
+        del base["--calibration"]
+    for i in range(0, len(args) - 1):
+        if args[i] in base:
+            base[args[i]] = args[i + 1].replace("EMPTY", str(checkpoint / "empty.txt"))
+    rest = [a for i, a in enumerate(args) if a not in base and (i == 0 or args[i - 1] not in base)]
+    argv = [x for kv in base.items() for x in kv] + rest
+    if "--sparsity" not in argv and "3:6" in argv:
+        argv += ["--sparsity", "0.5", "--method", "magnitude"]
+    # In-process (a subprocess per case would mostly time imports); capfd sees C-level output too.
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+    assert not os.path.exists(checkpoint / "bad")

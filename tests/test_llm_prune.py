@@ -1,0 +1,492 @@
+"""fastprune.llm.prune against plain-torch transcriptions of the papers, on tiny models."""
+import math
+
+import pytest
+import torch
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+import fastprune
+import fastprune.llm as llm
+from helpers import assert_snapshot_equal, module_snapshot
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 64
+
+
+def tiny_llama(seed=0, dtype=torch.float32, **overrides):
+    cfg = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)).to(dtype).eval()
+
+
+def clone(model):
+    other = type(model)(model.config).to(next(model.parameters()).dtype).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def calib(n=4, seqlen=16, seed=1):
+    return torch.randint(0, VOCAB, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def linears(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in n]
+
+
+# ----------------------------------------------------------------------------
+# Transcriptions of the papers (plain torch, no fastprune)
+# ----------------------------------------------------------------------------
+
+
+def keep_smallest_pruned_per_row(scores, k):
+    """Prune the k smallest of each row (stable sort: lower index first among equals)."""
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    idx = torch.sort(scores, dim=1, stable=True).indices[:, :k]
+    return keep.scatter(1, idx, False)
+
+
+def keep_nm(scores, n, m):
+    rows, cols = scores.shape
+    return keep_smallest_pruned_per_row(scores.reshape(-1, m), n).reshape(rows, cols)
+
+
+def sequential_reference(model, ids, prune_layer):
+    """Block by block as the Wanda and SparseGPT reference scripts do: capture the
+    first layer's inputs, per block collect every linear layer's inputs with hooks on
+    the dense block, prune each layer, recompute the block's outputs."""
+    layers = model.model.layers
+    captured = []
+
+    def catch(module, args, kwargs):
+        captured.append((args, kwargs))
+        raise RuntimeError("caught")
+
+    h = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+    with torch.no_grad():
+        try:
+            model(ids, use_cache=False)
+        except RuntimeError:
+            pass
+    h.remove()
+    (args, kwargs), = captured
+    hidden = args[0]
+    for block in layers:
+        inputs = {}
+        handles = []
+        for name, m in block.named_modules():
+            if isinstance(m, nn.Linear):
+                def hook(mod, a, out, name=name):
+                    inputs.setdefault(name, []).append(a[0].reshape(-1, a[0].shape[-1]))
+                handles.append(m.register_forward_hook(hook))
+        with torch.no_grad():
+            block(hidden, *args[1:], **kwargs)
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for name, m in block.named_modules():
+                if isinstance(m, nn.Linear):
+                    prune_layer(m, inputs[name])
+            out = block(hidden, *args[1:], **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out
+
+
+def wanda_reference(sparsity, nm=None):
+    def prune_layer(m, xs):
+        # ||X_j||_2 over every calibration token, accumulated batch by batch.
+        sumsq = torch.zeros(m.in_features, dtype=torch.float32)
+        for x in xs:
+            sumsq += (x.float() * x.float()).sum(dim=0)
+        metric = m.weight.abs().float() * sumsq.sqrt().reshape(1, -1)
+        if nm:
+            keep = keep_nm(metric, *nm)
+        else:
+            keep = keep_smallest_pruned_per_row(metric, round(m.in_features * sparsity))
+        m.weight[~keep] = 0
+    return prune_layer
+
+
+def sparsegpt_reference(sparsity, nm=None, blocksize=128, percdamp=0.01):
+    """SparseGPT's algorithm 1 with lazy batch updates, exactly k pruned per column block."""
+    def prune_layer(m, xs):
+        X = torch.cat(xs).float()
+        H = 2 * X.t() @ X / X.shape[0]
+        W = m.weight.data.clone().float()
+        cols = W.shape[1]
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+        H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols)
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+        for i1 in range(0, cols, blocksize):
+            i2 = min(i1 + blocksize, cols)
+            W1 = W[:, i1:i2].clone()
+            Q1 = torch.zeros_like(W1)
+            Err1 = torch.zeros_like(W1)
+            Hinv1 = Hinv[i1:i2, i1:i2]
+            if nm is None:
+                tmp = W1 ** 2 / torch.diag(Hinv1).reshape(1, -1) ** 2
+                k = round(tmp.numel() * sparsity)
+                order = torch.sort(tmp.flatten(), stable=True).indices[:k]
+                mask1 = torch.zeros(tmp.numel(), dtype=torch.bool)
+                mask1[order] = True
+                mask1 = mask1.reshape(tmp.shape)
+            else:
+                mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            for i in range(i2 - i1):
+                w = W1[:, i]
+                d = Hinv1[i, i]
+                if nm is not None and i % nm[1] == 0:
+                    tmp = W1[:, i:i + nm[1]] ** 2 / torch.diag(Hinv1)[i:i + nm[1]].reshape(1, -1) ** 2
+                    mask1.scatter_(1, i + torch.topk(tmp, nm[0], dim=1, largest=False)[1], True)
+                q = w.clone()
+                q[mask1[:, i]] = 0
+                Q1[:, i] = q
+                err1 = (w - q) / d
+                W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+                Err1[:, i] = err1
+            W[:, i1:i2] = Q1
+            W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+        m.weight.data = W.to(m.weight.dtype)
+    return prune_layer
+
+
+# ----------------------------------------------------------------------------
+# Against the transcriptions
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
+def test_magnitude_is_per_row_magnitude(one_thread, pattern):
+    model = tiny_llama()
+    ref = clone(model)
+    report = llm.prune(model, None, method="magnitude", sparsity=0.5, pattern=pattern, progress=False)
+    nm = llm.parse_pattern(pattern)
+    for (name, m), (_, r), mask_name in zip(linears(model), linears(ref), report.masks.names):
+        keep = keep_nm(r.weight.abs(), *nm) if nm else keep_smallest_pruned_per_row(r.weight.abs(), m.in_features // 2)
+        assert mask_name == name + ".weight"
+        assert torch.equal(report.masks.mask(mask_name).reshape(keep.shape), keep), name
+        assert torch.equal(m.weight, r.weight * keep)
+
+
+@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.5), ("unstructured", 0.3), ("2:4", 0.5), ("4:8", 0.5)])
+def test_wanda_equals_transcription(one_thread, pattern, sparsity):
+    model = tiny_llama()
+    ref = clone(model)
+    ids = calib()
+    llm.prune(model, ids, method="wanda", sparsity=sparsity, pattern=pattern, progress=False)
+    sequential_reference(ref, ids, wanda_reference(sparsity, llm.parse_pattern(pattern)))
+    for (name, m), (_, r) in zip(linears(model), linears(ref)):
+        assert torch.equal(m.weight == 0, r.weight == 0), name
+        assert torch.equal(m.weight, r.weight), name
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_sparsegpt_equals_transcription(one_thread, pattern):
+    # blocksize 16 < in_features: several column blocks and the lazy updates between them.
+    model = tiny_llama()
+    ref = clone(model)
+    ids = calib()
+    nm = llm.parse_pattern(pattern)
+    llm.prune(model, ids, method="sparsegpt", sparsity=0.5, pattern=pattern, blocksize=16, progress=False)
+    sequential_reference(ref, ids, sparsegpt_reference(0.5, nm, blocksize=16))
+    for (name, m), (_, r) in zip(linears(model), linears(ref)):
+        assert torch.equal(m.weight == 0, r.weight == 0), name
+        torch.testing.assert_close(m.weight, r.weight, rtol=1e-4, atol=1e-5)
+
+
+def test_sparsegpt_reconstructs_better_than_magnitude(one_thread):
+    ids = calib(8)
+    errors = {}
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        report = llm.prune(tiny_llama(), ids, method=method, sparsity=0.5, progress=False)
+        errors[method] = {l.name: l.error for l in report.layers}
+    first_block = [n for n in errors["magnitude"] if n.startswith("model.layers.0.")]
+    # Layers whose inputs are the (identical) dense block inputs: a like-for-like comparison.
+    for name in first_block:
+        if name.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+            assert errors["sparsegpt"][name] < errors["magnitude"][name], name
+    mean = {k: sum(v.values()) / len(v) for k, v in errors.items()}
+    assert mean["sparsegpt"] < mean["magnitude"]
+    assert mean["wanda"] < mean["magnitude"]
+
+
+# ----------------------------------------------------------------------------
+# Patterns and counts
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_exact_counts(one_thread, method):
+    ids = calib()
+    model = tiny_llama()
+    llm.prune(model, ids, method=method, sparsity=0.25, progress=False)
+    for name, m in linears(model):
+        zeros_per_row = (m.weight == 0).sum(dim=1)
+        if method == "sparsegpt":  # exact per column block of 128 (one block here)
+            assert int(zeros_per_row.sum()) == round(m.weight.numel() * 0.25), name
+        else:
+            assert bool((zeros_per_row == round(m.in_features * 0.25)).all()), name
+    for pattern in ("2:4", "4:8", "1:4"):
+        n, mm = llm.parse_pattern(pattern)
+        model = tiny_llama()
+        llm.prune(model, ids, method=method, sparsity=n / mm, pattern=pattern, progress=False)
+        for name, m in linears(model):
+            groups = (m.weight == 0).reshape(-1, mm).sum(dim=1)
+            assert bool((groups == n).all()), (name, pattern)
+
+
+def test_layer_sparsity_dict(one_thread):
+    model = tiny_llama()
+    report = llm.prune(model, calib(), method="wanda", sparsity=0.5, progress=False,
+                       layer_sparsity={1: 0.25, "model.layers.0.mlp.down_proj": 0.75})
+    got = {l.name: l.sparsity for l in report.layers}
+    assert got["model.layers.0.mlp.down_proj"] == 0.75
+    assert got["model.layers.0.self_attn.q_proj"] == 0.5
+    assert all(v == 0.25 for k, v in got.items() if k.startswith("model.layers.1."))
+
+
+def test_owl_targets_average_exactly(one_thread):
+    model = tiny_llama(num_hidden_layers=4)
+    report = llm.prune(model, calib(), method="wanda", sparsity=0.7, layer_sparsity="owl", progress=False,
+                       owl_lambda=0.08, owl_m=5)
+    targets = [b.target for b in report.blocks]
+    assert abs(sum(targets) / len(targets) - 0.7) < 1e-12  # equal blocks: the plain mean
+    assert max(targets) - min(targets) == pytest.approx(0.16)
+    for l in report.layers:
+        t = report.blocks[l.block].target
+        assert l.sparsity == round(l.shape[1] * t) / l.shape[1]
+
+
+def test_owl_formula_matches_paper():
+    # The paper's formula (equal-size blocks): scale LOD to [0, 2*lambda], shift to mean 1 - s.
+    ratios = [0.031, 0.012, 0.054, 0.02]
+    lam, s = 0.08, 0.7
+    r = torch.tensor(ratios, dtype=torch.float64)
+    r = (r - r.min()) * (1 / (r.max() - r.min()) * lam * 2)
+    density = r - r.mean() + (1 - s)
+    expected = (1 - density).tolist()
+    got = llm.owl_sparsities(ratios, [100] * 4, s, lam)
+    assert got == pytest.approx(expected, abs=1e-12)
+    # Unequal blocks: the parameter-weighted mean is the target.
+    params = [100, 300, 50, 50]
+    got = llm.owl_sparsities(ratios, params, s, lam)
+    assert sum(g * p for g, p in zip(got, params)) / sum(params) == pytest.approx(s, abs=1e-12)
+
+
+def test_owl_outlier_ratio_definition():
+    a = torch.tensor([[1.0, 1.0, 1.0, 10.0]])
+    b = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
+    # mean over both = 17/8; threshold 2 * mean = 4.25: one outlier in 8.
+    assert llm.outlier_ratio([a, b], 2.0) == 1 / 8
+
+
+# ----------------------------------------------------------------------------
+# Calibration with padding
+# ----------------------------------------------------------------------------
+
+
+def test_padding_is_left_out(one_thread):
+    model = tiny_llama(dtype=torch.float64)
+    a, b = calib(1, 10, seed=3), calib(1, 16, seed=4)
+    padded = torch.cat([torch.cat([a, calib(1, 6, seed=5)], dim=1), b])  # right padding with junk ids
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[0, 10:] = 0
+    m1, m2, m3 = clone(model), clone(model), clone(model)
+    llm.prune(m1, [{"input_ids": padded, "attention_mask": mask}], method="wanda", progress=False)
+    llm.prune(m2, [a, b], method="wanda", progress=False)
+    llm.prune(m3, [padded], method="wanda", progress=False)
+    same = all(torch.equal(x.weight, y.weight) for (_, x), (_, y) in zip(linears(m1), linears(m2)))
+    assert same, "padded calibration must equal the unpadded sequences"
+    differs = any(not torch.equal(x.weight, y.weight) for (_, x), (_, y) in zip(linears(m1), linears(m3)))
+    assert differs, "the junk padding tokens should matter when not masked"
+
+
+# ----------------------------------------------------------------------------
+# Reparametrisation and MaskSet
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_reparam_interop(one_thread, method):
+    ids = calib()
+    model = tiny_llama()
+    inplace = clone(model)
+    dense = clone(model)
+    report = llm.prune(inplace, ids, method=method, progress=False)
+    r2 = llm.prune(model, ids, method=method, mode="reparam", progress=False)
+    assert r2.masks is None
+    assert fastprune.is_pruned(model) and torch_prune.is_pruned(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, inplace(ids).logits)
+    for (name, m), (_, mi), (_, md), mname in zip(linears(model), linears(inplace), linears(dense), report.masks.names):
+        assert torch.equal(m.weight_mask.bool(), report.masks.mask(mname).reshape(m.weight.shape))
+        if method == "wanda":
+            assert torch.equal(m.weight_orig, md.weight)  # torch-style: the original stays
+    for i, (name, m) in enumerate(linears(model)):
+        (fastprune.remove if i % 2 else torch_prune.remove)(m, "weight")
+    assert not fastprune.is_pruned(model)
+    for (_, m), (_, mi) in zip(linears(model), linears(inplace)):
+        assert torch.equal(m.weight, mi.weight)
+
+
+def test_maskset_keeps_zeros(one_thread):
+    model = tiny_llama()
+    report = llm.prune(model, calib(), method="wanda", progress=False)
+    assert report.masks.sparsity() == pytest.approx(0.5)
+    with torch.no_grad():
+        for _, m in linears(model):
+            m.weight.add_(1.0)
+    report.masks.apply_()
+    assert report.masks.sparsity() == pytest.approx(0.5)
+    for _, m in linears(model):
+        assert float((m.weight == 0).float().mean()) == 0.5
+
+
+def test_report_table(one_thread):
+    report = llm.prune(tiny_llama(), calib(), method="wanda", progress=False)
+    text = str(report)
+    assert "model.layers.1.mlp.down_proj" in text and "rel. error" in text
+    assert len(report.blocks) == 2 and all(b.seconds >= 0 for b in report.blocks)
+    assert all(0 <= l.error < 1 for l in report.layers)
+
+
+# ----------------------------------------------------------------------------
+# Other architectures
+# ----------------------------------------------------------------------------
+
+
+def _arch(name):
+    t = transformers
+    if name == "gpt2":
+        return t.GPT2LMHeadModel(t.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    if name == "opt":
+        return t.OPTForCausalLM(t.OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                            num_attention_heads=4, max_position_embeddings=64,
+                                            word_embed_proj_dim=32))
+    if name == "mistral":
+        return t.MistralForCausalLM(t.MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                                    num_hidden_layers=2, num_attention_heads=4,
+                                                    num_key_value_heads=2, max_position_embeddings=64))
+    return t.Qwen2ForCausalLM(t.Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2, max_position_embeddings=64))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "mistral", "qwen2"])
+def test_other_architectures(one_thread, arch):
+    model = _arch(arch).eval()
+    ids = calib()
+    with torch.no_grad():
+        before = model(ids).logits
+    emb_before = model.get_input_embeddings().weight.detach().clone()
+    report = llm.prune(model, ids, method="wanda", sparsity=0.5, pattern="2:4", progress=False)
+    assert len(report.blocks) == 2 and len(report.layers) >= 8
+    for l in report.layers:
+        assert l.sparsity == 0.5
+    assert torch.equal(model.get_input_embeddings().weight, emb_before)  # embeddings stay dense
+    with torch.no_grad():
+        after = model(ids).logits
+    assert torch.isfinite(after).all() and not torch.equal(before, after)
+
+
+def test_blocks_argument(one_thread):
+    model = tiny_llama()
+    report = llm.prune(model, calib(), method="wanda", blocks=[model.model.layers[1]], progress=False)
+    assert [l.name.split(".")[2] for l in report.layers] == ["1"] * 7
+    assert bool((model.model.layers[0].mlp.up_proj.weight != 0).all())
+    report = llm.prune(clone(model), calib(), method="magnitude", blocks="model.layers", progress=False)
+    assert len(report.blocks) == 2
+
+
+# ----------------------------------------------------------------------------
+# Bad input: a clear error naming the argument, the model unchanged
+# ----------------------------------------------------------------------------
+
+
+class NoBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 8)
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, ids):
+        return self.lin(self.emb(ids))
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(calibration=torch.empty(0, 16, dtype=torch.long)), ValueError, "calibration"),
+        (dict(calibration=[]), ValueError, "calibration is empty"),
+        (dict(calibration=None), ValueError, "calibration"),
+        (dict(calibration=torch.randn(2, 4)), TypeError, "calibration"),
+        (dict(sparsity=1.0), ValueError, "sparsity"),
+        (dict(sparsity=-0.1), ValueError, "sparsity"),
+        (dict(sparsity="half"), TypeError, "sparsity"),
+        (dict(pattern="3:6", sparsity=0.5, method="magnitude"), ValueError, "does not divide"),
+        (dict(pattern="4:4", sparsity=1 - 1e-9), ValueError, "pattern"),
+        (dict(pattern="5:4"), ValueError, "pattern"),
+        (dict(pattern="2-4"), ValueError, "pattern"),
+        (dict(pattern="2:4", sparsity=0.6), ValueError, "sparsity"),
+        (dict(method="obs"), ValueError, "method"),
+        (dict(mode="lean"), ValueError, "mode"),
+        (dict(blocks="model.blocks"), ValueError, "blocks"),
+        (dict(layer_sparsity="owl", pattern="2:4"), ValueError, "layer_sparsity"),
+        (dict(layer_sparsity={7: 0.5}), IndexError, "layer_sparsity"),
+        (dict(layer_sparsity={"nope": 0.5}), ValueError, "layer_sparsity"),
+        (dict(layer_sparsity={0: 1.5}), ValueError, "layer_sparsity"),
+        (dict(calibration=[(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4))]), ValueError, "attention mask"),
+    ],
+)
+def test_bad_input_leaves_model_unchanged(kwargs, exc, match):
+    model = tiny_llama()
+    kwargs = dict(kwargs)
+    ids = kwargs.pop("calibration", calib())
+    before = module_snapshot(model)
+    with pytest.raises(exc, match=match):
+        llm.prune(model, ids, progress=False, **kwargs)
+    assert_snapshot_equal(before, module_snapshot(model))
+    assert not fastprune.is_pruned(model)
+
+
+def test_blocks_not_found():
+    model = NoBlocks()
+    before = module_snapshot(model)
+    with pytest.raises(ValueError, match="blocks"):
+        llm.prune(model, calib(), progress=False)
+    assert_snapshot_equal(before, module_snapshot(model))
+
+
+def test_offload_and_device_arguments(one_thread):
+    ids = calib()
+    a, b = tiny_llama(), tiny_llama()
+    llm.prune(a, ids, method="sparsegpt", device="cpu", offload=True, progress=False)
+    llm.prune(b, ids, method="sparsegpt", device=torch.device("cpu"), offload=False, progress=False)
+    for (_, x), (_, y) in zip(linears(a), linears(b)):
+        assert torch.equal(x.weight, y.weight)
+    with pytest.raises(ValueError, match="device"):
+        llm.prune(tiny_llama(), ids, device="not-a-device", progress=False)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_bfloat16_model(one_thread, method):
+    model = tiny_llama(dtype=torch.bfloat16)
+    report = llm.prune(model, calib(), method=method, sparsity=0.5, pattern="2:4", progress=False)
+    for name, m in linears(model):
+        assert m.weight.dtype == torch.bfloat16
+        assert bool(((m.weight == 0).reshape(-1, 4).sum(dim=1) >= 2).all()), name
+    assert all(math.isfinite(l.error) for l in report.layers)
+
+
+def test_packing_matches_the_ops_format():
+    from fastprune.llm.api import _pack
+
+    for n in (1, 7, 8, 9, 64, 1001):
+        keep = torch.rand(n) < 0.5
+        assert torch.equal(_pack(keep), fastprune.ops.pack_mask(keep))
+    keep = (torch.rand(5, 12) < 0.5).t()  # non-contiguous
+    assert torch.equal(_pack(keep), fastprune.ops.pack_mask(keep))
