@@ -31,6 +31,7 @@ from .core.patch import is_torch_patched, patch_torch
 from .shipping import load_pruned_state_dict, load_sparse, make_permanent, save_sparse
 from .structured import ConfigError, DependencyGraph, Plan, prune_channels, remove_masked_channels, rewrite_config
 from . import distributed
+from . import llm
 
 # What fastprune adds on top of torch's API.
 EXTRA_NAMES = [
@@ -66,6 +67,7 @@ EXTRA_NAMES = [
     "save_sparse",
     "load_sparse",
     "distributed",
+    "llm",
 ]
 
 __all__ = list(_api.__all__) + EXTRA_NAMES

@@ -30,7 +30,7 @@ from . import ops
 from .core import sharding
 from .core.functional import custom_from_mask, remove
 from .core.errors import PruningShapeError
-from .core.targets import REFUSE, Target, pruning_hooks, resolve_scores, resolve_targets
+from .core.targets import REFUSE, Target, check_scores_shape, pruning_hooks, resolve_scores, resolve_targets
 from .core.validation import _compute_nparams_toprune, _validate_pruning_amount_init
 
 __all__ = ["sparsify_", "MaskSet"]
@@ -470,15 +470,22 @@ class MaskSet:
             masks keep.
 
         Raises:
-            TypeError, ValueError: a pair is invalid, or a mask's count, shape
-                or device does not match; nothing is modified then.
+            TypeError: a pair or a mask of the wrong type.
+            ValueError: a mask's count or device does not match, the same
+                tensor twice, a tensor already pruned torch-style.
+            PruningShapeError: a mask of the wrong shape.
+            Nothing is modified then.
 
         Example::
 
-            >>> keep = lin.weight.abs() > 0.1
-            >>> ms = MaskSet.from_masks([(lin, "weight")], [keep])
+            lin = nn.Linear(8, 4)
+            keep = lin.weight.abs() > 0.1
+            ms = fastprune.MaskSet.from_masks([(lin, "weight")], [keep])
+            assert bool((lin.weight[~keep] == 0).all())
         """
-        targets = _resolve_targets(parameters)
+        targets = resolve_targets(
+            parameters, fn="MaskSet.from_masks", reparametrized=REFUSE, data=True, unique_tensors=True
+        )
         masks = list(masks)
         if len(masks) != len(targets):
             raise ValueError(f"masks: got {len(masks)} masks for {len(targets)} parameters")
@@ -489,18 +496,16 @@ class MaskSet:
             for t, label in zip(targets, labels):
                 t.label = str(label)
         for t, mask in zip(targets, masks):
-            if not isinstance(mask, Tensor):
-                raise TypeError(f"masks ({t.label}) must be a torch.Tensor, got {type(mask).__name__}")
             if packed:
+                if not isinstance(mask, Tensor):
+                    raise TypeError(f"masks ({t.label}) must be a torch.Tensor, got {type(mask).__name__}")
                 if mask.dtype != torch.uint8 or mask.dim() != 1 or mask.numel() != ops.packed_numel(t.param.numel()):
                     raise ValueError(
                         f"masks ({t.label}): a packed mask must be a 1-d uint8 tensor of "
                         f"{ops.packed_numel(t.param.numel())} bytes"
                     )
-            elif mask.shape != t.param.shape:
-                raise ValueError(
-                    f"masks ({t.label}) has shape {tuple(mask.shape)}, the parameter {tuple(t.param.shape)}"
-                )
+            else:
+                check_scores_shape(mask, t.param, f"masks ({t.label})")
             if mask.device != t.param.device:
                 raise ValueError(f"masks ({t.label}) is on {mask.device}, the parameter on {t.param.device}")
         cells = _existing_cells(targets)
@@ -509,18 +514,7 @@ class MaskSet:
             _clear_padding(bits[i], t.param.numel())
             if cell is not None:
                 bits[i] = bits[i] & cell.packed
-        with torch.no_grad():
-            ops.apply_packed_mask_([t.param.detach() for t in targets], bits)
-        result = []
-        for t, cell, p in zip(targets, cells, bits):
-            if cell is None:
-                cell = _MaskCell(p, t.param.numel(), None)
-                _CELLS[t.param] = cell
-            else:
-                cell.packed.copy_(p)
-                cell.kept = None
-            result.append(cell)
-        return cls(targets, result)
+        return _install_masks(targets, cells, bits, [None] * len(targets))
 
     # -- contents --------------------------------------------------------
 

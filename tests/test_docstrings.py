@@ -163,6 +163,21 @@ def test_methods_that_return_document_it():
                 assert "Returns" in _sections(doc), f"{name}.{mname}: no Returns: section"
 
 
+def _as_code(example: str) -> str:
+    """Doctest-style examples (``>>>`` prompts) as plain code; their expected output lines are dropped."""
+    lines = example.splitlines()
+    if not any(line.lstrip().startswith(">>>") for line in lines):
+        return example
+    code = []
+    for line in lines:
+        stripped = line.lstrip()
+        if stripped.startswith(">>> ") or stripped == ">>>":
+            code.append(stripped[4:])
+        elif stripped.startswith("... ") or stripped == "...":
+            code.append(stripped[4:])
+    return "\n".join(code)
+
+
 def _examples():
     found = []
     for name, obj in PUBLIC:
@@ -174,7 +189,7 @@ def _examples():
         for label, doc in docs:
             body = _sections(doc).get("Example")
             if body:
-                found.append((label, textwrap.dedent(body).strip("\n")))
+                found.append((label, _as_code(textwrap.dedent(body).strip("\n"))))
     return found
 
 
