@@ -1,6 +1,4 @@
 """Shared fixtures: the devices and dtypes every op test is parametrised over."""
-import os
-
 import pytest
 import torch
 
@@ -36,12 +34,7 @@ def one_thread():
     torch.set_num_threads(saved)
 
 
-def requires_extension():
-    return pytest.mark.skipif(
-        not fastprune.build_info()["extension"],
-        reason="compiled extension not loaded (FASTPRUNE_NO_EXT=1 or not built)",
-    )
-
-
-USING_EXTENSION = fastprune.build_info()["extension"]
-NO_EXT_REQUESTED = os.environ.get("FASTPRUNE_NO_EXT", "") not in ("", "0")
+# Whether the compiled kernels are in use (not under FASTPRUNE_NO_EXT=1 or without a build);
+# tests comparing a kernel with the reference need them.
+EXTENSION = bool(fastprune.build_info()["extension"])
+needs_ext = pytest.mark.skipif(not EXTENSION, reason="compiled extension fastprune._C is not loaded")

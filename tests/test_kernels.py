@@ -15,10 +15,8 @@ import torch
 import fastprune
 from fastprune.ops import reference as ref
 
-EXT = bool(fastprune.build_info()["extension"])
-needs_ext = pytest.mark.skipif(not EXT, reason="compiled extension fastprune._C is not loaded")
+from conftest import DEVICES, EXTENSION as EXT, needs_ext
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ops = torch.ops.fastprune
 
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

@@ -13,7 +13,7 @@ import fastprune
 from fastprune import ops
 from fastprune.ops import reference as ref
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+from conftest import DEVICES
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 INTS = [torch.int32, torch.int8, torch.int64, torch.int16, torch.uint8]
 DTYPES = FLOATS + INTS + [torch.bool]

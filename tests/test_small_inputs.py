@@ -11,7 +11,7 @@ import torch.nn.utils.prune as tp
 
 import fastprune
 
-EXT = bool(fastprune.build_info()["extension"])
+from conftest import needs_ext
 
 
 def layers(count, shape, seed):
@@ -71,7 +71,7 @@ def test_written_ones_view_is_not_trusted():
     assert not bool(mask.any())  # every unit was already pruned by the (written) default mask
 
 
-@pytest.mark.skipif(not EXT, reason="compiled extension fastprune._C is not loaded")
+@needs_ext
 @pytest.mark.parametrize("limit", ["0", str(2**62)])
 def test_kernel_paths_match_torch_per_layer(monkeypatch, limit):
     """The radix select (limit 0) and the direct selection (no limit) on the same small layers."""
