@@ -38,6 +38,7 @@ step "FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=8.0;9.0 MAX_JOBS=${MAX_JOBS:-2} pip inst
 b0=$(date +%s)
 (cd "$WORK/src" && FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" MAX_JOBS="${MAX_JOBS:-2}" \
   "$PY" -m pip install -v --no-build-isolation ".[test,structured,lightning,examples,shipping,transformers]") > "$WORK/build.log" 2>&1 || {
+  echo "[cuda-build] first compiler errors:"; grep -n -m 40 -E "error|FAILED:" "$WORK/build.log" || true
   tail -n 60 "$WORK/build.log"; echo "[cuda-build] FAILED: the CUDA build did not install" >&2; exit 1; }
 grep -h "fastprune setup:" "$WORK/build.log" | sed 's/^ */[cuda-build]   /'
 step "built and installed in $(( $(date +%s) - b0 ))s"

@@ -1,14 +1,14 @@
 // CUDA backend of fastprune::nm_select (n units pruned in every group of m, one thread per group): the checks shared with
 // the CPU backend (csrc/group_select_args.h), then the torch-free launcher in
 // group_select_cuda.cu.
-#include "wrapper_common.h"
+#include "wrapper_helpers.h"
 #include "group_select_kernels.h"
 #include "../group_select_args.h"
 
 #include <torch/library.h>
 
 namespace fastprune {
-namespace cuda_ops {
+namespace cuda {
 namespace {
 
 at::Tensor nm_select_cuda_op(const at::Tensor& scores, int64_t n, int64_t m) {
@@ -16,7 +16,7 @@ at::Tensor nm_select_cuda_op(const at::Tensor& scores, int64_t n, int64_t m) {
   GroupSelectView v = check_nm_select_args(scores, n, m, on_device);
   if (v.groups == 0 || v.length == 0) return v.out;
   const c10::cuda::CUDAGuard guard(on_device.device);
-  check_launch(fastprune::cuda::group_select_cuda(v.scores.data_ptr(), dtype_code(v.scores.scalar_type()), v.groups,
+  check_launch(group_select_cuda(v.scores.data_ptr(), dtype_code(v.scores.scalar_type()), v.groups,
                                                   v.length, v.prune, reinterpret_cast<uint8_t*>(v.out.data_ptr<bool>()),
                                                   c10::cuda::getCurrentCUDAStream(on_device.device.index()).stream()),
                "nm_select");
@@ -27,5 +27,5 @@ at::Tensor nm_select_cuda_op(const at::Tensor& scores, int64_t n, int64_t m) {
 
 TORCH_LIBRARY_IMPL(fastprune, CUDA, m) { m.impl("nm_select", &nm_select_cuda_op); }
 
-}  // namespace cuda_ops
+}  // namespace cuda
 }  // namespace fastprune
