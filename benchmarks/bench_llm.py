@@ -30,6 +30,8 @@ import time
 import torch
 from torch import nn
 
+from fastprune.llm.reference import keep_nm, keep_smallest_pruned_per_row, sparsegpt_weights
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -111,58 +113,15 @@ def plain_prune(model, ids, method, sparsity, nm):
                     keep = plain_select(m.weight.abs().float() * st.sqrt().reshape(1, -1), sparsity, nm)
                     m.weight[~keep] = 0
                 else:
-                    m.weight.copy_(plain_sparsegpt(m.weight, st[0] * (2 / st[1]), sparsity, nm))
+                    m.weight.copy_(sparsegpt_weights(m.weight, st[0] * (2 / st[1]), sparsity, nm))
             out = block(hidden, *args[1:], **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
 
 
 def plain_select(score, sparsity, nm):
-    keep = torch.ones_like(score, dtype=torch.bool)
     if nm:
-        rows, cols = score.shape
-        g = score.reshape(-1, nm[1])
-        idx = torch.sort(g, dim=1, stable=True).indices[:, :nm[0]]
-        return keep.reshape(-1, nm[1]).scatter(1, idx, False).reshape(rows, cols)
-    k = round(score.shape[1] * sparsity)
-    return keep.scatter(1, torch.sort(score, dim=1, stable=True).indices[:, :k], False)
-
-
-def plain_sparsegpt(weight, H, sparsity, nm, blocksize=128, percdamp=0.01):
-    W = weight.float().clone()
-    cols = W.shape[1]
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        if nm is None:
-            tmp = W1 ** 2 / torch.diag(Hinv1).reshape(1, -1) ** 2
-            order = torch.sort(tmp.flatten(), stable=True).indices[:round(tmp.numel() * sparsity)]
-            mask1 = torch.zeros(tmp.numel(), dtype=torch.bool)
-            mask1[order] = True
-            mask1 = mask1.reshape(tmp.shape)
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(i2 - i1):
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if nm is not None and i % nm[1] == 0:
-                tmp = W1[:, i:i + nm[1]] ** 2 / torch.diag(Hinv1)[i:i + nm[1]].reshape(1, -1) ** 2
-                mask1.scatter_(1, i + torch.topk(tmp, nm[0], dim=1, largest=False)[1], True)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    return W.to(weight.dtype)
+        return keep_nm(score, *nm)
+    return keep_smallest_pruned_per_row(score, round(score.shape[1] * sparsity))
 
 
 # ----------------------------------------------------------------------------

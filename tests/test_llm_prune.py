@@ -8,6 +8,7 @@ from torch import nn
 
 import fastprune
 import fastprune.llm as llm
+from fastprune.llm.reference import keep_nm, keep_smallest_pruned_per_row, sparsegpt_weights
 from helpers import assert_snapshot_equal, module_snapshot
 
 transformers = pytest.importorskip("transformers")
@@ -40,18 +41,6 @@ def linears(model):
 # ----------------------------------------------------------------------------
 # Transcriptions of the papers (plain torch, no fastprune)
 # ----------------------------------------------------------------------------
-
-
-def keep_smallest_pruned_per_row(scores, k):
-    """Prune the k smallest of each row (stable sort: lower index first among equals)."""
-    keep = torch.ones_like(scores, dtype=torch.bool)
-    idx = torch.sort(scores, dim=1, stable=True).indices[:, :k]
-    return keep.scatter(1, idx, False)
-
-
-def keep_nm(scores, n, m):
-    rows, cols = scores.shape
-    return keep_smallest_pruned_per_row(scores.reshape(-1, m), n).reshape(rows, cols)
 
 
 def sequential_reference(model, ids, prune_layer):
@@ -114,43 +103,7 @@ def sparsegpt_reference(sparsity, nm=None, blocksize=128, percdamp=0.01):
     def prune_layer(m, xs):
         X = torch.cat(xs).float()
         H = 2 * X.t() @ X / X.shape[0]
-        W = m.weight.data.clone().float()
-        cols = W.shape[1]
-        dead = torch.diag(H) == 0
-        H[dead, dead] = 1
-        W[:, dead] = 0
-        H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols)
-        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-        for i1 in range(0, cols, blocksize):
-            i2 = min(i1 + blocksize, cols)
-            W1 = W[:, i1:i2].clone()
-            Q1 = torch.zeros_like(W1)
-            Err1 = torch.zeros_like(W1)
-            Hinv1 = Hinv[i1:i2, i1:i2]
-            if nm is None:
-                tmp = W1 ** 2 / torch.diag(Hinv1).reshape(1, -1) ** 2
-                k = round(tmp.numel() * sparsity)
-                order = torch.sort(tmp.flatten(), stable=True).indices[:k]
-                mask1 = torch.zeros(tmp.numel(), dtype=torch.bool)
-                mask1[order] = True
-                mask1 = mask1.reshape(tmp.shape)
-            else:
-                mask1 = torch.zeros_like(W1, dtype=torch.bool)
-            for i in range(i2 - i1):
-                w = W1[:, i]
-                d = Hinv1[i, i]
-                if nm is not None and i % nm[1] == 0:
-                    tmp = W1[:, i:i + nm[1]] ** 2 / torch.diag(Hinv1)[i:i + nm[1]].reshape(1, -1) ** 2
-                    mask1.scatter_(1, i + torch.topk(tmp, nm[0], dim=1, largest=False)[1], True)
-                q = w.clone()
-                q[mask1[:, i]] = 0
-                Q1[:, i] = q
-                err1 = (w - q) / d
-                W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-                Err1[:, i] = err1
-            W[:, i1:i2] = Q1
-            W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-        m.weight.data = W.to(m.weight.dtype)
+        m.weight.data = sparsegpt_weights(m.weight.data, H, sparsity, nm, blocksize, percdamp)
     return prune_layer
 
 
