@@ -16,7 +16,6 @@ units still kept, as iterated pruning does in ``torch.nn.utils.prune``; every
 """
 from __future__ import annotations
 
-import math
 import numbers
 import weakref
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -28,6 +27,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from . import ops
 from .core import sharding
+from .core.chunked_select import LocalComm, Piece, Selection, draw_seed
 from .core.functional import custom_from_mask, remove
 from .core.errors import PruningShapeError
 from .core.targets import REFUSE, Target, check_scores_shape, pruning_hooks, resolve_scores, resolve_targets
@@ -41,9 +41,6 @@ _METHODS = ("l1", "random")
 _SCOPES = ("global", "local")
 _STATE_FORMAT = "fastprune.MaskSet/1"
 
-# Segment length of the random method (a multiple of 8 so that segments start
-# on whole bytes of the packed masks); its keys cost 8 bytes per unit.
-_RANDOM_SEGMENT = 1 << 20
 # Bytes of packed mask counted per bincount call (bounds its temporaries).
 _POPCOUNT_CHUNK = 1 << 22
 
@@ -184,79 +181,30 @@ def _l1_masks(scores, cells, ks, scope) -> List[Tensor]:
     return outs
 
 
-def _hypergeometric(good: int, bad: int, draws: int, rng) -> int:
-    """How many of ``draws`` units, taken without replacement, fall among ``good``."""
-    if draws == 0 or good == 0:
-        return 0
-    if bad == 0:
-        return draws
-    if good < 10**9 and bad < 10**9:
-        return int(rng.hypergeometric(good, bad, draws))
-    # numpy's sampler stops at 1e9 per side; at that size the normal law is the
-    # hypergeometric's to within O(1/sd), far below anything a mask can show.
-    total = good + bad
-    mean = draws * good / total
-    var = draws * (good / total) * (bad / total) * (total - draws) / max(total - 1, 1)
-    value = int(round(mean + math.sqrt(var) * float(rng.standard_normal())))
-    return max(max(0, draws - bad), min(draws, good, value))
-
-
-def _split_uniformly(counts: List[int], k: int, rng) -> List[int]:
-    """Multivariate hypergeometric split of ``k`` over groups of ``counts`` units."""
-    if len(counts) == 1:
-        return [k]
-    mid = len(counts) // 2
-    left = sum(counts[:mid])
-    right = sum(counts[mid:])
-    k_left = _hypergeometric(left, right, k, rng)
-    return _split_uniformly(counts[:mid], k_left, rng) + _split_uniformly(counts[mid:], k - k_left, rng)
-
-
-def _random_masks(targets, cells, ks, scope) -> List[Tensor]:
+def _random_masks(targets, cells, ks, scope, selectable) -> List[Tensor]:
     """Exactly k uniformly random units among those still kept, in bounded memory.
 
-    A key per unit for the whole model would cost more than the model's masks,
-    so the model is cut into segments, ``k`` is split over them by the law of a
-    uniform draw without replacement, and each segment is selected on its own
-    random keys (fp64: no ties, hence no index bias).
+    One seed is drawn from torch's generator (so ``torch.manual_seed``
+    decides); the key of a unit is a hash of that seed and of its global flat
+    index (tensors in the order given, then row-major), and the ``k`` units of
+    smallest key among the selectable ones are pruned. The keys are recomputed
+    chunk by chunk by the radix selection, never stored for the whole model.
+    Sharded parameters (:mod:`fastprune.distributed`) run this same selection
+    on the same keys, so they get these units on any number of processes.
     """
-    try:
-        import numpy as np  # only this method needs it: exact hypergeometric draws
-    except ImportError:
-        raise ImportError("sparsify_(method='random') needs numpy (pip install numpy)") from None
-
-    seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())  # follows torch.manual_seed
-    rng = np.random.Generator(np.random.PCG64(seed))
-    segments = []  # (tensor index, start unit, length, selectable)
+    seed = draw_seed()
+    pieces, base = [], 0
     for i, (t, c) in enumerate(zip(targets, cells)):
-        n = t.param.numel()
-        for start in range(0, n, _RANDOM_SEGMENT):
-            length = min(_RANDOM_SEGMENT, n - start)
-            if c is None:
-                selectable = length
-            else:
-                selectable = _popcount(c.packed[start // 8:(start + length + 7) // 8])
-            segments.append((i, start, length, selectable))
-    seg_k: List[int] = []
-    if scope == "global":
-        seg_k = _split_uniformly([s[3] for s in segments], ks[0], rng) if segments else []
-    else:
-        for i, k in enumerate(ks):
-            group = [s[3] for s in segments if s[0] == i]
-            seg_k.extend(_split_uniformly(group, k, rng) if group else [])
+        shape = tuple(t.param.shape)
+        eligible = None if c is None else c.packed
+        group = 0 if scope == "global" else i
+        pieces.append(Piece(None, eligible, True, True, shape, shape, (0,) * len(shape), base, group, t.param.device))
+        base += t.param.numel()
+    groups = [sum(selectable)] if scope == "global" else list(selectable)
     outs = [torch.empty(ops.packed_numel(t.param.numel()), dtype=torch.uint8, device=t.param.device) for t in targets]
-    for (i, start, length, _), k in zip(segments, seg_k):
-        lo, hi = start // 8, (start + length + 7) // 8
-        out = outs[i][lo:hi]
-        old = None if cells[i] is None else cells[i].packed[lo:hi]
-        if k == 0:
-            if old is None:
-                _fill_ones_packed(out, length)
-            else:
-                out.copy_(old)
-            continue
-        keys = torch.rand(length, dtype=torch.float64, device=targets[i].param.device)
-        ops.kselect_([keys], [old], [out], k, largest=False, exclude_masked=True, packed=True)
+    with torch.no_grad():
+        sel = Selection(pieces, ks, groups, base, "random", LocalComm(targets[0].param.device), seed).run()
+        sel.write(outs, packed=True)
     return outs
 
 
@@ -285,7 +233,10 @@ def sparsify_(
         method: ``"l1"`` prunes the units of smallest ``|score|`` (ties: lower
             flat index in the order given first, exactly as
             :func:`fastprune.global_unstructured`); ``"random"`` prunes units
-            drawn uniformly at random (follows ``torch.manual_seed``).
+            drawn uniformly at random (follows ``torch.manual_seed``: one seed
+            drawn from torch's generator, hashed with each unit's global
+            index; sharded parameters get the same units on any number of
+            processes).
         scope: ``"global"`` ranks all tensors together, ``"local"`` prunes
             ``amount`` of each tensor separately.
         importance_scores: optional ``{(module, name): tensor}`` ranking the
@@ -314,7 +265,6 @@ def sparsify_(
             pruned torch-style (``name_orig``) or without data (meta device,
             lazy, sparse); ``scope="global"`` over several devices; a
             parameter whose remembered mask no longer fits it.
-        ImportError: ``method="random"`` without numpy installed.
 
     Example::
 
@@ -325,19 +275,21 @@ def sparsify_(
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         masks.attach(optimizer)  # pruned weights stay 0 through training
     """
-    targets = resolve_targets(
-        parameters, fn="sparsify_", accept_module=True, reparametrized=REFUSE, data=True, unique_tensors=True
-    )
-    _validate_pruning_amount_init(amount)
-    method = _check_choice(method, _METHODS, "method")
-    scope = _check_choice(scope, _SCOPES, "scope")
-    scores = _resolve_scores(targets, importance_scores, method)
-    cells = _existing_cells(targets)
-    for t in targets:
-        if t.param.dtype == torch.bool:
-            raise TypeError(f"parameters ({t.label}): bool parameters cannot be sparsified")
-
-    handler = sharding.sharded_handler([t.param for t in targets] + scores)
+    parameters = sharding.replayable(parameters)
+    # sharded parameters: an argument error on one process is raised on every process
+    with sharding.same_error_everywhere(parameters, importance_scores):
+        targets = resolve_targets(
+            parameters, fn="sparsify_", accept_module=True, reparametrized=REFUSE, data=True, unique_tensors=True
+        )
+        _validate_pruning_amount_init(amount)
+        method = _check_choice(method, _METHODS, "method")
+        scope = _check_choice(scope, _SCOPES, "scope")
+        scores = _resolve_scores(targets, importance_scores, method)
+        cells = _existing_cells(targets)
+        for t in targets:
+            if t.param.dtype == torch.bool:
+                raise TypeError(f"parameters ({t.label}): bool parameters cannot be sparsified")
+        handler = sharding.sharded_handler([t.param for t in targets] + scores)
     if handler is not None:  # sharded parameters: counts and selection span every process
         packed = [None if c is None else c.packed for c in cells]
         new_masks = handler.sparsify_masks([t.param for t in targets], scores, packed, amount, method, scope)
@@ -359,7 +311,7 @@ def sparsify_(
     if method == "l1":
         new_masks = _l1_masks(scores, cells, ks, scope)
     else:
-        new_masks = _random_masks(targets, cells, ks, scope)
+        new_masks = _random_masks(targets, cells, ks, scope, selectable)
 
     kept = [selectable[i] - ks[i] if scope == "local" else (selectable[i] if ks[0] == 0 else None)
             for i in range(len(targets))]

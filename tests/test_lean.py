@@ -132,17 +132,83 @@ def test_random_exact_k_and_seeded(model):
     assert local.kept_counts() == [w.numel() - 10 for w in weights_of(model)]
 
 
-def test_random_spans_segments(monkeypatch):
-    import fastprune.maskset as lean
+def test_random_spans_chunks(monkeypatch):
+    import fastprune.core.chunked_select as cs
 
-    monkeypatch.setattr(lean, "_RANDOM_SEGMENT", 64)
-    lin = nn.Linear(30, 21)  # 630 units: several segments, last one partial
+    monkeypatch.setattr(cs, "CHUNK", 64)
+    lin = nn.Linear(30, 21)  # 630 units: several chunks, last one partial
     ms = sparsify_([(lin, "weight")], 0.6, method="random")
     assert ms.num_pruned() == 378
     again = sparsify_([(lin, "weight")], 100, method="random")
     assert again.num_pruned() == 478
     assert ms.masks[0] is again.masks[0]
     assert int(ms.masks[0][-1]) >> (630 % 8) == 0  # padding bits stay 0
+
+
+def _random_oracle(shapes, keeps, amount, scope, seed):
+    """Plain-torch spec of sparsify_(method="random"): the units of smallest hash key among those kept."""
+    from fastprune.core.chunked_select import random_keys
+
+    numels = [int(torch.Size(s).numel()) for s in shapes]
+    bases = [sum(numels[:i]) for i in range(len(numels))]
+    keys = [random_keys(torch.arange(n, dtype=torch.int64) + b, seed) for n, b in zip(numels, bases)]
+    elig = [torch.ones(n, dtype=torch.bool) if k is None else k.reshape(-1).clone() for n, k in zip(numels, keeps)]
+    groups = [list(range(len(shapes)))] if scope == "global" else [[i] for i in range(len(shapes))]
+    for g in groups:
+        allk = torch.cat([keys[i] for i in g])
+        alle = torch.cat([elig[i] for i in g])
+        cand = alle.nonzero().reshape(-1)
+        k = round(amount * cand.numel()) if isinstance(amount, float) else amount
+        order = torch.sort(allk[cand], stable=True).indices  # ties (none in practice): lower index first
+        alle[cand[order[:k]]] = False
+        off = 0
+        for i in g:
+            elig[i] = alle[off:off + numels[i]]
+            off += numels[i]
+    return [e.reshape(s) for e, s in zip(elig, shapes)]
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_random_is_its_spec(monkeypatch, scope):
+    """Seed from torch's generator, hash of (seed, global index), k smallest keys among the kept units."""
+    import fastprune.core.chunked_select as cs
+
+    monkeypatch.setattr(cs, "CHUNK", 128)  # several chunks and radix passes over them
+    net = nn.Sequential(nn.Linear(30, 21), nn.Linear(21, 7), nn.Linear(7, 3))
+    pairs = [(m, "weight") for m in net]
+    shapes = [m.weight.shape for m in net]
+    torch.manual_seed(5)
+    seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+    torch.manual_seed(5)
+    first = sparsify_(pairs, 0.4, method="random", scope=scope)
+    want = _random_oracle(shapes, [None] * 3, 0.4, scope, seed)
+    assert all(torch.equal(first.mask(i), want[i]) for i in range(3))
+    keeps = [first.mask(i).clone() for i in range(3)]
+    torch.manual_seed(6)
+    seed = int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+    torch.manual_seed(6)
+    second = sparsify_(pairs, 0.5, method="random", scope=scope)  # among the units still kept
+    want = _random_oracle(shapes, keeps, 0.5, scope, seed)
+    assert all(torch.equal(second.mask(i), want[i]) for i in range(3))
+
+
+def test_random_is_uniform():
+    """Every unit is pruned with the same probability (binomial bounds over many seeds)."""
+    lin = nn.Linear(10, 8)
+    counts = torch.zeros(80)
+    runs = 400
+    for seed in range(runs):
+        torch.manual_seed(seed)
+        lin2 = copy.deepcopy(lin)
+        ms = sparsify_([(lin2, "weight")], 20, method="random")
+        assert ms.num_pruned() == 20
+        counts += (~ms.mask(0)).reshape(-1).float()
+    p = 20 / 80
+    sd = (runs * p * (1 - p)) ** 0.5
+    assert float((counts - runs * p).abs().max()) < 5 * sd
+    # and no drift along the flat index (a biased tie rule would show here)
+    half = counts.numel() // 2
+    assert abs(float(counts[:half].sum() - counts[half:].sum())) < 5 * sd * half ** 0.5
 
 
 def test_iterated_counts_among_kept(model):
@@ -401,23 +467,3 @@ def test_non_contiguous_parameter():
     assert original.abs()[~m].max() <= original.abs()[m].min()
     assert torch.equal(lin.weight.detach(), torch.where(m, original, torch.zeros_like(original)))
     assert torch.equal(ms.masks[0], pack_mask(m))  # bits in logical row-major order
-
-
-def test_random_split_is_exact_and_unbiased():
-    import numpy as np
-
-    from fastprune.maskset import _hypergeometric, _split_uniformly
-
-    rng = np.random.Generator(np.random.PCG64(0))
-    counts = [64, 64, 64, 8, 400]
-    draws = np.array([_split_uniformly(counts, 150, rng) for _ in range(2000)])
-    assert (draws.sum(axis=1) == 150).all()
-    assert (draws <= np.array(counts)).all() and (draws >= 0).all()
-    expected = 150 * np.array(counts) / sum(counts)
-    assert np.allclose(draws.mean(axis=0), expected, rtol=0.05, atol=0.5)
-    # beyond numpy's 1e9 limit: the normal branch stays inside the feasible range
-    for draws_ in (0, 5, 3 * 10**9, 4 * 10**9 - 5):
-        v = _hypergeometric(3 * 10**9, 10**9, draws_, rng)
-        assert max(0, draws_ - 10**9) <= v <= min(draws_, 3 * 10**9)
-    v = _hypergeometric(3 * 10**9, 10**9, 2 * 10**9, rng)
-    assert abs(v - 1.5 * 10**9) < 10**6

@@ -6,7 +6,7 @@ import torch.nn.utils.prune as torch_prune
 
 from .. import ops
 from .reparam import forget_deepcopy, install_many
-from .sharding import sharded_handler
+from .sharding import replayable, same_error_everywhere, sharded_handler
 from .targets import existing_mask, resolve_scores, resolve_targets
 from .validation import (
     _compute_nparams_toprune,
@@ -356,27 +356,31 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
         pruned = sum(int((m.weight_mask == 0).sum()) for m in (net[0], net[2]))
         assert pruned == 20
     """
-    found = resolve_targets(parameters, fn="global_unstructured")
-    targets = [t.pair for t in found]
-    scores = [
-        getattr(t.module, t.name) if s is None else s for t, s in zip(found, resolve_scores(found, importance_scores))
-    ]
-    method = _pruning_method_instance(pruning_method, kwargs)
-    if not targets:
-        if _compute_nparams_toprune(method.amount, 0) if hasattr(method, "amount") else 0:
-            raise ValueError(f"amount={method.amount} should be smaller than the number of parameters to prune=0")
-        return
+    parameters = replayable(parameters)
+    # sharded parameters: an argument error on one process is raised on every process
+    with same_error_everywhere(parameters, importance_scores):
+        found = resolve_targets(parameters, fn="global_unstructured")
+        targets = [t.pair for t in found]
+        scores = [
+            getattr(t.module, t.name) if s is None else s
+            for t, s in zip(found, resolve_scores(found, importance_scores))
+        ]
+        method = _pruning_method_instance(pruning_method, kwargs)
+        if not targets:
+            if _compute_nparams_toprune(method.amount, 0) if hasattr(method, "amount") else 0:
+                raise ValueError(f"amount={method.amount} should be smaller than the number of parameters to prune=0")
+            return
 
-    params = [getattr(m, n) for m, n in targets]
-    masks = [existing_mask(m, n) for m, n in targets]
-    for i, p in enumerate(params):
-        if p.device.type == "meta" or scores[i].device.type == "meta":
-            # torch refuses too; a mask "selected" on meta would be uninitialised memory after to_empty
-            raise ValueError(
-                f"global_unstructured: parameters[{i}] is on the meta device and holds no data, so no unit "
-                "can be selected; materialise the model first (to_empty and load its weights)"
-            )
-    handler = sharded_handler(params + scores)
+        params = [getattr(m, n) for m, n in targets]
+        masks = [existing_mask(m, n) for m, n in targets]
+        for i, p in enumerate(params):
+            if p.device.type == "meta" or scores[i].device.type == "meta":
+                # torch refuses too; a mask "selected" on meta would be uninitialised memory after to_empty
+                raise ValueError(
+                    f"global_unstructured: parameters[{i}] is on the meta device and holds no data, so no unit "
+                    "can be selected; materialise the model first (to_empty and load its weights)"
+                )
+        handler = sharded_handler(params + scores)
     soft = [handler is None and mk is not None and has_soft_values(mk) for mk in masks]
     if handler is not None:  # sharded parameters: the selection spans every process
         new_masks = handler.global_masks(targets, scores, method, masks)

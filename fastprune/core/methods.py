@@ -17,7 +17,7 @@ import torch.nn.utils.prune as torch_prune
 
 from .. import ops
 from .reparam import forget_deepcopy, install
-from .sharding import local_tensor, sharded_handler
+from .sharding import local_tensor, same_error_everywhere, sharded_handler
 from .targets import check_module_and_name, check_scores_shape, pruning_hooks
 from .errors import PruningShapeError
 from .validation import (
@@ -817,23 +817,25 @@ def _container_for_compute(old, method):
 
 def apply_method(cls, module, name, args, kwargs, importance_scores):
     """``cls.apply``: compute the new mask, then reparametrise ``module.<name>``."""
-    orig = check_module_and_name(module, name)
-    existing = pruning_hooks(module, name)
-    if len(existing) > 1:
-        raise AssertionError(
-            f"Avoid adding multiple pruning hooks to the same tensor {name} of module {module}. "
-            "Use a PruningContainer."
-        )
-    if not existing and name not in module._parameters:
-        raise TypeError(f"name={name!r}: {type(module).__name__}.{name} is not a parameter and cannot be pruned")
-    if importance_scores is not None:
-        check_scores_shape(importance_scores, orig, "importance_scores")
-    else:
-        importance_scores = orig
+    # sharded parameters: an argument error on one process is raised on every process
+    with same_error_everywhere(module, importance_scores):
+        orig = check_module_and_name(module, name)
+        existing = pruning_hooks(module, name)
+        if len(existing) > 1:
+            raise AssertionError(
+                f"Avoid adding multiple pruning hooks to the same tensor {name} of module {module}. "
+                "Use a PruningContainer."
+            )
+        if not existing and name not in module._parameters:
+            raise TypeError(f"name={name!r}: {type(module).__name__}.{name} is not a parameter and cannot be pruned")
+        if importance_scores is not None:
+            check_scores_shape(importance_scores, orig, "importance_scores")
+        else:
+            importance_scores = orig
 
-    method = cls(*args, **kwargs)
-    method._tensor_name = name
-    handler = sharded_handler([orig, importance_scores])
+        method = cls(*args, **kwargs)
+        method._tensor_name = name
+        handler = sharded_handler([orig, importance_scores])
     if handler is not None:  # sharded parameter: the selection spans every process
         old_mask = getattr(module, name + "_mask").detach() if existing else None
         mask = handler.method_mask(module, name, method, importance_scores, old_mask)

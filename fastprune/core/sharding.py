@@ -24,12 +24,19 @@ A handler is any object with these methods:
   packed 1-bit local masks of :func:`fastprune.sparsify_`.
 * ``mask_state(param, packed, numel)`` / ``mask_from_state(param, value)``:
   a mask in checkpointable form and back.
+* ``report_error(tensors, exc)``: make every process raise ``exc``, an error
+  this process found in its arguments before the call reached the handler
+  (the other processes, whose arguments were fine, wait for this one in the
+  handler's first collective). Raises; never returns.
 """
 from __future__ import annotations
 
+import collections.abc
+import contextlib
 from typing import List, Optional, Sequence
 
 import torch
+from torch import nn
 
 _HANDLERS: List[object] = []
 
@@ -94,3 +101,69 @@ def mask_from_state(param: torch.Tensor, value):
     """Inverse of :func:`mask_state`: the packed local mask (``value`` unchanged for a plain ``param``)."""
     handler = sharded_handler([param])
     return value if handler is None else handler.mask_from_state(param, value)
+
+
+def replayable(obj):
+    """``obj``, or the list of its items when it is a one-shot iterator (a generator).
+
+    The entry points read their ``parameters`` argument twice when a check
+    fails (see :func:`same_error_everywhere`); a generator would be empty the
+    second time.
+    """
+    if isinstance(obj, collections.abc.Iterator):
+        return list(obj)
+    return obj
+
+
+def _tensors_in(objs, out: List[torch.Tensor], depth: int = 0) -> None:
+    """Collect the tensors that arguments name: tensors, modules' parameters, pairs, dicts, lists."""
+    if depth > 3:
+        return
+    for obj in objs:
+        if isinstance(obj, torch.Tensor):
+            out.append(obj)
+        elif isinstance(obj, nn.Module):
+            out.extend(obj.parameters())
+        elif isinstance(obj, dict):
+            _tensors_in(list(obj.keys()) + list(obj.values()), out, depth + 1)
+        elif isinstance(obj, (list, tuple)):
+            if len(obj) == 2 and isinstance(obj[0], nn.Module) and isinstance(obj[1], str):
+                t = getattr(obj[0], obj[1], None) if hasattr(obj[0], obj[1]) else None
+                # a wrong name still tells which process group the call is on
+                _tensors_in([t] if isinstance(t, torch.Tensor) else [obj[0]], out, depth + 1)
+            else:
+                _tensors_in(obj, out, depth + 1)
+
+
+@contextlib.contextmanager
+def same_error_everywhere(*args):
+    """Run an entry point's argument checks so that sharded calls fail on every process alike.
+
+    An argument error found on one process only (a rank-dependent ``amount``,
+    a wrong name on one process) would otherwise leave the other processes
+    waiting in the handler's collectives. When ``args`` name sharded tensors,
+    the error is handed to the handler, which makes every process raise it.
+
+    Args:
+        args: the entry point's arguments that name tensors (pairs, a module,
+            a dict of scores, tensors).
+
+    Example::
+
+        with same_error_everywhere(parameters, importance_scores):
+            targets = resolve_targets(parameters, fn="global_unstructured")
+    """
+    try:
+        yield
+    except Exception as exc:
+        if _HANDLERS:
+            tensors: List[torch.Tensor] = []
+            try:
+                _tensors_in(args, tensors)
+            except Exception:  # the arguments were bad enough that nothing can be read from them
+                tensors = []
+            handler = sharded_handler(tensors)
+            report = getattr(handler, "report_error", None)
+            if report is not None:
+                report(tensors, exc)
+        raise

@@ -1,12 +1,12 @@
 """The DTensor handler registered in :mod:`fastprune.core.sharding`.
 
 It turns each pruning call on DTensor parameters into one exact distributed
-selection (:mod:`._select`): agreement check, one count ``all_reduce``, the
-radix passes, and local mask writes, with the masks sharded like the
-parameters.
+selection (:mod:`fastprune.core.chunked_select`): agreement check, the radix
+passes, and local mask writes, with the masks sharded like the parameters.
 """
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import List, Optional, Sequence
 
@@ -17,11 +17,34 @@ from torch.distributed.tensor._utils import compute_local_shape_and_global_offse
 
 from .. import ops
 from ..core import methods as core_methods
+from ..core.chunked_select import Piece, Selection, draw_seed, key_kind, rand_keys, rand_kind
 from ..core.validation import _compute_nparams_toprune, _validate_pruning_amount
-from ._select import Comm, Piece, Selection, key_kind
+from ._comm import Comm
 from ._stats import _LAST_STATS, ShardedInputError
 
 Tensor = torch.Tensor
+
+# torch.rand draws per step when the random methods regenerate the one-process
+# stream (float64: 8 MiB per step).
+STREAM_CHUNK = 1 << 20
+# Exception types an error found on one process is raised as on every process;
+# others become the nearest of these (every process can unpickle them).
+_PORTABLE_MODULES = ("builtins", "fastprune")
+
+
+def _portable(exc_type) -> type:
+    for cls in getattr(exc_type, "__mro__", ()):
+        module = getattr(cls, "__module__", "")
+        if issubclass(cls, Exception) and (module == "builtins" or module.split(".")[0] in _PORTABLE_MODULES):
+            return cls
+    return RuntimeError
+
+
+def _build_error(exc_type, message: str) -> Exception:
+    try:
+        return _portable(exc_type)(message)
+    except Exception:  # a type whose constructor wants more than a message
+        return RuntimeError(message)
 
 def _fsdp_managed() -> set:
     """``(id(module), name)`` of every parameter that FSDP2 (``fully_shard``) manages."""
@@ -75,7 +98,7 @@ class _Call:
 
     def error(self, exc_type, message: str) -> None:
         if not self.errors:
-            self.errors.append((exc_type.__name__, message))
+            self.errors.append((_portable(exc_type), message))
 
     def _group(self):
         if self.mesh.ndim == 1:
@@ -114,8 +137,12 @@ class _Call:
                 if not isinstance(e, DTensor) or tuple(e.placements) != tuple(p.placements) or e.shape != p.shape:
                     self.error(TypeError, f"the existing mask of {label} must be a DTensor sharded like the parameter")
 
-    def agree(self, settings) -> None:
-        """Exchange a small signature; every process raises the same error on any mismatch."""
+    def agree(self, settings, cause: Optional[BaseException] = None) -> None:
+        """Exchange a small signature; every process raises the same error on any mismatch.
+
+        ``cause``: the exception this process met before the call reached the
+        handler (chained to the error raised here).
+        """
         desc = [(tuple(p.shape), str(p.dtype), tuple(str(pl) for pl in getattr(p, "placements", ())))
                 for p in self.params]
         mesh_ranks = self.mesh.mesh.flatten().tolist()
@@ -134,16 +161,19 @@ class _Call:
             "error": self.errors[0] if self.errors else None,
             # the selectable units travel with the signature: no separate count collective
             "counts": counts,
+            # torch-style calls on tensors pruned before select among the units kept
+            "existing": [e is not None for e in self.existing],
         }
         self.comm = Comm(self.group, self.mesh.device_type)
         everyone = self.comm.all_gather_object(signature)
         for r, sig in enumerate(everyone):
             if sig["error"] is not None:
-                exc = {"TypeError": TypeError}.get(sig["error"][0], ValueError)
-                raise exc(f"{sig['error'][1]} (on process {r} of {len(everyone)})")
+                exc_type, message = sig["error"]
+                raise _build_error(exc_type, f"{message} (on process {r} of {len(everyone)})") from cause
         first = everyone[0]
         for what, key in (("operation", "op"), ("number of parameters", "n"), ("amount / method / scope", "settings"),
-                          ("parameter shapes, dtypes or placements", "tensors"), ("device mesh", "mesh")):
+                          ("parameter shapes, dtypes or placements", "tensors"), ("device mesh", "mesh"),
+                          ("earlier pruning (existing masks)", "existing")):
             for r, sig in enumerate(everyone):
                 if sig[key] != first[key]:
                     raise ShardedInputError(
@@ -174,25 +204,221 @@ class _Call:
                 local.append(int(torch.count_nonzero(e.to_local())))
         return local
 
-    def select(self, groups: List[int], ks: List[int], selectable: List[int], kind: str, outs) -> None:
-        pieces, base = [], 0
-        for p, s, e, g in zip(self.params, self.scores, self.existing, groups):
-            local_shape, offset = compute_local_shape_and_global_offset(p.shape, self.mesh, p.placements)
-            loc_scores = None if kind == "random" else s.to_local()
-            if e is not None and not self.packed:
-                e = e.to_local()
-            pieces.append(Piece(loc_scores, e, self.packed, self.owned(p), local_shape, p.shape, offset, base, g))
-            base += p.numel()
+    def _take_first_generator_state(self) -> None:
+        """Give this process the first process's CPU generator state (a few KB).
+
+        Random methods then draw what the first process would draw, and every
+        process's generator ends where the first one's would after the call,
+        so replicas whose random states differed agree from here on.
+        """
+        state = self.comm.broadcast_tensor(torch.default_generator.get_state())
+        torch.default_generator.set_state(state)
+
+    def _layout(self, p: DTensor):
+        return compute_local_shape_and_global_offset(p.shape, self.mesh, p.placements)
+
+    def select(self, groups: List[int], ks: List[int], selectable: List[int], kind: str, outs,
+               stream_dtype: Optional[torch.dtype] = None) -> None:
+        """Select ``ks[g]`` units in every group and write the local keep-masks into ``outs``.
+
+        ``kind``: a :func:`key_kind` of the scores, ``"random"`` (the
+        counter-based keys of ``sparsify_``) or ``"torch_random"`` (the
+        ``torch.rand`` stream of ``RandomUnstructured`` in ``stream_dtype``).
+        """
+        local_keys = [None] * len(self.params)
         seed = None
         if kind == "random":
-            # Drawn from torch's generator on every process (so each one's state
-            # advances alike) and taken from the first: replicas agree.
-            seed = self.comm.broadcast_int(int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item()))
+            self._take_first_generator_state()
+            seed = draw_seed()  # as sparsify_ draws it in one process
+        elif kind == "torch_random":
+            local_keys = self._torch_random_keys(groups, ks, selectable, stream_dtype)
+            kind = rand_kind(stream_dtype)
+        pieces, base = [], 0
+        for p, s, e, g, keys in zip(self.params, self.scores, self.existing, groups, local_keys):
+            local_shape, offset = self._layout(p)
+            loc = p.to_local()
+            if kind in ("rand32", "rand64"):
+                loc_scores = keys
+            else:
+                loc_scores = None if kind == "random" else s.to_local()
+            if e is not None and not self.packed:
+                e = e.to_local()
+            pieces.append(Piece(loc_scores, e, self.packed, self.owned(p), local_shape, p.shape, offset, base, g,
+                                loc.device))
+            base += p.numel()
         with torch.no_grad():
             sel = Selection(pieces, ks, selectable, base, kind, self.comm, seed).run()
             sel.write(outs, self.packed)
         _LAST_STATS.clear()
         _LAST_STATS.update(self.comm.stats())
+
+    # -- the torch.rand stream of the one-process call ---------------------
+
+    def _torch_random_keys(self, groups, ks, selectable, dtype) -> List[Tensor]:
+        """Local keys of the draws ``RandomUnstructured`` makes in one process on the gathered tensors.
+
+        In one process the method draws ``torch.rand`` once for the units still
+        kept, in the global order (tensors in the order given, row-major,
+        pruned units skipped), in ``dtype``. Every process regenerates that
+        stream from the first process's generator state, chunk by chunk, and
+        keeps the draws of its own units: time O(units of the call) on every
+        process, memory O(local units + one chunk). ``torch.rand`` on the CPU
+        consumes its generator element by element, so consecutive chunks give
+        the one long draw bit for bit.
+        """
+        key_dtype = torch.int64 if dtype == torch.float64 else torch.int32
+        drawing = [ks[g] > 0 for g in groups]
+        # Position of each tensor's first draw within its group's stream.
+        stream_base, seen = [], {}
+        for g, n in zip(groups, selectable):
+            stream_base.append(seen.get(g, 0))
+            seen[g] = seen.get(g, 0) + n
+        cells = self._stream_cells(stream_base, drawing)
+        values = [torch.empty(int(c[1].sum()) if c is not None else 0, dtype=key_dtype) for c in cells]
+        if any(drawing):
+            self._take_first_generator_state()
+            gen = torch.Generator()
+            gen.set_state(torch.default_generator.get_state())
+            for g in sorted(set(groups)):
+                if ks[g] == 0:
+                    continue
+                mine = [i for i, gi in enumerate(groups) if gi == g and cells[i] is not None and values[i].numel()]
+                total = seen[g]
+                for lo in range(0, total, STREAM_CHUNK):
+                    hi = min(total, lo + STREAM_CHUNK)
+                    keys = rand_keys(torch.rand(hi - lo, dtype=dtype, generator=gen))
+                    for i in mine:
+                        _fill_from_stream(keys, lo, hi, cells[i], values[i])
+            torch.default_generator.set_state(gen.get_state())  # where the one-process call leaves it
+        out = []
+        for p, e, v in zip(self.params, self.existing, values):
+            loc = p.to_local()
+            if e is None or loc.numel() == 0:
+                keys = v if v.numel() == loc.numel() else torch.zeros(loc.numel(), dtype=key_dtype)
+            else:
+                keys = torch.zeros(loc.numel(), dtype=key_dtype)
+                keys.masked_scatter_(e.to_local().reshape(-1).cpu() != 0, v)
+            out.append(keys.to(loc.device))
+        return out
+
+    def _stream_cells(self, stream_base, drawing):
+        """Per tensor: ``(P, C, V)``: stream position, count and local draw offset of its local cells.
+
+        A cell is a run of units contiguous both in the full tensor and in the
+        local shard: for fixed indices of the dimensions before the last
+        sharded dimension ``j``, this process's slice of ``j`` and everything
+        after it. The selectable units of a cell take consecutive draws, so a
+        cell's first draw is the number of selectable units before it in the
+        group: known from its global index when the tensor has no mask, else
+        an exclusive prefix sum over every process's per-cell counts (one
+        ``all_reduce`` over a grid of cells per such tensor, after one
+        ``all_gather`` of each process's slices of ``j``).
+        """
+        info = []
+        for i, (p, e) in enumerate(zip(self.params, self.existing)):
+            local_shape, offset = self._layout(p)
+            ndim = len(p.shape)
+            sharded = [pl.dim % ndim for pl in p.placements if isinstance(pl, Shard)] if ndim else []
+            info.append((local_shape, offset, max(sharded) if sharded else -1))
+        masked = [i for i, (p, e) in enumerate(zip(self.params, self.existing))
+                  if drawing[i] and e is not None and info[i][2] >= 0]
+        slices = {}
+        if masked:
+            mine = [(info[i][1][info[i][2]], info[i][0][info[i][2]], _prod(info[i][0]) > 0) for i in masked]
+            everyone = self.comm.all_gather_object(mine)
+            for n, i in enumerate(masked):
+                starts = sorted({r[n][0] for r in everyone if r[n][2]})
+                slices[i] = starts
+        cells = []
+        for i, (p, e) in enumerate(zip(self.params, self.existing)):
+            if not drawing[i]:
+                cells.append(None)
+                continue
+            local_shape, offset, j = info[i]
+            loc = p.to_local()
+            gshape = tuple(p.shape)
+            if j < 0:  # not split anywhere: one cell, the whole tensor
+                count = loc.numel() if e is None else int(torch.count_nonzero(e.to_local()))
+                P = torch.tensor([stream_base[i]], dtype=torch.int64)
+                C = torch.tensor([count], dtype=torch.int64)
+            else:
+                rest = _prod(gshape[j + 1:])
+                length = local_shape[j] * rest
+                outer = torch.zeros(1, dtype=torch.int64)  # global index over the dims before j
+                for d in range(j):
+                    outer = (outer.unsqueeze(1) * gshape[d]
+                             + (offset[d] + torch.arange(local_shape[d], dtype=torch.int64))).reshape(-1)
+                if loc.numel() == 0:
+                    outer = outer[:0]
+                if e is None:
+                    C = torch.full((outer.numel(),), length, dtype=torch.int64)
+                    P = stream_base[i] + outer * (gshape[j] * rest) + offset[j] * rest
+                else:
+                    elig = e.to_local().reshape(outer.numel(), length) if loc.numel() else e.to_local().reshape(0, 1)
+                    C = torch.count_nonzero(elig, dim=1).to(torch.int64).cpu()
+                    starts = slices[i]
+                    nseg = len(starts)
+                    grid = torch.zeros(_prod(gshape[:j]) * nseg, dtype=torch.int64, device=self.comm.device)
+                    if loc.numel():
+                        where = outer * nseg + starts.index(offset[j])
+                        if self.owned(p):
+                            grid[where.to(grid.device)] = C.to(grid.device)
+                    self.comm.all_reduce(grid)
+                    grid = grid.cpu()
+                    before = grid.cumsum(0) - grid
+                    P = stream_base[i] + (before[where] if loc.numel() else outer)
+            keep = C > 0
+            P, C = P[keep], C[keep]
+            V = C.cumsum(0) - C
+            cells.append((P, C, V))
+        return cells
+
+
+def _prod(xs) -> int:
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+def _fill_from_stream(keys: Tensor, lo: int, hi: int, cells, values: Tensor) -> None:
+    """Copy the draws ``[lo, hi)`` of a stream (``keys``) that fall in ``cells`` into ``values``.
+
+    ``cells = (P, C, V)``: the cells' first stream positions (increasing),
+    their counts and their offsets in ``values`` (a cell's draws are stored
+    consecutively, cells one after the other).
+    """
+    P, C, V = cells
+    end = P + C
+    first = int(torch.searchsorted(end, torch.tensor([lo]), right=True))
+    last = int(torch.searchsorted(P, torch.tensor([hi])))
+    if last <= first:
+        return
+    starts = P[first:last].clamp(min=lo) - lo
+    stops = end[first:last].clamp(max=hi) - lo
+    at = int(V[first]) + max(int(P[first]), lo) - int(P[first])
+    n = int((stops - starts).sum())
+    if last - first == 1:
+        values[at:at + n] = keys[int(starts[0]):int(stops[0])]
+        return
+    # several cells in this chunk: mark the draws inside any of them (they are disjoint)
+    edges = torch.zeros(hi - lo + 1, dtype=torch.int32)
+    ones = torch.ones(last - first, dtype=torch.int32)
+    edges.index_add_(0, starts, ones)
+    edges.index_add_(0, stops, -ones)
+    values[at:at + n] = keys[edges.cumsum(0)[:-1] > 0]
+
+
+def _stream_dtype(scores) -> torch.dtype:
+    """The dtype of the one-process draws: that of the scores (of their concatenation for several)."""
+    return functools.reduce(torch.promote_types, [s.dtype for s in scores])
+
+
+def _check_stream_dtype(call: _Call) -> None:
+    dtype = _stream_dtype(call.scores)
+    if not dtype.is_floating_point:
+        call.error(TypeError, f"RandomUnstructured draws torch.rand in the parameters' dtype, and {dtype} has "
+                   "no random floats; use sparsify_(..., method='random') for integer tensors")
 
 
 class DTensorHandler:
@@ -200,6 +426,19 @@ class DTensorHandler:
 
     def claims(self, tensors) -> bool:
         return any(isinstance(t, DTensor) for t in tensors)
+
+    def report_error(self, tensors, exc: BaseException) -> None:
+        """Make every process raise ``exc`` found here before the call reached the handler.
+
+        The other processes, whose arguments were fine, are on their way into
+        the agreement check of this call; this process joins it carrying the
+        error, so all of them raise it instead of waiting in a collective.
+        """
+        dts = [t for t in tensors if isinstance(t, DTensor)]
+        call = _Call("invalid call", dts, dts, [None] * len(dts), packed=False, labels=[""] * len(dts))
+        call.errors = []
+        call.error(type(exc), str(exc))
+        call.agree(None, cause=exc)
 
     def local(self, t: Tensor) -> Tensor:
         if not isinstance(t, DTensor):
@@ -250,8 +489,10 @@ class DTensorHandler:
             for k, n in zip(ks, selectable):
                 _validate_pruning_amount(k, n)
             groups, sel = list(range(len(call.params))), selectable
-        skind = "random" if kind == "random" else key_kind([s.dtype for s in call.scores])
-        call.select(groups, ks, sel, skind, outs)
+        if kind == "random":
+            call.select(groups, ks, sel, "torch_random", outs, stream_dtype=_stream_dtype(call.scores))
+        else:
+            call.select(groups, ks, sel, key_kind([s.dtype for s in call.scores]), outs)
         return outs
 
     def global_masks(self, targets, scores, method, masks) -> List[Tensor]:
@@ -263,6 +504,8 @@ class DTensorHandler:
         if kind not in ("l1", "random"):
             call.error(TypeError, f"global_unstructured on DTensor parameters supports L1Unstructured and "
                        f"RandomUnstructured, got {type(method).__name__}")
+        elif kind == "random":
+            _check_stream_dtype(call)
         self._check_not_fsdp(call, targets)
         call.agree((type(method).__name__, getattr(method, "amount", None)))
         locals_ = self._masks_for(call, kind, method.amount, "global")
@@ -277,6 +520,8 @@ class DTensorHandler:
         if kind is None:
             call.error(TypeError, f"{type(method).__name__} is not supported on DTensor parameters; supported: "
                        "L1Unstructured, RandomUnstructured, Identity, CustomFromMask")
+        elif kind == "random":
+            _check_stream_dtype(call)
         self._check_not_fsdp(call, [(module, name)])
         call.agree((type(method).__name__, getattr(method, "amount", None)))
         (local,) = self._masks_for(call, kind, getattr(method, "amount", 0), "local", method)

@@ -1,29 +1,33 @@
-"""Exact k-selection over tensors spread across processes.
+"""Exact k-selection over tensors read chunk by chunk, possibly spread across processes.
 
-Every process holds some *pieces* (its local shards). A piece knows, for each
-of its local units, whether the unit may be selected (existing mask), whether
-this process *owns* it (replicated units are counted by one process only), its
-ranking key, and its global flat index (tensors in the order given, then
-row-major in the full tensor). The selection is the one of
-:func:`fastprune.ops.reference.kselect_` on the gathered tensors:
+The selection of :func:`fastprune.ops.reference.kselect_` (the ``k`` units of
+smallest key, ties broken by the lower global flat index), computed in
+bounded memory: keys are recomputed chunk by chunk in every pass, never
+stored whole. Used by :func:`fastprune.sparsify_` for ``method="random"`` (in
+one process) and by :mod:`fastprune.distributed` for sharded parameters; both
+run this same code, which is what makes their results equal.
+
+Every process holds some *pieces* (its local shards; in one process, whole
+tensors). A piece knows, for each of its local units, whether the unit may be
+selected (existing mask), whether this process *owns* it (replicated units are
+counted by one process only), its ranking key, and its global flat index
+(tensors in the order given, then row-major in the full tensor).
 
 1. Radix select on the keys: each pass histograms one digit of the keys that
    share the prefix found so far, the histograms are summed over all
-   processes (one ``all_reduce``), and every process narrows to the same bin.
-   After the last pass the threshold key ``T`` and the number of selectable
-   units below it are known exactly, hence how many units *at* ``T`` (ties)
-   are selected.
+   processes (one ``all_reduce`` of :class:`LocalComm`'s subclass; nothing in
+   one process), and every process narrows to the same bin. After the last
+   pass the threshold key ``T`` and the number of selectable units below it
+   are known exactly, hence how many units *at* ``T`` (ties) are selected.
 2. If only some ties are selected, the same radix select runs on the global
    flat indices of the tied units, giving the largest selected index ``G``.
 3. Every process writes its masks locally: a unit is selected when its key is
    below ``T``, or equal to ``T`` with a global index at most ``G``.
 
-Keys are recomputed chunk by chunk in every pass, so the extra memory is the
-histograms plus one chunk, never a copy of the scores.
+The extra memory is the histograms plus one chunk, never a copy of the scores.
 """
 from __future__ import annotations
 
-import pickle
 from typing import List, Optional, Sequence
 
 import torch
@@ -44,58 +48,35 @@ _F64_NAN_KEY = 0x7FF0000000000001
 _SHORT_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
-class Comm:
-    """The collectives of one call over one process group, with the bytes they carry.
+class LocalComm:
+    """The reductions of one selection when everything lives in one process: none.
 
-    ``bytes`` counts the payload this process contributes and receives per
-    collective (an ``all_reduce`` of n bytes counts n, an ``all_gather`` counts
-    the world size times the gathered object), the figure a user can compare
-    with the size of the weights.
+    :mod:`fastprune.distributed` subclasses it with the collectives of a
+    process group; the selection calls only these methods, so one process and
+    many run the same code. ``bytes`` counts the payload this process
+    contributes and receives per collective (an ``all_reduce`` of n bytes
+    counts n, an ``all_gather`` counts the world size times the gathered
+    object).
     """
 
-    def __init__(self, group, device_type: str = "cpu") -> None:
-        import torch.distributed as dist
-
-        # NCCL reduces CUDA tensors only; gloo takes CPU tensors.
-        if device_type == "cuda" and torch.cuda.is_available():
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        else:
-            self.device = torch.device("cpu")
-
-        self.dist = dist
-        self.group = group
-        self.world = dist.get_world_size(group)
-        self.rank = dist.get_rank(group)
+    def __init__(self, device=None) -> None:
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.world = 1
+        self.rank = 0
         self.bytes = 0
         self.collectives = 0
         self.radix_passes = 0
         self.tie_passes = 0
 
     def all_reduce(self, t: Tensor) -> Tensor:
-        if self.world > 1:
-            self.dist.all_reduce(t, group=self.group)
-        self.bytes += t.numel() * t.element_size()
-        self.collectives += 1
         return t
 
     def all_gather_object(self, obj) -> list:
-        out = [None] * self.world
-        if self.world > 1:
-            self.dist.all_gather_object(out, obj, group=self.group)
-        else:
-            out[0] = obj
-        self.bytes += len(pickle.dumps(obj)) * self.world
-        self.collectives += 1
-        return out
+        return [obj]
 
-    def broadcast_int(self, value: int) -> int:
-        t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        if self.world > 1:
-            src = self.dist.get_global_rank(self.group, 0) if self.group is not None else 0
-            self.dist.broadcast(t, src=src, group=self.group)
-        self.bytes += 8
-        self.collectives += 1
-        return int(t.item())
+    def broadcast_tensor(self, t: Tensor) -> Tensor:
+        """``t`` as the first process holds it (here: ``t``)."""
+        return t
 
     def stats(self) -> dict:
         return {
@@ -111,8 +92,9 @@ class Piece:
     """This process's part of one tensor, as the selection sees it.
 
     Args:
-        scores: the local scores (any shape; read flat in row-major order), or
-            ``None`` for random keys.
+        scores: the local scores (any shape; read flat in row-major order),
+            the keys themselves for the ``"rand32"`` / ``"rand64"`` kinds, or
+            ``None`` for counter-based random keys.
         eligible: existing local mask (non-zero = selectable), packed bits when
             ``packed``, or ``None`` (all selectable).
         owned: whether this process counts these units (``False`` on all but
@@ -122,11 +104,17 @@ class Piece:
         base: global flat index of the full tensor's first unit (sum of the
             numels of the tensors before it in the group).
         group: index of the selection this tensor belongs to.
+        device: where the keys are computed (default: the device of
+            ``scores``, else of ``eligible``, else the CPU).
     """
 
-    def __init__(self, scores, eligible, packed, owned, local_shape, global_shape, offset, base, group):
+    def __init__(self, scores, eligible, packed, owned, local_shape, global_shape, offset, base, group, device=None):
         self.scores = None if scores is None else scores.detach().reshape(-1)
         self.eligible = None if eligible is None else eligible.detach().reshape(-1)
+        if device is None:
+            src = self.scores if self.scores is not None else self.eligible
+            device = src.device if src is not None else torch.device("cpu")
+        self.device = torch.device(device)
         self.packed = packed
         self.owned = owned
         self.local_shape = tuple(local_shape)
@@ -142,8 +130,7 @@ class Piece:
         self.group = group
 
     def chunks(self):
-        src = self.scores if self.scores is not None else self.eligible
-        step = CHUNK_CUDA if src is not None and src.is_cuda else CHUNK
+        step = CHUNK_CUDA if self.device.type == "cuda" else CHUNK
         for lo in range(0, self.numel, step):
             yield lo, min(self.numel, lo + step)
 
@@ -178,7 +165,30 @@ def key_kind(dtypes: Sequence[torch.dtype]) -> str:
     return "f64"
 
 
-KEY_BITS = {"int": 63, "f32": 31, "f64": 63, "random": 62}
+# "random": counter-based keys (random_keys); "rand32" / "rand64": keys of
+# torch.rand draws made beforehand (rand_keys), stored as the piece's scores.
+KEY_BITS = {"int": 63, "f32": 31, "f64": 63, "random": 62, "rand32": 30, "rand64": 62}
+_ONE_F32_BITS = 0x3F800000
+_ONE_F64_BITS = 0x3FF0000000000000
+
+
+def rand_kind(dtype: torch.dtype) -> str:
+    """Key kind of ``torch.rand`` draws of ``dtype``: ``"rand64"`` for float64, else ``"rand32"``."""
+    return "rand64" if dtype == torch.float64 else "rand32"
+
+
+def rand_keys(r: Tensor) -> Tensor:
+    """Keys of draws ``r`` in ``[0, 1)`` such that the *largest* draw has the smallest key.
+
+    ``RandomUnstructured`` prunes the units of largest ``torch.rand`` value and
+    the selection picks the smallest keys: the key is ``bits(1.0) - bits(r)``
+    (float32 bits for float32/16/bf16, which float32 holds exactly; float64
+    bits otherwise), positive, ordered as ``-r``, and equal draws give equal
+    keys (ties then fall to the lower global index, as in one process).
+    """
+    if r.dtype == torch.float64:
+        return _ONE_F64_BITS - r.view(torch.int64)
+    return _ONE_F32_BITS - r.to(torch.float32).view(torch.int32)
 
 
 def score_keys(x: Tensor, kind: str) -> Tensor:
@@ -207,6 +217,16 @@ _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
 
 
+def draw_seed() -> int:
+    """The seed of counter-based random keys: one draw from torch's default CPU generator.
+
+    One process and the sharded call (after every process took the first
+    process's generator state) draw it the same way, so ``torch.manual_seed``
+    decides both, alike.
+    """
+    return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
+
+
 def random_keys(global_idx: Tensor, seed: int) -> Tensor:
     """62-bit keys that depend only on ``seed`` and the global index (splitmix64).
 
@@ -230,7 +250,7 @@ class Selection:
         selectable: List[int],
         total_units: int,
         kind: str,
-        comm: Comm,
+        comm: LocalComm,
         seed: Optional[int] = None,
     ):
         self.pieces = pieces
@@ -247,15 +267,11 @@ class Selection:
 
     def _keys(self, piece: Piece, lo: int, hi: int) -> Tensor:
         if self.kind == "random":
-            idx = torch.arange(lo, hi, dtype=torch.int64, device=self._device(piece))
+            idx = torch.arange(lo, hi, dtype=torch.int64, device=piece.device)
             return random_keys(piece.global_index(idx), self.seed)
+        if self.kind in ("rand32", "rand64"):
+            return piece.scores[lo:hi]
         return score_keys(piece.scores[lo:hi], self.kind)
-
-    @staticmethod
-    def _device(piece: Piece):
-        if piece.scores is not None:
-            return piece.scores.device
-        return piece.eligible.device if piece.eligible is not None else torch.device("cpu")
 
     def _candidates(self, piece: Piece, lo: int, hi: int, keys: Tensor) -> Optional[Tensor]:
         """Selectable units of a chunk, ``None`` when all are."""
