@@ -247,6 +247,88 @@ def case_random_full(mesh):
     return {"global": full, "local": full2, "torch_style": full3}
 
 
+def _one_process_then_sharded(mesh, seed, reference, sharded, draws=True):
+    """Run ``reference()`` after ``torch.manual_seed(seed)`` on every process, then ``sharded()`` with
+    the seed on process 0 only (the others' generators deliberately elsewhere); afterwards every
+    process's generator must be where the one-process call left it."""
+    torch.manual_seed(seed)
+    reference()
+    state_after = torch.random.get_rng_state()
+    torch.manual_seed(seed if dist.get_rank() == 0 else seed + 1000 + dist.get_rank())
+    sharded()
+    if draws:  # a call that prunes nothing draws nothing, in one process as here
+        assert torch.equal(torch.random.get_rng_state(), state_after), "generator not where one process leaves it"
+
+
+def _replicated(model, mesh):
+    out = copy.deepcopy(model)
+    for name in model.SHAPES:
+        lin = getattr(out, name)
+        lin.weight = nn.Parameter(_shard(lin.weight.detach(), mesh, Replicate()))
+    return out
+
+
+def case_random_torch_style(mesh):
+    """RandomUnstructured on DTensors draws the one-process torch.rand stream: the same units."""
+    import torch.nn.utils.prune as torch_prune
+
+    # (dtype, layout, global amounts, local amounts): bf16 draws tie often, so the tie rule counts;
+    # the later amounts prune among the units kept; amount 0 draws nothing
+    plans = [
+        (torch.float32, _sharded, (0.45, 0.3, 7), (0.4, 2, 0.0)),
+        (torch.float32, _replicated, (0.45, 0.3), (0.4,)),
+        (torch.bfloat16, _sharded, (0.5, 0.3), (0.4,)),
+        (torch.float64, _sharded, (0.35,), (0.4, 3)),
+    ]
+    for dtype, make, global_amounts, local_amounts in plans:
+        ref = TPNet(dtype, "randn")
+        sh = make(ref, mesh)
+        for seed, amount in enumerate(global_amounts, 11):
+            _one_process_then_sharded(
+                mesh, seed,
+                lambda: fastprune.global_unstructured(ref.pairs(), fastprune.RandomUnstructured, amount=amount),
+                lambda: fastprune.global_unstructured(sh.pairs(), fastprune.RandomUnstructured, amount=amount))
+            _check_torch_style(ref, sh, f"global random {dtype} {make.__name__} {amount}")
+        ref = TPNet(dtype, "randn", seed=1)
+        sh = make(ref, mesh)
+        for seed, amount in enumerate(local_amounts, 21):
+            for r, s in zip(ref.pairs(), sh.pairs()):
+                _one_process_then_sharded(mesh, seed, lambda: fastprune.random_unstructured(*r, amount=amount),
+                                          lambda: fastprune.random_unstructured(*s, amount=amount),
+                                          draws=amount != 0.0)
+            _check_torch_style(ref, sh, f"local random {dtype} {make.__name__} {amount}")
+    # torch's class: the same draws (no ties among float32 draws of this size, so topk agrees)
+    ref = TPNet(torch.float32, "randn", seed=2)
+    sh = _sharded(ref, mesh)
+    _one_process_then_sharded(
+        mesh, 31, lambda: fastprune.global_unstructured(ref.pairs(), torch_prune.RandomUnstructured, amount=0.5),
+        lambda: fastprune.global_unstructured(sh.pairs(), torch_prune.RandomUnstructured, amount=0.5))
+    _check_torch_style(ref, sh, "torch's RandomUnstructured")
+    # mixed dtypes: one stream in the promoted dtype of the concatenation
+    ref = TPNet(torch.float32, "randn", seed=3)
+    ref.b.weight = nn.Parameter(ref.b.weight.detach().to(torch.bfloat16))
+    sh = _sharded(ref, mesh)
+    _one_process_then_sharded(
+        mesh, 41, lambda: fastprune.global_unstructured(ref.pairs(), fastprune.RandomUnstructured, amount=0.6),
+        lambda: fastprune.global_unstructured(sh.pairs(), fastprune.RandomUnstructured, amount=0.6))
+    _check_torch_style(ref, sh, "mixed dtypes")
+
+
+def case_random_sparsify(mesh):
+    """sparsify_(method="random") on DTensors: the one-process units of the same seed."""
+    for make in (_sharded, _replicated):
+        for scope in ("global", "local"):
+            ref = TPNet(torch.float32, "randn")
+            sh = make(ref, mesh)
+            for seed, amount in ((51, 0.45), (52, 0.3), (53, 5)):  # iterated: among the units kept
+                out = {}
+                _one_process_then_sharded(
+                    mesh, seed,
+                    lambda: out.update(ref=fastprune.sparsify_(ref.pairs(), amount, method="random", scope=scope)),
+                    lambda: out.update(sh=fastprune.sparsify_(sh.pairs(), amount, method="random", scope=scope)))
+                _check_maskset(ref, sh, out["ref"], out["sh"], f"sparsify random {make.__name__} {scope} {amount}")
+
+
 def case_mesh_2d(mesh):
     """A 2-d mesh over every process (2 x ws/2): Shard on both mesh dims, Replicate on one."""
     ws = dist.get_world_size()
@@ -276,6 +358,13 @@ def case_mesh_2d(mesh):
         ms_ref = fastprune.sparsify_(ref2.pairs(), 0.3, scope="local")
         ms_sh = fastprune.sparsify_(sh2.pairs(), 0.3, scope="local")
         _check_maskset(ref2, sh2, ms_ref, ms_sh, f"2-d mesh sparsify {style}")
+        # random, twice (the second time among the units kept): the one-process torch.rand stream
+        for seed, amount in ((61, 0.4), (62, 0.5)):
+            _one_process_then_sharded(
+                mesh2, seed,
+                lambda: fastprune.global_unstructured(ref.pairs(), fastprune.RandomUnstructured, amount=amount),
+                lambda: fastprune.global_unstructured(sh.pairs(), fastprune.RandomUnstructured, amount=amount))
+            _check_torch_style(ref, sh, f"2-d mesh random {style} {amount}")
 
 
 def _expect_error(exc_type, fn, *, contains=""):
@@ -456,6 +545,8 @@ CASES = [
     case_sparsify_l1,
     case_random_replicas,
     case_random_full,
+    case_random_torch_style,
+    case_random_sparsify,
     case_mesh_2d,
     case_bad_input,
     case_fsdp2_train,

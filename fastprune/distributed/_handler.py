@@ -270,7 +270,7 @@ class _Call:
         drawing = [ks[g] > 0 for g in groups]
         # Position of each tensor's first draw within its group's stream.
         stream_base, seen = [], {}
-        for g, n in zip(groups, selectable):
+        for g, n in zip(groups, self.selectable_counts()):
             stream_base.append(seen.get(g, 0))
             seen[g] = seen.get(g, 0) + n
         cells = self._stream_cells(stream_base, drawing)
@@ -283,7 +283,7 @@ class _Call:
                 if ks[g] == 0:
                     continue
                 mine = [i for i, gi in enumerate(groups) if gi == g and cells[i] is not None and values[i].numel()]
-                total = seen[g]
+                total = selectable[g]
                 for lo in range(0, total, STREAM_CHUNK):
                     hi = min(total, lo + STREAM_CHUNK)
                     keys = rand_keys(torch.rand(hi - lo, dtype=dtype, generator=gen))
@@ -291,10 +291,12 @@ class _Call:
                         _fill_from_stream(keys, lo, hi, cells[i], values[i])
             torch.default_generator.set_state(gen.get_state())  # where the one-process call leaves it
         out = []
-        for p, e, v in zip(self.params, self.existing, values):
+        for p, e, v, draws in zip(self.params, self.existing, values, drawing):
             loc = p.to_local()
-            if e is None or loc.numel() == 0:
-                keys = v if v.numel() == loc.numel() else torch.zeros(loc.numel(), dtype=key_dtype)
+            if not draws or loc.numel() == 0:  # no unit of it is selected: any keys do
+                keys = torch.zeros(loc.numel(), dtype=key_dtype)
+            elif e is None:
+                keys = v
             else:
                 keys = torch.zeros(loc.numel(), dtype=key_dtype)
                 keys.masked_scatter_(e.to_local().reshape(-1).cpu() != 0, v)
