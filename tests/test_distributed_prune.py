@@ -276,9 +276,9 @@ def case_random_torch_style(mesh):
     # the later amounts prune among the units kept; amount 0 draws nothing
     plans = [
         (torch.float32, _sharded, (0.45, 0.3, 7), (0.4, 2, 0.0)),
-        (torch.float32, _replicated, (0.45, 0.3), (0.4,)),
-        (torch.bfloat16, _sharded, (0.5, 0.3), (0.4,)),
-        (torch.float64, _sharded, (0.35,), (0.4, 3)),
+        (torch.float32, _replicated, (0.45, 0.3), ()),
+        (torch.bfloat16, _sharded, (0.5, 0.3), ()),
+        (torch.float64, _sharded, (0.35,), (0.4,)),
     ]
     for dtype, make, global_amounts, local_amounts in plans:
         ref = TPNet(dtype, "randn")
@@ -421,6 +421,81 @@ def case_bad_input(mesh):
     assert int(t) == ws
 
 
+def case_bad_input_one_process(mesh):
+    """Arguments wrong on one process only (others fine): every process raises the same error, fast.
+
+    The DTensors live on a process group with a 15 s timeout: a process left waiting in a
+    collective fails the case within seconds instead of hanging the run.
+    """
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from fastprune.core.errors import PruningNameError, PruningShapeError
+
+    rank, ws = dist.get_rank(), dist.get_world_size()
+    if ws == 1:
+        return "skipped"
+    group = dist.new_group(list(range(ws)), timeout=timedelta(seconds=15))
+    quick = DeviceMesh.from_group(group, "cpu")
+    ref = TPNet(torch.float32, "randn")
+    sh = _sharded(ref, quick)
+    before = {n: getattr(sh, n).weight.to_local().clone() for n in ref.SHAPES}
+    gen = torch.Generator().manual_seed(3)
+    good_scores = _shard(torch.randn(10, 7, generator=gen), quick, Shard(0))
+    bad_scores = _shard(torch.randn(7, 10, generator=gen), quick, Shard(0))
+
+    def everywhere(exc_type, fn, *, culprit, contains):
+        started = time.perf_counter()
+        msg = _expect_error(exc_type, fn, contains=contains)
+        assert f"on process {culprit} of {ws}" in msg, msg
+        assert time.perf_counter() - started < 10, "a process waited for the others"
+        messages = _gather_local(msg)
+        assert all(m == messages[0] for m in messages), f"processes raised different errors: {messages}"
+
+    # an amount out of range on process 1 only (torch-style, global, lean)
+    amount = 1.5 if rank == 1 else 0.3
+    everywhere(ValueError, lambda: fastprune.l1_unstructured(sh.a, "weight", amount=amount),
+               culprit=1, contains="amount=1.5")
+    everywhere(ValueError, lambda: fastprune.random_unstructured(sh.b, "weight", amount=amount),
+               culprit=1, contains="amount=1.5")
+    everywhere(ValueError, lambda: fastprune.global_unstructured(
+        sh.pairs(), fastprune.L1Unstructured, amount=amount), culprit=1, contains="amount=1.5")
+    everywhere(ValueError, lambda: fastprune.sparsify_(sh.pairs(), amount), culprit=1, contains="amount=1.5")
+    # an amount of the wrong type, on the last process
+    everywhere(TypeError, lambda: fastprune.sparsify_(sh.pairs(), "half" if rank == ws - 1 else 0.3),
+               culprit=ws - 1, contains="amount")
+    # a parameter name that process 0 misspells (and a generator of pairs, read once)
+    name = "wieght" if rank == 0 else "weight"
+    everywhere(PruningNameError, lambda: fastprune.global_unstructured(
+        ((m, name if m is sh.b else "weight") for m, _ in sh.pairs()), fastprune.L1Unstructured, amount=0.3),
+        culprit=0, contains="wieght")
+    everywhere(PruningNameError, lambda: fastprune.l1_unstructured(sh.a, name, amount=0.3),
+               culprit=0, contains="wieght")
+    everywhere(PruningNameError, lambda: fastprune.sparsify_([(sh.a, name), (sh.b, "weight")], 0.3),
+               culprit=0, contains="wieght")
+    # importance scores of the wrong shape on the last process
+    scores = bad_scores if rank == ws - 1 else good_scores
+    everywhere(PruningShapeError, lambda: fastprune.l1_unstructured(sh.a, "weight", amount=0.3,
+                                                                    importance_scores=scores),
+               culprit=ws - 1, contains="shape")
+    everywhere(PruningShapeError, lambda: fastprune.global_unstructured(
+        sh.pairs(), fastprune.L1Unstructured, importance_scores={(sh.a, "weight"): scores}, amount=0.3),
+        culprit=ws - 1, contains="shape")
+    everywhere(PruningShapeError, lambda: fastprune.sparsify_(
+        sh.pairs(), 0.3, importance_scores={(sh.a, "weight"): scores}), culprit=ws - 1, contains="shape")
+    # an unknown method on process 1
+    everywhere(ValueError, lambda: fastprune.sparsify_(sh.pairs(), 0.3, method="rnd" if rank == 1 else "l1"),
+               culprit=1, contains="rnd")
+    _unchanged(sh, before)
+    # both groups still work, and a good call afterwards is exact
+    t = torch.ones(1)
+    dist.all_reduce(t, group=group)
+    dist.all_reduce(t)
+    assert int(t) == ws * ws
+    ms_ref = fastprune.sparsify_(ref.pairs(), 0.3)
+    ms_sh = fastprune.sparsify_(sh.pairs(), 0.3)
+    _check_maskset(ref, sh, ms_ref, ms_sh, "after errors")
+
+
 def _fsdp_models(mesh, seed=0):
     from torch.distributed.fsdp import fully_shard
 
@@ -549,6 +624,7 @@ CASES = [
     case_random_sparsify,
     case_mesh_2d,
     case_bad_input,
+    case_bad_input_one_process,
     case_fsdp2_train,
     case_ddp,
     case_checkpoint,
@@ -560,6 +636,13 @@ def _worker(rank, ws, store, out_dir, ckpt_dir):
     # A file rendezvous, not a TCP port: nothing to collide with other jobs on the machine.
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws, timeout=timedelta(seconds=int(os.environ.get("FASTPRUNE_TEST_TIMEOUT", "90"))))
     mesh = init_device_mesh("cpu", (ws,))
+    # Small chunks, so that these small tensors span several of them: chunks of the selection
+    # (a multiple of 8 for the packed masks) and of the regenerated torch.rand stream (odd).
+    import fastprune.core.chunked_select as chunked_select
+    import fastprune.distributed._handler as handler
+
+    chunked_select.CHUNK = 64
+    handler.STREAM_CHUNK = 37
     results = {}
     try:
         for case in CASES:

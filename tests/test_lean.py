@@ -467,3 +467,23 @@ def test_non_contiguous_parameter():
     assert original.abs()[~m].max() <= original.abs()[m].min()
     assert torch.equal(lin.weight.detach(), torch.where(m, original, torch.zeros_like(original)))
     assert torch.equal(ms.masks[0], pack_mask(m))  # bits in logical row-major order
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_rand_stream_in_chunks_is_one_draw(dtype):
+    """Sharded random methods regenerate torch.rand's CPU stream in chunks: it must be the one draw."""
+    n = 200_003
+    gen = torch.Generator().manual_seed(9)
+    whole = torch.rand(n, dtype=dtype, generator=gen)
+    after = gen.get_state()
+    gen.manual_seed(9)
+    sizes = [1, 15, 16, 17, 4096, 65_537]
+    parts, left = [], n
+    while left:
+        size = min(sizes[len(parts) % len(sizes)], left)
+        parts.append(torch.rand(size, dtype=dtype, generator=gen))
+        left -= size
+    assert torch.equal(torch.cat(parts), whole)
+    assert torch.equal(gen.get_state(), after)
+    torch.manual_seed(9)  # rand_like on a tensor draws the same stream in row-major order
+    assert torch.equal(torch.rand_like(torch.empty(n, dtype=dtype)), whole)
