@@ -1,14 +1,18 @@
 """Time and bytes communicated per sharded pruning call against the number of processes.
 
-Runs ``fastprune.sparsify_`` (global L1) on a model of ``--layers`` square
-``Linear`` weights, whose weights are DTensors with alternating ``Shard(0)`` /
-``Shard(1)`` placements, with 1, 2, 3, 4... processes on the gloo backend over
-loopback, next to the same call in one process on the whole (unsharded) model.
-Every sharded run is checked against the one-process masks (bit for bit).
+Runs one global pruning call (``--call``: ``sparsify_`` with L1, ``sparsify_``
+with ``method="random"``, or ``global_unstructured`` with
+``RandomUnstructured``) on a model of ``--layers`` square ``Linear`` weights,
+whose weights are DTensors with alternating ``Shard(0)`` / ``Shard(1)``
+placements, with 1, 2, 3, 4... processes on the gloo backend over loopback,
+next to the same call in one process on the whole (unsharded) model, after the
+same ``torch.manual_seed``. Every sharded run is checked against the
+one-process masks (bit for bit).
 
 Usage::
 
     python benchmarks/bench_distributed.py --layers 16 --dim 1024 --world-sizes 1 2 4 --repeat 3
+    python benchmarks/bench_distributed.py --call global_random --layers 4 --dim 1024
 
 Prints a markdown table: world size, best time of the sharded call (the
 slowest process), bytes this process sent and received, collectives, radix
@@ -34,6 +38,22 @@ def _model(layers: int, dim: int, seed: int) -> nn.Module:
         for lin in model:
             lin.weight.copy_(torch.randn(dim, dim, generator=gen) * 0.02)
     return model
+
+
+def _prune(model, args):
+    """The benchmarked call; returns the keep-masks (local shards for DTensors)."""
+    import fastprune
+
+    torch.manual_seed(args.seed)
+    if args.call == "global_random":
+        pairs = [(lin, "weight") for lin in model]
+        fastprune.global_unstructured(pairs, fastprune.RandomUnstructured, amount=args.amount)
+        return [lin.weight_mask != 0 for lin in model]
+    method = "random" if args.call == "sparsify_random" else "l1"
+    ms = fastprune.sparsify_(model, args.amount, method=method)
+    masks = [ms.mask((lin, "weight")) for lin in model]
+    ms.remove()
+    return masks
 
 
 def _worker(rank, ws, port, args, out_dir):
@@ -63,18 +83,16 @@ def _worker(rank, ws, port, args, out_dir):
             )
         dist.barrier()
         start = time.perf_counter()
-        ms = fastprune.sparsify_(model, args.amount)
+        masks = _prune(model, args)
         elapsed = torch.tensor([time.perf_counter() - start])
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
         times.append(float(elapsed))
         stats = fastprune.distributed.last_call_stats()
         if rep == 0:  # exactness: every local mask equals its block of the one-process mask
-            for i, lin in enumerate(model):
-                m = ms.mask((lin, "weight"))
+            for i, m in enumerate(masks):
                 shape, off = compute_local_shape_and_global_offset(m.shape, mesh, m.placements)
                 want = ref_masks[i][tuple(slice(o, o + s) for o, s in zip(off, shape))]
                 assert torch.equal(m.to_local(), want), f"world size {ws}: mask {i} differs from one process"
-        ms.remove()
     if rank == 0:
         torch.save({"times": times, "stats": stats}, os.path.join(out_dir, f"ws{ws}.pt"))
     dist.destroy_process_group()
@@ -91,6 +109,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--amount", type=float, default=0.5)
+    parser.add_argument("--call", choices=["sparsify_l1", "sparsify_random", "global_random"], default="sparsify_l1")
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (and for the one-process run)")
@@ -109,9 +128,9 @@ def main() -> None:
         for _ in range(args.repeat):
             model = _model(args.layers, args.dim, args.seed)
             start = time.perf_counter()
-            ms = fastprune.sparsify_(model, args.amount)
+            masks = _prune(model, args)
             one.append(time.perf_counter() - start)
-        torch.save([ms.mask((lin, "weight")) for lin in model], os.path.join(tmp, "ref.pt"))
+        torch.save(masks, os.path.join(tmp, "ref.pt"))
         rows = []
         for ws in progress_bar(args.world_sizes, desc="world sizes"):
             mp.spawn(_worker, args=(ws, _free_port(), args, tmp), nprocs=ws, join=True)
@@ -123,7 +142,7 @@ def main() -> None:
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; "
           f"fastprune kernels: {'C++ extension' if info['extension'] else 'pure-torch fallback'}; load {load:.1f}")
     print(f"Model: {args.layers} x Linear({args.dim}, {args.dim}) fp32 = {n / 1e6:.1f}M parameters, "
-          f"sparsify_ amount={args.amount}, global L1; best of {args.repeat}, "
+          f"{args.call} amount={args.amount}; best of {args.repeat}, "
           f"{args.threads} thread(s) per process.")
     print(f"One process, whole model: {min(one) * 1e3:.1f} ms\n")
     print("| processes | time (ms) | vs one process | bytes per process | collectives | radix passes | tie passes |")

@@ -636,12 +636,10 @@ def _worker(rank, ws, store, out_dir, ckpt_dir):
     # A file rendezvous, not a TCP port: nothing to collide with other jobs on the machine.
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws, timeout=timedelta(seconds=int(os.environ.get("FASTPRUNE_TEST_TIMEOUT", "90"))))
     mesh = init_device_mesh("cpu", (ws,))
-    # Small chunks, so that these small tensors span several of them: chunks of the selection
-    # (a multiple of 8 for the packed masks) and of the regenerated torch.rand stream (odd).
-    import fastprune.core.chunked_select as chunked_select
+    # The regenerated torch.rand stream of the random methods in small, odd chunks, so that
+    # these small tensors span several of them (tests/test_lean.py covers chunks of the selection).
     import fastprune.distributed._handler as handler
 
-    chunked_select.CHUNK = 64
     handler.STREAM_CHUNK = 37
     results = {}
     try:
