@@ -304,6 +304,15 @@ def case_random_torch_style(mesh):
         mesh, 31, lambda: fastprune.global_unstructured(ref.pairs(), torch_prune.RandomUnstructured, amount=0.5),
         lambda: fastprune.global_unstructured(sh.pairs(), torch_prune.RandomUnstructured, amount=0.5))
     _check_torch_style(ref, sh, "torch's RandomUnstructured")
+    # one tensor pruned before (a Shard(1) one), the others not: its kept units' stream positions
+    ref = TPNet(torch.float32, "randn", seed=4)
+    sh = _sharded(ref, mesh)
+    _one_process_then_sharded(mesh, 35, lambda: fastprune.random_unstructured(ref.b, "weight", amount=0.3),
+                              lambda: fastprune.random_unstructured(sh.b, "weight", amount=0.3))
+    _one_process_then_sharded(
+        mesh, 36, lambda: fastprune.global_unstructured(ref.pairs(), fastprune.RandomUnstructured, amount=0.4),
+        lambda: fastprune.global_unstructured(sh.pairs(), fastprune.RandomUnstructured, amount=0.4))
+    _check_torch_style(ref, sh, "one tensor pruned before")
     # mixed dtypes: one stream in the promoted dtype of the concatenation
     ref = TPNet(torch.float32, "randn", seed=3)
     ref.b.weight = nn.Parameter(ref.b.weight.detach().to(torch.bfloat16))
