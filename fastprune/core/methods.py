@@ -36,7 +36,7 @@ torch_compute_norm = torch_prune._compute_norm
 
 def ones_view(like: torch.Tensor) -> torch.Tensor:
     """A mask of ones shaped like ``like`` that costs no memory (stride 0)."""
-    one = torch.ones((), dtype=like.dtype, device=like.device)
+    one = like.new_ones(())  # like's dtype and device; new_ones parses no keyword arguments
     # is_ones_view() recognises the view by this mark on its base, with no tensor
     # op: reading the value back cost more than a small layer's whole
     # k-selection (and is a device sync on CUDA). A fresh scalar per call, not a
@@ -330,7 +330,7 @@ def combine_masks(method, t, mask):
         selectable = int(torch.count_nonzero(mask))
         k = _compute_nparams_toprune(method.amount, selectable)
         _validate_pruning_amount(k, selectable)
-        out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+        out = torch.empty_like(t, memory_format=torch.contiguous_format)
         ops.kselect_([t.detach()], [mask.detach()], [out], k, largest=False, exclude_masked=True)
         return out
     if mask.device.type == "meta" and pruning_type != "global":
@@ -565,7 +565,7 @@ def _structured_mask(t, dim, keep_channels, default_mask):
 
 def _keep_channels(scores, k):
     """Bool keep-vector over channels: the ``k`` lowest ``scores`` dropped (ties: lower index first)."""
-    keep = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+    keep = torch.empty_like(scores, dtype=torch.bool, memory_format=torch.contiguous_format)
     ops.kselect_([scores], [None], [keep], k)
     return keep
 
@@ -650,7 +650,7 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
 
 def channel_scores(t, n, dim):
     """Per-channel L``n`` norms; numeric ``n`` runs on the norm kernel."""
-    if isinstance(n, numbers.Real) and not isinstance(n, bool):
+    if type(n) in (int, float) or (isinstance(n, numbers.Real) and not isinstance(n, bool)):
         return ops.channel_norms(t.detach(), dim, float(n))
     return torch_compute_norm(t.detach(), n, dim)
 
@@ -846,7 +846,7 @@ def apply_method(cls, module, name, args, kwargs, importance_scores):
         mask = container.compute_mask(importance_scores, default_mask=default_mask)
         if mask is default_mask:  # some methods hand the default back; the buffer must not alias itself
             mask = mask.clone()
-    return install(module, name, method, mask, PruningContainer)
+    return install(module, name, method, mask, PruningContainer, existing)
 
 
 def remove_reparametrization(method, module) -> None:
