@@ -9,7 +9,7 @@
 // are registered, in either order. Autograd formulas and fake (meta) kernels
 // are registered from Python too, so that torch.compile can trace the ops.
 //
-// It also has direct entry points (kselect_, channel_norms) that call the same
+// It also has direct entry points (kselect_, mask_mul_, channel_norms) that call the same
 // ops through the C++ dispatcher. Calling an op as torch.ops.fastprune.<op>
 // from Python costs ~3 us before the kernel runs (the Python OpOverload,
 // schema-driven conversion of every argument to IValues, boxed dispatch),
@@ -133,6 +133,22 @@ bool kselect_direct(const pybind11::list& scores, const pybind11::list& masks, c
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
+// torch.ops.fastprune.mask_mul_ for lists of plain tensors; false when not taken.
+bool mask_mul__direct(const pybind11::list& inputs, const pybind11::list& masks) {
+  HANDLE_TH_ERRORS
+  std::vector<at::Tensor> x, m;
+  if (!tensor_list(inputs, x) || !tensor_list(masks, m)) return false;
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastprune::mask_mul_", "")
+                             .typed<void(at::TensorList, at::TensorList)>();
+  {
+    pybind11::gil_scoped_release no_gil;
+    op.call(x, m);
+  }
+  return true;
+  END_HANDLE_TH_ERRORS_PYBIND
+}
+
 // torch.ops.fastprune.channel_norms for a plain tensor; None when not taken.
 pybind11::object channel_norms_direct(const pybind11::handle& t, int64_t dim, double p) {
   HANDLE_TH_ERRORS
@@ -159,6 +175,9 @@ PYBIND11_MODULE(_C, m) {
         "torch_version, version.");
   m.def("kselect_direct", &kselect_direct,
         "torch.ops.fastprune.kselect_ through the C++ dispatcher; False (nothing done) when an argument is not "
+        "a plain tensor or a TorchFunctionMode is active.");
+  m.def("mask_mul__direct", &mask_mul__direct,
+        "torch.ops.fastprune.mask_mul_ through the C++ dispatcher; False (nothing done) when an argument is not "
         "a plain tensor or a TorchFunctionMode is active.");
   m.def("channel_norms_direct", &channel_norms_direct,
         "torch.ops.fastprune.channel_norms through the C++ dispatcher; None when t is not a plain tensor or a "

@@ -65,7 +65,8 @@ def has_soft_values(mask: torch.Tensor) -> bool:
 
 
 def _materialise(mask: torch.Tensor) -> torch.Tensor:
-    return mask.clone(memory_format=torch.contiguous_format) if is_ones_view(mask) else mask
+    # a ones_view holds ones: a fresh tensor of ones is cheaper than cloning the view
+    return torch.ones_like(mask, memory_format=torch.contiguous_format) if is_ones_view(mask) else mask
 
 
 class BasePruningMethod(TorchBase):
@@ -553,10 +554,10 @@ class L1Unstructured(_AmountMethod, torch_prune.L1Unstructured):
 
 
 def _structured_mask(t, dim, keep_channels, default_mask):
-    """Broadcast a per-channel keep vector along ``dim`` and combine it with ``default_mask``."""
+    """Broadcast a per-channel keep vector (on ``t``'s device) along ``dim`` and combine it with ``default_mask``."""
     shape = [1] * t.dim()
     shape[dim] = t.shape[dim]
-    keep = keep_channels.to(device=t.device).view(shape)
+    keep = keep_channels.view(shape)
     if is_ones_view(default_mask):
         # one broadcasting copy converts and expands at once
         return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(keep)
@@ -564,8 +565,8 @@ def _structured_mask(t, dim, keep_channels, default_mask):
 
 
 def _keep_channels(scores, k):
-    """Bool keep-vector over channels: the ``k`` lowest ``scores`` dropped (ties: lower index first)."""
-    keep = torch.empty_like(scores, dtype=torch.bool, memory_format=torch.contiguous_format)
+    """Keep-vector over channels (1 = kept, in ``scores``' dtype): the ``k`` lowest ``scores`` dropped (ties: lower index first)."""
+    keep = torch.empty_like(scores, memory_format=torch.contiguous_format)
     ops.kselect_([scores], [None], [keep], k)
     return keep
 
@@ -625,6 +626,8 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
             return _materialise(default_mask)
         prob = torch.rand(nchannels)  # torch draws these on the CPU generator too
         keep = _keep_channels(prob, k)
+        if t.device.type != "cpu":
+            keep = keep.to(t.device)
         return _structured_mask(t, self.dim % t.dim(), keep, default_mask)
 
     @classmethod
@@ -855,9 +858,12 @@ def remove_reparametrization(method, module) -> None:
     orig = module._parameters[name + "_orig"]
     mask = module._buffers[name + "_mask"]
     if _uses_fast_apply(method):
-        # orig * mask in place: no second copy of the weight.
-        with torch.no_grad():
-            ops.mask_mul_([local_tensor(orig.data)], [local_tensor(mask)])
+        # orig * mask in place: no second copy of the weight. ``.data`` is not
+        # tracked by autograd, so no no_grad() is needed around the write.
+        data = orig.data
+        if sharded_handler([data, mask]) is not None:
+            data, mask = local_tensor(data), local_tensor(mask)
+        ops.mask_mul_([data], [mask])
     else:
         weight = method.apply_mask(module)
         orig.data = weight.data

@@ -122,7 +122,8 @@ _register_autograd()
 # (and torch.ops is called) for tensors with a __torch_function__ override or
 # under a TorchFunctionMode; torch.compile traces torch.ops, so they are not
 # used while compiling. None without the extension (or with an older build).
-_DIRECT = _load._C if getattr(_load._C, "kselect_direct", None) is not None else None
+_DIRECT = _load._C if getattr(_load._C, "mask_mul__direct", None) is not None else None
+_MASK_MUL__DIRECT = None if _DIRECT is None else _DIRECT.mask_mul__direct
 _is_compiling = torch.compiler.is_compiling
 _INT64_MAX = 2**63 - 1
 
@@ -268,15 +269,24 @@ def mask_mul(input: Tensor, mask: Tensor) -> Tensor:
     return torch.ops.fastprune.mask_mul(input, mask)
 
 
-def _call_on_pairs(name: str, inputs, others, other_name: str) -> None:
-    """Run the multi-tensor in-place op ``name`` on matching lists; empty lists are a no-op."""
-    inputs, others = list(inputs), list(others)
+def _call_on_pairs(name: str, inputs, others, other_name: str, direct=None) -> None:
+    """Run the multi-tensor in-place op ``name`` on matching lists; empty lists are a no-op.
+
+    ``direct``: the op's direct entry point in the extension, if it has one.
+    """
+    if type(inputs) is not list:
+        inputs = list(inputs)
+    if type(others) is not list:
+        others = list(others)
     if len(inputs) != len(others):
         raise ValueError(
             f"{name}: inputs and {other_name} must have the same length, got {len(inputs)} and {len(others)}"
         )
-    if inputs:  # the dispatcher cannot pick a backend without a tensor
-        getattr(torch.ops.fastprune, name)(inputs, others)
+    if not inputs:  # the dispatcher cannot pick a backend without a tensor
+        return
+    if direct is not None and not _is_compiling() and direct(inputs, others):
+        return
+    getattr(torch.ops.fastprune, name)(inputs, others)
 
 
 def mask_mul_(inputs: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
@@ -293,7 +303,7 @@ def mask_mul_(inputs: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
         RuntimeError: tensors on different devices, or (pure-torch fallback) a
             mask that does not broadcast.
     """
-    _call_on_pairs("mask_mul_", inputs, masks, "masks")
+    _call_on_pairs("mask_mul_", inputs, masks, "masks", _MASK_MUL__DIRECT)
 
 
 def apply_packed_mask_(inputs: Sequence[Tensor], packed: Sequence[Tensor]) -> None:
