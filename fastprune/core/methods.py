@@ -427,7 +427,9 @@ def _select_units(amount, scores, default_mask, largest):
     _validate_pruning_amount(k, tensor_size)
     out = torch.empty_like(default_mask, memory_format=torch.contiguous_format)
     existing = None if is_ones_view(default_mask) else default_mask.detach()
-    ops.kselect_([scores.detach()], [existing], [out], k, largest=largest, exclude_masked=False)
+    if scores.requires_grad:  # the op has no autograd formula; its inputs are data
+        scores = scores.detach()
+    ops.kselect_([scores], [existing], [out], k, largest=largest, exclude_masked=False)
     return out
 
 
@@ -884,10 +886,12 @@ _L1_COMPUTE_MASKS = (L1Unstructured.compute_mask, torch_prune.L1Unstructured.com
 
 # compute_mask implementations known to handle ones_view() (they never write
 # into default_mask nor view it flat). A subclass overriding compute_mask is
-# not in this set and gets a real tensor of ones, as with torch.
+# not in this set and gets a real tensor of ones, as with torch. Identity is
+# not in it either: its mask is the ones themselves, which torch.ones_like
+# makes more cheaply than a ones_view and its copy.
 _ONES_VIEW_SAFE = frozenset(
     cls.compute_mask
-    for cls in (Identity, RandomUnstructured, L1Unstructured, RandomStructured, LnStructured, CustomFromMask)
+    for cls in (RandomUnstructured, L1Unstructured, RandomStructured, LnStructured, CustomFromMask)
 )
 
 
