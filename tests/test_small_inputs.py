@@ -69,6 +69,27 @@ def test_written_ones_view_is_not_trusted():
     assert not methods.is_ones_view(view)
     mask = methods.L1Unstructured(0.5).compute_mask(w, view)
     assert not bool(mask.any())  # every unit was already pruned by the (written) default mask
+    fresh = methods.ones_view(w)  # the shared scalar was written: a new one replaces it
+    assert methods.is_ones_view(fresh) and bool((fresh == 1).all()) and fresh._base is not view._base
+
+
+def test_ones_view_shares_its_scalar_only_outside_modes():
+    """Plain CPU calls share one marked scalar; inference mode and fake tensors get their own."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from fastprune.core import methods
+
+    w = torch.randn(3, 2)
+    shared = methods.ones_view(w)._base
+    assert methods.ones_view(torch.randn(5))._base is shared
+    assert methods.ones_view(w.double())._base is not shared  # one per dtype
+    with torch.inference_mode():
+        inner = methods.ones_view(w)
+        assert inner._base is not shared and bool((inner == 1).all())
+    assert not methods.ones_view(w)._base.is_inference()
+    with FakeTensorMode() as mode:
+        fake = methods.ones_view(mode.from_tensor(w))
+        assert fake._base is not shared and methods.is_ones_view(fake)
+    assert methods.ones_view(w)._base is shared
 
 
 @needs_ext

@@ -34,16 +34,40 @@ TorchContainer = torch_prune.PruningContainer
 torch_compute_norm = torch_prune._compute_norm
 
 
+# One marked scalar per dtype for plain CPU tensors, shared by the calls that
+# make no tensor of their own kind: outside inference mode, with no
+# TorchDispatchMode (fake tensors, tracing) or TorchFunctionMode active.
+# Creating the scalar is about half of a ones_view's cost.
+_CPU_ONES = {}
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def ones_view(like: torch.Tensor) -> torch.Tensor:
     """A mask of ones shaped like ``like`` that costs no memory (stride 0)."""
+    if (
+        type(like) in _PLAIN_TYPES
+        and like.is_cpu
+        and not torch.is_inference_mode_enabled()
+        and not torch._C._len_torch_dispatch_stack()
+        and not torch._C._is_torch_function_mode_enabled()
+    ):
+        one = _CPU_ONES.get(like.dtype)
+        if one is None or one._version != 0:  # written through some view: no longer ones
+            one = _CPU_ONES[like.dtype] = _marked_one(like)
+    else:
+        # Anything else gets its own scalar: a shared one would carry inference-mode
+        # or fake-tensor state from the call that made it into later calls.
+        one = _marked_one(like)
+    return one.expand_as(like)
+
+
+def _marked_one(like: torch.Tensor) -> torch.Tensor:
     one = like.new_ones(())  # like's dtype and device; new_ones parses no keyword arguments
     # is_ones_view() recognises the view by this mark on its base, with no tensor
     # op: reading the value back cost more than a small layer's whole
-    # k-selection (and is a device sync on CUDA). A fresh scalar per call, not a
-    # cached one: a cached scalar would carry inference-mode or fake-tensor state
-    # from the call that made it into later calls.
+    # k-selection (and is a device sync on CUDA).
     one._fastprune_ones_view = True
-    return one.expand_as(like)
+    return one
 
 
 def is_ones_view(mask: torch.Tensor) -> bool:
@@ -776,10 +800,9 @@ class CustomFromMask(BasePruningMethod, torch_prune.CustomFromMask):
             raise PruningShapeError(
                 f"mask shape {tuple(self.mask.shape)} must match the parameter's shape {tuple(default_mask.shape)}"
             )
-        mask = self.mask.to(device=default_mask.device, dtype=default_mask.dtype)
-        if is_ones_view(default_mask):
-            return mask.clone(memory_format=torch.contiguous_format)
-        return default_mask * mask
+        # One multiply, also for a ones_view (it reads as ones and costs no memory):
+        # a fresh tensor, never the caller's, in default_mask's dtype and device.
+        return default_mask * self.mask.to(default_mask)
 
     @classmethod
     def apply(cls, module, name, mask):
