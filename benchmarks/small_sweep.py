@@ -4,7 +4,8 @@
     python benchmarks/small_sweep.py --sizes 8,64,4K --rounds 9
 
 Rows:
-- ``l1_unstructured n``: one call on one tensor of n fp32 elements (amount 0.3);
+- ``l1_unstructured n``: one call on one tensor of n fp32 elements (amount 0.3;
+  below 100K elements each round reports the mean of up to 100 calls);
 - ``kselect n``: the selection alone, ``fastprune.ops.kselect_`` against ``torch.topk``
   of |w| (what torch's L1Unstructured runs);
 - ``l1 2000 x Linear(8, 8)`` / ``ln 500 x Linear(64, 64)``: per-layer pruning of a
@@ -57,6 +58,17 @@ def best_of(fn, setup, rounds):
     return best
 
 
+def mean_call(fn, setup, reps):
+    """Mean time of ``reps`` calls, each after its own (untimed) ``setup``."""
+    total = 0.0
+    for _ in range(reps):
+        state = setup()
+        t0 = CLOCK()
+        fn(state)
+        total += CLOCK() - t0
+    return total / reps
+
+
 def reduce_times(times):
     return {lib: REDUCE(ts) if ts else float("inf") for lib, ts in times.items()}
 
@@ -102,13 +114,14 @@ def row_l1(n, rounds):
     def call_for(lib):
         return lambda m: libs[lib].l1_unstructured(m, "weight", amount=AMOUNT)
 
+    reps = max(1, min(100, 100_000 // max(n, 1)))  # small sizes: each round times the mean of many calls
     times = {"fastprune": [], "torch": []}
     torch_rounds = rounds
     for r in range(rounds):
         for lib in ("fastprune", "torch"):
             if lib == "torch" and r >= torch_rounds:
                 continue
-            t = best_of(call_for(lib), setup_for(lib), 1)
+            t = mean_call(call_for(lib), setup_for(lib), reps)
             times[lib].append(t)
             if lib == "torch" and t > 2.0:
                 torch_rounds = min(torch_rounds, 2)
