@@ -20,9 +20,10 @@ the best (``--stat best``, default) or the median (``--stat median``) of
 ``--clock process`` times CPU time of the process instead of wall time: on a
 machine shared with other jobs the wall time of a small call mostly measures
 how long the process waited for a core; CPU time does not (but it adds up the
-threads of multithreaded sizes instead of timing their latency). fastprune's masks are checked against torch's on every row (equal, or
-different only among units tied with the threshold). Prints a Markdown table
-with the ratio fastprune / torch (below 1: fastprune faster).
+threads of multithreaded sizes instead of timing their latency). fastprune's
+masks are checked against torch's on every row (equal, or different only among
+units tied with the threshold). Prints a Markdown table with the ratio
+fastprune / torch (below 1: fastprune faster).
 """
 import argparse
 import os

@@ -158,7 +158,7 @@ def test_direct_op_calls_match_torch_ops():
 
 
 def test_op_calls_honour_torch_function_modes_and_fake_tensors():
-    """A TorchFunctionMode still sees the ops (the direct entry points decline), and fake tensors take the fake kernels."""
+    """A TorchFunctionMode still sees the ops (the direct entry points decline); fake tensors get the fake kernels."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from fastprune import ops
 

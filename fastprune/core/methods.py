@@ -17,7 +17,7 @@ import torch.nn.utils.prune as torch_prune
 
 from .. import ops
 from .reparam import forget_deepcopy, install
-from .sharding import local_tensor, sharded_handler
+from .sharding import PLAIN_TENSOR_TYPES, local_tensor, sharded_handler
 from .targets import check_module_and_name, check_scores_shape, pruning_hooks
 from .errors import PruningShapeError
 from .validation import (
@@ -39,13 +39,12 @@ torch_compute_norm = torch_prune._compute_norm
 # TorchDispatchMode (fake tensors, tracing) or TorchFunctionMode active.
 # Creating the scalar is about half of a ones_view's cost.
 _CPU_ONES = {}
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def ones_view(like: torch.Tensor) -> torch.Tensor:
     """A mask of ones shaped like ``like`` that costs no memory (stride 0)."""
     if (
-        type(like) in _PLAIN_TYPES
+        type(like) in PLAIN_TENSOR_TYPES
         and like.is_cpu
         and not torch.is_inference_mode_enabled()
         and not torch._C._len_torch_dispatch_stack()
@@ -591,7 +590,10 @@ def _structured_mask(t, dim, keep_channels, default_mask):
 
 
 def _keep_channels(scores, k):
-    """Keep-vector over channels (1 = kept, in ``scores``' dtype): the ``k`` lowest ``scores`` dropped (ties: lower index first)."""
+    """Keep-vector over channels (1 = kept, in ``scores``' dtype): the ``k`` lowest ``scores`` dropped.
+
+    Ties: the lower index is dropped first.
+    """
     keep = torch.empty_like(scores, memory_format=torch.contiguous_format)
     ops.kselect_([scores], [None], [keep], k)
     return keep

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections import OrderedDict
 from typing import Iterable
 
 import torch.nn.utils.prune as torch_prune
@@ -43,7 +42,9 @@ class ModuleSnapshot:
         self.names = names = tuple(names)
         self.attributes = {n: d[n] for n in names if n in d}
         self.deepcopy = d.get("__deepcopy__")
-        self.containers = [(h, h._pruning_methods) for h in hooks.values() if isinstance(h, TorchContainer)] if hooks else ()
+        self.containers = (
+            [(h, h._pruning_methods) for h in hooks.values() if isinstance(h, TorchContainer)] if hooks else ()
+        )
         flat = d.get("_flat_weights")  # RNNs keep it there; getattr would raise and catch on every module
         self.flat_weights = list(flat) if isinstance(flat, list) else None
 

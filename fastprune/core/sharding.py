@@ -65,14 +65,14 @@ def unregister_sharded_handler(handler) -> None:
 # A sharded tensor is always a tensor subclass (DTensor, ShardedTensor); these
 # exact types never are, and are not offered to the handlers (a claims() call
 # per pruned tensor costs about 1 us).
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def sharded_handler(tensors: Sequence[Optional[torch.Tensor]]):
     """The handler claiming ``tensors`` (``None`` entries and plain ``Tensor``/``Parameter`` skipped), or ``None``."""
     if not _HANDLERS:
         return None
-    tensors = [t for t in tensors if t is not None and type(t) not in _PLAIN_TYPES]
+    tensors = [t for t in tensors if t is not None and type(t) not in PLAIN_TENSOR_TYPES]
     if not tensors:
         return None
     for handler in _HANDLERS:
