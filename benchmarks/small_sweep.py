@@ -4,21 +4,30 @@
     python benchmarks/small_sweep.py --sizes 8,64,4K --rounds 9
 
 Rows:
-- ``l1_unstructured n``: one call on one tensor of n fp32 elements (amount 0.3);
+- ``l1_unstructured n``: one call on one tensor of n fp32 elements (amount 0.3;
+  below 100K elements each round reports the mean of up to 100 calls);
 - ``kselect n``: the selection alone, ``fastprune.ops.kselect_`` against ``torch.topk``
   of |w| (what torch's L1Unstructured runs);
 - ``l1 2000 x Linear(8, 8)`` / ``ln 500 x Linear(64, 64)``: per-layer pruning of a
-  model made of many small layers, the whole loop timed.
+  model made of many small layers, the whole loop timed; likewise
+  ``random_unstructured`` and ``remove`` (of an L1 pruning) on 2000 x Linear(8, 8),
+  and ``global_unstructured`` over groups of 4 of them (500 calls).
 
 Both libraries run in the same process, one after the other inside every
 round, so that the load of a shared machine hits both alike; each figure is
-the best of ``--rounds`` rounds (torch: fewer rounds where one call takes over
-2 s). fastprune's masks are checked against torch's on every row (equal, or
-different only among units tied with the threshold). Prints a Markdown table
-with the ratio fastprune / torch (below 1: fastprune faster).
+the best (``--stat best``, default) or the median (``--stat median``) of
+``--rounds`` rounds (torch: fewer rounds where one call takes over 2 s).
+``--clock process`` times CPU time of the process instead of wall time: on a
+machine shared with other jobs the wall time of a small call mostly measures
+how long the process waited for a core; CPU time does not (but it adds up the
+threads of multithreaded sizes instead of timing their latency). fastprune's
+masks are checked against torch's on every row (equal, or different only among
+units tied with the threshold). Prints a Markdown table with the ratio
+fastprune / torch (below 1: fastprune faster).
 """
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -30,6 +39,8 @@ from fastprune.progress import progress_bar
 
 DEFAULT_SIZES = "8,64,512,4K,32K,256K,2M,16M,100M"
 AMOUNT = 0.3
+CLOCK = time.perf_counter  # --clock
+REDUCE = min  # --stat
 
 
 def parse_size(text):
@@ -42,10 +53,25 @@ def best_of(fn, setup, rounds):
     best = float("inf")
     for _ in range(rounds):
         state = setup()
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn(state)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, CLOCK() - t0)
     return best
+
+
+def mean_call(fn, setup, reps):
+    """Mean time of ``reps`` calls, each after its own (untimed) ``setup``."""
+    total = 0.0
+    for _ in range(reps):
+        state = setup()
+        t0 = CLOCK()
+        fn(state)
+        total += CLOCK() - t0
+    return total / reps
+
+
+def reduce_times(times):
+    return {lib: REDUCE(ts) if ts else float("inf") for lib, ts in times.items()}
 
 
 def fresh_linear(n, seed=0):
@@ -89,20 +115,21 @@ def row_l1(n, rounds):
     def call_for(lib):
         return lambda m: libs[lib].l1_unstructured(m, "weight", amount=AMOUNT)
 
-    times = {"fastprune": float("inf"), "torch": float("inf")}
+    reps = max(1, min(100, 100_000 // max(n, 1)))  # small sizes: each round times the mean of many calls
+    times = {"fastprune": [], "torch": []}
     torch_rounds = rounds
     for r in range(rounds):
         for lib in ("fastprune", "torch"):
             if lib == "torch" and r >= torch_rounds:
                 continue
-            t = best_of(call_for(lib), setup_for(lib), 1)
-            times[lib] = min(times[lib], t)
+            t = mean_call(call_for(lib), setup_for(lib), reps)
+            times[lib].append(t)
             if lib == "torch" and t > 2.0:
                 torch_rounds = min(torch_rounds, 2)
     check = check_l1(lin["fastprune"].weight_mask, lin["torch"].weight_mask, lin["fastprune"].weight_orig.detach())
     for m in lin.values():
         unprune(m)
-    return times, check
+    return reduce_times(times), check
 
 
 def row_kselect(n, rounds):
@@ -124,43 +151,68 @@ def row_kselect(n, rounds):
                 fn(None)
         return run
 
-    times = {"fastprune": float("inf"), "torch": float("inf")}
+    times = {"fastprune": [], "torch": []}
     torch_rounds = rounds
     for r in range(rounds):
-        times["fastprune"] = min(times["fastprune"], best_of(batched(fp_call), lambda: None, 1) / reps)
+        times["fastprune"].append(best_of(batched(fp_call), lambda: None, 1) / reps)
         if r < torch_rounds:
             t = best_of(batched(torch_call), lambda: None, 1) / reps
-            times["torch"] = min(times["torch"], t)
+            times["torch"].append(t)
             if t > 2.0:
                 torch_rounds = min(torch_rounds, 2)
     keep = torch.ones(n, dtype=torch.bool)
     keep[torch.topk(torch.abs(w), k=k, largest=False).indices] = False
-    return times, check_l1(out.bool(), keep, w)
+    return reduce_times(times), check_l1(out.bool(), keep, w)
+
+
+MODEL_CASES = {
+    # name: (layers, width)
+    "l1": (2000, 8),
+    "ln": (500, 64),
+    "random": (2000, 8),
+    "global": (2000, 8),
+    "remove": (2000, 8),
+}
 
 
 def row_many_layers(case, rounds):
-    count, width = (2000, 8) if case == "l1" else (500, 64)
+    count, width = MODEL_CASES[case]
 
-    def setup():
+    def setup(lib):
         torch.manual_seed(0)
-        return [torch.nn.Linear(width, width) for _ in range(count)]
+        layers = [torch.nn.Linear(width, width) for _ in range(count)]
+        if case == "remove":  # untimed: the pruning that remove() makes permanent
+            for m in layers:
+                lib.l1_unstructured(m, "weight", amount=AMOUNT)
+        torch.manual_seed(1)  # random_unstructured: both libraries draw the same numbers
+        return layers
 
     def call_for(lib):
         if case == "l1":
             return lambda layers: [lib.l1_unstructured(m, "weight", amount=AMOUNT) for m in layers]
+        if case == "random":
+            return lambda layers: [lib.random_unstructured(m, "weight", amount=AMOUNT) for m in layers]
+        if case == "global":
+            return lambda layers: [
+                lib.global_unstructured([(m, "weight") for m in layers[i:i + 4]], pruning_method=lib.L1Unstructured,
+                                        amount=AMOUNT)
+                for i in range(0, len(layers), 4)
+            ]
+        if case == "remove":
+            return lambda layers: [lib.remove(m, "weight") for m in layers]
         return lambda layers: [lib.ln_structured(m, "weight", amount=AMOUNT, n=2, dim=0) for m in layers]
 
-    times = {"fastprune": float("inf"), "torch": float("inf")}
-    masks = {}
+    times = {"fastprune": [], "torch": []}
+    results = {}
     for _ in range(rounds):
         for name, lib in (("fastprune", fastprune), ("torch", tp)):
-            layers = setup()
-            t0 = time.perf_counter()
+            layers = setup(lib)
+            t0 = CLOCK()
             call_for(lib)(layers)
-            times[name] = min(times[name], time.perf_counter() - t0)
-            masks[name] = [m.weight_mask for m in layers]
-    equal = all(torch.equal(a, b) for a, b in zip(masks["fastprune"], masks["torch"]))
-    return times, "equal" if equal else "DIFFER"
+            times[name].append(CLOCK() - t0)
+            results[name] = [m.weight if case == "remove" else m.weight_mask for m in layers]
+    equal = all(torch.equal(a, b) for a, b in zip(results["fastprune"], results["torch"]))
+    return reduce_times(times), "equal" if equal else "DIFFER"
 
 
 def fmt(t):
@@ -178,11 +230,19 @@ def main(argv=None):
     p.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated element counts (K = 1024, M = 10^6)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--no-models", action="store_true", help="skip the many-small-layers rows")
+    p.add_argument("--stat", choices=("best", "median"), default="best", help="figure reported per row")
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="wall time, or CPU time of the process (robust to other jobs on the machine)")
     args = p.parse_args(argv)
+    global CLOCK, REDUCE
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    REDUCE = min if args.stat == "best" else statistics.median
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     jobs = [("kselect", n) for n in sizes] + [("l1_unstructured", n) for n in sizes]
     if not args.no_models:
-        jobs += [("l1 2000 x Linear(8, 8)", None), ("ln 500 x Linear(64, 64)", None)]
+        jobs += [("l1 2000 x Linear(8, 8)", None), ("ln 500 x Linear(64, 64)", None),
+                 ("random 2000 x Linear(8, 8)", None), ("global 500 x [4 x Linear(8, 8)]", None),
+                 ("remove 2000 x Linear(8, 8)", None)]
     load_before = os.getloadavg()
     rows = []
     for case, n in progress_bar(jobs, enabled=True, desc="sweep", unit="row"):
@@ -199,7 +259,8 @@ def main(argv=None):
         ratio = times["fastprune"] / times["torch"] if times["torch"] < float("inf") else float("nan")
         print(f"| {name} | {fmt(times['fastprune'])} | {fmt(times['torch'])} | {ratio:.2f} | {check} |")
     print()
-    print(f"best of {args.rounds} interleaved rounds (torch: 2 where a call takes over 2 s); kselect rows: "
+    print(f"{args.stat} of {args.rounds} interleaved rounds, {args.clock} clock (torch: 2 rounds where a call takes "
+          "over 2 s); kselect rows: "
           "fastprune.ops.kselect_ vs torch.topk(|w|), both per call; torch " + torch.__version__ + ", "
           + str(torch.get_num_threads()) + " threads; " + bench.machine_description(torch.device("cpu")))
     load_after = os.getloadavg()

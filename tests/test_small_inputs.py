@@ -69,6 +69,27 @@ def test_written_ones_view_is_not_trusted():
     assert not methods.is_ones_view(view)
     mask = methods.L1Unstructured(0.5).compute_mask(w, view)
     assert not bool(mask.any())  # every unit was already pruned by the (written) default mask
+    fresh = methods.ones_view(w)  # the shared scalar was written: a new one replaces it
+    assert methods.is_ones_view(fresh) and bool((fresh == 1).all()) and fresh._base is not view._base
+
+
+def test_ones_view_shares_its_scalar_only_outside_modes():
+    """Plain CPU calls share one marked scalar; inference mode and fake tensors get their own."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from fastprune.core import methods
+
+    w = torch.randn(3, 2)
+    shared = methods.ones_view(w)._base
+    assert methods.ones_view(torch.randn(5))._base is shared
+    assert methods.ones_view(w.double())._base is not shared  # one per dtype
+    with torch.inference_mode():
+        inner = methods.ones_view(w)
+        assert inner._base is not shared and bool((inner == 1).all())
+    assert not methods.ones_view(w)._base.is_inference()
+    with FakeTensorMode() as mode:
+        fake = methods.ones_view(mode.from_tensor(w))
+        assert fake._base is not shared and methods.is_ones_view(fake)
+    assert methods.ones_view(w)._base is shared
 
 
 @needs_ext
@@ -83,3 +104,81 @@ def test_kernel_paths_match_torch_per_layer(monkeypatch, limit):
         fastprune.ln_structured(a, "weight", amount=0.3, n=2, dim=0)
         tp.ln_structured(b, "weight", amount=0.3, n=2, dim=0)
         assert torch.equal(a.weight_mask, b.weight_mask)
+
+
+def _outcome(call):
+    """(result, None) or (None, (exception type, message)) of ``call()``."""
+    try:
+        return call(), None
+    except Exception as exc:  # noqa: BLE001 (compared, not swallowed)
+        return None, (type(exc), str(exc).split("\n")[0])
+
+
+@needs_ext
+def test_direct_op_calls_match_torch_ops():
+    """ops.kselect_ / ops.channel_norms enter the dispatcher from C++: same masks, norms, errors and version bumps."""
+    from fastprune import ops
+
+    assert ops._DIRECT is not None
+    g = torch.Generator().manual_seed(3)
+    scores = [torch.randn(5, 7, generator=g), torch.randint(-3, 4, (9,), generator=g).to(torch.float16)]
+    masks = [None, torch.rand(9, generator=g) > 0.3]
+    for exclude in (False, True):
+        for largest in (False, True):
+            ours = [torch.empty(5, 7), torch.empty(9, dtype=torch.bool)]
+            ref = [o.clone() for o in ours]
+            versions = [o._version for o in ours + ref]
+            ops.kselect_(scores, masks, ours, 11, largest=largest, exclude_masked=exclude)
+            torch.ops.fastprune.kselect_(scores, masks, ref, 11, largest, exclude, False)
+            assert all(torch.equal(a, b) for a, b in zip(ours, ref))
+            bumps = [o._version - v for o, v in zip(ours + ref, versions)]
+            assert bumps[:2] == bumps[2:]  # the same dispatch keys ran
+    w = torch.randn(6, 4, 3, generator=g)
+    for dim, p in ((0, 2.0), (1, 1.0), (-1, float("inf")), (2, 0.0)):
+        assert torch.equal(ops.channel_norms(w, dim, p), torch.ops.fastprune.channel_norms(w, dim, p))
+    bad_kselect = [
+        ([w], [None], [torch.empty(6, 4, 3)], 73, False),  # k > units
+        ([w], [None], [torch.empty(5)], 1, False),  # wrong out size
+        ([w.to(torch.complex64)], [None], [torch.empty(6, 4, 3)], 1, False),  # dtype
+        ([w], [None, None], [torch.empty(6, 4, 3)], 1, False),  # lengths
+        ([w], [torch.ones(3, dtype=torch.uint8)], [torch.empty(1, dtype=torch.uint8)], 1, True),  # packed size
+    ]
+    for s, m, o, k, packed in bad_kselect:
+        direct = _outcome(lambda: ops.kselect_(s, m, o, k, packed=packed))
+        via_ops = _outcome(lambda: torch.ops.fastprune.kselect_(s, m, o, k, False, True, packed))
+        assert direct[1] is not None and direct[1] == via_ops[1]
+    for dim, p in ((3, 2.0), (-4, 2.0), (0, float("nan"))):
+        direct = _outcome(lambda: ops.channel_norms(w, dim, p))
+        via_ops = _outcome(lambda: torch.ops.fastprune.channel_norms(w, dim, p))
+        assert direct[1] is not None and direct[1] == via_ops[1]
+    leaf = torch.zeros(6, 4, 3, requires_grad=True)  # in-place into a leaf that requires grad
+    direct = _outcome(lambda: ops.kselect_([w], None, [leaf], 1))
+    via_ops = _outcome(lambda: torch.ops.fastprune.kselect_([w], [None], [leaf], 1, False, True, False))
+    assert direct[1] == via_ops[1]
+
+
+def test_op_calls_honour_torch_function_modes_and_fake_tensors():
+    """A TorchFunctionMode still sees the ops (the direct entry points decline); fake tensors get the fake kernels."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from fastprune import ops
+
+    class Seen(torch.overrides.TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.funcs = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.funcs.append(func)
+            return func(*args, **(kwargs or {}))
+
+    w, out = torch.randn(4, 5), torch.empty(4, 5)
+    with Seen() as mode:
+        ops.kselect_([w], None, [out], 3)
+        norms = ops.channel_norms(w, 0)
+    for packet in (torch.ops.fastprune.kselect_, torch.ops.fastprune.channel_norms):
+        assert packet in mode.funcs or packet.default in mode.funcs
+    assert int((out == 0).sum()) == 3 and norms.shape == (4,)
+    with FakeTensorMode() as fake_mode:
+        fw, fout = fake_mode.from_tensor(w), fake_mode.from_tensor(out)
+        ops.kselect_([fw], None, [fout], 3)
+        assert ops.channel_norms(fw, 1).shape == (5,)

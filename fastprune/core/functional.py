@@ -388,7 +388,7 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
         selectable = sum(p.numel() if mk is None else int(torch.count_nonzero(mk)) for p, mk in zip(params, masks))
         k = _compute_nparams_toprune(method.amount, selectable)
         _validate_pruning_amount(k, selectable)
-        new_masks = [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in params]
+        new_masks = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
         ops.kselect_([s.detach() for s in scores], masks, new_masks, k, largest=False, exclude_masked=True)
     else:
         new_masks = _global_masks_by_concatenation(method, params, scores, masks)

@@ -17,7 +17,7 @@ import torch.nn.utils.prune as torch_prune
 
 from .. import ops
 from .reparam import forget_deepcopy, install
-from .sharding import local_tensor, same_error_everywhere, sharded_handler
+from .sharding import PLAIN_TENSOR_TYPES, local_tensor, same_error_everywhere, sharded_handler
 from .targets import check_module_and_name, check_scores_shape, pruning_hooks
 from .errors import PruningShapeError
 from .validation import (
@@ -34,16 +34,39 @@ TorchContainer = torch_prune.PruningContainer
 torch_compute_norm = torch_prune._compute_norm
 
 
+# One marked scalar per dtype for plain CPU tensors, shared by the calls that
+# make no tensor of their own kind: outside inference mode, with no
+# TorchDispatchMode (fake tensors, tracing) or TorchFunctionMode active.
+# Creating the scalar is about half of a ones_view's cost.
+_CPU_ONES = {}
+
+
 def ones_view(like: torch.Tensor) -> torch.Tensor:
     """A mask of ones shaped like ``like`` that costs no memory (stride 0)."""
-    one = torch.ones((), dtype=like.dtype, device=like.device)
+    if (
+        type(like) in PLAIN_TENSOR_TYPES
+        and like.is_cpu
+        and not torch.is_inference_mode_enabled()
+        and not torch._C._len_torch_dispatch_stack()
+        and not torch._C._is_torch_function_mode_enabled()
+    ):
+        one = _CPU_ONES.get(like.dtype)
+        if one is None or one._version != 0:  # written through some view: no longer ones
+            one = _CPU_ONES[like.dtype] = _marked_one(like)
+    else:
+        # Anything else gets its own scalar: a shared one would carry inference-mode
+        # or fake-tensor state from the call that made it into later calls.
+        one = _marked_one(like)
+    return one.expand_as(like)
+
+
+def _marked_one(like: torch.Tensor) -> torch.Tensor:
+    one = like.new_ones(())  # like's dtype and device; new_ones parses no keyword arguments
     # is_ones_view() recognises the view by this mark on its base, with no tensor
     # op: reading the value back cost more than a small layer's whole
-    # k-selection (and is a device sync on CUDA). A fresh scalar per call, not a
-    # cached one: a cached scalar would carry inference-mode or fake-tensor state
-    # from the call that made it into later calls.
+    # k-selection (and is a device sync on CUDA).
     one._fastprune_ones_view = True
-    return one.expand_as(like)
+    return one
 
 
 def is_ones_view(mask: torch.Tensor) -> bool:
@@ -65,7 +88,8 @@ def has_soft_values(mask: torch.Tensor) -> bool:
 
 
 def _materialise(mask: torch.Tensor) -> torch.Tensor:
-    return mask.clone(memory_format=torch.contiguous_format) if is_ones_view(mask) else mask
+    # a ones_view holds ones: a fresh tensor of ones is cheaper than cloning the view
+    return torch.ones_like(mask, memory_format=torch.contiguous_format) if is_ones_view(mask) else mask
 
 
 class BasePruningMethod(TorchBase):
@@ -330,7 +354,7 @@ def combine_masks(method, t, mask):
         selectable = int(torch.count_nonzero(mask))
         k = _compute_nparams_toprune(method.amount, selectable)
         _validate_pruning_amount(k, selectable)
-        out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+        out = torch.empty_like(t, memory_format=torch.contiguous_format)
         ops.kselect_([t.detach()], [mask.detach()], [out], k, largest=False, exclude_masked=True)
         return out
     if mask.device.type == "meta" and pruning_type != "global":
@@ -426,7 +450,9 @@ def _select_units(amount, scores, default_mask, largest):
     _validate_pruning_amount(k, tensor_size)
     out = torch.empty_like(default_mask, memory_format=torch.contiguous_format)
     existing = None if is_ones_view(default_mask) else default_mask.detach()
-    ops.kselect_([scores.detach()], [existing], [out], k, largest=largest, exclude_masked=False)
+    if scores.requires_grad:  # the op has no autograd formula; its inputs are data
+        scores = scores.detach()
+    ops.kselect_([scores], [existing], [out], k, largest=largest, exclude_masked=False)
     return out
 
 
@@ -553,10 +579,10 @@ class L1Unstructured(_AmountMethod, torch_prune.L1Unstructured):
 
 
 def _structured_mask(t, dim, keep_channels, default_mask):
-    """Broadcast a per-channel keep vector along ``dim`` and combine it with ``default_mask``."""
+    """Broadcast a per-channel keep vector (on ``t``'s device) along ``dim`` and combine it with ``default_mask``."""
     shape = [1] * t.dim()
     shape[dim] = t.shape[dim]
-    keep = keep_channels.to(device=t.device).view(shape)
+    keep = keep_channels.view(shape)
     if is_ones_view(default_mask):
         # one broadcasting copy converts and expands at once
         return torch.empty_like(t, memory_format=torch.contiguous_format).copy_(keep)
@@ -564,8 +590,11 @@ def _structured_mask(t, dim, keep_channels, default_mask):
 
 
 def _keep_channels(scores, k):
-    """Bool keep-vector over channels: the ``k`` lowest ``scores`` dropped (ties: lower index first)."""
-    keep = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
+    """Keep-vector over channels (1 = kept, in ``scores``' dtype): the ``k`` lowest ``scores`` dropped.
+
+    Ties: the lower index is dropped first.
+    """
+    keep = torch.empty_like(scores, memory_format=torch.contiguous_format)
     ops.kselect_([scores], [None], [keep], k)
     return keep
 
@@ -625,6 +654,8 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
             return _materialise(default_mask)
         prob = torch.rand(nchannels)  # torch draws these on the CPU generator too
         keep = _keep_channels(prob, k)
+        if t.device.type != "cpu":
+            keep = keep.to(t.device)
         return _structured_mask(t, self.dim % t.dim(), keep, default_mask)
 
     @classmethod
@@ -650,7 +681,7 @@ class RandomStructured(_AmountMethod, torch_prune.RandomStructured):
 
 def channel_scores(t, n, dim):
     """Per-channel L``n`` norms; numeric ``n`` runs on the norm kernel."""
-    if isinstance(n, numbers.Real) and not isinstance(n, bool):
+    if type(n) in (int, float) or (isinstance(n, numbers.Real) and not isinstance(n, bool)):
         return ops.channel_norms(t.detach(), dim, float(n))
     return torch_compute_norm(t.detach(), n, dim)
 
@@ -771,10 +802,9 @@ class CustomFromMask(BasePruningMethod, torch_prune.CustomFromMask):
             raise PruningShapeError(
                 f"mask shape {tuple(self.mask.shape)} must match the parameter's shape {tuple(default_mask.shape)}"
             )
-        mask = self.mask.to(device=default_mask.device, dtype=default_mask.dtype)
-        if is_ones_view(default_mask):
-            return mask.clone(memory_format=torch.contiguous_format)
-        return default_mask * mask
+        # One multiply, also for a ones_view (it reads as ones and costs no memory):
+        # a fresh tensor, never the caller's, in default_mask's dtype and device.
+        return default_mask * self.mask.to(default_mask)
 
     @classmethod
     def apply(cls, module, name, mask):
@@ -848,7 +878,7 @@ def apply_method(cls, module, name, args, kwargs, importance_scores):
         mask = container.compute_mask(importance_scores, default_mask=default_mask)
         if mask is default_mask:  # some methods hand the default back; the buffer must not alias itself
             mask = mask.clone()
-    return install(module, name, method, mask, PruningContainer)
+    return install(module, name, method, mask, PruningContainer, existing)
 
 
 def remove_reparametrization(method, module) -> None:
@@ -857,9 +887,12 @@ def remove_reparametrization(method, module) -> None:
     orig = module._parameters[name + "_orig"]
     mask = module._buffers[name + "_mask"]
     if _uses_fast_apply(method):
-        # orig * mask in place: no second copy of the weight.
-        with torch.no_grad():
-            ops.mask_mul_([local_tensor(orig.data)], [local_tensor(mask)])
+        # orig * mask in place: no second copy of the weight. ``.data`` is not
+        # tracked by autograd, so no no_grad() is needed around the write.
+        data = orig.data
+        if sharded_handler([data, mask]) is not None:
+            data, mask = local_tensor(data), local_tensor(mask)
+        ops.mask_mul_([data], [mask])
     else:
         weight = method.apply_mask(module)
         orig.data = weight.data
@@ -880,10 +913,12 @@ _L1_COMPUTE_MASKS = (L1Unstructured.compute_mask, torch_prune.L1Unstructured.com
 
 # compute_mask implementations known to handle ones_view() (they never write
 # into default_mask nor view it flat). A subclass overriding compute_mask is
-# not in this set and gets a real tensor of ones, as with torch.
+# not in this set and gets a real tensor of ones, as with torch. Identity is
+# not in it either: its mask is the ones themselves, which torch.ones_like
+# makes more cheaply than a ones_view and its copy.
 _ONES_VIEW_SAFE = frozenset(
     cls.compute_mask
-    for cls in (Identity, RandomUnstructured, L1Unstructured, RandomStructured, LnStructured, CustomFromMask)
+    for cls in (RandomUnstructured, L1Unstructured, RandomStructured, LnStructured, CustomFromMask)
 )
 
 

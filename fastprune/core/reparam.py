@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections import OrderedDict
 from typing import Iterable
 
 import torch.nn.utils.prune as torch_prune
@@ -22,21 +21,31 @@ TorchContainer = torch_prune.PruningContainer
 
 
 class ModuleSnapshot:
-    """Enough of a module's state to put it back exactly after a failed change."""
+    """Enough of a module's state to put it back exactly after a failed change.
+
+    Taken on every pruning call, so it only copies the few containers a change
+    can touch (shallow copies: the values themselves are never mutated, except
+    a container's tuple of methods, which is saved too).
+    """
+
+    __slots__ = ("module", "parameters", "buffers", "non_persistent", "hooks", "attributes", "names", "deepcopy",
+                 "containers", "flat_weights")
 
     def __init__(self, module: nn.Module, names: Iterable[str]) -> None:
+        d = module.__dict__
+        hooks = module._forward_pre_hooks
         self.module = module
-        self.parameters = OrderedDict(module._parameters)
-        self.buffers = OrderedDict(module._buffers)
-        self.non_persistent = set(module._non_persistent_buffers_set)
-        self.hooks = OrderedDict(module._forward_pre_hooks)
-        self.attributes = {n: module.__dict__[n] for n in names if n in module.__dict__}
-        self.names = list(names)
-        self.deepcopy = module.__dict__.get("__deepcopy__")
-        self.containers = [
-            (h, h._pruning_methods) for h in module._forward_pre_hooks.values() if isinstance(h, TorchContainer)
-        ]
-        flat = module.__dict__.get("_flat_weights")  # RNNs keep it there; getattr would raise and catch on every module
+        self.parameters = module._parameters.copy()
+        self.buffers = module._buffers.copy()
+        self.non_persistent = module._non_persistent_buffers_set.copy()
+        self.hooks = hooks.copy()
+        self.names = names = tuple(names)
+        self.attributes = {n: d[n] for n in names if n in d}
+        self.deepcopy = d.get("__deepcopy__")
+        self.containers = (
+            [(h, h._pruning_methods) for h in hooks.values() if isinstance(h, TorchContainer)] if hooks else ()
+        )
+        flat = d.get("_flat_weights")  # RNNs keep it there; getattr would raise and catch on every module
         self.flat_weights = list(flat) if isinstance(flat, list) else None
 
     def restore(self) -> None:
@@ -59,22 +68,25 @@ class ModuleSnapshot:
             m._flat_weights = self.flat_weights
 
 
-def install(module, name, method, mask, container_cls):
+def install(module, name, method, mask, container_cls, previous=None):
     """Register ``mask`` and ``method`` for ``module.<name>``; returns the hook. Rolls back on failure.
 
     A tensor that is already pruned gets ``method`` appended to its container;
     a single earlier hook is first wrapped into a new ``container_cls``.
+    ``previous``: the tensor's pruning hooks as :func:`pruning_hooks` lists
+    them, when the caller has them already.
     """
-    snapshot = ModuleSnapshot(module, [name])
+    snapshot = ModuleSnapshot(module, (name,))
     try:
-        return _install_unchecked(module, name, method, mask, container_cls)
+        return _install_unchecked(module, name, method, mask, container_cls, previous)
     except BaseException:
         snapshot.restore()
         raise
 
 
-def _install_unchecked(module, name, method, mask, container_cls):
-    previous = pruning_hooks(module, name)
+def _install_unchecked(module, name, method, mask, container_cls, previous=None):
+    if previous is None:
+        previous = pruning_hooks(module, name)
     for k, _ in previous:
         del module._forward_pre_hooks[k]
     if previous:

@@ -65,11 +65,11 @@ def check_scores_shape(scores, param, label: str) -> None:
 
 
 def pruning_hooks(module: nn.Module, name: str) -> List[Tuple[int, TorchBase]]:
-    return [
-        (k, h)
-        for k, h in module._forward_pre_hooks.items()
-        if isinstance(h, TorchBase) and getattr(h, "_tensor_name", None) == name
-    ]
+    """``[(handle id, hook)]`` of the pruning hooks (either library's) acting on ``module.<name>``."""
+    hooks = module._forward_pre_hooks
+    if not hooks:
+        return []
+    return [(k, h) for k, h in hooks.items() if isinstance(h, TorchBase) and getattr(h, "_tensor_name", None) == name]
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import reference
+from . import _load, reference
 from ._load import build_info, extension_loaded
 from .reference import pack_mask, packed_numel, unpack_mask
 
@@ -116,6 +116,17 @@ _define_ops()
 _register_fakes()
 _register_autograd()
 
+# The extension's direct entry points into the dispatcher (see csrc/ops.cpp):
+# the same ops, dispatched the same way, without the ~3 us of the Python
+# torch.ops call, which decides the cost of pruning small layers. They decline
+# (and torch.ops is called) for tensors with a __torch_function__ override or
+# under a TorchFunctionMode; torch.compile traces torch.ops, so they are not
+# used while compiling. None without the extension (or with an older build).
+_DIRECT = _load._C if getattr(_load._C, "mask_mul__direct", None) is not None else None
+_MASK_MUL__DIRECT = None if _DIRECT is None else _DIRECT.mask_mul__direct
+_is_compiling = torch.compiler.is_compiling
+_INT64_MAX = 2**63 - 1
+
 
 # ----------------------------------------------------------------------------
 # Python-facing wrappers (argument defaults, list conversion, allocation).
@@ -172,13 +183,28 @@ def kselect_(
         prune.ops.kselect_([w], None, [out], k=1)
         assert out.tolist() == [1.0, 0.0, 1.0, 1.0]  # tie |-0.1| == |0.1|: lower index
     """
-    scores = list(scores)
-    masks = [None] * len(scores) if masks is None else list(masks)
+    if type(scores) is not list:
+        scores = list(scores)
+    if masks is None:
+        masks = [None] * len(scores)
+    elif type(masks) is not list:
+        masks = list(masks)
+    if type(out) is not list:
+        out = list(out)
+    k = int(k)
     if not scores:  # the dispatcher cannot pick a backend without a tensor
-        if int(k) != 0:
+        if k != 0:
             raise ValueError(f"kselect_: k={k} must be between 0 and the number of selectable units (0)")
         return
-    torch.ops.fastprune.kselect_(scores, masks, list(out), int(k), bool(largest), bool(exclude_masked), bool(packed))
+    largest, exclude_masked, packed = bool(largest), bool(exclude_masked), bool(packed)
+    if (
+        _DIRECT is not None
+        and -_INT64_MAX <= k <= _INT64_MAX
+        and not _is_compiling()
+        and _DIRECT.kselect_direct(scores, masks, out, k, largest, exclude_masked, packed)
+    ):
+        return
+    torch.ops.fastprune.kselect_(scores, masks, out, k, largest, exclude_masked, packed)
 
 
 def kselect(
@@ -243,15 +269,24 @@ def mask_mul(input: Tensor, mask: Tensor) -> Tensor:
     return torch.ops.fastprune.mask_mul(input, mask)
 
 
-def _call_on_pairs(name: str, inputs, others, other_name: str) -> None:
-    """Run the multi-tensor in-place op ``name`` on matching lists; empty lists are a no-op."""
-    inputs, others = list(inputs), list(others)
+def _call_on_pairs(name: str, inputs, others, other_name: str, direct=None) -> None:
+    """Run the multi-tensor in-place op ``name`` on matching lists; empty lists are a no-op.
+
+    ``direct``: the op's direct entry point in the extension, if it has one.
+    """
+    if type(inputs) is not list:
+        inputs = list(inputs)
+    if type(others) is not list:
+        others = list(others)
     if len(inputs) != len(others):
         raise ValueError(
             f"{name}: inputs and {other_name} must have the same length, got {len(inputs)} and {len(others)}"
         )
-    if inputs:  # the dispatcher cannot pick a backend without a tensor
-        getattr(torch.ops.fastprune, name)(inputs, others)
+    if not inputs:  # the dispatcher cannot pick a backend without a tensor
+        return
+    if direct is not None and not _is_compiling() and direct(inputs, others):
+        return
+    getattr(torch.ops.fastprune, name)(inputs, others)
 
 
 def mask_mul_(inputs: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
@@ -268,7 +303,7 @@ def mask_mul_(inputs: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
         RuntimeError: tensors on different devices, or (pure-torch fallback) a
             mask that does not broadcast.
     """
-    _call_on_pairs("mask_mul_", inputs, masks, "masks")
+    _call_on_pairs("mask_mul_", inputs, masks, "masks", _MASK_MUL__DIRECT)
 
 
 def apply_packed_mask_(inputs: Sequence[Tensor], packed: Sequence[Tensor]) -> None:
@@ -323,7 +358,12 @@ def channel_norms(t: Tensor, dim: int, p: float = 2.0) -> Tensor:
         t = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
         assert prune.ops.channel_norms(t, 0).tolist() == [5.0, 1.0]
     """
-    return torch.ops.fastprune.channel_norms(t, int(dim), float(p))
+    dim, p = int(dim), float(p)
+    if _DIRECT is not None and -_INT64_MAX <= dim <= _INT64_MAX and not _is_compiling():
+        norms = _DIRECT.channel_norms_direct(t, dim, p)
+        if norms is not None:
+            return norms
+    return torch.ops.fastprune.channel_norms(t, dim, p)
 
 
 __all__ = ["SCHEMAS", *reference.__all__]
