@@ -6,8 +6,9 @@
 // csrc/cpu/<op>_cpu.cpp with TORCH_LIBRARY_IMPL(fastprune, CPU, m) and
 // csrc/cuda/<op>_wrapper.cpp with TORCH_LIBRARY_IMPL(fastprune, CUDA, m). The
 // dispatcher checks each C++ kernel's signature against its schema when both
-// are registered, in either order. Autograd formulas and fake (meta) kernels
-// are registered from Python too, so that torch.compile can trace the ops.
+// are registered, in either order. Fake (meta) kernels are registered from
+// Python too, so that torch.compile can trace the ops; autograd formulas are in
+// csrc/autograd.cpp (Python registers the same ones when the extension is absent).
 #include <torch/extension.h>
 #include <torch/version.h>
 
