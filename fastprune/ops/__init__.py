@@ -24,7 +24,7 @@ Tensor = torch.Tensor
 # arguments are ``Tensor(a!)[]`` and return ``()``.
 SCHEMAS = {
     "kselect_": "kselect_(Tensor[] scores, Tensor?[] masks, Tensor(a!)[] out, int k, bool largest, "
-    "bool exclude_masked, bool packed) -> ()",
+    "bool exclude_masked, bool packed, float? fraction=None) -> ()",
     "mask_mul": "mask_mul(Tensor input, Tensor mask) -> Tensor",
     "mask_mul_": "mask_mul_(Tensor(a!)[] inputs, Tensor[] masks) -> ()",
     "apply_packed_mask_": "apply_packed_mask_(Tensor(a!)[] inputs, Tensor[] packed) -> ()",
@@ -64,7 +64,7 @@ def _define_ops() -> None:
 
 def _register_fakes() -> None:
     @torch.library.register_fake("fastprune::kselect_")
-    def _kselect_fake(scores, masks, out, k, largest, exclude_masked, packed):
+    def _kselect_fake(scores, masks, out, k, largest, exclude_masked, packed, fraction=None):
         return None
 
     @torch.library.register_fake("fastprune::mask_mul")
@@ -140,10 +140,11 @@ def kselect_(
     scores: Sequence[Tensor],
     masks: Optional[Sequence[Optional[Tensor]]],
     out: Sequence[Tensor],
-    k: int,
+    k: Optional[int],
     largest: bool = False,
     exclude_masked: bool = True,
     packed: bool = False,
+    fraction: Optional[float] = None,
 ) -> None:
     """Select exactly ``k`` units across ``scores``; write keep-masks into ``out``.
 
@@ -162,7 +163,7 @@ def kselect_(
             the whole argument means no masks.
         out (sequence of Tensor): one output per score, shaped like it (or
             packed ``uint8`` bytes with ``packed``); may alias ``masks[i]``.
-        k (int): units to select.
+        k (int or None): units to select; ``None`` together with ``fraction``.
         largest (bool, optional): select the largest keys instead of the
             smallest. Default: ``False``.
         exclude_masked (bool, optional): select only among units the existing
@@ -171,10 +172,18 @@ def kselect_(
             (``compute_mask`` semantics). Default: ``True``.
         packed (bool, optional): ``masks`` and ``out`` hold 1 bit per unit
             (bit ``i % 8`` of byte ``i // 8``). Default: ``False``.
+        fraction (float, optional): instead of ``k``, select
+            ``round(fraction * selectable units)`` (half to even, as Python's
+            ``round`` and torch's amounts). The compiled kernels count the
+            selectable units in their first pass over the data, so iterated
+            pruning needs no separate pass over the existing masks.
+            Default: ``None``.
 
     Raises:
         ValueError: lists of different lengths, ``k`` outside
-            ``[0, selectable units]``, a mask or output of the wrong size.
+            ``[0, selectable units]``, both or neither of ``k`` and
+            ``fraction``, ``fraction`` outside ``[0, 1]``, a mask or output of
+            the wrong size.
         TypeError: an unsupported dtype, or a packed mask that is not
             ``uint8`` (compiled ops).
         RuntimeError: tensors on different devices (compiled ops).
@@ -188,11 +197,20 @@ def kselect_(
     """
     scores = list(scores)
     masks = [None] * len(scores) if masks is None else list(masks)
+    if (k is None) == (fraction is None):
+        raise ValueError(f"kselect_: give exactly one of k and fraction, got k={k} and fraction={fraction}")
+    if fraction is not None:
+        fraction = float(fraction)
+        if not 0.0 <= fraction <= 1.0:  # also refuses NaN
+            raise ValueError(f"kselect_: fraction={fraction} must be between 0 and 1")
     if not scores:  # the dispatcher cannot pick a backend without a tensor
-        if int(k) != 0:
+        if k is not None and int(k) != 0:
             raise ValueError(f"kselect_: k={k} must be between 0 and the number of selectable units (0)")
         return
-    torch.ops.fastprune.kselect_(scores, masks, list(out), int(k), bool(largest), bool(exclude_masked), bool(packed))
+    k = -1 if k is None else int(k)
+    torch.ops.fastprune.kselect_(
+        scores, masks, list(out), k, bool(largest), bool(exclude_masked), bool(packed), fraction
+    )
 
 
 def kselect(
@@ -203,6 +221,7 @@ def kselect(
     exclude_masked: bool = True,
     packed: bool = False,
     dtypes: Optional[Sequence[torch.dtype]] = None,
+    fraction: Optional[float] = None,
 ) -> List[Tensor]:
     """Functional :func:`kselect_`: returns one new keep-mask per score tensor.
 
@@ -213,6 +232,8 @@ def kselect(
         scores, masks, k, largest, exclude_masked, packed: as in :func:`kselect_`.
         dtypes (sequence of torch.dtype, optional): dtype of each output when
             not ``packed``. Default: the scores' dtypes.
+        fraction (float, optional): as in :func:`kselect_` (then ``k`` is
+            ignored). Default: ``None``.
 
     Returns:
         list of Tensor: the keep-masks (1 = kept, 0 = selected or masked).
@@ -227,7 +248,7 @@ def kselect(
     """
     scores = list(scores)
     outs = reference.allocate_masks(scores, packed, dtypes)
-    kselect_(scores, masks, outs, k, largest, exclude_masked, packed)
+    kselect_(scores, masks, outs, None if fraction is not None else k, largest, exclude_masked, packed, fraction)
     return outs
 
 
