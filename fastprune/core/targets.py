@@ -110,13 +110,15 @@ def mark_binary(mask: torch.Tensor) -> torch.Tensor:
     values. (Writes through ``.data`` bypass the version counter, as they
     bypass autograd's checks.)
     """
-    mask._fastprune_binary = mask._version
+    if not mask.is_inference():  # inference tensors have no version counter: never recorded
+        mask._fastprune_binary = mask._version
     return mask
 
 
 def known_binary(mask: torch.Tensor) -> bool:
     """True when :func:`mark_binary` recorded ``mask`` (or the tensor it was detached from) unchanged since."""
-    return getattr(mask, "_fastprune_binary", None) == mask._version
+    recorded = getattr(mask, "_fastprune_binary", None)
+    return recorded is not None and not mask.is_inference() and recorded == mask._version
 
 
 def detached_mask(mask: torch.Tensor) -> torch.Tensor:
