@@ -8,9 +8,9 @@ Always build against the torch that is already installed::
 against a different torch than the one the extension is loaded into.)
 
 What gets built
-  * a CUDAExtension (csrc/ops.cpp, csrc/cpu/*.cpp, csrc/cuda/*.cu, csrc/cuda/*_wrapper.cpp)
+  * a CUDAExtension (csrc/ops.cpp, csrc/autograd.cpp, csrc/cpu/*.cpp, csrc/cuda/*.cu, csrc/cuda/*_wrapper.cpp)
     when torch was built with CUDA and a CUDA toolkit is found, or when FORCE_CUDA=1;
-  * a CppExtension (csrc/ops.cpp, csrc/cpu/*.cpp) otherwise, or when FORCE_ONLY_CPU=1;
+  * a CppExtension (csrc/ops.cpp, csrc/autograd.cpp, csrc/cpu/*.cpp) otherwise, or when FORCE_ONLY_CPU=1;
   * when the CUDA compile fails: a build error with FORCE_CUDA=1, else (with a loud
     warning) the CppExtension, which then reports why in build_info()["cuda_fallback_reason"];
   * nothing, with a warning, when torch cannot be imported or no compiler works:
@@ -197,7 +197,7 @@ def make_extensions():
         # imported earlier by someone else: point its module global at our toolkit too
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
     version = read_version()
-    cpu_sources = rel_sources("csrc/ops.cpp", "csrc/cpu/*.cpp")
+    cpu_sources = rel_sources("csrc/ops.cpp", "csrc/autograd.cpp", "csrc/cpu/*.cpp")
     cuda_sources = rel_sources("csrc/cuda/*.cu", "csrc/cuda/*_wrapper.cpp")
     omp_compile, omp_link = openmp_flags()
     # The language standard is left to torch's BuildExtension (it adds what its headers need).

@@ -31,6 +31,12 @@ SECTIONS = [
     ("First call of a fresh process", "python benchmarks/cold_first_call.py", "cold_first_call.txt", "text"),
     ("Per-call cost from 8 elements to 100M, and models of many small layers",
      "python benchmarks/small_sweep.py --rounds 5", "small_sweep.txt", "markdown"),
+    ("Pruned forward, interleaved rounds", "python benchmarks/forward_interleaved.py --rounds 21",
+     "forward_interleaved.txt", "markdown"),
+    ("Iterated global pruning (masks present)", "python benchmarks/iterated_global.py --repeat 3",
+     "iterated_global.txt", "text"),
+    ("Past 2^31 elements: global_unstructured and l1_unstructured in bf16, torch's layout",
+     "python benchmarks/beyond_int32.py", "beyond_int32.txt", "text"),
 ]
 
 

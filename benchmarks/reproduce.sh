@@ -22,4 +22,12 @@ log; python -m pytest benchmarks --benchmark-only -q -p no:cacheprovider --bench
 log; python benchmarks/profile_global.py --repeat 5 > "$OUT/profile_global.txt" 2>&1 || true
 log; python benchmarks/cold_first_call.py > "$OUT/cold_first_call.txt" 2>&1 || echo "step failed: see log" | tee -a "$OUT/load.txt"
 log; python benchmarks/small_sweep.py --rounds 5 > "$OUT/small_sweep.txt" 2>/dev/null || echo "step failed" | tee -a "$OUT/load.txt"
+log; python benchmarks/forward_interleaved.py --rounds 21 > "$OUT/forward_interleaved.txt" 2>&1 || echo "step failed: see log" | tee -a "$OUT/load.txt"
+log; python benchmarks/iterated_global.py --repeat 3 > "$OUT/iterated_global.txt" 2>&1 || echo "step failed: see log" | tee -a "$OUT/load.txt"
+# Past 2^31 elements: ~14 GB for fastprune's part; run only when 17 GB are available.
+if (( $(free -g | awk '/Mem:/{print $7}') >= 17 )); then
+  log; python benchmarks/beyond_int32.py > "$OUT/beyond_int32.txt" 2>&1 || echo "step failed: see log" | tee -a "$OUT/load.txt"
+else
+  echo "beyond_int32 skipped: fewer than 17 GB available" | tee -a "$OUT/load.txt"
+fi
 log

@@ -149,22 +149,42 @@ struct KSelectArgs {
   std::vector<at::Tensor> scores, masks, out;
   int64_t total = 0;      // units over all scores
   bool any_mask = false;  // some masks[i] given
+  // Units to select; -1 when given as `fraction` of selectable units that only
+  // the kernel can count (masks to exclude): it resolves k with k_from_fraction.
+  int64_t k = 0;
+  double fraction = -1.0;  // -1: none given
 };
+
+// k for a fraction of `selectable` units: round half to even, as Python's
+// round() in torch's amounts (the product is the same double in both).
+inline int64_t k_from_fraction(double fraction, int64_t selectable) {
+  return static_cast<int64_t>(std::nearbyint(fraction * static_cast<double>(selectable)));
+}
 
 // Checks kselect_'s arguments. With no tensors (k must then be 0) the returned
 // lists are empty and there is nothing to do.
 template <typename CheckDevice>
 KSelectArgs check_kselect_args(at::TensorList scores, const c10::List<std::optional<at::Tensor>>& masks,
-                               at::TensorList out, int64_t k, bool packed, const CheckDevice& check_device) {
+                               at::TensorList out, int64_t k, bool exclude_masked, bool packed,
+                               std::optional<double> fraction, const CheckDevice& check_device) {
   const int64_t n = static_cast<int64_t>(scores.size());
   FP_CHECK_VALUE(static_cast<int64_t>(masks.size()) == n && static_cast<int64_t>(out.size()) == n,
                  "kselect_: scores, masks and out must have the same length, got ", n, ", ", masks.size(), " and ",
                  out.size());
-  FP_CHECK_VALUE(k >= 0, "kselect_: k=", k, " must be between 0 and the number of selectable units");
   KSelectArgs a;
-  if (n == 0) {
-    FP_CHECK_VALUE(k == 0, "kselect_: k=", k, " must be between 0 and the number of selectable units (0)");
-    return a;
+  if (fraction.has_value()) {
+    FP_CHECK_VALUE(k == -1, "kselect_: k=", k, " must be -1 when fraction is given");
+    FP_CHECK_VALUE(*fraction >= 0.0 && *fraction <= 1.0, "kselect_: fraction=", *fraction,
+                   " must be between 0 and 1");  // NaN fails both
+    a.fraction = *fraction;
+    if (n == 0) return a;
+  } else {
+    FP_CHECK_VALUE(k >= 0, "kselect_: k=", k, " must be between 0 and the number of selectable units");
+    a.k = k;
+    if (n == 0) {
+      FP_CHECK_VALUE(k == 0, "kselect_: k=", k, " must be between 0 and the number of selectable units (0)");
+      return a;
+    }
   }
   std::vector<at::Tensor>& s = a.scores;
   std::vector<at::Tensor>& m = a.masks;
@@ -202,8 +222,14 @@ KSelectArgs check_kselect_args(at::TensorList scores, const c10::List<std::optio
     a.total += s[i].numel();
     a.any_mask = a.any_mask || m[i].defined();
   }
-  FP_CHECK_VALUE(k <= a.total, "kselect_: k=", k,
-                 " must be between 0 and the number of selectable units (at most ", a.total, ")");
+  if (a.fraction >= 0.0) {
+    // Every unit is selectable unless masks exclude some: then only the kernel's
+    // first pass over the data counts them.
+    a.k = (a.any_mask && exclude_masked) ? -1 : k_from_fraction(a.fraction, a.total);
+  } else {
+    FP_CHECK_VALUE(k <= a.total, "kselect_: k=", k,
+                   " must be between 0 and the number of selectable units (at most ", a.total, ")");
+  }
   return a;
 }
 

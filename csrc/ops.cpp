@@ -6,8 +6,9 @@
 // csrc/cpu/<op>_cpu.cpp with TORCH_LIBRARY_IMPL(fastprune, CPU, m) and
 // csrc/cuda/<op>_wrapper.cpp with TORCH_LIBRARY_IMPL(fastprune, CUDA, m). The
 // dispatcher checks each C++ kernel's signature against its schema when both
-// are registered, in either order. Autograd formulas and fake (meta) kernels
-// are registered from Python too, so that torch.compile can trace the ops.
+// are registered, in either order. Fake (meta) kernels are registered from
+// Python too, so that torch.compile can trace the ops; autograd formulas are in
+// csrc/autograd.cpp (Python registers the same ones when the extension is absent).
 //
 // It also has direct entry points (kselect_, mask_mul_, channel_norms) that call the same
 // ops through the C++ dispatcher. Calling an op as torch.ops.fastprune.<op>
@@ -105,7 +106,7 @@ bool tensor_list(const pybind11::list& items, std::vector<at::Tensor>& out) {
 // torch.ops.fastprune.kselect_ for lists of plain tensors. Returns false, having
 // done nothing, when some argument needs the Python path.
 bool kselect_direct(const pybind11::list& scores, const pybind11::list& masks, const pybind11::list& out, int64_t k,
-                    bool largest, bool exclude_masked, bool packed) {
+                    bool largest, bool exclude_masked, bool packed, std::optional<double> fraction) {
   HANDLE_TH_ERRORS
   std::vector<at::Tensor> s, o;
   if (!tensor_list(scores, s) || !tensor_list(out, o)) return false;
@@ -124,10 +125,10 @@ bool kselect_direct(const pybind11::list& scores, const pybind11::list& masks, c
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fastprune::kselect_", "")
           .typed<void(at::TensorList, const c10::List<std::optional<at::Tensor>>&, at::TensorList, int64_t, bool,
-                      bool, bool)>();
+                      bool, bool, std::optional<double>)>();
   {
     pybind11::gil_scoped_release no_gil;
-    op.call(s, m, o, k, largest, exclude_masked, packed);
+    op.call(s, m, o, k, largest, exclude_masked, packed, fraction);
   }
   return true;
   END_HANDLE_TH_ERRORS_PYBIND

@@ -601,3 +601,42 @@ def test_build_info():
     raw = _C.build_info()
     assert set(raw) >= {"extension", "cuda", "openmp", "num_threads", "torch_version", "version"}
     assert raw["extension"] is True
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("exclude_masked,packed", [(True, False), (True, True), (False, False)])
+def test_kselect_fraction_counts_the_selectable_units(device, kselect_path, exclude_masked, packed):
+    """fraction selects round(fraction * selectable units), half to even as Python's round:
+    the same masks as the reference given that k, and as the reference given the fraction."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"fraction{exclude_masked}{packed}".encode()))
+    shapes = [(64, 70), (1,), (0,), (3, 11), (5000,)]
+    scores = [scores_tensor(s, torch.float32, gen, ties=False).to(device) for s in shapes]
+    masks = [mask_tensor(s.shape, torch.float32, gen).to(device) for s in scores]
+    masks[1] = None
+    if packed:
+        masks = [None if m is None else ref.pack_mask(m != 0) for m in masks]
+    cand = candidates_of(scores, masks, exclude_masked, packed)
+    # 0.5 * an odd count and (2j + 1) / (2 cand) land exactly on .5: the rounding rule shows.
+    for fraction in (0.0, 1.0, 0.5, 0.3, 0.7, 1.5 / cand, 2.5 / cand, 1 / 3):
+        k = round(fraction * cand)
+        out_dtypes = [torch.float32, torch.bool, torch.float32, torch.half, torch.float32]
+        got, want = run_both(scores, masks, out_dtypes, k, False, exclude_masked, packed)
+        by_fraction = [torch.empty_like(g) for g in got]
+        ops.kselect_(scores, masks, by_fraction, -1, False, exclude_masked, packed, fraction)
+        assert_masks_equal(by_fraction, want, f"fraction={fraction} k={k}")
+        ref_out = [torch.empty_like(g) for g in got]
+        ref.kselect_(scores, masks, ref_out, -1, False, exclude_masked, packed, fraction)
+        assert_masks_equal(ref_out, want, f"reference fraction={fraction} k={k}")
+
+
+@pytest.mark.parametrize("k,fraction", [(None, None), (3, 0.5), (None, 1.5), (None, -0.1), (None, float("nan"))],
+                         ids=str)
+def test_kselect_fraction_arguments_are_checked(k, fraction):
+    x = torch.randn(10)
+    out = torch.full((10,), 7.0)
+    with pytest.raises(ValueError, match="fraction"):
+        fastprune.ops.kselect_([x], None, [out], k, fraction=fraction)
+    if fraction is not None:  # the op itself, as torch.ops callers reach it
+        with pytest.raises(ValueError, match="fraction"):
+            ops.kselect_([x], [None], [out], -1 if k is None else k, False, True, False, fraction)
+    assert bool((out == 7.0).all())

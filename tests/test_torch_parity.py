@@ -114,6 +114,55 @@ def test_binary_masks_keep_the_fast_path(monkeypatch):
     assert len(calls) == 2
 
 
+class _RecordTorchCalls(torch.overrides.TorchFunctionMode):
+    """Names of the torch functions and tensor methods called inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("amount", [0.4, 0.5])
+def test_iterated_pruning_reads_no_mask_outside_the_selection(amount):
+    """A second pruning with a fractional amount neither counts nor checks the existing masks itself:
+    the selection counts the units left in its first pass, and masks fastprune wrote unchanged
+    since are known to hold only 0 and 1. The masks are still torch's."""
+    mods = {lib: [_linear(0), _linear(1, (8, 5))] for lib in ("fp", "tp")}
+    lib = {"fp": fp, "tp": tp}
+    for step in range(3):
+        for name, (a, b) in mods.items():
+            P = lib[name]
+            if name == "fp" and step > 0:
+                with _RecordTorchCalls() as rec:
+                    P.global_unstructured([(a, "weight"), (b, "weight")], pruning_method=P.L1Unstructured,
+                                          amount=amount)
+                    P.l1_unstructured(b, "weight", amount)
+                mask_passes = {"count_nonzero", "__ne__", "ne", "any", "sum", "__eq__", "eq", "nonzero"}
+                assert not mask_passes & set(rec.names), rec.names
+            else:
+                P.global_unstructured([(a, "weight"), (b, "weight")], pruning_method=P.L1Unstructured,
+                                      amount=amount)
+                P.l1_unstructured(b, "weight", amount)
+        for x, y in zip(mods["fp"], mods["tp"]):
+            assert torch.equal(x.weight_mask, y.weight_mask), step
+
+
+def test_mask_written_in_place_is_checked_again():
+    # The record that a mask holds only 0/1 dies with any in-place write to it.
+    a, b = _linear(0), _linear(0)
+    for P, m in ((fp, a), (tp, b)):
+        P.l1_unstructured(m, "weight", 0.3)
+        with torch.no_grad():
+            m.weight_mask[0, :5] *= 0.5  # now soft
+        P.global_unstructured([(m, "weight")], pruning_method=P.L1Unstructured, amount=0.3)
+    assert torch.equal(a.weight_mask, b.weight_mask)
+    assert bool((a.weight_mask == 0.25).any())  # torch squares soft values when installing
+
+
 # -- 3. a MaskSet follows parameters that were replaced --------------------------------------------
 
 

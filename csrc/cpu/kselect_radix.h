@@ -371,9 +371,10 @@ class RadixSelect {
 
 template <KeyKind K>
 void run_select(std::vector<at::Tensor> scores, std::vector<at::Tensor> masks, std::vector<at::Tensor> outs,
-                int64_t k, bool largest, bool exclude_masked, bool packed) {
+                int64_t k, double fraction, bool largest, bool exclude_masked, bool packed) {
   RadixSelect<K> sel(std::move(scores), std::move(masks), std::move(outs), largest, exclude_masked, packed);
   const int64_t candidates = sel.count_candidates();
+  if (k < 0) k = k_from_fraction(fraction, candidates);
   FP_CHECK_VALUE(k <= candidates, "kselect_: k=", k, " must be between 0 and the number of selectable units (",
                  candidates, ")");
   sel.run(k);

@@ -69,7 +69,17 @@ C10_ALWAYS_INLINE T mul(T x, T m) {
 // out[0..n) = x * cast<T>(mb) for a bool mask (bytes 0/1). out may equal x.
 template <typename T>
 C10_ALWAYS_INLINE void mul_bool_range(const T* x, const uint8_t* mb, T* out, int64_t n) {
-  if constexpr (is_float_v<T>) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    // The IEEE product itself: widening the mask bytes to float and one
+    // multiply vectorise to fewer instructions than the bitwise form below.
+    // 1 for a non-zero byte is computed arithmetically (sign bit of -byte):
+    // from (byte != 0) or min(byte, 1) GCC derives a per-unit branch around
+    // the multiply instead, which random masks mispredict (~10 ns a unit).
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t one = static_cast<int32_t>(static_cast<uint32_t>(-static_cast<int32_t>(mb[i])) >> 31);
+      out[i] = x[i] * static_cast<T>(one);
+    }
+  } else if constexpr (is_float_v<T>) {
     using B = FloatBits<T>;
     using U = typename B::U;
     const U* xb = reinterpret_cast<const U*>(x);

@@ -100,7 +100,12 @@ cudaError_t kselect_workspace_bytes(const KSelectTensor* tensors, int ntensors, 
 // 0 <= k <= known_selectable; -1 when it must be counted on the device, which
 // costs the call's one device-to-host read (and a stream synchronisation)
 // right after the first histogram pass.
-KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k, bool largest,
+//
+// `fraction` >= 0 (then k = -1 and known_selectable = -1): select
+// nearbyint(fraction * selectable units) (half to even), the count taken in the
+// first histogram pass, so the caller needs no pass of its own over the masks.
+// A negative `fraction` means k is given.
+KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k, double fraction, bool largest,
                            bool exclude_masked, bool packed, int64_t known_selectable, void* workspace,
                            size_t workspace_bytes, cudaStream_t stream);
 

@@ -5,6 +5,7 @@
 // (shared-memory pass 0, warp-aggregated atomics, CUB tie ranking, the single
 // host round trip) in csrc/cuda/README.md.
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -375,11 +376,12 @@ constexpr int kSelectThreads = 1024;
 constexpr int kBinsPerThread = kBins / kSelectThreads;
 
 __global__ void __launch_bounds__(kSelectThreads)
-    select_bucket_kernel(const unsigned long long* __restrict__ ghist, SelectState* st, int pass, int64_t k) {
+    select_bucket_kernel(const unsigned long long* __restrict__ ghist, SelectState* st, int pass, int64_t k,
+                         double fraction) {
   using Scan = cub::BlockScan<unsigned long long, kSelectThreads>;
   __shared__ typename Scan::TempStorage tmp;
   const bool invalid = st->invalid != 0;
-  const unsigned long long k_rem = pass == 0 ? static_cast<unsigned long long>(k) : st->k_rem;
+  unsigned long long k_rem = pass == 0 ? static_cast<unsigned long long>(k) : st->k_rem;
   const unsigned long long prefix = pass == 0 ? 0ull : st->prefix;
   const int first = threadIdx.x * kBinsPerThread;
   unsigned long long local = 0;
@@ -389,6 +391,9 @@ __global__ void __launch_bounds__(kSelectThreads)
   Scan(tmp).ExclusiveSum(local, excl, total);
   __syncthreads();  // every thread has read st before anyone writes it
   if (invalid) return;
+  // k as a fraction of the selectable units, which pass 0's histogram counts
+  // (rint: half to even, as the host's nearbyint).
+  if (pass == 0 && fraction >= 0.0) k_rem = static_cast<unsigned long long>(rint(fraction * static_cast<double>(total)));
   if (pass == 0 && threadIdx.x == 0) st->total = total;
   if (excl < k_rem && k_rem <= excl + local) {
     unsigned long long c = excl;
@@ -663,9 +668,9 @@ cudaError_t kselect_workspace_bytes(const KSelectTensor* tensors, int ntensors, 
   return cudaSuccess;
 }
 
-KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k, bool largest, bool exclude_masked,
-                           bool packed, int64_t known_selectable, void* workspace, size_t workspace_bytes,
-                           cudaStream_t stream) {
+KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k, double fraction, bool largest,
+                           bool exclude_masked, bool packed, int64_t known_selectable, void* workspace,
+                           size_t workspace_bytes, cudaStream_t stream) {
   KSelectStatus status;
   auto fail = [&](cudaError_t e) {
     status.error = e;
@@ -676,6 +681,7 @@ KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k
   cudaError_t e = make_layout(tensors, ntensors, &L);
   if (e != cudaSuccess) return fail(e);
   if (L.nchunks == 0) return status;  // nothing to select from or write (k was validated as 0)
+  if (fraction >= 0.0 && known_selectable >= 0) return fail(cudaErrorInvalidValue);  // the caller resolves k then
   if (workspace == nullptr || workspace_bytes < L.total) return fail(cudaErrorInvalidValue);
 
   char* ws = static_cast<char*>(workspace);
@@ -710,7 +716,8 @@ KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k
   const Flags fl{exclude_masked, packed};
   const int grid = grid_for(L.nchunks, 2048 / kThreads);
 
-  if (k > 0) {
+  bool select = k > 0 || fraction >= 0.0;  // with a fraction, k is known after pass 0
+  if (select) {
     if ((e = cudaMemsetAsync(st, 0, sizeof(SelectState), stream)) != cudaSuccess) return fail(e);
     const int passes = kp.bits / kDigitBits;
     for (int pass = 0; pass < passes; ++pass) {
@@ -730,28 +737,35 @@ KSelectStatus kselect_cuda(const KSelectTensor* tensors, int ntensors, int64_t k
         hist_global_kernel<<<grid, kThreads, 0, stream>>>(dtab, dchunk, ntensors, L.nchunks, kp, fl, pass, st, hist);
       }
       if ((e = cudaGetLastError()) != cudaSuccess) return fail(e);
-      select_bucket_kernel<<<1, kSelectThreads, 0, stream>>>(hist, st, pass, k);
+      select_bucket_kernel<<<1, kSelectThreads, 0, stream>>>(hist, st, pass, k, fraction);
       if ((e = cudaGetLastError()) != cudaSuccess) return fail(e);
       if (pass == 0 && known_selectable < 0) {
         // The call's only host round trip: the number of selectable units.
         SelectState h;
         if ((e = cudaMemcpyAsync(&h, st, sizeof(h), cudaMemcpyDeviceToHost, stream)) != cudaSuccess) return fail(e);
         if ((e = cudaStreamSynchronize(stream)) != cudaSuccess) return fail(e);
-        if (h.total < static_cast<unsigned long long>(k)) {
+        status.selectable = static_cast<int64_t>(h.total);
+        if (fraction >= 0.0) {
+          k = static_cast<int64_t>(std::nearbyint(fraction * static_cast<double>(h.total)));
+          if (k == 0) {  // nothing to select: only the masks are written
+            select = false;
+            break;
+          }
+        } else if (h.total < static_cast<unsigned long long>(k)) {
           status.k_out_of_range = true;
-          status.selectable = static_cast<int64_t>(h.total);
           return status;
         }
-        status.selectable = static_cast<int64_t>(h.total);
       }
     }
+  }
+  if (select) {
     tie_count_kernel<<<grid, kThreads, 0, stream>>>(dtab, dchunk, ntensors, L.nchunks, kp, fl, st, ties);
     if ((e = cudaGetLastError()) != cudaSuccess) return fail(e);
     size_t cub_bytes = L.cub_bytes;
     e = cub::DeviceScan::ExclusiveSum(ws + L.cub_temp, cub_bytes, ties, ties, L.nchunks, stream);
     if (e != cudaSuccess) return fail(e);
   }
-  write_kernel<<<grid, kThreads, 0, stream>>>(dtab, dchunk, ntensors, L.nchunks, kp, fl, st, ties, k <= 0);
+  write_kernel<<<grid, kThreads, 0, stream>>>(dtab, dchunk, ntensors, L.nchunks, kp, fl, st, ties, !select);
   if ((e = cudaGetLastError()) != cudaSuccess) return fail(e);
   return status;
 }

@@ -14,9 +14,9 @@ namespace cuda {
 namespace {
 
 void kselect_cuda_op(at::TensorList scores, const c10::List<std::optional<at::Tensor>>& masks, at::TensorList out,
-                     int64_t k, bool largest, bool exclude_masked, bool packed) {
+                     int64_t k, bool largest, bool exclude_masked, bool packed, std::optional<double> fraction) {
   const OnDevice on_device(scores);
-  KSelectArgs a = check_kselect_args(scores, masks, out, k, packed, on_device);
+  KSelectArgs a = check_kselect_args(scores, masks, out, k, exclude_masked, packed, fraction, on_device);
   const int64_t n = static_cast<int64_t>(a.scores.size());
   if (n == 0) return;
   const c10::Device device = on_device.device;
@@ -38,17 +38,19 @@ void kselect_cuda_op(at::TensorList scores, const c10::List<std::optional<at::Te
     d.out_dtype = dtype_code(write[i].scalar_type());
     d.reserved = 0;
   }
-  // Without masks to exclude, every unit is selectable and k was checked above;
-  // otherwise the launcher counts the selectable units on the device.
+  // Without masks to exclude, every unit is selectable and k was checked (or
+  // resolved from the fraction) above; otherwise the launcher counts the
+  // selectable units on the device, and resolves k = -1 from the fraction.
   const int64_t known = (!exclude_masked || !a.any_mask) ? a.total : -1;
+  const double frac = a.k < 0 ? a.fraction : -1.0;
   size_t bytes = 0;
   check_launch(kselect_workspace_bytes(desc.data(), static_cast<int>(n), &bytes), "kselect_");
   at::Tensor ws = workspace(bytes, device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   const KSelectStatus st = kselect_cuda(
-      desc.data(), static_cast<int>(n), k, largest, exclude_masked, packed, known, ws.data_ptr(), bytes, stream);
+      desc.data(), static_cast<int>(n), a.k, frac, largest, exclude_masked, packed, known, ws.data_ptr(), bytes, stream);
   check_launch(st.error, "kselect_");
-  FP_CHECK_VALUE(!st.k_out_of_range, "kselect_: k=", k, " must be between 0 and the number of selectable units (",
+  FP_CHECK_VALUE(!st.k_out_of_range, "kselect_: k=", a.k, " must be between 0 and the number of selectable units (",
                  st.selectable, ")");
   w.copy_back(a.out);
 }

@@ -7,7 +7,7 @@ import torch.nn.utils.prune as torch_prune
 from .. import ops
 from .reparam import forget_deepcopy, install_many
 from .sharding import replayable, same_error_everywhere, sharded_handler
-from .targets import existing_mask, resolve_scores, resolve_targets
+from .targets import existing_mask, mark_binary, resolve_scores, resolve_targets
 from .validation import (
     _compute_nparams_toprune,
     _validate_pruning_amount,
@@ -24,6 +24,7 @@ from .methods import (
     RandomStructured,
     RandomUnstructured,
     has_soft_values,
+    kselect_amount,
     torch_compute_norm,
     uses_fast_l1,
 )
@@ -385,11 +386,9 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     if handler is not None:  # sharded parameters: the selection spans every process
         new_masks = handler.global_masks(targets, scores, method, masks)
     elif uses_fast_l1(method) and not any(soft):
-        selectable = sum(p.numel() if mk is None else int(torch.count_nonzero(mk)) for p, mk in zip(params, masks))
-        k = _compute_nparams_toprune(method.amount, selectable)
-        _validate_pruning_amount(k, selectable)
         new_masks = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
-        ops.kselect_([s.detach() for s in scores], masks, new_masks, k, largest=False, exclude_masked=True)
+        kselect_amount([s.detach() for s in scores], masks, new_masks, method.amount)
+        new_masks = [mark_binary(mk) for mk in new_masks]
     else:
         new_masks = _global_masks_by_concatenation(method, params, scores, masks)
 

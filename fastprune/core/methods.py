@@ -18,7 +18,7 @@ import torch.nn.utils.prune as torch_prune
 from .. import ops
 from .reparam import forget_deepcopy, install
 from .sharding import PLAIN_TENSOR_TYPES, local_tensor, same_error_everywhere, sharded_handler
-from .targets import check_module_and_name, check_scores_shape, pruning_hooks
+from .targets import check_module_and_name, check_scores_shape, detached_mask, known_binary, mark_binary, pruning_hooks
 from .errors import PruningShapeError
 from .validation import (
     _compute_nparams_toprune,
@@ -82,7 +82,7 @@ def has_soft_values(mask: torch.Tensor) -> bool:
     the other values (the new mask is multiplied into the old one), so such
     masks take torch's path; the fast paths assume 0/1 masks.
     """
-    if mask.dtype == torch.bool or mask.device.type == "meta" or mask.numel() == 0:
+    if mask.dtype == torch.bool or mask.device.type == "meta" or mask.numel() == 0 or known_binary(mask):
         return False
     return bool(((mask != 0) & (mask != 1)).any())
 
@@ -330,6 +330,22 @@ class PruningContainer(BasePruningMethod, torch_prune.PruningContainer):
         return combine_masks(self._pruning_methods[-1], t, default_mask)
 
 
+def kselect_amount(scores, masks, out, amount) -> None:
+    """``ops.kselect_`` of torch's ``amount`` among the units ``masks`` keep (iterated / global pruning).
+
+    A float amount is a fraction of the selectable units, which the kernel
+    counts in its first pass over the data (no pass of its own over the
+    masks); an int amount is a count, validated here with torch's message.
+    """
+    if isinstance(amount, numbers.Integral):
+        selectable = sum(s.numel() if m is None else int(torch.count_nonzero(m)) for s, m in zip(scores, masks))
+        k = _compute_nparams_toprune(amount, selectable)
+        _validate_pruning_amount(k, selectable)
+        ops.kselect_(scores, masks, out, k, largest=False, exclude_masked=True)
+    else:
+        ops.kselect_(scores, masks, out, None, largest=False, exclude_masked=True, fraction=float(amount))
+
+
 def uses_fast_l1(method) -> bool:
     """True when ``method`` ranks by |score| exactly as torch's L1Unstructured does."""
     return type(method).compute_mask in _L1_COMPUTE_MASKS
@@ -351,12 +367,9 @@ def combine_masks(method, t, mask):
         and mask.device.type != "meta"
         and not has_soft_values(mask)
     ):
-        selectable = int(torch.count_nonzero(mask))
-        k = _compute_nparams_toprune(method.amount, selectable)
-        _validate_pruning_amount(k, selectable)
         out = torch.empty_like(t, memory_format=torch.contiguous_format)
-        ops.kselect_([t.detach()], [mask.detach()], [out], k, largest=False, exclude_masked=True)
-        return out
+        kselect_amount([t.detach()], [mask.detach()], [out], method.amount)
+        return mark_binary(out)
     if mask.device.type == "meta" and pruning_type != "global":
         raise ValueError(
             "the tensor is on the meta device and already pruned: pruning it again selects among the units "
@@ -453,7 +466,7 @@ def _select_units(amount, scores, default_mask, largest):
     if scores.requires_grad:  # the op has no autograd formula; its inputs are data
         scores = scores.detach()
     ops.kselect_([scores], [existing], [out], k, largest=largest, exclude_masked=False)
-    return out
+    return mark_binary(out)
 
 
 class RandomUnstructured(_AmountMethod, torch_prune.RandomUnstructured):
@@ -873,7 +886,7 @@ def apply_method(cls, module, name, args, kwargs, importance_scores):
         default_mask = ones_view(orig) if accepts_ones_view(cls) else torch.ones_like(orig)
         mask = method.compute_mask(importance_scores, default_mask=default_mask)
     else:
-        default_mask = getattr(module, name + "_mask").detach()
+        default_mask = detached_mask(getattr(module, name + "_mask"))
         container = _container_for_compute(existing[0][1], method)
         mask = container.compute_mask(importance_scores, default_mask=default_mask)
         if mask is default_mask:  # some methods hand the default back; the buffer must not alias itself

@@ -99,10 +99,40 @@ def dense_tensor(module: nn.Module, name: str) -> torch.Tensor:
     return module._parameters[name]
 
 
+def mark_binary(mask: torch.Tensor) -> torch.Tensor:
+    """Record that ``mask`` holds only 0 and 1, as of its current version; returns it.
+
+    For masks just written by the k-selection (which writes only 0/1). Any later
+    in-place write (``load_state_dict``, ``mask[...] = v``, also through a
+    ``detach()``-ed alias) bumps the version counter, which voids the record,
+    so :func:`known_binary` never needs to read the values: iterated pruning
+    then pays no pass over the existing masks to look for soft (non-0/1)
+    values. (Writes through ``.data`` bypass the version counter, as they
+    bypass autograd's checks.)
+    """
+    if not mask.is_inference():  # inference tensors have no version counter: never recorded
+        mask._fastprune_binary = mask._version
+    return mask
+
+
+def known_binary(mask: torch.Tensor) -> bool:
+    """True when :func:`mark_binary` recorded ``mask`` (or the tensor it was detached from) unchanged since."""
+    recorded = getattr(mask, "_fastprune_binary", None)
+    return recorded is not None and not mask.is_inference() and recorded == mask._version
+
+
+def detached_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``mask.detach()``, keeping the :func:`mark_binary` record (same version counter)."""
+    out = mask.detach()
+    if known_binary(mask):
+        out._fastprune_binary = mask._fastprune_binary
+    return out
+
+
 def existing_mask(module: nn.Module, name: str) -> Optional[torch.Tensor]:
     """The installed ``name_mask`` (detached), or ``None`` when the tensor is not pruned torch-style."""
     mask = module._buffers.get(name + "_mask") if name + "_mask" in module._buffers else None
-    return mask.detach() if isinstance(mask, torch.Tensor) else None
+    return detached_mask(mask) if isinstance(mask, torch.Tensor) else None
 
 
 # ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ Tensor = torch.Tensor
 # arguments are ``Tensor(a!)[]`` and return ``()``.
 SCHEMAS = {
     "kselect_": "kselect_(Tensor[] scores, Tensor?[] masks, Tensor(a!)[] out, int k, bool largest, "
-    "bool exclude_masked, bool packed) -> ()",
+    "bool exclude_masked, bool packed, float? fraction=None) -> ()",
     "mask_mul": "mask_mul(Tensor input, Tensor mask) -> Tensor",
     "mask_mul_": "mask_mul_(Tensor(a!)[] inputs, Tensor[] masks) -> ()",
     "apply_packed_mask_": "apply_packed_mask_(Tensor(a!)[] inputs, Tensor[] packed) -> ()",
@@ -64,7 +64,7 @@ def _define_ops() -> None:
 
 def _register_fakes() -> None:
     @torch.library.register_fake("fastprune::kselect_")
-    def _kselect_fake(scores, masks, out, k, largest, exclude_masked, packed):
+    def _kselect_fake(scores, masks, out, k, largest, exclude_masked, packed, fraction=None):
         return None
 
     @torch.library.register_fake("fastprune::mask_mul")
@@ -97,6 +97,15 @@ def _register_fakes() -> None:
 
 
 def _register_autograd() -> None:
+    """mask_mul's formula in Python, unless the extension registered it in C++.
+
+    The compiled one (csrc/autograd.cpp) keeps each call in C++; this one makes
+    every call, gradients wanted or not, pass through the interpreter. Same
+    formula: d input = mask_mul(grad, mask), d mask = grad * input.
+    """
+    if torch._C._dispatch_has_kernel_for_dispatch_key("fastprune::mask_mul", "Autograd"):
+        return
+
     def setup_context(ctx, inputs, output):
         input, mask = inputs
         ctx.save_for_backward(mask, input if ctx.needs_input_grad[1] else None)
@@ -127,6 +136,11 @@ _MASK_MUL__DIRECT = None if _DIRECT is None else _DIRECT.mask_mul__direct
 _is_compiling = torch.compiler.is_compiling
 _INT64_MAX = 2**63 - 1
 
+# The overload itself: calling it skips the overload resolution of
+# ``torch.ops.fastprune.mask_mul(...)`` (~1 us, a sizeable part of a
+# pruned layer's forward pre-hook on small layers).
+_MASK_MUL = torch.ops.fastprune.mask_mul.default
+
 
 # ----------------------------------------------------------------------------
 # Python-facing wrappers (argument defaults, list conversion, allocation).
@@ -137,10 +151,11 @@ def kselect_(
     scores: Sequence[Tensor],
     masks: Optional[Sequence[Optional[Tensor]]],
     out: Sequence[Tensor],
-    k: int,
+    k: Optional[int],
     largest: bool = False,
     exclude_masked: bool = True,
     packed: bool = False,
+    fraction: Optional[float] = None,
 ) -> None:
     """Select exactly ``k`` units across ``scores``; write keep-masks into ``out``.
 
@@ -159,7 +174,7 @@ def kselect_(
             the whole argument means no masks.
         out (sequence of Tensor): one output per score, shaped like it (or
             packed ``uint8`` bytes with ``packed``); may alias ``masks[i]``.
-        k (int): units to select.
+        k (int or None): units to select; ``None`` together with ``fraction``.
         largest (bool, optional): select the largest keys instead of the
             smallest. Default: ``False``.
         exclude_masked (bool, optional): select only among units the existing
@@ -168,10 +183,18 @@ def kselect_(
             (``compute_mask`` semantics). Default: ``True``.
         packed (bool, optional): ``masks`` and ``out`` hold 1 bit per unit
             (bit ``i % 8`` of byte ``i // 8``). Default: ``False``.
+        fraction (float, optional): instead of ``k``, select
+            ``round(fraction * selectable units)`` (half to even, as Python's
+            ``round`` and torch's amounts). The compiled kernels count the
+            selectable units in their first pass over the data, so iterated
+            pruning needs no separate pass over the existing masks.
+            Default: ``None``.
 
     Raises:
         ValueError: lists of different lengths, ``k`` outside
-            ``[0, selectable units]``, a mask or output of the wrong size.
+            ``[0, selectable units]``, both or neither of ``k`` and
+            ``fraction``, ``fraction`` outside ``[0, 1]``, a mask or output of
+            the wrong size.
         TypeError: an unsupported dtype, or a packed mask that is not
             ``uint8`` (compiled ops).
         RuntimeError: tensors on different devices (compiled ops).
@@ -191,20 +214,26 @@ def kselect_(
         masks = list(masks)
     if type(out) is not list:
         out = list(out)
-    k = int(k)
+    if (k is None) == (fraction is None):
+        raise ValueError(f"kselect_: give exactly one of k and fraction, got k={k} and fraction={fraction}")
+    if fraction is not None:
+        fraction = float(fraction)
+        if not 0.0 <= fraction <= 1.0:  # also refuses NaN
+            raise ValueError(f"kselect_: fraction={fraction} must be between 0 and 1")
     if not scores:  # the dispatcher cannot pick a backend without a tensor
-        if k != 0:
+        if k is not None and int(k) != 0:
             raise ValueError(f"kselect_: k={k} must be between 0 and the number of selectable units (0)")
         return
+    k = -1 if k is None else int(k)
     largest, exclude_masked, packed = bool(largest), bool(exclude_masked), bool(packed)
     if (
         _DIRECT is not None
         and -_INT64_MAX <= k <= _INT64_MAX
         and not _is_compiling()
-        and _DIRECT.kselect_direct(scores, masks, out, k, largest, exclude_masked, packed)
+        and _DIRECT.kselect_direct(scores, masks, out, k, largest, exclude_masked, packed, fraction)
     ):
         return
-    torch.ops.fastprune.kselect_(scores, masks, out, k, largest, exclude_masked, packed)
+    torch.ops.fastprune.kselect_(scores, masks, out, k, largest, exclude_masked, packed, fraction)
 
 
 def kselect(
@@ -215,6 +244,7 @@ def kselect(
     exclude_masked: bool = True,
     packed: bool = False,
     dtypes: Optional[Sequence[torch.dtype]] = None,
+    fraction: Optional[float] = None,
 ) -> List[Tensor]:
     """Functional :func:`kselect_`: returns one new keep-mask per score tensor.
 
@@ -225,6 +255,8 @@ def kselect(
         scores, masks, k, largest, exclude_masked, packed: as in :func:`kselect_`.
         dtypes (sequence of torch.dtype, optional): dtype of each output when
             not ``packed``. Default: the scores' dtypes.
+        fraction (float, optional): as in :func:`kselect_` (then ``k`` is
+            ignored). Default: ``None``.
 
     Returns:
         list of Tensor: the keep-masks (1 = kept, 0 = selected or masked).
@@ -239,7 +271,7 @@ def kselect(
     """
     scores = list(scores)
     outs = reference.allocate_masks(scores, packed, dtypes)
-    kselect_(scores, masks, outs, k, largest, exclude_masked, packed)
+    kselect_(scores, masks, outs, None if fraction is not None else k, largest, exclude_masked, packed, fraction)
     return outs
 
 
@@ -266,7 +298,7 @@ def mask_mul(input: Tensor, mask: Tensor) -> Tensor:
         x = torch.tensor([1.0, 2.0, 3.0])
         assert prune.ops.mask_mul(x, torch.tensor([True, False, True])).tolist() == [1.0, 0.0, 3.0]
     """
-    return torch.ops.fastprune.mask_mul(input, mask)
+    return _MASK_MUL(input, mask)
 
 
 def _call_on_pairs(name: str, inputs, others, other_name: str, direct=None) -> None:

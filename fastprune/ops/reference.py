@@ -122,6 +122,7 @@ def kselect_(
     largest: bool,
     exclude_masked: bool,
     packed: bool,
+    fraction: Optional[float] = None,
 ) -> None:
     """Select exactly ``k`` units across ``scores`` and write keep-masks to ``out``.
 
@@ -136,7 +137,15 @@ def kselect_(
     ``out[i]`` receives ``existing_keep AND NOT selected`` as 0/1 in its own dtype
     (same shape as ``scores[i]``), or packed bits when ``packed`` (then ``masks``
     are packed too). ``out[i]`` may alias ``masks[i]``.
+
+    With ``fraction`` (then ``k`` must be -1), ``k = round(fraction * c)`` for
+    ``c`` the number of selectable units (round half to even, Python's ``round``).
     """
+    if fraction is not None:
+        if k != -1:
+            raise ValueError(f"kselect_: k={k} must be -1 when fraction is given")
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"kselect_: fraction={fraction} must be between 0 and 1")
     if len(masks) != len(scores) or len(out) != len(scores):
         raise ValueError("kselect_: scores, masks and out must have the same length")
     device = scores[0].device if len(scores) else torch.device("cpu")
@@ -151,6 +160,8 @@ def kselect_(
         allk = torch.zeros(0, dtype=torch.float64, device=device)
         alle = torch.zeros(0, dtype=torch.bool, device=device)
     candidates = alle.nonzero().reshape(-1) if exclude_masked else torch.arange(allk.numel(), device=device)
+    if fraction is not None:
+        k = round(fraction * candidates.numel())
     if k < 0 or k > candidates.numel():
         raise ValueError(
             f"kselect_: k={k} must be between 0 and the number of selectable units ({candidates.numel()})"

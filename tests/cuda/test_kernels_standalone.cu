@@ -241,6 +241,7 @@ struct KCase {
   std::vector<bool> has_mask;
   std::vector<int32_t> out_dtypes;
   int64_t k = 0;
+  double fraction = -1.0;  // >= 0: select nearbyint(fraction * selectable) instead of k
   bool largest = false;
   bool exclude_masked = true;
   bool packed = false;
@@ -301,7 +302,9 @@ std::vector<std::vector<uint8_t>> reference_kselect(const KCase& c, int64_t* sel
     std::stable_sort(cand.begin(), cand.end(), less);
   }
   std::vector<uint8_t> keep = elig;
-  for (int64_t j = 0; j < c.k && j < static_cast<int64_t>(cand.size()); ++j) keep[cand[j]] = 0;
+  const int64_t k =
+      c.fraction >= 0.0 ? static_cast<int64_t>(std::nearbyint(c.fraction * static_cast<double>(cand.size()))) : c.k;
+  for (int64_t j = 0; j < k && j < static_cast<int64_t>(cand.size()); ++j) keep[cand[j]] = 0;
   std::vector<std::vector<uint8_t>> out;
   int64_t off = 0;
   for (const auto& s : c.scores) {
@@ -354,7 +357,15 @@ void run_kselect_case(const KCase& c, bool expect_out_of_range = false) {
   cudaStream_t stream;
   CUDA_OK(cudaStreamCreate(&stream));
   const int64_t known = (!c.exclude_masked || !any_mask) ? total : -1;
-  const KSelectStatus st = kselect_cuda(desc.data(), n, c.k, c.largest, c.exclude_masked, c.packed, known, ws, bytes, stream);
+  // As the torch wrapper: a fraction is resolved on the host when every unit is selectable.
+  int64_t k = c.k;
+  double fraction = c.fraction;
+  if (fraction >= 0.0) {
+    k = known >= 0 ? static_cast<int64_t>(std::nearbyint(fraction * static_cast<double>(known))) : -1;
+    if (known >= 0) fraction = -1.0;
+  }
+  const KSelectStatus st =
+      kselect_cuda(desc.data(), n, k, fraction, c.largest, c.exclude_masked, c.packed, known, ws, bytes, stream);
   CUDA_OK(st.error);
   CUDA_OK(cudaStreamSynchronize(stream));
   CUDA_OK(cudaStreamDestroy(stream));
@@ -487,6 +498,20 @@ void test_kselect() {
   // exclude_masked = false: masks only combine.
   run_kselect_case(make_kcase("kselect exclude_masked=false", {kFloat}, edge, 30, true, 0.5, false, kFloat, false, false));
   run_kselect_case(make_kcase("kselect exclude_masked=false packed", {kBFloat16}, edge, 30, true, 0.5, false, kUInt8, false, true));
+  // k as a fraction of the selectable units, counted by the first histogram pass.
+  for (double frac : {0.0, 0.3, 0.5, 1.0}) {
+    KCase f = make_kcase("kselect fraction " + std::to_string(frac) + ", float masks", {kFloat}, edge, 30, true, 0.5,
+                         false, kFloat, true, false);
+    f.fraction = frac;
+    run_kselect_case(f);
+    KCase p = make_kcase("kselect fraction " + std::to_string(frac) + ", packed", {kHalf}, edge, 30, true, 0.5, true,
+                         kUInt8, true, true);
+    p.fraction = frac;
+    run_kselect_case(p);
+  }
+  KCase fn = make_kcase("kselect fraction, no masks", {kBFloat16}, edge, 30, false, 0.5, false, -1, true, false);
+  fn.fraction = 0.25;
+  run_kselect_case(fn);
   // k = 0 and k = everything.
   run_kselect_case(make_kcase("kselect k=0", {kFloat}, edge, 30, true, 0.0, false, kBool, true, false));
   run_kselect_case(make_kcase("kselect k=all", {kFloat}, edge, 30, true, 1.0, false, kBool, true, false));
