@@ -586,3 +586,46 @@ def test_embeddings_bad_input(make, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         llm.prune(model, calib(), method="magnitude", progress=False, **kwargs)
     assert_snapshot_equal(before, module_snapshot(model))
+
+
+def test_owl_equals_transcription(one_thread):
+    """OWL end to end against the paper's procedure written out in plain torch: a
+    pass over the dense model (each block fed the dense outputs of the one
+    before) scoring every weight with Wanda's metric; per block the fraction of
+    the block's scores above M times their mean; those ratios scaled to
+    [0, 2 lambda] and shifted so that the densities average 1 - s; then Wanda,
+    block by block, at each block's sparsity."""
+    lam, m_out, s = 0.08, 5.0, 0.7
+    model = tiny_llama(num_hidden_layers=4)
+    ref = clone(model)
+    ids = calib(8)
+
+    # The dense pass: the "pruning" step only records each layer's Wanda metric,
+    # so every block is fed the dense outputs of the one before.
+    owner = {id(mm): i for i, b in enumerate(ref.model.layers) for mm in b.modules()}
+    metrics = {}
+
+    def record(m, xs):
+        sumsq = sum((x.float() * x.float()).sum(dim=0) for x in xs)
+        metrics.setdefault(owner[id(m)], []).append((m.weight.abs().float() * sumsq.sqrt().reshape(1, -1)).flatten())
+
+    sequential_reference(ref, ids, record)
+    ratios = []
+    for i in range(len(ref.model.layers)):
+        metric = torch.cat(metrics[i])
+        ratios.append(float((metric > m_out * metric.mean()).sum()) / metric.numel())
+    assert len(set(ratios)) == len(ratios) and min(ratios) > 0  # a real spread to scale
+    r = torch.tensor(ratios, dtype=torch.float64)
+    r = (r - r.min()) * (1 / (r.max() - r.min()) * lam * 2)
+    expected = (1 - (r - r.mean() + (1 - s))).tolist()
+
+    report = llm.prune(model, ids, method="wanda", sparsity=s, layer_sparsity="owl", owl_lambda=lam, owl_m=m_out,
+                       progress=False)
+    got = [b.target for b in report.blocks]
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert sum(got) / len(got) == pytest.approx(s, abs=1e-12)
+
+    # And the pruning that follows is Wanda at those per-block sparsities.
+    sequential_reference(ref, ids, lambda m, xs: wanda_reference(expected[owner[id(m)]])(m, xs))
+    for (name, a), (_, b) in zip(linears(model), linears(ref)):
+        assert torch.equal(a.weight, b.weight), name
