@@ -65,8 +65,8 @@ def build_model(args, device="cpu"):
 # ----------------------------------------------------------------------------
 
 
-def plain_prune(model, ids, method, sparsity, nm):
-    layers = model.model.layers
+def plain_prune(model, ids, method, sparsity, nm, nblocks):
+    layers = model.model.layers[:nblocks]
     if method == "magnitude":
         with torch.no_grad():
             for block in layers:
@@ -147,6 +147,7 @@ def worker(spec):
     ids = torch.randint(0, args.vocab, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(1))
     import fastprune.llm as llm  # imported (by both) before the memory baseline and the clock
 
+    nblocks = spec["prune_blocks"] or args.layers
     base = rss_mb()
     load_before = os.getloadavg()[0]
     nm = tuple(spec["nm"]) if spec["nm"] else None
@@ -154,9 +155,10 @@ def worker(spec):
     t0 = time.perf_counter()
     if spec["impl"] == "fastprune":
         llm.prune(model, None if spec["method"] == "magnitude" else ids, method=spec["method"],
-                  sparsity=spec["sparsity"], pattern=pattern, progress=False, measure_errors=False)
+                  sparsity=spec["sparsity"], pattern=pattern, progress=False, measure_errors=False,
+                  blocks=list(model.model.layers[:nblocks]))
     else:
-        plain_prune(model, ids, spec["method"], spec["sparsity"], nm)
+        plain_prune(model, ids, spec["method"], spec["sparsity"], nm, nblocks)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # The zero pattern, one bit per weight (a 1B model's as bools would be another 0.7 GB per process).
@@ -185,6 +187,8 @@ def main():
     p.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"])
     p.add_argument("--patterns", nargs="+", default=["unstructured", "2:4"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prune-blocks", type=int, default=None,
+                   help="prune only the first N blocks (both implementations), to time the slow methods per block")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -195,7 +199,8 @@ def main():
                                                 "nsamples", "seqlen")}
     nparams = build_model(argparse.Namespace(**model_args), device="meta").num_parameters()
     print(f"Llama-shaped model, {nparams / 1e6:.0f}M parameters, calibration {args.nsamples} x {args.seqlen}; "
-          f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
+          f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+          + (f"; first {args.prune_blocks} of {args.layers} blocks pruned" if args.prune_blocks else ""),
           flush=True)
     rows = []
     tmp = os.path.join(os.path.expanduser("~"), ".cache", "fastprune")
@@ -206,7 +211,8 @@ def main():
             res = {}
             for impl in ("fastprune", "plain"):
                 spec = {"impl": impl, "method": method, "sparsity": 0.5, "nm": nm, "threads": args.threads,
-                        "model": model_args, "digest": os.path.join(tmp, f"bench_llm_{impl}.npy")}
+                        "model": model_args, "prune_blocks": args.prune_blocks,
+                        "digest": os.path.join(tmp, f"bench_llm_{impl}.npy")}
                 path = os.path.join(tmp, "bench_llm_spec.json")
                 with open(path, "w") as fh:
                     json.dump(spec, fh)
