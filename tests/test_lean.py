@@ -421,3 +421,19 @@ def test_random_split_is_exact_and_unbiased():
         assert max(0, draws_ - 10**9) <= v <= min(draws_, 3 * 10**9)
     v = _hypergeometric(3 * 10**9, 10**9, 2 * 10**9, rng)
     assert abs(v - 1.5 * 10**9) < 10**6
+
+
+def test_from_masks_packed_without_copy():
+    lin = nn.Linear(5, 3)  # 15 units: the second byte has padding bits
+    keep = torch.rand(3, 5) < 0.5
+    mine = pack_mask(keep)
+    mine[-1] |= 0x80  # a stray padding bit, cleared in place when not copied
+    before = mine.clone()
+    ms = MaskSet.from_masks([(lin, "weight")], [mine], packed=True, copy=False)
+    assert ms.masks[0].data_ptr() == mine.data_ptr() and int(mine[-1]) & 0x80 == 0
+    assert torch.equal(unpack_mask(mine, 15).reshape(3, 5), keep)
+    other = nn.Linear(5, 3)
+    ms2 = MaskSet.from_masks([(other, "weight")], [before], packed=True)
+    assert ms2.masks[0].data_ptr() != before.data_ptr() and int(before[-1]) & 0x80  # copied, untouched
+    with pytest.raises(TypeError, match="copy"):
+        MaskSet.from_masks([(nn.Linear(5, 3), "weight")], [pack_mask(keep)], packed=True, copy=1)

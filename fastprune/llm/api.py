@@ -585,7 +585,8 @@ def prune(
                 bar.set_postfix(block_s=f"{seconds:.2f}")
         prune_outside(head)
         if mode == "inplace":
-            report.masks = MaskSet.from_masks(pairs, masks_out, labels=labels, packed=True)
+            # The slices of the store become the MaskSet's storage: the masks are never held twice.
+            report.masks = MaskSet.from_masks(pairs, masks_out, labels=labels, packed=True, copy=False)
             del masks_out, store
     report.seconds = time.perf_counter() - start
     return report
