@@ -402,6 +402,7 @@ class MaskSet:
         *,
         labels: Optional[Sequence[str]] = None,
         packed: bool = False,
+        copy: bool = True,
     ) -> "MaskSet":
         """Prune in place with given keep-masks and return their :class:`MaskSet`.
 
@@ -415,6 +416,11 @@ class MaskSet:
                 ``uint8`` masks (the format of :attr:`masks`).
             labels: optional names for :attr:`names` (e.g. qualified names).
             packed: the masks are already packed.
+            copy: with ``packed=True``, False makes the given tensors the
+                MaskSet's own storage instead of copying them (their padding
+                bits are cleared in place); the caller must not reuse them.
+                For callers that built the packed masks for this purpose,
+                so that they are not held twice.
 
         Returns:
             a :class:`MaskSet`; the weights are zeroed where the masks are 0. A
@@ -435,6 +441,8 @@ class MaskSet:
             ms = fastprune.MaskSet.from_masks([(lin, "weight")], [keep])
             assert bool((lin.weight[~keep] == 0).all())
         """
+        if not isinstance(copy, bool):
+            raise TypeError(f"copy must be a bool, got {type(copy).__name__}")
         targets = resolve_targets(
             parameters, fn="MaskSet.from_masks", reparametrized=REFUSE, data=True, unique_tensors=True
         )
@@ -461,7 +469,7 @@ class MaskSet:
             if mask.device != t.param.device:
                 raise ValueError(f"masks ({t.label}) is on {mask.device}, the parameter on {t.param.device}")
         cells = _existing_cells(targets)
-        bits = [m.clone() if packed else ops.pack_mask(m) for m in masks]
+        bits = [(m.clone() if copy else m) if packed else ops.pack_mask(m) for m in masks]
         for i, (t, cell) in enumerate(zip(targets, cells)):
             _clear_padding(bits[i], t.param.numel())
             if cell is not None:

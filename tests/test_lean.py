@@ -487,3 +487,19 @@ def test_rand_stream_in_chunks_is_one_draw(dtype):
     assert torch.equal(gen.get_state(), after)
     torch.manual_seed(9)  # rand_like on a tensor draws the same stream in row-major order
     assert torch.equal(torch.rand_like(torch.empty(n, dtype=dtype)), whole)
+
+
+def test_from_masks_packed_without_copy():
+    lin = nn.Linear(5, 3)  # 15 units: the second byte has padding bits
+    keep = torch.rand(3, 5) < 0.5
+    mine = pack_mask(keep)
+    mine[-1] |= 0x80  # a stray padding bit, cleared in place when not copied
+    before = mine.clone()
+    ms = MaskSet.from_masks([(lin, "weight")], [mine], packed=True, copy=False)
+    assert ms.masks[0].data_ptr() == mine.data_ptr() and int(mine[-1]) & 0x80 == 0
+    assert torch.equal(unpack_mask(mine, 15).reshape(3, 5), keep)
+    other = nn.Linear(5, 3)
+    ms2 = MaskSet.from_masks([(other, "weight")], [before], packed=True)
+    assert ms2.masks[0].data_ptr() != before.data_ptr() and int(before[-1]) & 0x80  # copied, untouched
+    with pytest.raises(TypeError, match="copy"):
+        MaskSet.from_masks([(nn.Linear(5, 3), "weight")], [pack_mask(keep)], packed=True, copy=1)

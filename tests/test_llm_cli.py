@@ -72,6 +72,18 @@ def test_cli_owl_and_sparsegpt(checkpoint, capsys):
     assert float((w == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
 
 
+def test_cli_prune_embeddings_and_head(checkpoint, capsys):
+    out = checkpoint / "outside"
+    code = main(["--model", str(checkpoint / "model"), "--method", "magnitude", "--sparsity", "0.5",
+                 "--prune-embeddings", "--prune-lm-head", "--output", str(out), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "model.embed_tokens" in text and "lm_head" in text
+    model = transformers.LlamaForCausalLM.from_pretrained(out)
+    for w in (model.model.embed_tokens.weight, model.lm_head.weight):
+        assert bool(((w == 0).sum(dim=1) == w.shape[1] // 2).all())
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [

@@ -443,3 +443,189 @@ def test_packing_matches_the_ops_format():
         assert torch.equal(_pack(keep), fastprune.ops.pack_mask(keep))
     keep = (torch.rand(5, 12) < 0.5).t()  # non-contiguous
     assert torch.equal(_pack(keep), fastprune.ops.pack_mask(keep))
+
+
+# ----------------------------------------------------------------------------
+# Embeddings and LM head: dense unless asked
+# ----------------------------------------------------------------------------
+
+
+def _outside(model):
+    return {"model.embed_tokens": model.model.embed_tokens, "lm_head": model.lm_head}
+
+
+def test_embeddings_and_head_dense_by_default(one_thread):
+    model = tiny_llama()
+    before = {k: m.weight.detach().clone() for k, m in _outside(model).items()}
+    report = llm.prune(model, calib(), method="wanda", progress=False)
+    for k, m in _outside(model).items():
+        assert torch.equal(m.weight, before[k]), k
+    assert all(l.block is not None for l in report.layers)
+    assert not any(n.startswith(("model.embed_tokens", "lm_head")) for n in report.masks.names)
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_embeddings_and_head_when_asked(one_thread, pattern):
+    model = tiny_llama()
+    ref = clone(model)
+    ids = calib()
+    report = llm.prune(model, ids, method="wanda", sparsity=0.5, pattern=pattern, progress=False,
+                       prune_embeddings=True, prune_lm_head=True)
+    nm = llm.parse_pattern(pattern)
+
+    def magnitude(w):
+        return keep_nm(w.abs(), *nm) if nm else keep_smallest_pruned_per_row(w.abs(), w.shape[1] // 2)
+
+    # The transcription: embeddings by magnitude per row first, then the blocks on
+    # the pruned embeddings, then the head.
+    with torch.no_grad():
+        ref.model.embed_tokens.weight.mul_(magnitude(ref.model.embed_tokens.weight))
+        sequential_reference(ref, ids, wanda_reference(0.5, nm))
+        keep_head = magnitude(ref.lm_head.weight)
+        ref.lm_head.weight.mul_(keep_head)
+    for (name, m), (_, r) in zip(linears(model), linears(ref)):
+        assert torch.equal(m.weight, r.weight), name
+    for name, m in _outside(model).items():
+        r = _outside(ref)[name]
+        assert torch.equal(m.weight, r.weight), name
+        per_row = (m.weight == 0).sum(dim=1)
+        assert bool((per_row == m.weight.shape[1] // 2).all()), name
+        if nm:
+            assert bool(((m.weight == 0).reshape(-1, 4).sum(dim=1) == 2).all()), name
+        assert torch.equal(report.masks.mask(name + ".weight").reshape(m.weight.shape), m.weight != 0)
+    names = report.masks.names
+    assert names[0] == "model.embed_tokens.weight" and names[-1] == "lm_head.weight"
+    outside = [l for l in report.layers if l.block is None]
+    assert [l.name for l in outside] == ["model.embed_tokens", "lm_head"]
+    assert all(l.sparsity == 0.5 for l in outside)
+    assert "lm_head" in report.table()
+
+
+def test_embeddings_and_head_reparam(one_thread):
+    model = tiny_llama()
+    dense = clone(model)
+    inplace = clone(model)
+    ids = calib()
+    report = llm.prune(inplace, ids, method="magnitude", sparsity=0.25, progress=False,
+                       prune_embeddings=True, prune_lm_head=True)
+    llm.prune(model, ids, method="magnitude", sparsity=0.25, mode="reparam", progress=False,
+              prune_embeddings=True, prune_lm_head=True,
+              layer_sparsity={"lm_head": 0.25})
+    for name, m in _outside(model).items():
+        assert torch_prune.is_pruned(m) and hasattr(m, "weight_mask"), name
+        assert torch.equal(m.weight_orig, _outside(dense)[name].weight), name
+        assert torch.equal(m.weight_mask.bool(), report.masks.mask(name + ".weight").reshape(m.weight.shape))
+        fastprune.remove(m, "weight")
+        assert torch.equal(m.weight, _outside(inplace)[name].weight), name
+
+
+def test_embeddings_sparsity_by_name(one_thread):
+    model = tiny_llama()
+    report = llm.prune(model, None, method="magnitude", sparsity=0.5, progress=False, prune_embeddings=True,
+                       layer_sparsity={"model.embed_tokens": 0.75})
+    got = {l.name: l.sparsity for l in report.layers}
+    assert got["model.embed_tokens"] == 0.75 and got["model.layers.0.mlp.up_proj"] == 0.5
+    assert torch.equal(model.lm_head.weight != 0, torch.ones_like(model.lm_head.weight, dtype=torch.bool))
+
+
+def test_tied_embeddings(one_thread):
+    model = tiny_llama(tie_word_embeddings=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    for flag in ("prune_lm_head", "prune_embeddings"):
+        before = module_snapshot(model)
+        with pytest.raises(ValueError, match=f"{flag}: .*tied"):
+            llm.prune(model, None, method="magnitude", progress=False, **{flag: True})
+        assert_snapshot_equal(before, module_snapshot(model))
+    report = llm.prune(model, None, method="magnitude", progress=False, prune_embeddings=True, prune_lm_head=True)
+    assert [l.name for l in report.layers if l.block is None] == ["model.embed_tokens"]
+    assert float((model.lm_head.weight == 0).float().mean()) == 0.5
+
+
+class BlocksOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 8)
+        self.layers = nn.ModuleList([nn.Linear(8, 8) for _ in range(2)])
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class WideEmbeddings(BlocksOnly):
+    """Embeddings of width 12 projected to the blocks' 8: 8:8-friendly blocks, not the embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 12)
+        self.proj = nn.Linear(12, 8)
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, ids):
+        return self.layers[1](self.layers[0](self.proj(self.emb(ids))))
+
+
+@pytest.mark.parametrize(
+    "make,kwargs,exc,match",
+    [
+        (tiny_llama, dict(prune_embeddings=1), TypeError, "prune_embeddings"),
+        (tiny_llama, dict(prune_lm_head="yes"), TypeError, "prune_lm_head"),
+        (WideEmbeddings, dict(prune_embeddings=True, pattern="4:8", sparsity=0.5), ValueError,
+         "does not divide the input dimension 12 of emb"),
+        (BlocksOnly, dict(prune_embeddings=True), ValueError, "prune_embeddings"),
+        (BlocksOnly, dict(prune_lm_head=True), ValueError, "prune_lm_head"),
+    ],
+)
+def test_embeddings_bad_input(make, kwargs, exc, match):
+    model = make()
+    before = module_snapshot(model)
+    with pytest.raises(exc, match=match):
+        llm.prune(model, calib(), method="magnitude", progress=False, **kwargs)
+    assert_snapshot_equal(before, module_snapshot(model))
+
+
+def test_owl_equals_transcription(one_thread):
+    """OWL end to end against the paper's procedure written out in plain torch: a
+    pass over the dense model (each block fed the dense outputs of the one
+    before) scoring every weight with Wanda's metric; per block the fraction of
+    the block's scores above M times their mean; those ratios scaled to
+    [0, 2 lambda] and shifted so that the densities average 1 - s; then Wanda,
+    block by block, at each block's sparsity."""
+    lam, m_out, s = 0.08, 5.0, 0.7
+    model = tiny_llama(num_hidden_layers=4)
+    ref = clone(model)
+    ids = calib(8)
+
+    # The dense pass: the "pruning" step only records each layer's Wanda metric,
+    # so every block is fed the dense outputs of the one before.
+    owner = {id(mm): i for i, b in enumerate(ref.model.layers) for mm in b.modules()}
+    metrics = {}
+
+    def record(m, xs):
+        sumsq = sum((x.float() * x.float()).sum(dim=0) for x in xs)
+        metrics.setdefault(owner[id(m)], []).append((m.weight.abs().float() * sumsq.sqrt().reshape(1, -1)).flatten())
+
+    sequential_reference(ref, ids, record)
+    ratios = []
+    for i in range(len(ref.model.layers)):
+        metric = torch.cat(metrics[i])
+        ratios.append(float((metric > m_out * metric.mean()).sum()) / metric.numel())
+    assert len(set(ratios)) == len(ratios) and min(ratios) > 0  # a real spread to scale
+    r = torch.tensor(ratios, dtype=torch.float64)
+    r = (r - r.min()) * (1 / (r.max() - r.min()) * lam * 2)
+    expected = (1 - (r - r.mean() + (1 - s))).tolist()
+
+    report = llm.prune(model, ids, method="wanda", sparsity=s, layer_sparsity="owl", owl_lambda=lam, owl_m=m_out,
+                       progress=False)
+    got = [b.target for b in report.blocks]
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert sum(got) / len(got) == pytest.approx(s, abs=1e-12)
+
+    # And the pruning that follows is Wanda at those per-block sparsities.
+    sequential_reference(ref, ids, lambda m, xs: wanda_reference(expected[owner[id(m)]])(m, xs))
+    for (name, a), (_, b) in zip(linears(model), linears(ref)):
+        assert torch.equal(a.weight, b.weight), name

@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for the pruned model")
     p.add_argument("--device", default=None, help="device each block is pruned on (default: where the model is)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="load the model in this dtype")
+    p.add_argument("--prune-embeddings", action="store_true",
+                   help="prune the input embeddings too (by magnitude per row; dense by default)")
+    p.add_argument("--prune-lm-head", action="store_true",
+                   help="prune the LM head too (by magnitude per row; dense by default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -109,7 +113,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             report = prune(model, calibration, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
                            layer_sparsity=args.layer_sparsity, device=args.device,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, prune_embeddings=args.prune_embeddings,
+                           prune_lm_head=args.prune_lm_head)
         except (TypeError, ValueError, IndexError) as e:
             raise _UsageError(str(e))
         if report.masks is not None:

@@ -13,7 +13,7 @@ class LayerReport:
 
     Attributes:
         name: qualified module name.
-        block: index of its block.
+        block: index of its block; None for the input embeddings and the LM head.
         shape: ``(out_features, in_features)``.
         sparsity: fraction of its weights pruned.
         error: relative reconstruction error ``||W x - W' x||^2 / ||W x||^2``
@@ -22,7 +22,7 @@ class LayerReport:
     """
 
     name: str
-    block: int
+    block: Optional[int]
     shape: tuple
     sparsity: float
     error: float

@@ -35,7 +35,9 @@ class InputNorms:
 
 def wanda_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     """``S_ij = |W_ij| * ||X_j||_2`` for ``weight`` ``[out, in]`` and ``norms`` ``[in]``."""
-    return weight.abs().to(norms.dtype) * norms.reshape(1, -1)
+    # abs() always makes a new tensor, so the product can go into it: one
+    # weight-sized temporary per layer instead of two.
+    return weight.abs().to(norms.dtype).mul_(norms.reshape(1, -1))
 
 
 def wanda_mask(weight: torch.Tensor, norms: torch.Tensor, sparsity: float,
