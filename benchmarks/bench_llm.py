@@ -1,7 +1,8 @@
 """Time and peak memory of fastprune.llm.prune next to a plain-torch implementation.
 
-The plain implementation is what the research scripts do, written here in
-straightforward torch: the same block-by-block walk with hooks, masks chosen
+The plain implementation is what the research scripts do, in straightforward
+torch (``fastprune/llm/reference.py``, also the tests' oracle): the same
+block-by-block walk with hooks, masks chosen
 with ``torch.sort`` per row (magnitude, Wanda), SparseGPT's loop with a sorted
 threshold per column block and ``torch.topk`` per N:M group. Both run in the
 same invocation on the same random-init Llama-shaped model, each in a fresh
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastprune.llm.reference import keep_nm, keep_smallest_pruned_per_row, sparsegpt_weights
+from fastprune.llm import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,65 +67,16 @@ def build_model(args, device="cpu"):
 
 
 def plain_prune(model, ids, method, sparsity, nm, nblocks):
-    layers = model.model.layers[:nblocks]
     if method == "magnitude":
         with torch.no_grad():
-            for block in layers:
+            for block in model.model.layers[:nblocks]:
                 for m in block.modules():
                     if isinstance(m, nn.Linear):
-                        keep = plain_select(m.weight.abs(), sparsity, nm)
-                        m.weight[~keep] = 0
-        return
-    captured = []
-
-    def catch(module, a, kw):
-        captured.append((a, kw))
-        raise RuntimeError("caught")
-
-    h = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
-    with torch.no_grad():
-        try:
-            model(ids, use_cache=False)
-        except RuntimeError:
-            pass
-    h.remove()
-    (args, kwargs), = captured
-    hidden = args[0]
-    with torch.no_grad():
-        for block in layers:
-            stats, handles = {}, []
-            for m in block.modules():
-                if isinstance(m, nn.Linear):
-                    if method == "wanda":
-                        stats[m] = torch.zeros(m.in_features)
-                    else:
-                        stats[m] = [torch.zeros(m.in_features, m.in_features), 0]
-
-                    def hook(mod, a, out):
-                        x = a[0].reshape(-1, a[0].shape[-1]).float()
-                        if method == "wanda":
-                            stats[mod] += (x * x).sum(dim=0)
-                        else:
-                            stats[mod][0] += x.t() @ x
-                            stats[mod][1] += x.shape[0]
-                    handles.append(m.register_forward_hook(hook))
-            block(hidden, *args[1:], **kwargs)
-            for h in handles:
-                h.remove()
-            for m, st in stats.items():
-                if method == "wanda":
-                    keep = plain_select(m.weight.abs().float() * st.sqrt().reshape(1, -1), sparsity, nm)
-                    m.weight[~keep] = 0
-                else:
-                    m.weight.copy_(sparsegpt_weights(m.weight, st[0] * (2 / st[1]), sparsity, nm))
-            out = block(hidden, *args[1:], **kwargs)
-            hidden = out[0] if isinstance(out, tuple) else out
-
-
-def plain_select(score, sparsity, nm):
-    if nm:
-        return keep_nm(score, *nm)
-    return keep_smallest_pruned_per_row(score, round(score.shape[1] * sparsity))
+                        m.weight[~reference.keep_pruned(m.weight.abs(), sparsity, nm)] = 0
+    elif method == "wanda":
+        reference.prune_block_by_block(model, ids, "norms", reference.wanda_layer(sparsity, nm), nblocks)
+    else:
+        reference.prune_block_by_block(model, ids, "hessian", reference.sparsegpt_layer(sparsity, nm), nblocks)
 
 
 # ----------------------------------------------------------------------------

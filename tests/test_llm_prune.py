@@ -8,7 +8,13 @@ from torch import nn
 
 import fastprune
 import fastprune.llm as llm
-from fastprune.llm.reference import keep_nm, keep_smallest_pruned_per_row, sparsegpt_weights
+from fastprune.llm.reference import (
+    keep_nm,
+    keep_smallest_pruned_per_row,
+    prune_block_by_block,
+    sparsegpt_layer,
+    wanda_layer,
+)
 from helpers import assert_snapshot_equal, module_snapshot
 
 transformers = pytest.importorskip("transformers")
@@ -43,70 +49,6 @@ def linears(model):
 # ----------------------------------------------------------------------------
 
 
-def sequential_reference(model, ids, prune_layer):
-    """Block by block as the Wanda and SparseGPT reference scripts do: capture the
-    first layer's inputs, per block collect every linear layer's inputs with hooks on
-    the dense block, prune each layer, recompute the block's outputs."""
-    layers = model.model.layers
-    captured = []
-
-    def catch(module, args, kwargs):
-        captured.append((args, kwargs))
-        raise RuntimeError("caught")
-
-    h = layers[0].register_forward_pre_hook(catch, with_kwargs=True)
-    with torch.no_grad():
-        try:
-            model(ids, use_cache=False)
-        except RuntimeError:
-            pass
-    h.remove()
-    (args, kwargs), = captured
-    hidden = args[0]
-    for block in layers:
-        inputs = {}
-        handles = []
-        for name, m in block.named_modules():
-            if isinstance(m, nn.Linear):
-                def hook(mod, a, out, name=name):
-                    inputs.setdefault(name, []).append(a[0].reshape(-1, a[0].shape[-1]))
-                handles.append(m.register_forward_hook(hook))
-        with torch.no_grad():
-            block(hidden, *args[1:], **kwargs)
-        for h in handles:
-            h.remove()
-        with torch.no_grad():
-            for name, m in block.named_modules():
-                if isinstance(m, nn.Linear):
-                    prune_layer(m, inputs[name])
-            out = block(hidden, *args[1:], **kwargs)
-        hidden = out[0] if isinstance(out, tuple) else out
-
-
-def wanda_reference(sparsity, nm=None):
-    def prune_layer(m, xs):
-        # ||X_j||_2 over every calibration token, accumulated batch by batch.
-        sumsq = torch.zeros(m.in_features, dtype=torch.float32)
-        for x in xs:
-            sumsq += (x.float() * x.float()).sum(dim=0)
-        metric = m.weight.abs().float() * sumsq.sqrt().reshape(1, -1)
-        if nm:
-            keep = keep_nm(metric, *nm)
-        else:
-            keep = keep_smallest_pruned_per_row(metric, round(m.in_features * sparsity))
-        m.weight[~keep] = 0
-    return prune_layer
-
-
-def sparsegpt_reference(sparsity, nm=None, blocksize=128, percdamp=0.01):
-    """SparseGPT's algorithm 1 with lazy batch updates, exactly k pruned per column block."""
-    def prune_layer(m, xs):
-        X = torch.cat(xs).float()
-        H = 2 * X.t() @ X / X.shape[0]
-        m.weight.data = sparsegpt_weights(m.weight.data, H, sparsity, nm, blocksize, percdamp)
-    return prune_layer
-
-
 # ----------------------------------------------------------------------------
 # Against the transcriptions
 # ----------------------------------------------------------------------------
@@ -131,7 +73,7 @@ def test_wanda_equals_transcription(one_thread, pattern, sparsity):
     ref = clone(model)
     ids = calib()
     llm.prune(model, ids, method="wanda", sparsity=sparsity, pattern=pattern, progress=False)
-    sequential_reference(ref, ids, wanda_reference(sparsity, llm.parse_pattern(pattern)))
+    prune_block_by_block(ref, ids, "norms", wanda_layer(sparsity, llm.parse_pattern(pattern)))
     for (name, m), (_, r) in zip(linears(model), linears(ref)):
         assert torch.equal(m.weight == 0, r.weight == 0), name
         assert torch.equal(m.weight, r.weight), name
@@ -145,7 +87,7 @@ def test_sparsegpt_equals_transcription(one_thread, pattern):
     ids = calib()
     nm = llm.parse_pattern(pattern)
     llm.prune(model, ids, method="sparsegpt", sparsity=0.5, pattern=pattern, blocksize=16, progress=False)
-    sequential_reference(ref, ids, sparsegpt_reference(0.5, nm, blocksize=16))
+    prune_block_by_block(ref, ids, "hessian", sparsegpt_layer(0.5, nm, blocksize=16))
     for (name, m), (_, r) in zip(linears(model), linears(ref)):
         assert torch.equal(m.weight == 0, r.weight == 0), name
         torch.testing.assert_close(m.weight, r.weight, rtol=1e-4, atol=1e-5)
@@ -480,7 +422,7 @@ def test_embeddings_and_head_when_asked(one_thread, pattern):
     # the pruned embeddings, then the head.
     with torch.no_grad():
         ref.model.embed_tokens.weight.mul_(magnitude(ref.model.embed_tokens.weight))
-        sequential_reference(ref, ids, wanda_reference(0.5, nm))
+        prune_block_by_block(ref, ids, "norms", wanda_layer(0.5, nm))
         keep_head = magnitude(ref.lm_head.weight)
         ref.lm_head.weight.mul_(keep_head)
     for (name, m), (_, r) in zip(linears(model), linears(ref)):
@@ -605,11 +547,10 @@ def test_owl_equals_transcription(one_thread):
     owner = {id(mm): i for i, b in enumerate(ref.model.layers) for mm in b.modules()}
     metrics = {}
 
-    def record(m, xs):
-        sumsq = sum((x.float() * x.float()).sum(dim=0) for x in xs)
+    def record(m, sumsq):
         metrics.setdefault(owner[id(m)], []).append((m.weight.abs().float() * sumsq.sqrt().reshape(1, -1)).flatten())
 
-    sequential_reference(ref, ids, record)
+    prune_block_by_block(ref, ids, "norms", record)
     ratios = []
     for i in range(len(ref.model.layers)):
         metric = torch.cat(metrics[i])
@@ -626,6 +567,6 @@ def test_owl_equals_transcription(one_thread):
     assert sum(got) / len(got) == pytest.approx(s, abs=1e-12)
 
     # And the pruning that follows is Wanda at those per-block sparsities.
-    sequential_reference(ref, ids, lambda m, xs: wanda_reference(expected[owner[id(m)]])(m, xs))
+    prune_block_by_block(ref, ids, "norms", lambda m, sumsq: wanda_layer(expected[owner[id(m)]])(m, sumsq))
     for (name, a), (_, b) in zip(linears(model), linears(ref)):
         assert torch.equal(a.weight, b.weight), name
