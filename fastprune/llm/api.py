@@ -5,7 +5,7 @@ import inspect
 import math
 import numbers
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -285,20 +285,25 @@ class _TokenRows:
         return rows
 
 
-def _run_block_with(block, inputs, token_rows: _TokenRows) -> List:
-    outs = []
-    for i, (args, kwargs) in enumerate(inputs):
-        token_rows.current = i
-        out = block(*args, **kwargs)
-        hidden = out[0] if isinstance(out, (tuple, list)) else out
-        outs.append(_with_hidden(args, kwargs, hidden))
-    return outs
+def _run_block_with(block, inputs, token_rows: _TokenRows, hooks: Dict[nn.Module, Any]) -> List:
+    """The block's outputs over the calibration inputs, with forward ``hooks`` ({module: hook}) attached meanwhile."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    try:
+        outs = []
+        for i, (args, kwargs) in enumerate(inputs):
+            token_rows.current = i
+            out = block(*args, **kwargs)
+            hidden = out[0] if isinstance(out, (tuple, list)) else out
+            outs.append(_with_hidden(args, kwargs, hidden))
+        return outs
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _gather_stats(block, layers: List[_Layer], inputs, token_rows: _TokenRows, kind: str):
     """Forward the block over the calibration with hooks collecting each layer's statistic."""
-    stats = {}
-    handles = []
+    stats, hooks = {}, {}
     for l in layers:
         in_features = l.shape[1]
         dev = l.module.weight.device
@@ -307,19 +312,14 @@ def _gather_stats(block, layers: List[_Layer], inputs, token_rows: _TokenRows, k
         def hook(module, args, output, acc=stats[l.name]):
             acc.add(token_rows(args[0].detach()))
 
-        handles.append(l.module.register_forward_hook(hook))
-    try:
-        outs = _run_block_with(block, inputs, token_rows)
-    finally:
-        for h in handles:
-            h.remove()
-    return stats, outs
+        hooks[l.module] = hook
+    return stats, _run_block_with(block, inputs, token_rows, hooks)
 
 
 def _measure_errors(block, layers, dense, inputs, token_rows):
     """Forward the pruned block; each layer's relative output error against its dense weight."""
     sums = {l.name: [0.0, 0.0] for l in layers}
-    handles = []
+    hooks = {}
     for l in layers:
         def hook(module, args, output, l=l):
             x = token_rows(args[0].detach())
@@ -332,12 +332,8 @@ def _measure_errors(block, layers, dense, inputs, token_rows):
             sums[l.name][0] += float((diff * diff).sum())
             sums[l.name][1] += float((ref.float() * ref.float()).sum())
 
-        handles.append(l.module.register_forward_hook(hook))
-    try:
-        outs = _run_block_with(block, inputs, token_rows)
-    finally:
-        for h in handles:
-            h.remove()
+        hooks[l.module] = hook
+    outs = _run_block_with(block, inputs, token_rows, hooks)
     return {k: (a / b if b > 0 else (0.0 if a == 0 else math.inf)) for k, (a, b) in sums.items()}, outs
 
 
