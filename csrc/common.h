@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -125,5 +126,13 @@ inline std::vector<Chunk> make_chunks(const std::vector<int64_t>& numels, int64_
 }
 
 inline int64_t packed_numel(int64_t numel) { return (numel + 7) / 8; }
+
+// The ways the CPU kselect_ can select (csrc/README.md): directly (small
+// inputs), by the exact radix passes, by a sampled bracket, or by the radix
+// passes after a sampled bracket missed. kselect_cpu_path_counts() tells how
+// often each was taken in this process (fastprune._C.kselect_cpu_paths).
+enum class KSelectPath { kDirect, kRadix, kSampled, kSampledMissed };
+constexpr int kKSelectPaths = 4;
+std::array<int64_t, kKSelectPaths> kselect_cpu_path_counts();
 
 }  // namespace fastprune

@@ -20,6 +20,8 @@
 // functional tensors, backends) still applies; only __torch_function__ (a
 // subclass override or a TorchFunctionMode) is not handled here: they return
 // "not taken" for it, and the Python wrapper then calls torch.ops itself.
+#include "common.h"
+
 #include <torch/extension.h>
 #include <torch/version.h>
 #include <torch/csrc/Exceptions.h>
@@ -167,6 +169,16 @@ pybind11::object channel_norms_direct(const pybind11::handle& t, int64_t dim, do
   END_HANDLE_TH_ERRORS_PYBIND
 }
 
+pybind11::dict kselect_cpu_paths() {
+  const auto c = fastprune::kselect_cpu_path_counts();
+  pybind11::dict d;
+  d["direct"] = c[static_cast<int>(fastprune::KSelectPath::kDirect)];
+  d["radix"] = c[static_cast<int>(fastprune::KSelectPath::kRadix)];
+  d["sampled"] = c[static_cast<int>(fastprune::KSelectPath::kSampled)];
+  d["sampled_missed"] = c[static_cast<int>(fastprune::KSelectPath::kSampledMissed)];
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -180,6 +192,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("mask_mul__direct", &mask_mul__direct,
         "torch.ops.fastprune.mask_mul_ through the C++ dispatcher; False (nothing done) when an argument is not "
         "a plain tensor or a TorchFunctionMode is active.");
+  m.def("kselect_cpu_paths", &kselect_cpu_paths,
+        "How many CPU kselect_ calls of this process took each path: direct, radix, sampled (one pass over a "
+        "sampled bracket), sampled_missed (the bracket missed; radix after it).");
   m.def("channel_norms_direct", &channel_norms_direct,
         "torch.ops.fastprune.channel_norms through the C++ dispatcher; None when t is not a plain tensor or a "
         "TorchFunctionMode is active.");

@@ -127,15 +127,26 @@ def assert_masks_equal(got, want, context):
 
 # ----------------------------------------------------------------------------- kselect_
 
-# The CPU kernel selects directly (nth_element over all keys) on small inputs
-# and by radix select on larger ones; FASTPRUNE_KSELECT_DIRECT_MAX moves the
-# boundary so that both paths run on the same inputs.
-KSELECT_PATHS = {"direct": str(2**62), "radix": "0"}
+# The CPU kernel selects directly (nth_element over all keys) on small inputs,
+# and on larger ones through a sampled bracket (from 2^20 units) or the radix
+# passes alone; FASTPRUNE_KSELECT_DIRECT_MAX and FASTPRUNE_KSELECT_SAMPLE_MIN move
+# the boundaries so that every path runs on the same inputs (the sampled bracket
+# needs 32 sampled units: a few hundred units).
+KSELECT_PATHS = {
+    "direct": {"FASTPRUNE_KSELECT_DIRECT_MAX": str(2**62), "FASTPRUNE_KSELECT_SAMPLE_MIN": str(2**62)},
+    "radix": {"FASTPRUNE_KSELECT_DIRECT_MAX": "0", "FASTPRUNE_KSELECT_SAMPLE_MIN": str(2**62)},
+    "sampled": {"FASTPRUNE_KSELECT_DIRECT_MAX": "0", "FASTPRUNE_KSELECT_SAMPLE_MIN": "0"},
+}
+
+
+def use_kselect_path(monkeypatch, path):
+    for name, value in KSELECT_PATHS[path].items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(params=list(KSELECT_PATHS))
 def kselect_path(request, monkeypatch):
-    monkeypatch.setenv("FASTPRUNE_KSELECT_DIRECT_MAX", KSELECT_PATHS[request.param])
+    use_kselect_path(monkeypatch, request.param)
     return request.param
 
 SHAPE_CASES = {
@@ -304,14 +315,108 @@ def test_kselect_cpu_paths_agree(monkeypatch, dtype, largest):
             cand = candidates_of(scores, masks, exclude_masked, packed)
             for k in (0, 1, cand // 2, cand):
                 want = None
-                for path, limit in KSELECT_PATHS.items():
-                    monkeypatch.setenv("FASTPRUNE_KSELECT_DIRECT_MAX", limit)
+                for path in KSELECT_PATHS:
+                    use_kselect_path(monkeypatch, path)
                     if want is None:
                         got, want = run_both(scores, masks, out_dtypes, k, largest, exclude_masked, packed)
                     else:
                         got = [torch.empty_like(w) for w in want]
                         ops.kselect_(scores, masks, got, k, largest, exclude_masked, packed)
                     assert_masks_equal(got, want, f"{path}: {shapes} k={k} exclude_masked={exclude_masked}")
+
+
+def kselect_paths_taken():
+    from fastprune import _C
+
+    return dict(_C.kselect_cpu_paths())
+
+
+SAMPLED_CASES = {
+    # name: (score dtypes, mask dtype or None, ties). 16-bit keys (fp16/bf16 or
+    # small integers only) never take the bracket: their one radix pass is exact.
+    "fp16 masks": ([torch.float16] * 3, torch.float16, True),
+    "bf16 masks": ([torch.bfloat16] * 3, torch.bfloat16, True),
+    "fp32": ([torch.float32] * 3, None, False),
+    "fp32 ties nan": ([torch.float32] * 3, None, True),
+    "fp32 masks": ([torch.float32] * 3, torch.float32, False),
+    "fp64 masks ties": ([torch.float64] * 2, torch.float64, True),
+    "mixed fp16 fp32": ([torch.float16, torch.float32, torch.bfloat16], torch.bool, False),
+    "int32": ([torch.int32] * 2, torch.uint8, True),
+    "int64 fp64": ([torch.int64, torch.float64], None, True),
+}
+
+
+@needs_ext
+@pytest.mark.parametrize("case", list(SAMPLED_CASES))
+@pytest.mark.parametrize("largest", [False, True])
+@pytest.mark.parametrize("margin", ["default", "0"])
+def test_kselect_sampled_bracket(monkeypatch, case, largest, margin):
+    """The sampled bracket (one read pass, then the radix select's write) gives the
+    reference's masks, by k and by fraction, with masks excluding units or not, and
+    when its bracket misses (margin 0: the threshold almost never falls inside), in
+    which case the radix passes run after it."""
+    use_kselect_path(monkeypatch, "sampled")
+    if margin != "default":
+        monkeypatch.setenv("FASTPRUNE_KSELECT_SAMPLE_MARGIN", margin)
+    dtypes, mask_dtype, ties = SAMPLED_CASES[case]
+    gen = torch.Generator().manual_seed(zlib.crc32(f"sampled{case}{largest}{margin}".encode()))
+    shapes = [(300, 230), (7,), (70001,)][: len(dtypes)]
+    scores = [scores_tensor(s, dt, gen, ties=ties) for s, dt in zip(shapes, dtypes)]
+    before = kselect_paths_taken()
+    for exclude_masked, packed in [(True, False), (False, False), (True, True)]:
+        masks = [None if mask_dtype is None else mask_tensor(s.shape, mask_dtype, gen) for s in scores]
+        if packed:
+            masks = [None if m is None else ref.pack_mask(m != 0) for m in masks]
+        out_dtypes = [dtypes[0], torch.bool, torch.float32]
+        cand = candidates_of(scores, masks, exclude_masked, packed)
+        for k in (1, cand // 3, cand // 2, cand - 1, cand):
+            got, want = run_both(scores, masks, out_dtypes, k, largest, exclude_masked, packed)
+            assert_masks_equal(got, want, f"k={k} exclude_masked={exclude_masked} packed={packed}")
+        for fraction in (0.5, 0.9, 0.01):
+            got = [torch.full_like(g, 3) for g in want]
+            ref_out = [torch.empty_like(g) for g in want]
+            ops.kselect_(scores, masks, got, -1, largest, exclude_masked, packed, fraction)
+            ref.kselect_(scores, masks, ref_out, -1, largest, exclude_masked, packed, fraction)
+            assert_masks_equal(got, ref_out, f"fraction={fraction} exclude_masked={exclude_masked} packed={packed}")
+    after = kselect_paths_taken()
+    if case in ("fp16 masks", "bf16 masks"):
+        assert after["radix"] > before["radix"] and after["sampled"] == before["sampled"], (before, after)
+    elif margin == "default":
+        assert after["sampled"] > before["sampled"], (before, after)
+    else:
+        # A one-key bracket misses on nearly distinct keys; with heavy ties
+        # (or fp16/bf16 values) it still holds the threshold often.
+        keys = torch.cat([s.double().abs().flatten() for s in scores])
+        if torch.unique(keys).numel() > 0.9 * keys.numel():
+            assert after["sampled_missed"] > before["sampled_missed"], (before, after)
+
+
+@needs_ext
+def test_kselect_sampled_bracket_in_place_and_errors(monkeypatch):
+    """out written over its own mask (iterated pruning in place), and a k larger
+    than the selectable units: refused before any output is written."""
+    use_kselect_path(monkeypatch, "sampled")
+    gen = torch.Generator().manual_seed(99)
+    scores = [scores_tensor((400, 300), torch.float32, gen, ties=False), scores_tensor((5000,), torch.float32, gen)]
+    base = [mask_tensor(s.shape, torch.float32, gen) for s in scores]
+    cand = candidates_of(scores, base, True, False)
+    for k in (1, cand // 2, cand):
+        want = [m.clone() for m in base]
+        ref.kselect_(scores, [m.clone() for m in base], want, k, False, True, False)
+        got = [m.clone() for m in base]
+        ops.kselect_(scores, got, got, k, False, True, False)
+        assert_masks_equal(got, want, f"in place k={k}")
+    got = [m.clone() for m in base]
+    ops.kselect_(scores, got, got, -1, False, True, False, 0.4)
+    want = [m.clone() for m in base]
+    ref.kselect_(scores, [m.clone() for m in base], want, -1, False, True, False, 0.4)
+    assert_masks_equal(got, want, "in place fraction")
+    before = kselect_paths_taken()
+    out = [torch.full_like(s, 5.0) for s in scores]
+    with pytest.raises(ValueError, match=rf"k={cand + 1} .*selectable units \({cand}\)"):
+        ops.kselect_(scores, base, out, cand + 1, False, True, False)
+    assert all(bool((o == 5).all()) for o in out)
+    assert kselect_paths_taken()["sampled"] == before["sampled"]
 
 
 @needs_ext

@@ -8,6 +8,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -140,43 +142,16 @@ KeyKind choose_kind(at::TensorList scores) {
   return (!any_f64 && int_bits <= 16) ? KeyKind::F32 : KeyKind::F64;
 }
 
-// keep[j] = (unit j of the chunk is non-zero in `mask`), 0/1.
-void load_keep(const at::Tensor& mask, bool packed, int64_t begin, int64_t n, uint8_t* keep) {
-  if (packed) {
-    const uint8_t* p = mask.data_ptr<uint8_t>() + begin / 8;
-    for (int64_t j = 0; j < n; ++j) keep[j] = (p[j >> 3] >> (j & 7)) & 1;
-    return;
-  }
-  dispatch_dtype(mask.scalar_type(), "kselect_", [&](auto tag) {
-    using M = typename decltype(tag)::type;
-    const M* m = mask.data_ptr<M>() + begin;
-    for (int64_t j = 0; j < n; ++j) keep[j] = nonzero<M>(m[j]);
-  });
-}
+// load_keep / store_keep for the direct path; kselect_radix.h includes its own
+// copy in each instruction-set namespace.
+#include "kselect_keep.h"
 
-// Writes keep[0..n) (0/1) to `out` at units [begin, begin + n). In packed mode
-// `keep` must hold zeros up to the next multiple of 8 (padding bits are 0).
-void store_keep(const at::Tensor& out, bool packed, int64_t begin, int64_t n, const uint8_t* keep) {
-  if (packed) {
-    uint8_t* p = out.data_ptr<uint8_t>() + begin / 8;
-    const int64_t nbytes = (n + 7) / 8;
-    for (int64_t b = 0; b < nbytes; ++b) {
-      const uint8_t* q = keep + 8 * b;
-      p[b] = uint8_t(q[0] | (q[1] << 1) | (q[2] << 2) | (q[3] << 3) | (q[4] << 4) | (q[5] << 5) | (q[6] << 6) |
-                     (q[7] << 7));
-    }
-    return;
-  }
-  dispatch_dtype(out.scalar_type(), "kselect_", [&](auto tag) {
-    using O = typename decltype(tag)::type;
-    O* o = out.data_ptr<O>() + begin;
-    if constexpr (sizeof(O) == 1) {
-      std::memcpy(o, keep, n);  // bool/uint8/int8 0/1 have the same bytes
-    } else {
-      for (int64_t j = 0; j < n; ++j) o[j] = zero_or_one<O>(keep[j]);
-    }
-  });
-}
+// Which way a call went, counted for kselect_cpu_path_counts (tests and diagnostics).
+std::atomic<int64_t> g_path_counts[kKSelectPaths];
+
+void count_path(KSelectPath p) { g_path_counts[static_cast<int>(p)].fetch_add(1, std::memory_order_relaxed); }
+
+enum class Sampled { kNotTried, kHit, kMissed };
 
 // The radix select is compiled twice: for the baseline instruction set, and on
 // x86-64 with GCC also for AVX2 (twice as wide vectors for key computation and
@@ -288,6 +263,7 @@ void run_select(std::vector<at::Tensor> scores, std::vector<at::Tensor> masks, s
   int64_t total = 0;
   for (const auto& s : scores) total += s.numel();
   if (total <= direct_max()) {
+    count_path(KSelectPath::kDirect);
     direct_select<K>(scores, masks, outs, k, fraction, largest, exclude_masked, packed);
     return;
   }
@@ -328,6 +304,12 @@ void kselect_cpu(at::TensorList scores, const c10::List<std::optional<at::Tensor
 }
 
 }  // namespace
+
+std::array<int64_t, kKSelectPaths> kselect_cpu_path_counts() {
+  std::array<int64_t, kKSelectPaths> counts{};
+  for (int i = 0; i < kKSelectPaths; ++i) counts[i] = g_path_counts[i].load(std::memory_order_relaxed);
+  return counts;
+}
 
 TORCH_LIBRARY_IMPL(fastprune, CPU, m) { m.impl("kselect_", &kselect_cpu); }
 
