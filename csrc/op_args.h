@@ -147,6 +147,8 @@ inline PackedMaskViews packed_mask_views(at::TensorList inputs, at::TensorList p
 // The checked arguments: masks[i] is undefined where no mask was given.
 struct KSelectArgs {
   std::vector<at::Tensor> scores, masks, out;
+  // Optional: applied[i] = values[i] * out[i] (in values[i]'s dtype); empty when not given.
+  std::vector<at::Tensor> values, applied;
   int64_t total = 0;      // units over all scores
   bool any_mask = false;  // some masks[i] given
   // Units to select; -1 when given as `fraction` of selectable units that only
@@ -166,11 +168,18 @@ inline int64_t k_from_fraction(double fraction, int64_t selectable) {
 template <typename CheckDevice>
 KSelectArgs check_kselect_args(at::TensorList scores, const c10::List<std::optional<at::Tensor>>& masks,
                                at::TensorList out, int64_t k, bool exclude_masked, bool packed,
-                               std::optional<double> fraction, const CheckDevice& check_device) {
+                               std::optional<double> fraction, std::optional<at::TensorList> values,
+                               std::optional<at::TensorList> applied, const CheckDevice& check_device) {
   const int64_t n = static_cast<int64_t>(scores.size());
   FP_CHECK_VALUE(static_cast<int64_t>(masks.size()) == n && static_cast<int64_t>(out.size()) == n,
                  "kselect_: scores, masks and out must have the same length, got ", n, ", ", masks.size(), " and ",
                  out.size());
+  FP_CHECK_VALUE(values.has_value() == applied.has_value(), "kselect_: give both values and applied, or neither");
+  if (values.has_value()) {
+    FP_CHECK_VALUE(static_cast<int64_t>(values->size()) == n && static_cast<int64_t>(applied->size()) == n,
+                   "kselect_: values and applied must have the length of scores (", n, "), got ", values->size(),
+                   " and ", applied->size());
+  }
   KSelectArgs a;
   if (fraction.has_value()) {
     FP_CHECK_VALUE(k == -1, "kselect_: k=", k, " must be -1 when fraction is given");
@@ -218,6 +227,37 @@ KSelectArgs check_kselect_args(at::TensorList scores, const c10::List<std::optio
     o[i] = out[i];
     check_mask_or_out(o[i], "out");
   }
+  if (values.has_value()) {
+    a.values.resize(n);
+    a.applied.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const at::Tensor& v = (*values)[i];
+      const at::Tensor& ap = (*applied)[i];
+      check_device(v, "kselect_", "values", i);
+      check_device(ap, "kselect_", "applied", i);
+      check_dtype(v, "kselect_", "values", i);
+      FP_CHECK_VALUE(v.numel() == s[i].numel(), "kselect_: values[", i, "] must have ", s[i].numel(),
+                     " elements, got ", v.numel());
+      FP_CHECK_TYPE(ap.scalar_type() == v.scalar_type(), "kselect_: applied[", i, "] must have the dtype of values[",
+                    i, "] (", v.scalar_type(), "), got ", ap.scalar_type());
+      FP_CHECK_VALUE(ap.numel() == v.numel(), "kselect_: applied[", i, "] must have ", v.numel(), " elements, got ",
+                     ap.numel());
+      a.values[i] = v;
+      a.applied[i] = ap;
+    }
+    // applied is written while the inputs are still read: it may not share memory with any of them.
+    for (int64_t i = 0; i < n; ++i) {
+      if (a.applied[i].numel() == 0) continue;
+      auto overlaps = [&](const at::Tensor& t) {
+        return t.defined() && t.numel() > 0 && at::get_overlap_status(a.applied[i], t) != at::MemOverlapStatus::No;
+      };
+      for (int64_t j = 0; j < n; ++j) {
+        FP_CHECK_VALUE(!overlaps(s[j]) && !overlaps(m[j]) && !overlaps(o[j]) && !overlaps(a.values[j]) &&
+                           (j == i || !overlaps(a.applied[j])),
+                       "kselect_: applied[", i, "] shares memory with another argument");
+      }
+    }
+  }
   for (int64_t i = 0; i < n; ++i) {
     a.total += s[i].numel();
     a.any_mask = a.any_mask || m[i].defined();
@@ -248,10 +288,16 @@ inline bool kselect_clobbers(const at::Tensor& out, const at::Tensor& t, bool sa
 struct KSelectWrites {
   std::vector<at::Tensor> write;
   std::vector<bool> direct;
+  // The same for applied (empty when not given), and the contiguous values.
+  std::vector<at::Tensor> write_applied, values;
+  std::vector<bool> direct_applied;
 
-  void copy_back(const std::vector<at::Tensor>& out) const {
+  void copy_back(const std::vector<at::Tensor>& out, const std::vector<at::Tensor>& applied = {}) const {
     for (size_t i = 0; i < out.size(); ++i) {
       if (!direct[i]) out[i].copy_(write[i].view(out[i].sizes()));
+    }
+    for (size_t i = 0; i < applied.size(); ++i) {
+      if (!direct_applied[i]) applied[i].copy_(write_applied[i].view(applied[i].sizes()));
     }
   }
 };
@@ -268,6 +314,17 @@ inline KSelectWrites stage_kselect(KSelectArgs& a) {
   for (int64_t i = 0; i < n; ++i) {
     w.direct[i] = o[i].is_contiguous();
     w.write[i] = w.direct[i] ? o[i] : at::empty({o[i].numel()}, o[i].options());
+  }
+  if (!a.applied.empty()) {
+    w.write_applied.resize(n);
+    w.direct_applied.resize(n);
+    w.values.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const at::Tensor& ap = a.applied[i];
+      w.direct_applied[i] = ap.is_contiguous();
+      w.write_applied[i] = w.direct_applied[i] ? ap : at::empty({ap.numel()}, ap.options());
+      w.values[i] = a.values[i].contiguous();
+    }
   }
   std::unordered_map<const void*, std::vector<int64_t>> out_by_storage;
   for (int64_t i = 0; i < n; ++i) {

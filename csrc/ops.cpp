@@ -108,10 +108,13 @@ bool tensor_list(const pybind11::list& items, std::vector<at::Tensor>& out) {
 // torch.ops.fastprune.kselect_ for lists of plain tensors. Returns false, having
 // done nothing, when some argument needs the Python path.
 bool kselect_direct(const pybind11::list& scores, const pybind11::list& masks, const pybind11::list& out, int64_t k,
-                    bool largest, bool exclude_masked, bool packed, std::optional<double> fraction) {
+                    bool largest, bool exclude_masked, bool packed, std::optional<double> fraction,
+                    const std::optional<pybind11::list>& values, const std::optional<pybind11::list>& applied) {
   HANDLE_TH_ERRORS
-  std::vector<at::Tensor> s, o;
+  std::vector<at::Tensor> s, o, v, ap;
   if (!tensor_list(scores, s) || !tensor_list(out, o)) return false;
+  if (values.has_value() && !tensor_list(*values, v)) return false;
+  if (applied.has_value() && !tensor_list(*applied, ap)) return false;
   c10::List<std::optional<at::Tensor>> m;
   m.reserve(masks.size());
   for (const auto& item : masks) {
@@ -127,10 +130,14 @@ bool kselect_direct(const pybind11::list& scores, const pybind11::list& masks, c
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fastprune::kselect_", "")
           .typed<void(at::TensorList, const c10::List<std::optional<at::Tensor>>&, at::TensorList, int64_t, bool,
-                      bool, bool, std::optional<double>)>();
+                      bool, bool, std::optional<double>, std::optional<at::TensorList>,
+                      std::optional<at::TensorList>)>();
   {
     pybind11::gil_scoped_release no_gil;
-    op.call(s, m, o, k, largest, exclude_masked, packed, fraction);
+    std::optional<at::TensorList> vl, al;
+    if (values.has_value()) vl = at::TensorList(v);
+    if (applied.has_value()) al = at::TensorList(ap);
+    op.call(s, m, o, k, largest, exclude_masked, packed, fraction, vl, al);
   }
   return true;
   END_HANDLE_TH_ERRORS_PYBIND
@@ -186,7 +193,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info,
         "How this extension was built: extension, cuda, cuda_fallback_reason, openmp, num_threads, "
         "torch_version, version.");
-  m.def("kselect_direct", &kselect_direct,
+  m.def("kselect_direct", &kselect_direct, pybind11::arg("scores"), pybind11::arg("masks"), pybind11::arg("out"),
+        pybind11::arg("k"), pybind11::arg("largest"), pybind11::arg("exclude_masked"), pybind11::arg("packed"),
+        pybind11::arg("fraction"), pybind11::arg("values") = pybind11::none(),
+        pybind11::arg("applied") = pybind11::none(),
         "torch.ops.fastprune.kselect_ through the C++ dispatcher; False (nothing done) when an argument is not "
         "a plain tensor or a TorchFunctionMode is active.");
   m.def("mask_mul__direct", &mask_mul__direct,

@@ -419,6 +419,96 @@ def test_kselect_sampled_bracket_in_place_and_errors(monkeypatch):
     assert kselect_paths_taken()["sampled"] == before["sampled"]
 
 
+APPLIED_CASES = {
+    # name: (score dtypes, value dtypes, out dtypes, mask dtype or None)
+    "weights fp32": ([torch.float32] * 3, None, [torch.float32] * 3, torch.float32),
+    "weights fp64": ([torch.float64] * 3, None, [torch.float64] * 3, None),
+    "weights bf16": ([torch.bfloat16] * 3, None, [torch.bfloat16] * 3, torch.bfloat16),
+    "scores apart": ([torch.float32] * 3, [torch.float16, torch.float32, torch.bfloat16],
+                     [torch.bool, torch.float32, torch.uint8], torch.bool),
+    "int and bool values": ([torch.int32] * 3, [torch.int8, torch.bool, torch.int64], [torch.float32] * 3, None),
+}
+
+
+@needs_ext
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(APPLIED_CASES))
+def test_kselect_applied(device, case, kselect_path):
+    """applied[i] = values[i] * out[i] in values' dtype, written with the masks:
+    equal to the reference (and to values * mask) on every path, with the
+    negative, inf and NaN values whose products are -0.0 and NaN, by k and by
+    fraction, packed or not, with a non-contiguous applied."""
+    score_dtypes, value_dtypes, out_dtypes, mask_dtype = APPLIED_CASES[case]
+    gen = torch.Generator().manual_seed(zlib.crc32(f"applied{case}{kselect_path}".encode()))
+    shapes = [(300, 230), (7,), (70001,)]
+    scores = [scores_tensor(s, dt, gen, ties=False).to(device) for s, dt in zip(shapes, score_dtypes)]
+    if value_dtypes is None:
+        values = scores  # the usual call: the weights are the scores
+    else:
+        values = [scores_tensor(s, dt, gen).to(device) for s, dt in zip(shapes, value_dtypes)]
+    for exclude_masked, packed in [(True, False), (False, False), (True, True)]:
+        masks = [None if mask_dtype is None else mask_tensor(s.shape, mask_dtype, gen).to(device) for s in scores]
+        if packed:
+            masks = [None if m is None else ref.pack_mask(m != 0) for m in masks]
+        cand = candidates_of(scores, masks, exclude_masked, packed)
+        for k, fraction in [(cand // 2, None), (0, None), (cand, None), (-1, 0.3)]:
+            def fresh():
+                if packed:
+                    outs = [torch.empty(ref.packed_numel(s.numel()), dtype=torch.uint8, device=device) for s in scores]
+                else:
+                    outs = [torch.empty(s.shape, dtype=dt, device=device) for s, dt in zip(scores, out_dtypes)]
+                applied = [torch.full_like(v, 7) for v in values]
+                applied[0] = noncontig(applied[0])
+                return outs, applied
+
+            got, got_applied = fresh()
+            want, want_applied = fresh()
+            ops.kselect_(scores, masks, got, k, False, exclude_masked, packed, fraction, values, got_applied)
+            ref.kselect_(scores, masks, want, k, False, exclude_masked, packed, fraction, values, want_applied)
+            context = f"k={k} fraction={fraction} exclude_masked={exclude_masked} packed={packed}"
+            assert_masks_equal(got, want, context)
+            for i, (g, w, v, o, s) in enumerate(zip(got_applied, want_applied, values, got, scores)):
+                keep = ref.unpack_mask(o, s.numel()) if packed else o.reshape(-1) != 0
+                plain = (v.reshape(-1) * keep.to(v.dtype)).reshape(v.shape)
+                for other in (w, plain):
+                    assert g.dtype == other.dtype and g.shape == other.shape, context
+                    # bit for bit (NaN payloads aside): -0.0 and NaN products included
+                    same = (g == other) | (g.isnan() & other.isnan()) if g.is_floating_point() else g == other
+                    assert bool(same.all()), f"{context}: applied[{i}] differs in {int((~same).sum())} units"
+                    if g.is_floating_point():
+                        assert torch.equal(g.signbit() & ~g.isnan(), other.signbit() & ~other.isnan()), context
+
+
+@needs_ext
+def test_kselect_applied_errors_change_nothing():
+    w = [torch.randn(300, 20), torch.randn(50)]
+    out = [torch.full_like(t, 5.0) for t in w]
+    applied = [torch.full_like(t, 5.0) for t in w]
+
+    def untouched():
+        return all(bool((t == 5).all()) for t in out + applied)
+
+    cases = [
+        (dict(values=w), ValueError, "both values and applied"),
+        (dict(values=w[:1], applied=applied[:1]), ValueError, "length of scores"),
+        (dict(values=w, applied=[applied[0], torch.empty(49)]), ValueError, r"applied\[1\] must have 50 elements"),
+        (dict(values=w, applied=[applied[0], applied[1].double()]), TypeError, r"applied\[1\] must have the dtype"),
+        (dict(values=[w[0], torch.randn(51)], applied=applied), ValueError, r"values\[1\] must have 50 elements"),
+        (dict(values=w, applied=[w[0], applied[1]]), ValueError, r"applied\[0\] shares memory"),
+        (dict(values=w, applied=[out[0], applied[1]]), ValueError, r"applied\[0\] shares memory"),
+        (dict(values=w, applied=[applied[0], applied[0].view(-1)[:50]]), ValueError, r"shares memory"),
+    ]
+    for kwargs, exc, message in cases:
+        for impl in (fastprune.ops.kselect_, ref.kselect_):
+            with pytest.raises(exc, match=message):
+                if impl is ref.kselect_:
+                    impl(w, [None, None], out, 10, False, True, False, None, kwargs.get("values"),
+                         kwargs.get("applied"))
+                else:
+                    impl(w, None, out, 10, **kwargs)
+            assert untouched(), (kwargs, impl)
+
+
 @needs_ext
 @pytest.mark.parametrize("device", DEVICES)
 def test_kselect_int_extremes(device, kselect_path):

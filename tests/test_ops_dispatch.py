@@ -92,6 +92,9 @@ def test_pruned_module_forward_compiles():
         ("apply_packed_mask_", lambda: ([torch.randn(11)], [torch.tensor([0b10110101, 0b101], dtype=torch.uint8)])),
         ("kselect_", lambda: ([torch.randn(9), torch.randn(3, 4)], [None, torch.rand(3, 4) > 0.2],
                               [torch.empty(9), torch.empty(3, 4, dtype=torch.bool)], 5, False, True, False)),
+        ("kselect_", lambda: ([torch.randn(9), torch.randn(3, 4)], [None, torch.rand(3, 4) > 0.2],
+                              [torch.empty(9), torch.empty(3, 4, dtype=torch.bool)], -1, False, True, False, 0.4,
+                              [torch.randn(9), torch.randn(12)], [torch.empty(9), torch.empty(3, 4)])),
     ],
 )
 def test_opcheck(op, args):

@@ -191,8 +191,9 @@ int64_t direct_max() {
 // used for small inputs.
 template <KeyKind K>
 void direct_select(const std::vector<at::Tensor>& scores, const std::vector<at::Tensor>& masks,
-                   const std::vector<at::Tensor>& outs, int64_t k, double fraction, bool largest, bool exclude_masked,
-                   bool packed) {
+                   const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& values,
+                   const std::vector<at::Tensor>& applied, int64_t k, double fraction, bool largest,
+                   bool exclude_masked, bool packed) {
   using key_t = typename KeyTraits<K>::type;
   const key_t inv = largest ? static_cast<key_t>(~key_t(0)) : key_t(0);
   const size_t nt = scores.size();
@@ -252,36 +253,42 @@ void direct_select(const std::vector<at::Tensor>& scores, const std::vector<at::
       }
     }
   }
-  for (size_t i = 0; i < nt; ++i) store_keep(outs[i], packed, 0, scores[i].numel(), keep.data() + off[i]);
+  for (size_t i = 0; i < nt; ++i) {
+    store_keep(outs[i], packed, 0, scores[i].numel(), keep.data() + off[i]);
+    if (!applied.empty()) apply_keep(values[i], applied[i], 0, scores[i].numel(), keep.data() + off[i]);
+  }
 }
 
 // k = -1: select k_from_fraction(fraction, selectable units), counted by the
 // selection's first pass.
 template <KeyKind K>
 void run_select(std::vector<at::Tensor> scores, std::vector<at::Tensor> masks, std::vector<at::Tensor> outs,
-                int64_t k, double fraction, bool largest, bool exclude_masked, bool packed) {
+                std::vector<at::Tensor> values, std::vector<at::Tensor> applied, int64_t k, double fraction,
+                bool largest, bool exclude_masked, bool packed) {
   int64_t total = 0;
   for (const auto& s : scores) total += s.numel();
   if (total <= direct_max()) {
     count_path(KSelectPath::kDirect);
-    direct_select<K>(scores, masks, outs, k, fraction, largest, exclude_masked, packed);
+    direct_select<K>(scores, masks, outs, values, applied, k, fraction, largest, exclude_masked, packed);
     return;
   }
 #ifdef FASTPRUNE_KSELECT_AVX2
   static const bool has_avx2 = __builtin_cpu_supports("avx2");
   if (has_avx2) {
-    avx2::run_select<K>(std::move(scores), std::move(masks), std::move(outs), k, fraction, largest, exclude_masked,
-                        packed);
+    avx2::run_select<K>(std::move(scores), std::move(masks), std::move(outs), std::move(values), std::move(applied),
+                        k, fraction, largest, exclude_masked, packed);
     return;
   }
 #endif
-  baseline::run_select<K>(std::move(scores), std::move(masks), std::move(outs), k, fraction, largest, exclude_masked,
-                          packed);
+  baseline::run_select<K>(std::move(scores), std::move(masks), std::move(outs), std::move(values),
+                          std::move(applied), k, fraction, largest, exclude_masked, packed);
 }
 
 void kselect_cpu(at::TensorList scores, const c10::List<std::optional<at::Tensor>>& masks, at::TensorList out,
-                 int64_t k, bool largest, bool exclude_masked, bool packed, std::optional<double> fraction) {
-  KSelectArgs a = check_kselect_args(scores, masks, out, k, exclude_masked, packed, fraction, CheckCpu{});
+                 int64_t k, bool largest, bool exclude_masked, bool packed, std::optional<double> fraction,
+                 std::optional<at::TensorList> values, std::optional<at::TensorList> applied) {
+  KSelectArgs a =
+      check_kselect_args(scores, masks, out, k, exclude_masked, packed, fraction, values, applied, CheckCpu{});
   k = a.k;
   const double frac = a.fraction;
   if (a.scores.empty()) return;
@@ -289,18 +296,20 @@ void kselect_cpu(at::TensorList scores, const c10::List<std::optional<at::Tensor
   const std::vector<at::Tensor>& s = a.scores;
   const std::vector<at::Tensor>& m = a.masks;
   const std::vector<at::Tensor>& write = w.write;
+  const std::vector<at::Tensor>& v = w.values;
+  const std::vector<at::Tensor>& ap = w.write_applied;
 
   const KeyKind kind = choose_kind(s);
   switch (kind) {
-    case KeyKind::F16: run_select<KeyKind::F16>(s, m, write, k, frac, largest, exclude_masked, packed); break;
-    case KeyKind::BF16: run_select<KeyKind::BF16>(s, m, write, k, frac, largest, exclude_masked, packed); break;
-    case KeyKind::F32: run_select<KeyKind::F32>(s, m, write, k, frac, largest, exclude_masked, packed); break;
-    case KeyKind::F64: run_select<KeyKind::F64>(s, m, write, k, frac, largest, exclude_masked, packed); break;
-    case KeyKind::U16: run_select<KeyKind::U16>(s, m, write, k, frac, largest, exclude_masked, packed); break;
-    case KeyKind::U32: run_select<KeyKind::U32>(s, m, write, k, frac, largest, exclude_masked, packed); break;
-    case KeyKind::U64: run_select<KeyKind::U64>(s, m, write, k, frac, largest, exclude_masked, packed); break;
+    case KeyKind::F16: run_select<KeyKind::F16>(s, m, write, v, ap, k, frac, largest, exclude_masked, packed); break;
+    case KeyKind::BF16: run_select<KeyKind::BF16>(s, m, write, v, ap, k, frac, largest, exclude_masked, packed); break;
+    case KeyKind::F32: run_select<KeyKind::F32>(s, m, write, v, ap, k, frac, largest, exclude_masked, packed); break;
+    case KeyKind::F64: run_select<KeyKind::F64>(s, m, write, v, ap, k, frac, largest, exclude_masked, packed); break;
+    case KeyKind::U16: run_select<KeyKind::U16>(s, m, write, v, ap, k, frac, largest, exclude_masked, packed); break;
+    case KeyKind::U32: run_select<KeyKind::U32>(s, m, write, v, ap, k, frac, largest, exclude_masked, packed); break;
+    case KeyKind::U64: run_select<KeyKind::U64>(s, m, write, v, ap, k, frac, largest, exclude_masked, packed); break;
   }
-  w.copy_back(a.out);
+  w.copy_back(a.out, a.applied);
 }
 
 }  // namespace

@@ -42,3 +42,21 @@ inline void store_keep(const at::Tensor& out, bool packed, int64_t begin, int64_
   });
 }
 
+
+// applied[begin, begin + n) = values * keep (keep 0/1), in values' dtype: as
+// torch's values * mask, x * 0 is -0.0 for negative x and NaN for inf or NaN.
+inline void apply_keep(const at::Tensor& values, const at::Tensor& applied, int64_t begin, int64_t n,
+                       const uint8_t* keep) {
+  dispatch_dtype(values.scalar_type(), "kselect_", [&](auto tag) {
+    using V = typename decltype(tag)::type;
+    const V* v = values.data_ptr<V>() + begin;
+    V* a = applied.data_ptr<V>() + begin;
+    if constexpr (std::is_same_v<V, bool>) {
+      for (int64_t j = 0; j < n; ++j) a[j] = v[j] && keep[j];
+    } else if constexpr (std::is_same_v<V, at::Half> || std::is_same_v<V, at::BFloat16>) {
+      for (int64_t j = 0; j < n; ++j) a[j] = V(static_cast<float>(v[j]) * static_cast<float>(keep[j]));
+    } else {
+      for (int64_t j = 0; j < n; ++j) a[j] = static_cast<V>(v[j] * static_cast<V>(keep[j]));
+    }
+  });
+}

@@ -46,11 +46,15 @@ class RadixSelect {
   };
 
  public:
+  // values/applied: empty, or applied[i] = values[i] * out[i] is written too.
   RadixSelect(std::vector<at::Tensor> scores, std::vector<at::Tensor> masks, std::vector<at::Tensor> outs,
-              bool largest, bool exclude_masked, bool packed)
+              std::vector<at::Tensor> values, std::vector<at::Tensor> applied, bool largest, bool exclude_masked,
+              bool packed)
       : scores_(std::move(scores)),
         masks_(std::move(masks)),
         outs_(std::move(outs)),
+        values_(std::move(values)),
+        applied_(std::move(applied)),
         inv_(largest ? static_cast<key_t>(~key_t(0)) : key_t(0)),
         exclude_(exclude_masked),
         packed_(packed) {
@@ -630,6 +634,12 @@ class RadixSelect {
             }
             store_keep(out, packed_, b, n, keep);
           }
+          if (!applied_.empty()) {
+            // The pruned values while the scores (often the same tensor) and
+            // the new mask are still in cache.
+            if (select_any && fused_[ch.t]) load_keep(out, false, b, n, keep);
+            apply_keep(values_[ch.t], applied_[ch.t], b, n, keep);
+          }
           if (!select_any) continue;
           // inb: the candidates inside [lo, hi], counted and, when collecting,
           // listed. Scanned eight units at a time: they are few and far apart;
@@ -702,6 +712,10 @@ class RadixSelect {
   void deselect(uint64_t p) {
     const size_t t = p >> kPosBits;
     const int64_t idx = static_cast<int64_t>(p & kPosMask);
+    if (!applied_.empty()) {
+      const uint8_t pruned = 0;
+      apply_keep(values_[t], applied_[t], idx, 1, &pruned);
+    }
     char* base = out_base_[t];
     if (packed_) {
       reinterpret_cast<uint8_t*>(base)[idx >> 3] &= static_cast<uint8_t>(~(1u << (idx & 7)));
@@ -749,11 +763,12 @@ class RadixSelect {
           }
         }
         store_keep(outs_[ch.t], packed_, ch.begin, n, keep.data());
+        if (!applied_.empty()) apply_keep(values_[ch.t], applied_[ch.t], ch.begin, n, keep.data());
       }
     });
   }
 
-  std::vector<at::Tensor> scores_, masks_, outs_;
+  std::vector<at::Tensor> scores_, masks_, outs_, values_, applied_;
   std::vector<bool> fused_;      // per tensor: write_pass may take fused_block
   std::vector<bool> mask_bits_;  // per tensor: scan_bracket may read the mask's bits (scan_block mode 2)
   std::vector<char*> out_base_;  // outs_[t]'s data and element size, for deselect
@@ -775,8 +790,10 @@ class RadixSelect {
 
 template <KeyKind K>
 void run_select(std::vector<at::Tensor> scores, std::vector<at::Tensor> masks, std::vector<at::Tensor> outs,
-                int64_t k, double fraction, bool largest, bool exclude_masked, bool packed) {
-  RadixSelect<K> sel(std::move(scores), std::move(masks), std::move(outs), largest, exclude_masked, packed);
+                std::vector<at::Tensor> values, std::vector<at::Tensor> applied, int64_t k, double fraction,
+                bool largest, bool exclude_masked, bool packed) {
+  RadixSelect<K> sel(std::move(scores), std::move(masks), std::move(outs), std::move(values), std::move(applied),
+                     largest, exclude_masked, packed);
   const Sampled sampled = sel.try_sampled(k, fraction);
   if (sampled == Sampled::kHit) {
     count_path(KSelectPath::kSampled);

@@ -13,10 +13,29 @@ namespace fastprune {
 namespace cuda {
 namespace {
 
+// applied[i] = values[i] * (out[i] != 0) in values[i]'s dtype, from the final
+// masks. On the GPU this is one more elementwise pass (the CPU kernel writes it
+// in its write pass instead, where a memory-bound pass costs what a copy does).
+void apply_masks(const KSelectArgs& a, bool packed) {
+  for (size_t i = 0; i < a.applied.size(); ++i) {
+    const at::Tensor& v = a.values[i];
+    at::Tensor keep;
+    if (packed) {
+      const at::Tensor bits = at::arange(8, a.out[i].options().dtype(at::kByte));
+      keep = a.out[i].reshape({-1, 1}).bitwise_right_shift(bits).bitwise_and(1).reshape({-1}).narrow(0, 0, v.numel());
+    } else {
+      keep = a.out[i].reshape({-1}).ne(0);
+    }
+    a.applied[i].copy_(v.reshape({-1}).mul(keep.to(v.scalar_type())).view(a.applied[i].sizes()));
+  }
+}
+
 void kselect_cuda_op(at::TensorList scores, const c10::List<std::optional<at::Tensor>>& masks, at::TensorList out,
-                     int64_t k, bool largest, bool exclude_masked, bool packed, std::optional<double> fraction) {
+                     int64_t k, bool largest, bool exclude_masked, bool packed, std::optional<double> fraction,
+                     std::optional<at::TensorList> values, std::optional<at::TensorList> applied) {
   const OnDevice on_device(scores);
-  KSelectArgs a = check_kselect_args(scores, masks, out, k, exclude_masked, packed, fraction, on_device);
+  KSelectArgs a =
+      check_kselect_args(scores, masks, out, k, exclude_masked, packed, fraction, values, applied, on_device);
   const int64_t n = static_cast<int64_t>(a.scores.size());
   if (n == 0) return;
   const c10::Device device = on_device.device;
@@ -53,6 +72,7 @@ void kselect_cuda_op(at::TensorList scores, const c10::List<std::optional<at::Te
   FP_CHECK_VALUE(!st.k_out_of_range, "kselect_: k=", a.k, " must be between 0 and the number of selectable units (",
                  st.selectable, ")");
   w.copy_back(a.out);
+  apply_masks(a, packed);
 }
 
 }  // namespace

@@ -24,7 +24,8 @@ Tensor = torch.Tensor
 # arguments are ``Tensor(a!)[]`` and return ``()``.
 SCHEMAS = {
     "kselect_": "kselect_(Tensor[] scores, Tensor?[] masks, Tensor(a!)[] out, int k, bool largest, "
-    "bool exclude_masked, bool packed, float? fraction=None) -> ()",
+    "bool exclude_masked, bool packed, float? fraction=None, Tensor[]? values=None, "
+    "Tensor(b!)[]? applied=None) -> ()",
     "mask_mul": "mask_mul(Tensor input, Tensor mask) -> Tensor",
     "mask_mul_": "mask_mul_(Tensor(a!)[] inputs, Tensor[] masks) -> ()",
     "apply_packed_mask_": "apply_packed_mask_(Tensor(a!)[] inputs, Tensor[] packed) -> ()",
@@ -64,7 +65,8 @@ def _define_ops() -> None:
 
 def _register_fakes() -> None:
     @torch.library.register_fake("fastprune::kselect_")
-    def _kselect_fake(scores, masks, out, k, largest, exclude_masked, packed, fraction=None):
+    def _kselect_fake(scores, masks, out, k, largest, exclude_masked, packed, fraction=None, values=None,
+                      applied=None):
         return None
 
     @torch.library.register_fake("fastprune::mask_mul")
@@ -156,6 +158,8 @@ def kselect_(
     exclude_masked: bool = True,
     packed: bool = False,
     fraction: Optional[float] = None,
+    values: Optional[Sequence[Tensor]] = None,
+    applied: Optional[Sequence[Tensor]] = None,
 ) -> None:
     """Select exactly ``k`` units across ``scores``; write keep-masks into ``out``.
 
@@ -189,12 +193,22 @@ def kselect_(
             selectable units in their first pass over the data, so iterated
             pruning needs no separate pass over the existing masks.
             Default: ``None``.
+        values (sequence of Tensor, optional): with ``applied``: tensors
+            with as many elements as ``scores`` (usually the weights).
+            Default: ``None``.
+        applied (sequence of Tensor, optional): receives ``values[i] *
+            out[i]`` in ``values[i]``'s dtype (the pruned weight of torch's
+            layout: ``x * 0`` is ``-0.0`` for negative ``x`` and NaN for inf or
+            NaN). The CPU kernel writes it in the same pass as the masks, so
+            the pruned weights cost no pass of their own. Must not share
+            memory with any other argument. Default: ``None``.
 
     Raises:
         ValueError: lists of different lengths, ``k`` outside
             ``[0, selectable units]``, both or neither of ``k`` and
             ``fraction``, ``fraction`` outside ``[0, 1]``, a mask or output of
-            the wrong size.
+            the wrong size, only one of ``values`` and ``applied``, or
+            ``applied`` sharing memory with another argument.
         TypeError: an unsupported dtype, or a packed mask that is not
             ``uint8`` (compiled ops).
         RuntimeError: tensors on different devices (compiled ops).
@@ -214,6 +228,12 @@ def kselect_(
         masks = list(masks)
     if type(out) is not list:
         out = list(out)
+    if (values is None) != (applied is None):
+        raise ValueError("kselect_: give both values and applied, or neither")
+    if values is not None and type(values) is not list:
+        values = list(values)
+    if applied is not None and type(applied) is not list:
+        applied = list(applied)
     if (k is None) == (fraction is None):
         raise ValueError(f"kselect_: give exactly one of k and fraction, got k={k} and fraction={fraction}")
     if fraction is not None:
@@ -230,10 +250,10 @@ def kselect_(
         _DIRECT is not None
         and -_INT64_MAX <= k <= _INT64_MAX
         and not _is_compiling()
-        and _DIRECT.kselect_direct(scores, masks, out, k, largest, exclude_masked, packed, fraction)
+        and _DIRECT.kselect_direct(scores, masks, out, k, largest, exclude_masked, packed, fraction, values, applied)
     ):
         return
-    torch.ops.fastprune.kselect_(scores, masks, out, k, largest, exclude_masked, packed, fraction)
+    torch.ops.fastprune.kselect_(scores, masks, out, k, largest, exclude_masked, packed, fraction, values, applied)
 
 
 def kselect(

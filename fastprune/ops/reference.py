@@ -123,6 +123,8 @@ def kselect_(
     exclude_masked: bool,
     packed: bool,
     fraction: Optional[float] = None,
+    values: Optional[Sequence[Tensor]] = None,
+    applied: Optional[Sequence[Tensor]] = None,
 ) -> None:
     """Select exactly ``k`` units across ``scores`` and write keep-masks to ``out``.
 
@@ -140,7 +142,13 @@ def kselect_(
 
     With ``fraction`` (then ``k`` must be -1), ``k = round(fraction * c)`` for
     ``c`` the number of selectable units (round half to even, Python's ``round``).
+
+    With ``values`` and ``applied`` (both or neither), ``applied[i]`` receives
+    ``values[i] * keep`` in ``values[i]``'s dtype (the pruned weight), where
+    ``keep`` is ``out[i]`` as 0/1; ``applied`` must not share memory with any
+    other argument.
     """
+    _check_applied(scores, masks, out, values, applied)
     if fraction is not None:
         if k != -1:
             raise ValueError(f"kselect_: k={k} must be -1 when fraction is given")
@@ -178,6 +186,50 @@ def kselect_(
             o.copy_(pack_mask(piece))
         else:
             o.copy_(piece.reshape(o.shape).to(o.dtype))
+    if applied is not None:
+        offset = 0
+        for v, a, n in zip(values, applied, sizes):
+            piece = keep[offset:offset + n].to(v.device)
+            offset += n
+            a.copy_((v.reshape(-1) * piece.to(v.dtype)).reshape(a.shape))
+
+
+def _check_applied(scores, masks, out, values, applied) -> None:
+    """kselect_'s rules for ``values`` / ``applied``, raised before anything is written."""
+    if (values is None) != (applied is None):
+        raise ValueError("kselect_: give both values and applied, or neither")
+    if values is None:
+        return
+    n = len(scores)
+    if len(values) != n or len(applied) != n:
+        raise ValueError(
+            f"kselect_: values and applied must have the length of scores ({n}), got {len(values)} and {len(applied)}"
+        )
+    for i, (s, v, a) in enumerate(zip(scores, values, applied)):
+        if v.numel() != s.numel():
+            raise ValueError(f"kselect_: values[{i}] must have {s.numel()} elements, got {v.numel()}")
+        if a.dtype != v.dtype:
+            raise TypeError(f"kselect_: applied[{i}] must have the dtype of values[{i}] ({v.dtype}), got {a.dtype}")
+        if a.numel() != v.numel():
+            raise ValueError(f"kselect_: applied[{i}] must have {v.numel()} elements, got {a.numel()}")
+
+    def span(t):
+        if t is None or t.numel() == 0:
+            return None
+        lo = hi = t.data_ptr()
+        for size, stride in zip(t.shape, t.stride()):
+            reach = (size - 1) * stride * t.element_size()
+            lo, hi = (lo + reach, hi) if reach < 0 else (lo, hi + reach)
+        return t.device, lo, hi + t.element_size()
+
+    def overlap(x, y):
+        return x is not None and y is not None and x[0] == y[0] and x[1] < y[2] and y[1] < x[2]
+
+    others = [span(t) for t in list(scores) + list(masks) + list(out) + list(values)]
+    spans = [span(a) for a in applied]
+    for i, sa in enumerate(spans):
+        if any(overlap(sa, t) for t in others) or any(overlap(sa, t) for j, t in enumerate(spans) if j != i):
+            raise ValueError(f"kselect_: applied[{i}] shares memory with another argument")
 
 
 def mask_mul(input: Tensor, mask: Tensor) -> Tensor:
