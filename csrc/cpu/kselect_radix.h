@@ -554,9 +554,27 @@ class RadixSelect {
   // floating dtype S, writing out directly. Masks are read and written as bit
   // patterns (0/1 in S: all-zero / the bits of 1; -0.0 counts as 0, NaN as
   // non-zero, as nonzero() does), which keeps every lane the same width.
-  template <typename S, bool Exclude, bool HasMask>
+  // Collect: inb written (the bracket's units, to be listed); otherwise only
+  // counted into `ties` (the write pass of a known threshold, lo == hi). With
+  // `ap` (float and double only, where the product is one native multiply):
+  // ap[j] = v[j] * new mask, the pruned values, in the same loop.
+  template <typename S, bool Exclude, bool HasMask, bool Collect>
   static void fused_block(const S* __restrict s, const S* __restrict m, S* __restrict o, int64_t n,
-                          uint8_t* __restrict inb, key_t inv, key_t lo, key_t hi) {
+                          uint8_t* __restrict inb, key_t inv, key_t lo, key_t hi, uint32_t& ties,
+                          const S* __restrict v = nullptr, S* __restrict ap = nullptr) {
+    if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
+      if (ap != nullptr) {
+        ties = fused_loop<S, Exclude, HasMask, Collect, true>(s, m, o, n, inb, inv, lo, hi, v, ap);
+        return;
+      }
+    }
+    ties = fused_loop<S, Exclude, HasMask, Collect, false>(s, m, o, n, inb, inv, lo, hi, v, ap);
+  }
+
+  template <typename S, bool Exclude, bool HasMask, bool Collect, bool Apply>
+  static uint32_t fused_loop(const S* __restrict s, const S* __restrict m, S* __restrict o, int64_t n,
+                             uint8_t* __restrict inb, key_t inv, key_t lo, key_t hi, const S* __restrict v,
+                             S* __restrict ap) {
     using B = bits_t<S>;
     B one;
     const S one_s = zero_or_one<S>(1);
@@ -564,15 +582,29 @@ class RadixSelect {
     constexpr B kAbs = static_cast<B>(static_cast<B>(~B(0)) >> 1);  // ~ promotes 16-bit B to int
     const B* __restrict mb = reinterpret_cast<const B*>(m);
     B* __restrict ob = reinterpret_cast<B*>(o);
+    key_t tie = 0;
     for (int64_t j = 0; j < n; ++j) {
       const key_t key = make_key<K>(s[j]) ^ inv;
       const key_t lt = key < lo;
       key_t e = 1;
       if constexpr (HasMask) e = key_t((mb[j] & kAbs) != 0);
       const key_t cand = Exclude ? e : key_t(1);
-      inb[j] = uint8_t(cand & key_t(key <= hi) & (lt ^ 1));
-      ob[j] = static_cast<B>(one & (B(0) - static_cast<B>(e & (lt ^ 1))));
+      const key_t in = cand & key_t(key <= hi) & (lt ^ 1);
+      if constexpr (Collect) {
+        inb[j] = uint8_t(in);
+      } else {
+        tie += in;
+      }
+      const key_t keep = e & (lt ^ 1);
+      const B bits = static_cast<B>(one & (B(0) - static_cast<B>(keep)));
+      ob[j] = bits;
+      if constexpr (Apply) {
+        S f;
+        std::memcpy(&f, &bits, sizeof(S));  // 0.0 or 1.0
+        ap[j] = v[j] * f;
+      }
     }
+    return static_cast<uint32_t>(tie);
   }
 
   // Writes every mask: units below [lo, hi] selected, above kept, inside kept
@@ -595,6 +627,8 @@ class RadixSelect {
         uint32_t tie = 0;
         for (int64_t b = ch.begin; b < ch.end; b += kSub) {
           const int64_t n = std::min(kSub, ch.end - b);
+          bool applied_done = false, tie_counted = false;
+          uint32_t sub_tie = 0;
           if (select_any && fused_[ch.t]) {
             // Scores, old mask and out of one floating dtype: one loop reads the
             // scores and the old mask and writes out, no keep bytes in between.
@@ -603,12 +637,30 @@ class RadixSelect {
               if constexpr (is_float_v<S>) {
                 const S* sp = score.data_ptr<S>() + b;
                 S* op = out.data_ptr<S>() + b;
-                if (!mask.defined()) {
-                  fused_block<S, false, false>(sp, nullptr, op, n, inb, inv_, lo, hi);
-                } else if (exclude_) {
-                  fused_block<S, true, true>(sp, mask.data_ptr<S>() + b, op, n, inb, inv_, lo, hi);
+                const S* mp = mask.defined() ? mask.data_ptr<S>() + b : nullptr;
+                const S* vp = nullptr;
+                S* ap = nullptr;
+                if (!applied_.empty() && values_[ch.t].scalar_type() == score.scalar_type() &&
+                    (std::is_same_v<S, float> || std::is_same_v<S, double>)) {
+                  vp = values_[ch.t].data_ptr<S>() + b;
+                  ap = applied_[ch.t].data_ptr<S>() + b;
+                  applied_done = true;
+                }
+                auto run = [&](auto collect) {
+                  constexpr bool C = decltype(collect)::value;
+                  if (!mask.defined()) {
+                    fused_block<S, false, false, C>(sp, mp, op, n, inb, inv_, lo, hi, sub_tie, vp, ap);
+                  } else if (exclude_) {
+                    fused_block<S, true, true, C>(sp, mp, op, n, inb, inv_, lo, hi, sub_tie, vp, ap);
+                  } else {
+                    fused_block<S, false, true, C>(sp, mp, op, n, inb, inv_, lo, hi, sub_tie, vp, ap);
+                  }
+                };
+                if (collect) {
+                  run(std::true_type{});
                 } else {
-                  fused_block<S, false, true>(sp, mask.data_ptr<S>() + b, op, n, inb, inv_, lo, hi);
+                  run(std::false_type{});
+                  tie_counted = true;
                 }
               } else {
                 TORCH_INTERNAL_ASSERT(false, "kselect_: fused write pass on a non-floating dtype");
@@ -634,13 +686,17 @@ class RadixSelect {
             }
             store_keep(out, packed_, b, n, keep);
           }
-          if (!applied_.empty()) {
+          if (!applied_.empty() && !applied_done) {
             // The pruned values while the scores (often the same tensor) and
             // the new mask are still in cache.
             if (select_any && fused_[ch.t]) load_keep(out, false, b, n, keep);
             apply_keep(values_[ch.t], applied_[ch.t], b, n, keep);
           }
           if (!select_any) continue;
+          if (tie_counted) {
+            tie += sub_tie;
+            continue;
+          }
           // inb: the candidates inside [lo, hi], counted and, when collecting,
           // listed. Scanned eight units at a time: they are few and far apart;
           // their keys are taken while the scores are in cache.
