@@ -147,3 +147,27 @@ def test_pruning_a_buffer_is_refused():
     with pytest.raises(TypeError, match="running_mean"):
         fp.l1_unstructured(bn, "running_mean", amount=1)
     assert_snapshot_equal(before, module_snapshot(bn))
+
+
+def test_failure_after_the_pruned_weights_were_written_rolls_back(monkeypatch):
+    """global_unstructured writes the pruned weights together with the masks
+    (before installing anything); a failure while installing them still leaves
+    every module as it was."""
+    from fastprune.core import reparam
+
+    model = _prepruned_lenet()
+    before = module_snapshot(model)
+    calls = {"n": 0}
+    original = reparam.premultiplied
+
+    def flaky(orig, mask, product):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom while installing")
+        return original(orig, mask, product)
+
+    monkeypatch.setattr(reparam, "premultiplied", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        fp.global_unstructured(_params(model), pruning_method=fp.L1Unstructured, amount=0.3)
+    assert calls["n"] == 3
+    assert_snapshot_equal(before, module_snapshot(model))

@@ -328,3 +328,93 @@ def test_bool_amount_is_a_type_error_naming_amount(call):
         call(m)
     assert not fp.is_pruned(m)
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- pruned weights written with the masks
+
+def _three_layers(seed):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(60, 40), nn.Linear(40, 30), nn.Linear(30, 5)]
+    with torch.no_grad():
+        w = layers[1].weight
+        w[0, :4] = torch.tensor([-0.0, float("inf"), float("-inf"), float("nan")])
+        w[1, :3] = torch.tensor([-1e-30, -2.5, 7.0])
+    return layers
+
+
+def _same_bits(a, b):
+    return bool((((a == b) | (a.isnan() & b.isnan())) & (a.signbit() == b.signbit()) | a.isnan()).all())
+
+
+@pytest.mark.parametrize("prepruned", ["none", "fastprune", "torch"])
+@pytest.mark.parametrize("amount", [0.6, 700])
+def test_global_pruned_weights_written_with_the_masks_equal_torchs(prepruned, amount):
+    """global_unstructured's fast path writes orig * mask in the selection's own
+    pass: the pruned weights are torch's bit for bit (-0.0 and NaN products of
+    negative, inf and NaN weights included), and so are their gradients, first
+    and second order."""
+    ours, theirs = _three_layers(0), _three_layers(0)
+    if prepruned != "none":
+        lib = fp if prepruned == "fastprune" else tp  # whose hook our side carries
+        for a, b in zip(ours, theirs):
+            lib.random_unstructured(a, "weight", amount=0.2)
+            tp.custom_from_mask(b, "weight", a.weight_mask.clone())
+    fp.global_unstructured([(m, "weight") for m in ours], pruning_method=fp.L1Unstructured,
+                                  amount=amount)
+    tp.global_unstructured([(m, "weight") for m in theirs], pruning_method=tp.L1Unstructured, amount=amount)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.weight_mask, b.weight_mask)
+        assert _same_bits(a.weight, b.weight)
+        assert a.weight.requires_grad and a.weight.grad_fn is not None and not a.weight.is_leaf
+        finite = a.weight_orig.detach().isfinite()
+
+        def loss(w):  # second order needs a loss that is not linear in the weight
+            return (torch.where(finite, w, torch.zeros(())) ** 3).sum()
+
+        ga = torch.autograd.grad(loss(a.weight), a.weight_orig, create_graph=True)[0]
+        gb = torch.autograd.grad(loss(b.weight), b.weight_orig, create_graph=True)[0]
+        assert _same_bits(ga, gb)
+        gga = torch.autograd.grad(ga.sum(), a.weight_orig)[0]
+        ggb = torch.autograd.grad(gb.sum(), b.weight_orig)[0]
+        assert _same_bits(gga, ggb)
+
+
+def test_global_pruned_weights_without_autograd():
+    """Under no_grad (or with weights that need no gradient) the pruned weight is
+    a plain tensor, as torch's orig * mask is then."""
+    layers = _three_layers(1)
+    with torch.no_grad():
+        fp.global_unstructured([(m, "weight") for m in layers], pruning_method=fp.L1Unstructured,
+                                      amount=0.5)
+    for m in layers:
+        assert m.weight.grad_fn is None and not m.weight.requires_grad
+        assert _same_bits(m.weight, m.weight_orig.detach() * m.weight_mask)
+
+
+def test_global_pruning_keeps_a_users_apply_mask():
+    """A tensor pruned by a user's method whose apply_mask computes something else
+    than orig * mask: the installation calls it, as torch does."""
+
+    class Doubling(fp.BasePruningMethod):  # noqa: D401
+        PRUNING_TYPE = "unstructured"
+
+        def compute_mask(self, t, default_mask):
+            return default_mask
+
+        def apply_mask(self, module):
+            return 2 * super().apply_mask(module)
+
+    class DoublingContainer(fp.PruningContainer):
+        def apply_mask(self, module):
+            return 2 * super().apply_mask(module)
+
+    layers = _three_layers(2)
+    Doubling.apply(layers[0], "weight")  # a single hook: torch wraps it into a plain container
+    fp.identity(layers[1], "weight")
+    key, hook = next(iter(layers[1]._forward_pre_hooks.items()))
+    layers[1]._forward_pre_hooks[key] = DoublingContainer(hook)
+    fp.global_unstructured([(m, "weight") for m in layers], pruning_method=fp.L1Unstructured,
+                                  amount=0.5)
+    assert _same_bits(layers[1].weight, 2 * layers[1].weight_orig * layers[1].weight_mask)
+    for m in (layers[0], layers[2]):
+        assert _same_bits(m.weight, m.weight_orig * m.weight_mask)

@@ -7,6 +7,10 @@
 
 #include <torch/library.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -153,9 +157,10 @@ void count_path(KSelectPath p) { g_path_counts[static_cast<int>(p)].fetch_add(1,
 
 enum class Sampled { kNotTried, kHit, kMissed };
 
-// The radix select is compiled twice: for the baseline instruction set, and on
-// x86-64 with GCC also for AVX2 (twice as wide vectors for key computation and
-// classification), chosen at run time.
+// The radix select is compiled for the baseline instruction set, and on x86-64
+// with GCC also for AVX2 (twice as wide vectors for key computation and
+// classification) and AVX-512 (twice as wide again, with unsigned compares
+// into mask registers), chosen at run time.
 #define FASTPRUNE_KSELECT_NS baseline
 #include "kselect_radix.h"
 #undef FASTPRUNE_KSELECT_NS
@@ -165,6 +170,13 @@ enum class Sampled { kNotTried, kHit, kMissed };
 #pragma GCC push_options
 #pragma GCC target("avx2")
 #define FASTPRUNE_KSELECT_NS avx2
+#include "kselect_radix.h"
+#undef FASTPRUNE_KSELECT_NS
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,avx512f,avx512bw,avx512vl,avx512dq,prefer-vector-width=512")
+#define FASTPRUNE_KSELECT_NS avx512
 #include "kselect_radix.h"
 #undef FASTPRUNE_KSELECT_NS
 #pragma GCC pop_options
@@ -273,6 +285,14 @@ void run_select(std::vector<at::Tensor> scores, std::vector<at::Tensor> masks, s
     return;
   }
 #ifdef FASTPRUNE_KSELECT_AVX2
+  static const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                                 !std::getenv("FASTPRUNE_NO_AVX512");
+  if (has_avx512) {
+    avx512::run_select<K>(std::move(scores), std::move(masks), std::move(outs), std::move(values),
+                          std::move(applied), k, fraction, largest, exclude_masked, packed);
+    return;
+  }
   static const bool has_avx2 = __builtin_cpu_supports("avx2");
   if (has_avx2) {
     avx2::run_select<K>(std::move(scores), std::move(masks), std::move(outs), std::move(values), std::move(applied),

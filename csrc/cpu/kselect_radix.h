@@ -9,6 +9,41 @@ namespace FASTPRUNE_KSELECT_NS {
 
 #include "kselect_keep.h"
 
+// memcpy to `dst` with non-temporal (streaming) stores for the 64-byte-aligned
+// part, in this namespace's vector width; stream_fence() orders them.
+inline void stream_store(void* dst, const void* src, size_t bytes) {
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+#if defined(__x86_64__) && defined(__SSE2__)
+  size_t head = (64 - (reinterpret_cast<uintptr_t>(d) & 63)) & 63;
+  if (head > bytes) head = bytes;
+  std::memcpy(d, s, head);
+  d += head;
+  s += head;
+  bytes -= head;
+#if defined(__AVX512F__)
+  for (; bytes >= 64; bytes -= 64, d += 64, s += 64) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d), _mm512_loadu_si512(s));
+  }
+#elif defined(__AVX2__)
+  for (; bytes >= 32; bytes -= 32, d += 32, s += 32) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+  }
+#else
+  for (; bytes >= 16; bytes -= 16, d += 16, s += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  }
+#endif
+#endif
+  std::memcpy(d, s, bytes);
+}
+
+inline void stream_fence() {
+#if defined(__x86_64__) && defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 // Unsigned integer as wide as S, for reading and writing S's bit patterns.
 template <typename S>
 using bits_t = std::conditional_t<sizeof(S) == 8, uint64_t, std::conditional_t<sizeof(S) == 4, uint32_t, uint16_t>>;
@@ -17,9 +52,19 @@ template <typename S>
 constexpr bool is_float_v = std::is_floating_point_v<S> || std::is_same_v<S, at::Half> ||
                             std::is_same_v<S, at::BFloat16>;
 
+// The per-unit loops compare keys as signed integers: x86 has one-instruction
+// signed vector compares only. Flipping the top bit of the keys (folded into
+// the xor with `inv`) and of the bounds keeps the unsigned order.
+#define FASTPRUNE_SIGNED_BOUNDS                                                                   \
+  constexpr key_t kFlip = static_cast<key_t>(key_t(1) << (kBits - 1));                           \
+  const key_t invf = static_cast<key_t>(inv ^ kFlip);                                             \
+  const skey_t lof = static_cast<skey_t>(static_cast<key_t>(lo ^ kFlip));                         \
+  const skey_t hif = static_cast<skey_t>(static_cast<key_t>(hi ^ kFlip))
+
 template <KeyKind K>
 class RadixSelect {
   using key_t = typename KeyTraits<K>::type;
+  using skey_t = std::make_signed_t<key_t>;
   static constexpr int kBits = KeyTraits<K>::bits;
   static constexpr int kPasses = kBits / kDigitBits;
   // Listed unit = tensor index << kPosBits | unit index within the tensor.
@@ -447,23 +492,34 @@ class RadixSelect {
   template <typename S, int Mode>
   static void scan_block(const S* __restrict s, const void* __restrict m, int64_t n, uint8_t* __restrict inb,
                          key_t inv, key_t lo, key_t hi, uint32_t& below, uint32_t& elig) {
+    FASTPRUNE_SIGNED_BOUNDS;
     using B = bits_t<S>;
     constexpr B kAbs = static_cast<B>(static_cast<B>(~B(0)) >> 1);  // ~ promotes 16-bit B to int
     const uint8_t* __restrict mk = static_cast<const uint8_t*>(m);
     const B* __restrict mb = static_cast<const B*>(m);
     key_t bl = 0, el = 0;
     for (int64_t j = 0; j < n; ++j) {
-      const key_t key = make_key<K>(s[j]) ^ inv;
+      const skey_t key = static_cast<skey_t>(make_key<K>(s[j]) ^ invf);  // signed order = unsigned order
       key_t e = 1;
       if constexpr (Mode == 1) e = mk[j];
       if constexpr (Mode == 2) e = key_t((mb[j] & kAbs) != 0);
-      const key_t lt = key < lo;
-      inb[j] = uint8_t(e & key_t(key <= hi) & (lt ^ 1));
+      const key_t lt = key < lof;
+      inb[j] = uint8_t(e & key_t(key <= hif) & (lt ^ 1));
       bl += e & lt;
       el += e;
     }
     below = static_cast<uint32_t>(bl);
     elig = static_cast<uint32_t>(el);
+  }
+
+  // Asks for units [begin, begin + n) of t to be brought into cache while the
+  // current sub-block is worked on: the passes do enough arithmetic per byte
+  // that the hardware prefetcher alone leaves them waiting on memory.
+  static void prefetch_ahead(const at::Tensor& t, int64_t begin, int64_t n) {
+    if (n <= 0) return;
+    const char* p = static_cast<const char*>(t.data_ptr()) + begin * t.element_size();
+    const int64_t bytes = n * t.element_size();
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
   }
 
   // Counts the candidates and those with key < lo, and gathers the keys of
@@ -489,6 +545,7 @@ class RadixSelect {
         const size_t before = keys.size();
         for (int64_t b = ch.begin; b < ch.end; b += kSub) {
           const int64_t n = std::min(kSub, ch.end - b);
+          prefetch_ahead(score, b + kSub, std::min(kSub, ch.end - b - kSub));
           const bool masked = exclude_ && mask.defined();
           const bool bits = masked && mask_bits_[ch.t];
           if (masked && !bits) load_keep(mask, packed_, b, n, keep);
@@ -540,12 +597,13 @@ class RadixSelect {
   template <typename S, bool Exclude>
   static void bracket_block(const S* __restrict s, int64_t n, uint8_t* __restrict keep, uint8_t* __restrict inb,
                             key_t inv, key_t lo, key_t hi) {
+    FASTPRUNE_SIGNED_BOUNDS;
     for (int64_t j = 0; j < n; ++j) {
-      const key_t key = make_key<K>(s[j]) ^ inv;
-      const key_t lt = key < lo;
+      const skey_t key = static_cast<skey_t>(make_key<K>(s[j]) ^ invf);  // signed order = unsigned order
+      const key_t lt = key < lof;
       const key_t e = keep[j];
       const key_t cand = Exclude ? e : key_t(1);
-      inb[j] = uint8_t(cand & key_t(key <= hi) & (lt ^ 1));
+      inb[j] = uint8_t(cand & key_t(key <= hif) & (lt ^ 1));
       keep[j] = uint8_t(e & (lt ^ 1));
     }
   }
@@ -562,19 +620,38 @@ class RadixSelect {
   static void fused_block(const S* __restrict s, const S* __restrict m, S* __restrict o, int64_t n,
                           uint8_t* __restrict inb, key_t inv, key_t lo, key_t hi, uint32_t& ties,
                           const S* __restrict v = nullptr, S* __restrict ap = nullptr) {
-    if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
-      if (ap != nullptr) {
-        ties = fused_loop<S, Exclude, HasMask, Collect, true>(s, m, o, n, inb, inv, lo, hi, v, ap);
-        return;
+    // The outputs are written through an L1 buffer with streaming stores: a
+    // plain store first reads each output line from memory (to own it), which
+    // here is a third of the pass's memory traffic.
+    constexpr int64_t kPiece = 1024;
+    alignas(64) S obuf[kPiece];
+    alignas(64) S abuf[kPiece];
+    uint32_t total = 0;
+    const bool apply = (std::is_same_v<S, float> || std::is_same_v<S, double>) && ap != nullptr;
+    for (int64_t p = 0; p < n; p += kPiece) {
+      const int64_t len = std::min(kPiece, n - p);
+      const S* mp = HasMask ? m + p : nullptr;
+      if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
+        if (apply) {
+          total += fused_loop<S, Exclude, HasMask, Collect, true>(s + p, mp, obuf, len, inb + p, inv, lo, hi, v + p,
+                                                                  abuf);
+          stream_store(ap + p, abuf, len * sizeof(S));
+          stream_store(o + p, obuf, len * sizeof(S));
+          continue;
+        }
       }
+      total += fused_loop<S, Exclude, HasMask, Collect, false>(s + p, mp, obuf, len, inb + p, inv, lo, hi, nullptr,
+                                                               nullptr);
+      stream_store(o + p, obuf, len * sizeof(S));
     }
-    ties = fused_loop<S, Exclude, HasMask, Collect, false>(s, m, o, n, inb, inv, lo, hi, v, ap);
+    ties = total;
   }
 
   template <typename S, bool Exclude, bool HasMask, bool Collect, bool Apply>
   static uint32_t fused_loop(const S* __restrict s, const S* __restrict m, S* __restrict o, int64_t n,
                              uint8_t* __restrict inb, key_t inv, key_t lo, key_t hi, const S* __restrict v,
                              S* __restrict ap) {
+    FASTPRUNE_SIGNED_BOUNDS;
     using B = bits_t<S>;
     B one;
     const S one_s = zero_or_one<S>(1);
@@ -584,12 +661,12 @@ class RadixSelect {
     B* __restrict ob = reinterpret_cast<B*>(o);
     key_t tie = 0;
     for (int64_t j = 0; j < n; ++j) {
-      const key_t key = make_key<K>(s[j]) ^ inv;
-      const key_t lt = key < lo;
+      const skey_t key = static_cast<skey_t>(make_key<K>(s[j]) ^ invf);  // signed order = unsigned order
+      const key_t lt = key < lof;
       key_t e = 1;
       if constexpr (HasMask) e = key_t((mb[j] & kAbs) != 0);
       const key_t cand = Exclude ? e : key_t(1);
-      const key_t in = cand & key_t(key <= hi) & (lt ^ 1);
+      const key_t in = cand & key_t(key <= hif) & (lt ^ 1);
       if constexpr (Collect) {
         inb[j] = uint8_t(in);
       } else {
@@ -727,6 +804,7 @@ class RadixSelect {
         }
         ties_[c] = tie;
       }
+      stream_fence();  // this task's streaming stores are visible before the pass ends
       if (collect) {
         std::lock_guard<std::mutex> lock(list_mutex);
         lists_.push_back({cb, std::move(listed), std::move(listed_keys)});
@@ -865,3 +943,5 @@ void run_select(std::vector<at::Tensor> scores, std::vector<at::Tensor> masks, s
 
 
 }  // namespace FASTPRUNE_KSELECT_NS
+
+#undef FASTPRUNE_SIGNED_BOUNDS

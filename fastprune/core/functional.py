@@ -6,7 +6,7 @@ import torch.nn.utils.prune as torch_prune
 
 from .. import ops
 from .reparam import forget_deepcopy, install_many
-from .sharding import replayable, same_error_everywhere, sharded_handler
+from .sharding import PLAIN_TENSOR_TYPES, replayable, same_error_everywhere, sharded_handler
 from .targets import existing_mask, mark_binary, resolve_scores, resolve_targets
 from .validation import (
     _compute_nparams_toprune,
@@ -22,6 +22,7 @@ from .methods import (
     LnStructured,
     PruningContainer,
     RandomStructured,
+    applies_plain_product,
     RandomUnstructured,
     has_soft_values,
     kselect_amount,
@@ -383,11 +384,18 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
                 )
         handler = sharded_handler(params + scores)
     soft = [handler is None and mk is not None and has_soft_values(mk) for mk in masks]
+    products = None
     if handler is not None:  # sharded parameters: the selection spans every process
         new_masks = handler.global_masks(targets, scores, method, masks)
     elif uses_fast_l1(method) and not any(soft):
         new_masks = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
-        kselect_amount([s.detach() for s in scores], masks, new_masks, method.amount)
+        # The pruned weights (orig * mask) are written in the selection's own
+        # pass over the weights, instead of by one more pass at installation.
+        origs = _plain_origs(targets)
+        if origs is not None:
+            products = [torch.empty_like(o, memory_format=torch.contiguous_format) for o in origs]
+        kselect_amount([s.detach() for s in scores], masks, new_masks, method.amount, values=origs,
+                       applied=products if origs is not None else None)
         new_masks = [mark_binary(mk) for mk in new_masks]
     else:
         new_masks = _global_masks_by_concatenation(method, params, scores, masks)
@@ -400,7 +408,24 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
         hook = CustomFromMask(mask)
         hook._tensor_name = name
         entries.append((module, name, hook, mask))
-    install_many(entries, PruningContainer)
+    install_many(entries, PruningContainer, products)
+
+
+def _plain_origs(targets):
+    """The original tensors (detached) of ``targets`` when the pruned weights can
+    be written together with the masks, else ``None``: every target installs
+    a plain ``orig * mask``, and every tensor is a plain one outside any
+    torch function mode or compilation (elsewhere the installation multiplies)."""
+    if torch._C._is_torch_function_mode_enabled() or torch.compiler.is_compiling():
+        return None
+    origs = []
+    for module, name in targets:
+        orig = module._parameters.get(name + "_orig") if existing_mask(module, name) is not None else \
+            module._parameters.get(name)
+        if type(orig) not in PLAIN_TENSOR_TYPES or orig.device.type == "meta" or not applies_plain_product(module, name):
+            return None
+        origs.append(orig.detach())
+    return origs
 
 
 def _global_masks_by_concatenation(method, params, scores, masks):

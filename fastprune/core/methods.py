@@ -330,20 +330,40 @@ class PruningContainer(BasePruningMethod, torch_prune.PruningContainer):
         return combine_masks(self._pruning_methods[-1], t, default_mask)
 
 
-def kselect_amount(scores, masks, out, amount) -> None:
+def kselect_amount(scores, masks, out, amount, values=None, applied=None) -> None:
     """``ops.kselect_`` of torch's ``amount`` among the units ``masks`` keep (iterated / global pruning).
 
     A float amount is a fraction of the selectable units, which the kernel
     counts in its first pass over the data (no pass of its own over the
     masks); an int amount is a count, validated here with torch's message.
+    ``values`` / ``applied``: as in ``ops.kselect_`` (the pruned weights
+    written with the masks).
     """
     if isinstance(amount, numbers.Integral):
         selectable = sum(s.numel() if m is None else int(torch.count_nonzero(m)) for s, m in zip(scores, masks))
         k = _compute_nparams_toprune(amount, selectable)
         _validate_pruning_amount(k, selectable)
-        ops.kselect_(scores, masks, out, k, largest=False, exclude_masked=True)
+        ops.kselect_(scores, masks, out, k, largest=False, exclude_masked=True, values=values, applied=applied)
     else:
-        ops.kselect_(scores, masks, out, None, largest=False, exclude_masked=True, fraction=float(amount))
+        ops.kselect_(scores, masks, out, None, largest=False, exclude_masked=True, fraction=float(amount),
+                     values=values, applied=applied)
+
+
+def applies_plain_product(module, name) -> bool:
+    """Whether installing a new mask on ``module.<name>`` sets it to exactly ``orig * mask``.
+
+    True for a tensor not pruned yet (fastprune's hook) and for one pruned by a
+    single hook whose container multiplies plainly (fastprune's or torch's
+    ``apply_mask``); a user's hook class may compute anything.
+    """
+    hooks = pruning_hooks(module, name)
+    if not hooks:
+        return CustomFromMask.apply_mask in _PLAIN_APPLY_MASKS
+    if len(hooks) != 1:
+        return False
+    hook = hooks[0][1]
+    container = type(hook) if isinstance(hook, torch_prune.PruningContainer) else PruningContainer
+    return container.apply_mask in _PLAIN_APPLY_MASKS
 
 
 def uses_fast_l1(method) -> bool:
@@ -937,3 +957,8 @@ _ONES_VIEW_SAFE = frozenset(
 
 def accepts_ones_view(cls) -> bool:
     return getattr(cls, "compute_mask", None) in _ONES_VIEW_SAFE
+
+
+# The apply_mask functions that compute exactly orig * mask, as defined (a
+# function patched onto the classes later is not one of them).
+_PLAIN_APPLY_MASKS = (BasePruningMethod.apply_mask, torch_prune.BasePruningMethod.apply_mask)

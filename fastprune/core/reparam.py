@@ -11,6 +11,7 @@ import copy
 import weakref
 from typing import Iterable
 
+import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
@@ -68,6 +69,32 @@ class ModuleSnapshot:
             m._flat_weights = self.flat_weights
 
 
+class _Premultiplied(torch.autograd.Function):
+    """``orig * mask`` whose value was computed already (by the k-selection,
+    in the pass that wrote the mask): the product's gradients, no second pass.
+    The value arrives in a list so that autograd does not take it for an input
+    (and return a view of it)."""
+
+    @staticmethod
+    def forward(ctx, orig, mask, box):
+        ctx.save_for_backward(orig, mask)
+        return box[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        orig, mask = ctx.saved_tensors
+        return (grad * mask if ctx.needs_input_grad[0] else None,
+                grad * orig if ctx.needs_input_grad[1] else None, None)
+
+
+def premultiplied(orig, mask, product):
+    """``product`` (== ``orig * mask``, computed elsewhere) as the pruned tensor:
+    differentiable w.r.t. ``orig`` (and ``mask``) when autograd records."""
+    if torch.is_grad_enabled() and (orig.requires_grad or mask.requires_grad):
+        return _Premultiplied.apply(orig, mask, [product])
+    return product
+
+
 def install(module, name, method, mask, container_cls, previous=None):
     """Register ``mask`` and ``method`` for ``module.<name>``; returns the hook. Rolls back on failure.
 
@@ -84,7 +111,7 @@ def install(module, name, method, mask, container_cls, previous=None):
         raise
 
 
-def _install_unchecked(module, name, method, mask, container_cls, previous=None):
+def _install_unchecked(module, name, method, mask, container_cls, previous=None, product=None):
     if previous is None:
         previous = pruning_hooks(module, name)
     for k, _ in previous:
@@ -103,23 +130,32 @@ def _install_unchecked(module, name, method, mask, container_cls, previous=None)
         module.register_parameter(name + "_orig", orig)
         del module._parameters[name]
     module.register_buffer(name + "_mask", mask)
-    setattr(module, name, hook.apply_mask(module))
+    if product is None:
+        setattr(module, name, hook.apply_mask(module))
+    else:  # the caller computed orig * mask already, and checked that apply_mask computes just that
+        setattr(module, name, premultiplied(module._parameters[name + "_orig"], mask, product))
     module.register_forward_pre_hook(hook)
     module.__dict__["__deepcopy__"] = DeepcopyPruned(module)
     return hook
 
 
-def install_many(entries, container_cls) -> None:
-    """``install`` for many (module, name, hook, mask) at once: all of them or none."""
+def install_many(entries, container_cls, products=None) -> None:
+    """``install`` for many (module, name, hook, mask) at once: all of them or none.
+
+    ``products``: ``orig * mask`` of each entry, computed already (then the
+    hooks' ``apply_mask`` must be the plain product), or ``None``.
+    """
     snapshots = {}
     for module, name, _, _ in entries:
         key = id(module)
         if key not in snapshots:
             names = [n for m, n, _, _ in entries if m is module]
             snapshots[key] = ModuleSnapshot(module, names)
+    if products is None:
+        products = [None] * len(entries)
     try:
-        for module, name, hook, mask in entries:
-            _install_unchecked(module, name, hook, mask, container_cls)
+        for (module, name, hook, mask), product in zip(entries, products):
+            _install_unchecked(module, name, hook, mask, container_cls, product=product)
     except BaseException:
         for snap in snapshots.values():
             snap.restore()
