@@ -9,41 +9,6 @@ namespace FASTPRUNE_KSELECT_NS {
 
 #include "kselect_keep.h"
 
-// memcpy to `dst` with non-temporal (streaming) stores for the 64-byte-aligned
-// part, in this namespace's vector width; stream_fence() orders them.
-inline void stream_store(void* dst, const void* src, size_t bytes) {
-  char* d = static_cast<char*>(dst);
-  const char* s = static_cast<const char*>(src);
-#if defined(__x86_64__) && defined(__SSE2__)
-  size_t head = (64 - (reinterpret_cast<uintptr_t>(d) & 63)) & 63;
-  if (head > bytes) head = bytes;
-  std::memcpy(d, s, head);
-  d += head;
-  s += head;
-  bytes -= head;
-#if defined(__AVX512F__)
-  for (; bytes >= 64; bytes -= 64, d += 64, s += 64) {
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(d), _mm512_loadu_si512(s));
-  }
-#elif defined(__AVX2__)
-  for (; bytes >= 32; bytes -= 32, d += 32, s += 32) {
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(d), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
-  }
-#else
-  for (; bytes >= 16; bytes -= 16, d += 16, s += 16) {
-    _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
-  }
-#endif
-#endif
-  std::memcpy(d, s, bytes);
-}
-
-inline void stream_fence() {
-#if defined(__x86_64__) && defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
 // Unsigned integer as wide as S, for reading and writing S's bit patterns.
 template <typename S>
 using bits_t = std::conditional_t<sizeof(S) == 8, uint64_t, std::conditional_t<sizeof(S) == 4, uint32_t, uint16_t>>;
@@ -620,31 +585,16 @@ class RadixSelect {
   static void fused_block(const S* __restrict s, const S* __restrict m, S* __restrict o, int64_t n,
                           uint8_t* __restrict inb, key_t inv, key_t lo, key_t hi, uint32_t& ties,
                           const S* __restrict v = nullptr, S* __restrict ap = nullptr) {
-    // The outputs are written through an L1 buffer with streaming stores: a
-    // plain store first reads each output line from memory (to own it), which
-    // here is a third of the pass's memory traffic.
-    constexpr int64_t kPiece = 1024;
-    alignas(64) S obuf[kPiece];
-    alignas(64) S abuf[kPiece];
-    uint32_t total = 0;
-    const bool apply = (std::is_same_v<S, float> || std::is_same_v<S, double>) && ap != nullptr;
-    for (int64_t p = 0; p < n; p += kPiece) {
-      const int64_t len = std::min(kPiece, n - p);
-      const S* mp = HasMask ? m + p : nullptr;
-      if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
-        if (apply) {
-          total += fused_loop<S, Exclude, HasMask, Collect, true>(s + p, mp, obuf, len, inb + p, inv, lo, hi, v + p,
-                                                                  abuf);
-          stream_store(ap + p, abuf, len * sizeof(S));
-          stream_store(o + p, obuf, len * sizeof(S));
-          continue;
-        }
+    // (Streaming stores through an L1 buffer were measured here: they cost
+    // first calls more than they save on warm ones, since the kernel has
+    // just zeroed each new page in cache.)
+    if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
+      if (ap != nullptr) {
+        ties = fused_loop<S, Exclude, HasMask, Collect, true>(s, m, o, n, inb, inv, lo, hi, v, ap);
+        return;
       }
-      total += fused_loop<S, Exclude, HasMask, Collect, false>(s + p, mp, obuf, len, inb + p, inv, lo, hi, nullptr,
-                                                               nullptr);
-      stream_store(o + p, obuf, len * sizeof(S));
     }
-    ties = total;
+    ties = fused_loop<S, Exclude, HasMask, Collect, false>(s, m, o, n, inb, inv, lo, hi, nullptr, nullptr);
   }
 
   template <typename S, bool Exclude, bool HasMask, bool Collect, bool Apply>
@@ -804,7 +754,6 @@ class RadixSelect {
         }
         ties_[c] = tie;
       }
-      stream_fence();  // this task's streaming stores are visible before the pass ends
       if (collect) {
         std::lock_guard<std::mutex> lock(list_mutex);
         lists_.push_back({cb, std::move(listed), std::move(listed_keys)});
