@@ -477,6 +477,22 @@ class RadixSelect {
     elig = static_cast<uint32_t>(el);
   }
 
+  // f(j) for each j < n with flag[j] != 0, in order. The flagged units are few
+  // and far apart, so the flags are read eight at a time. flag must have room
+  // for n + 8 bytes (the tail is zeroed here).
+  template <typename F>
+  static void for_each_flagged(uint8_t* flag, int64_t n, F&& f) {
+    std::memset(flag + n, 0, 8);
+    for (int64_t w = 0; w < n; w += 8) {
+      uint64_t x;
+      std::memcpy(&x, flag + w, 8);
+      while (x) {
+        f(w + (__builtin_ctzll(x) >> 3));
+        x &= x - 1;
+      }
+    }
+  }
+
   // Asks for units [begin, begin + n) of t to be brought into cache while the
   // current sub-block is worked on: the passes do enough arithmetic per byte
   // that the hardware prefetcher alone leaves them waiting on memory.
@@ -528,16 +544,7 @@ class RadixSelect {
             }
             below += bl;
             eligible += el;
-            std::memset(inb + n, 0, 8);
-            for (int64_t w = 0; w < n; w += 8) {
-              uint64_t x;
-              std::memcpy(&x, inb + w, 8);
-              while (x) {
-                const int64_t j = w + (__builtin_ctzll(x) >> 3);
-                x &= x - 1;
-                keys.push_back(make_key<K>(sp[j]) ^ inv_);
-              }
-            }
+            for_each_flagged(inb, n, [&](int64_t j) { keys.push_back(make_key<K>(sp[j]) ^ inv_); });
           });
         }
         const int64_t added = static_cast<int64_t>(keys.size() - before);
@@ -739,17 +746,11 @@ class RadixSelect {
           dispatch_score<K>(score.scalar_type(), [&](auto tag) {
             using S = typename decltype(tag)::type;
             const S* sp = score.data_ptr<S>() + b;
-            for (int64_t w = 0; w < n; w += 8) {
-              uint64_t x;
-              std::memcpy(&x, inb + w, 8);
-              while (x) {
-                const int64_t j = w + (__builtin_ctzll(x) >> 3);
-                x &= x - 1;
-                ++tie;
-                listed.push_back((uint64_t(ch.t) << kPosBits) | uint64_t(b + j));
-                listed_keys.push_back(make_key<K>(sp[j]) ^ inv_);
-              }
-            }
+            for_each_flagged(inb, n, [&](int64_t j) {
+              ++tie;
+              listed.push_back((uint64_t(ch.t) << kPosBits) | uint64_t(b + j));
+              listed_keys.push_back(make_key<K>(sp[j]) ^ inv_);
+            });
           });
         }
         ties_[c] = tie;
