@@ -39,8 +39,8 @@ class RadixSelect {
   static constexpr int64_t kListCap = int64_t(1) << 20;
   // Sampled bracket: tried from kSampleMin units; kSampleStrata runs of
   // kSampleRun units drawn (up to 2^18 keys); given up beforehand when the
-  // bracket is expected to hold more than kBracketCap candidates (16 MB of keys
-  // at most: 32 MB with the limit at which the scan stops).
+  // bracket is expected to hold more than kBracketCap candidates; the scan
+  // stops past 2 x kBracketCap gathered keys (32 MB of 32-bit keys, 64 MB of 64-bit).
   static constexpr int64_t kSampleMin = int64_t(1) << 20;
   static constexpr int64_t kSampleStrata = int64_t(1) << 14;
   static constexpr int64_t kSampleRun = 16;
