@@ -126,6 +126,21 @@ def main(argv) -> int:
     out_nc = torch.empty(64, 96, device=dev, dtype=torch.float16).t()
     torch.ops.fastprune.kselect_([s.to(dev, copy=True)], [m.to(dev, copy=True)], [out_nc], 1000, False, True, False)
     check("kselect non-contiguous out", torch.equal(want[0].to(torch.float16), out_nc.cpu()))
+    # applied = values * new mask (the pruned weights), against the reference, packed and not.
+    for packed in (False, True):
+        w = torch.randn(96, 64, generator=gen)
+        w[0, :3] = torch.tensor([float("inf"), float("nan"), -2.0])
+        mk = ref.pack_mask(m != 0) if packed else m
+        outs = [torch.empty(ref.packed_numel(w.numel()), dtype=torch.uint8) if packed else torch.empty_like(w)]
+        want_out, want_applied = [o.clone() for o in outs], [torch.empty_like(w)]
+        ref.kselect_([w], [mk], want_out, -1, False, True, packed, 0.4, [w], want_applied)
+        got_out = [o.to(dev) for o in outs]
+        got_applied = [torch.empty_like(w, device=dev)]
+        wd = w.to(dev)
+        torch.ops.fastprune.kselect_([wd], [mk.to(dev)], got_out, -1, False, True, packed, 0.4, [wd], got_applied)
+        g, e = got_applied[0].cpu(), want_applied[0]
+        same = bool((((g == e) | (g.isnan() & e.isnan())) & (g.signbit() == e.signbit()) | g.isnan()).all())
+        check(f"kselect applied packed={packed}", torch.equal(got_out[0].cpu(), want_out[0]) and same)
     try:
         fastprune.ops.kselect([s.to(dev, copy=True)], [m.to(dev, copy=True)], int((m != 0).sum()) + 1)
         check("kselect k > selectable raises ValueError", False, "no error")
