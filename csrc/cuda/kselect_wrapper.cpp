@@ -14,19 +14,21 @@ namespace cuda {
 namespace {
 
 // applied[i] = values[i] * (out[i] != 0) in values[i]'s dtype, from the final
-// masks. On the GPU this is one more elementwise pass (the CPU kernel writes it
-// in its write pass instead, where a memory-bound pass costs what a copy does).
-void apply_masks(const KSelectArgs& a, bool packed) {
-  for (size_t i = 0; i < a.applied.size(); ++i) {
-    const at::Tensor& v = a.values[i];
+// masks, into the staged (contiguous) outputs of stage_kselect. On the GPU this
+// is one more elementwise pass (the CPU kernel writes it in its write pass
+// instead, where a memory-bound pass costs what a copy does).
+void apply_masks(const KSelectWrites& w, bool packed) {
+  for (size_t i = 0; i < w.write_applied.size(); ++i) {
+    const at::Tensor& v = w.values[i];
+    const at::Tensor& out = w.write[i];
     at::Tensor keep;
     if (packed) {
-      const at::Tensor bits = at::arange(8, a.out[i].options().dtype(at::kByte));
-      keep = a.out[i].reshape({-1, 1}).bitwise_right_shift(bits).bitwise_and(1).reshape({-1}).narrow(0, 0, v.numel());
+      const at::Tensor bits = at::arange(8, out.options().dtype(at::kByte));
+      keep = out.reshape({-1, 1}).bitwise_right_shift(bits).bitwise_and(1).reshape({-1}).narrow(0, 0, v.numel());
     } else {
-      keep = a.out[i].reshape({-1}).ne(0);
+      keep = out.reshape({-1}).ne(0);
     }
-    a.applied[i].copy_(v.reshape({-1}).mul(keep.to(v.scalar_type())).view(a.applied[i].sizes()));
+    w.write_applied[i].view({-1}).copy_(v.reshape({-1}).mul(keep.to(v.scalar_type())));
   }
 }
 
@@ -71,8 +73,8 @@ void kselect_cuda_op(at::TensorList scores, const c10::List<std::optional<at::Te
   check_launch(st.error, "kselect_");
   FP_CHECK_VALUE(!st.k_out_of_range, "kselect_: k=", a.k, " must be between 0 and the number of selectable units (",
                  st.selectable, ")");
-  w.copy_back(a.out);
-  apply_masks(a, packed);
+  apply_masks(w, packed);
+  w.copy_back(a.out, a.applied);
 }
 
 }  // namespace

@@ -391,11 +391,11 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
         new_masks = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
         # The pruned weights (orig * mask) are written in the selection's own
         # pass over the weights, instead of by one more pass at installation.
-        origs = _plain_origs(targets)
+        origs = _plain_origs(targets, masks)
         if origs is not None:
             products = [torch.empty_like(o, memory_format=torch.contiguous_format) for o in origs]
         kselect_amount([s.detach() for s in scores], masks, new_masks, method.amount, values=origs,
-                       applied=products if origs is not None else None)
+                       applied=products)
         new_masks = [mark_binary(mk) for mk in new_masks]
     else:
         new_masks = _global_masks_by_concatenation(method, params, scores, masks)
@@ -411,17 +411,17 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     install_many(entries, PruningContainer, products)
 
 
-def _plain_origs(targets):
+def _plain_origs(targets, masks):
     """The original tensors (detached) of ``targets`` when the pruned weights can
     be written together with the masks, else ``None``: every target installs
     a plain ``orig * mask``, and every tensor is a plain one outside any
-    torch function mode or compilation (elsewhere the installation multiplies)."""
+    torch function mode or compilation (elsewhere the installation multiplies).
+    ``masks``: each target's existing mask, or ``None`` where it is not pruned."""
     if torch._C._is_torch_function_mode_enabled() or torch.compiler.is_compiling():
         return None
     origs = []
-    for module, name in targets:
-        orig = module._parameters.get(name + "_orig") if existing_mask(module, name) is not None else \
-            module._parameters.get(name)
+    for (module, name), mask in zip(targets, masks):
+        orig = module._parameters.get(name if mask is None else name + "_orig")
         if type(orig) not in PLAIN_TENSOR_TYPES or orig.device.type == "meta" or not applies_plain_product(module, name):
             return None
         origs.append(orig.detach())
