@@ -5,6 +5,8 @@ Run separately from the tests::
     pytest benchmarks --benchmark-only                 # 1M, 10M, 100M parameters
     pytest benchmarks --benchmark-only --big           # adds 400M (or FASTPRUNE_BENCH_BIG=1)
     pytest benchmarks --benchmark-only --sizes 1M,10M  # any sizes
+    FASTPRUNE_BENCH_DEVICE=cuda pytest benchmarks --benchmark-only   # on the GPU (the per-call
+                                                       # cases of many small layers stay on the CPU)
 
 Every case benchmarks torch and fastprune in the same run, grouped so that
 pytest-benchmark prints them side by side. Correctness is asserted before
@@ -25,7 +27,7 @@ BIG_SIZES = ["400M"]
 SEED = 0
 AMOUNT = 0.5
 DTYPE = torch.float32
-DEVICE = torch.device("cpu")
+DEVICE = torch.device(os.environ.get("FASTPRUNE_BENCH_DEVICE", "cpu"))
 
 
 def pytest_addoption(parser):
@@ -137,6 +139,19 @@ def check_global(cache, model, masks_bool, reference):
     scores = bench.layer_scores(cache.shapes, DTYPE, DEVICE, SEED)
     result = bench.compare_masks(packed, reference, scores, threshold)
     assert result.ties_only, f"masks differ from torch's beyond tied units: {result.verdict}"
+
+
+def synced(fn):
+    """``fn`` followed by a device synchronisation, so that a timing covers the device's work."""
+    if DEVICE.type != "cuda":
+        return fn
+
+    def run(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        torch.cuda.synchronize(DEVICE)
+        return out
+
+    return run
 
 
 def group(benchmark, case, label):

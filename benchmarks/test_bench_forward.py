@@ -11,6 +11,7 @@ import torch.nn.utils.prune as tp
 import fastprune
 from conftest import (
     AMOUNT,
+    DEVICE,
     DTYPE,
     check_global,
     group,
@@ -18,6 +19,7 @@ from conftest import (
     reference_global_masks,
     rounds_for,
     skip_torch_if_too_big,
+    synced,
 )
 
 LIBS = {"torch": tp, "fastprune": fastprune, "fastprune-bool": fastprune}
@@ -40,7 +42,7 @@ def test_forward(benchmark, cache, model, size, lib):
         for m in model:
             m._buffers["weight_mask"] = m._buffers["weight_mask"].bool()
     g = torch.Generator().manual_seed(0)
-    xs = {n: torch.randn(1, n, generator=g).to(DTYPE) for n in {m.weight_orig.shape[1] for m in model}}
+    xs = {n: torch.randn(1, n, generator=g).to(DEVICE, DTYPE) for n in {m.weight_orig.shape[1] for m in model}}
 
     def run():
         with torch.no_grad():
@@ -51,4 +53,4 @@ def test_forward(benchmark, cache, model, size, lib):
         for m in model:  # the hook's weight is orig * mask exactly
             assert torch.equal(m.weight, m.weight_orig * m.weight_mask.to(DTYPE))
     rounds = rounds_for(model, "torch" if lib == "torch" else "fastprune")
-    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(synced(run), rounds=rounds, iterations=1, warmup_rounds=1)

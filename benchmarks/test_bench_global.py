@@ -11,6 +11,7 @@ from conftest import (
     reference_global_masks,
     rounds_for,
     skip_torch_if_too_big,
+    synced,
 )
 
 LIBS = {"torch": tp, "fastprune": fastprune}
@@ -31,7 +32,7 @@ def test_global_l1(benchmark, cache, model, size, lib):
         reference = reference_global_masks(cache, model)
         run()
         check_global(cache, model, [m.weight_mask != 0 for m in model], reference)
-    benchmark.pedantic(run, setup=cache.restore, rounds=rounds_for(model, lib), iterations=1)
+    benchmark.pedantic(synced(run), setup=cache.restore, rounds=rounds_for(model, lib), iterations=1)
     if lib == "torch":  # the reference fastprune's test compares with
         cache.reference.setdefault("global", packed_masks([m.weight_mask for m in model]))
 
@@ -65,5 +66,5 @@ def test_sparsify(benchmark, cache, model, size, lib):
         run()
         ms = state["maskset"]
         check_global(cache, model, [ms.mask(i) for i in range(len(ms))], reference)
-    benchmark.pedantic(run, setup=setup, rounds=rounds_for(model, lib), iterations=1)
+    benchmark.pedantic(synced(run), setup=setup, rounds=rounds_for(model, lib), iterations=1)
     setup()

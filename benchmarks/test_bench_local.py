@@ -6,7 +6,7 @@ import torch.nn.utils.prune as tp
 import fastprune
 from fastprune import bench
 from fastprune.ops import pack_mask
-from conftest import AMOUNT, DTYPE, SEED, group
+from conftest import AMOUNT, DEVICE, DTYPE, SEED, group, synced
 
 SHAPES = {"4096x4096": (4096, 4096), "16384x4096": (16384, 4096)}
 LIBS = {"torch": tp, "fastprune": fastprune}
@@ -14,7 +14,7 @@ _REFERENCE = {}
 
 
 def make_layer(shape):
-    return bench.build_model([shape], DTYPE, torch.device("cpu"), SEED)[0]
+    return bench.build_model([shape], DTYPE, DEVICE, SEED)[0]
 
 
 def unprune(lin):
@@ -56,7 +56,7 @@ def test_local(benchmark, case, shape, lib):
         assert_local_match(case, lin.weight_mask, reference, lin.weight_orig.detach())
         unprune(lin)
     benchmark.pedantic(
-        lambda: prune_call(lib, case, lin),
+        synced(lambda: prune_call(lib, case, lin)),
         setup=lambda: unprune(lin),
         rounds=3 if lib == "torch" else 5,  # torch too: a single round catches allocator luck
         iterations=1,

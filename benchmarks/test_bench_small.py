@@ -10,7 +10,10 @@ import torch
 import torch.nn.utils.prune as tp
 
 import fastprune
-from conftest import AMOUNT, group
+from conftest import AMOUNT, DEVICE, group
+
+# The per-call cost on the CPU: not run when the suite is pointed at a GPU.
+pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="per-call CPU cases (FASTPRUNE_BENCH_DEVICE is set)")
 
 LIBS = {"torch": tp, "fastprune": fastprune}
 MODELS = {"2000xLinear(8,8)": ("l1", 2000, 8), "500xLinear(64,64)": ("ln", 500, 64)}

@@ -17,7 +17,14 @@
 #   bench_7b    python -m fastprune.bench on a 7B-parameter bf16 model: global L1 50% and sparsify_,
 #               fastprune and torch (its time or its error)
 #   figures     benchmarks/gpu_figures.py: mask multiply as a fraction of a copy's bandwidth,
-#               ln_structured on large tensors against torch
+#               ln_structured on large tensors against torch, row_kselect / nm_select over a
+#               7B model's linear layers against torch.topk
+#   llm         benchmarks/gpu_llm.py: fastprune.llm.prune (Wanda, SparseGPT) on a ~1B Llama-shaped
+#               model on the GPU, and on the first blocks on the GPU and the CPU (mask agreement)
+#   pb          the pytest-benchmark suite (benchmarks/) on the GPU (FASTPRUNE_BENCH_DEVICE=cuda)
+# GPU_CHECK_STAGES (default "kernels pytest bench_7b figures llm pb") chooses the stages after
+# the build; GPU_CHECK_PYTEST_K (default "cuda": the tests parametrised over the CUDA device
+# and tests/cuda; "" runs the whole suite) selects the tests of the pytest stage.
 # Everything lands in OUT: one log per stage, JSON figures, summary.md and summary.json.
 # Without a CUDA device only the build runs; the summary says so and the exit status is 0.
 # With one, the exit status is 1 when any stage failed. Stage time limits keep the whole
@@ -32,6 +39,9 @@ OUT="$(cd "$OUT_ARG" && pwd)"
 SITE="$OUT/site"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 BUDGET="${GPU_CHECK_BUDGET_S:-570}"
+STAGES_WANTED=" ${GPU_CHECK_STAGES:-kernels pytest bench_7b figures llm pb} "
+PYTEST_K="${GPU_CHECK_PYTEST_K-cuda}"
+wanted() { [[ "$STAGES_WANTED" == *" $1 "* ]]; }
 STAGES="$OUT/stages.tsv"
 : > "$STAGES"
 START_ALL=$(date +%s)
@@ -157,7 +167,7 @@ build() {
 export -f build
 export OUT SITE PY ROOT CORES GPU ARCH NVCC SANITIZER TEST_BIN COMPILE_PID
 if [[ "$GPU" == 1 ]]; then
-  run_stage build "$(limit 330 230)" bash -c build
+  run_stage build "$(limit 300 360)" bash -c build
 else
   run_stage build 1800 bash -c build  # the CPU path has no GPU lease to fit in
 fi
@@ -170,7 +180,7 @@ summarize() {
 
 if [[ "$GPU" != 1 ]]; then
   say "no CUDA device present (nvidia-smi finds none, or torch.cuda.is_available() is False): GPU stages not run"
-  for s in kernels pytest bench_7b figures; do skip_stage "$s" "no CUDA device present"; done
+  for s in kernels pytest bench_7b figures llm pb; do skip_stage "$s" "no CUDA device present"; done
   summarize
   exit 0
 fi
@@ -203,6 +213,9 @@ kernels() {
       local r=$?; tail -n 3 "$OUT/sanitizer_${tool}_standalone.log"
       echo "SANITIZER $tool standalone: $([[ $r == 0 ]] && echo ok || echo "FAILED ($r)")"; [[ $r == 0 ]] || rc=1
     fi
+    # torch under racecheck / synccheck takes minutes; the kernels' shared-memory use is
+    # covered by the standalone binary above, so the ops script runs under memcheck only.
+    [[ "$tool" == memcheck ]] || continue
     echo "+ compute-sanitizer --tool $tool python tests/cuda/check_cuda_ops.py --quick"
     (cd "$OUT" && PYTHONPATH="$SITE" timeout 60 "$SANITIZER" --tool "$tool" --error-exitcode 3 \
        --target-processes all "$PY" "$ROOT/tests/cuda/check_cuda_ops.py" --quick) \
@@ -213,16 +226,22 @@ kernels() {
   return $rc
 }
 export -f kernels
-run_stage kernels "$(limit 150 160)" bash -c kernels
+wanted kernels && run_stage kernels "$(limit 150 300)" bash -c kernels
 
 # ---- pytest with cuda in the device fixture (tests/conftest.py adds it when torch sees a GPU)
-run_stage pytest "$(limit 150 80)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' -m pytest '$ROOT/tests' -q \
-  -p no:cacheprovider --junitxml='$OUT/pytest.xml'"
+wanted pytest && run_stage pytest "$(limit 150 240)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' -m pytest \
+  '$ROOT/tests' -q -p no:cacheprovider ${PYTEST_K:+-k '$PYTEST_K'} --junitxml='$OUT/pytest.xml'"
 
 # ---- benchmarks
-run_stage bench_7b "$(limit 120 30)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' -m fastprune.bench --device cuda \
-  --dtype bfloat16 --params 7B --cases global_l1,sparsify --amount 0.5 --repeat 1 --quiet --json '$OUT/bench_7b.json'"
-run_stage figures "$(limit 60 0)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' '$ROOT/benchmarks/gpu_figures.py' \
-  --device cuda --json '$OUT/figures.json'"
+wanted bench_7b && run_stage bench_7b "$(limit 120 180)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' -m fastprune.bench \
+  --device cuda --dtype bfloat16 --params 7B --cases global_l1,sparsify --amount 0.5 --repeat 1 --quiet \
+  --json '$OUT/bench_7b.json'"
+wanted figures && run_stage figures "$(limit 90 120)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' \
+  '$ROOT/benchmarks/gpu_figures.py' --device cuda --json '$OUT/figures.json'"
+wanted llm && run_stage llm "$(limit 120 60)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' \
+  '$ROOT/benchmarks/gpu_llm.py' --device cuda --json '$OUT/llm.json'"
+wanted pb && run_stage pb "$(limit 120 0)" bash -c "cd '$ROOT/benchmarks' && FASTPRUNE_BENCH_DEVICE=cuda \
+  PYTHONPATH='$SITE' '$PY' -m pytest . -q -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,rounds \
+  --benchmark-json='$OUT/pb.json' && '$PY' pb_table.py '$OUT/pb.json' > '$OUT/pb_table.md'"
 
 summarize

@@ -92,6 +92,10 @@ def main(argv: List[str]) -> int:
     fig = read_json(os.path.join(out, "figures.json"))
     if fig is not None:
         figures["gpu_figures"] = fig
+    llm = read_json(os.path.join(out, "llm.json"))
+    if llm is not None:
+        figures["llm"] = llm
+    pb_table = read(os.path.join(out, "pb_table.md"))
 
     for st in stages:
         if st["name"] == "bench_7b" and st["status"] == "failed" and bench is not None:
@@ -181,6 +185,29 @@ def main(argv: List[str]) -> int:
         for r in fig.get("ln_structured", []):
             md.append(f"| {r['shape']} | {r['dtype']} | {r['dim']} | {fmt_s(r['fastprune_s'])} | {fmt_s(r['torch_s'])} "
                       f"| {r['speedup']:.1f}x | {r['masks_equal']} |")
+        if fig.get("row_nm"):
+            md += ["", "## row_kselect / nm_select over a 7B model's linear layers", "",
+                   "| op | dtype | layers | elements | fastprune | GB/s | fraction of copy | torch topk | speedup |",
+                   "|---|---|---|---|---|---|---|---|---|"]
+            for r in fig["row_nm"]:
+                plain = fmt_s(r["torch_topk_s"]) if r.get("torch_topk_s") is not None else (
+                    r.get("torch_topk_error") or "-")
+                speed = f"{r['speedup']:.1f}x" if r.get("speedup") else "-"
+                md.append(f"| {r['op']} | {r['dtype']} | {r['layers']} | {r['numel']:,} | {fmt_s(r['op_s'])} "
+                          f"| {r['op_GBps']:.1f} | {r['fraction_of_copy']:.2f} | {plain} | {speed} |")
+    if llm is not None:
+        info = llm.get("info", {})
+        md += ["", f"## fastprune.llm.prune on {info.get('device')} and on the CPU ({info.get('cpu')})", "",
+               f"Llama-shaped, {info.get('params', 0) / 1e6:.0f}M parameters, {info.get('layers')} blocks, "
+               f"{info.get('dtype')}, calibration {info.get('calibration')}, sparsity {info.get('sparsity')}.", "",
+               f"| method | device, all blocks | peak device memory | device, first {info.get('compared_blocks')} "
+               "| CPU, same blocks | speed-up | masks agree |", "|---|---|---|---|---|---|---|"]
+        for r in llm.get("rows", []):
+            md.append(f"| {r['method']} | {fmt_s(r['device_all_s'])} | {fmt_bytes(r.get('device_peak_bytes'))} "
+                      f"| {fmt_s(r['device_first_s'])} | {fmt_s(r['cpu_first_s'])} | {r['speedup']:.1f}x "
+                      f"| {r['mask_agreement'] * 100:.3f}% |")
+    if pb_table:
+        md += ["", "## pytest-benchmark suite on the GPU (min of the rounds)", "", pb_table.strip()]
     md += ["", "## Failures", ""]
     md += [f"- {f}" for f in failures] or ["none"]
     text = "\n".join(md) + "\n"
