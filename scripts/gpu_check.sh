@@ -24,7 +24,8 @@
 #   pb          the pytest-benchmark suite (benchmarks/) on the GPU (FASTPRUNE_BENCH_DEVICE=cuda)
 # GPU_CHECK_STAGES (default "kernels pytest bench_7b figures llm pb") chooses the stages after
 # the build; GPU_CHECK_PYTEST_K (default "cuda": the tests parametrised over the CUDA device
-# and tests/cuda; "" runs the whole suite) selects the tests of the pytest stage.
+# and tests/cuda; "" runs the whole suite) selects the tests of the pytest stage;
+# GPU_CHECK_SANITIZER_TOOLS (default "memcheck racecheck synccheck") the compute-sanitizer tools.
 # Everything lands in OUT: one log per stage, JSON figures, summary.md and summary.json.
 # Without a CUDA device only the build runs; the summary says so and the exit status is 0.
 # With one, the exit status is 1 when any stage failed. Stage time limits keep the whole
@@ -165,9 +166,9 @@ build() {
   (cd "$OUT" && PYTHONPATH="$SITE" "$PY" "$ROOT/tests/cuda/check_build.py" $([[ "$GPU" == 1 ]] && echo --cuda))
 }
 export -f build
-export OUT SITE PY ROOT CORES GPU ARCH NVCC SANITIZER TEST_BIN COMPILE_PID
+export OUT SITE PY ROOT CORES GPU ARCH NVCC SANITIZER TEST_BIN COMPILE_PID GPU_CHECK_SANITIZER_TOOLS
 if [[ "$GPU" == 1 ]]; then
-  run_stage build "$(limit 300 360)" bash -c build
+  run_stage build "$(limit 200 200)" bash -c build
 else
   run_stage build 1800 bash -c build  # the CPU path has no GPU lease to fit in
 fi
@@ -205,7 +206,7 @@ kernels() {
     echo "SANITIZER-SKIPPED: compute-sanitizer not found (PATH, the toolkit's bin, /usr/local/cuda/bin)"
     return $rc
   fi
-  for tool in memcheck racecheck synccheck; do
+  for tool in ${GPU_CHECK_SANITIZER_TOOLS:-memcheck racecheck synccheck}; do
     if [[ -x "$TEST_BIN" ]]; then
       echo "+ compute-sanitizer --tool $tool test_kernels_standalone --quick"
       timeout 60 "$SANITIZER" --tool "$tool" --error-exitcode 3 "$TEST_BIN" --quick \
@@ -226,20 +227,20 @@ kernels() {
   return $rc
 }
 export -f kernels
-wanted kernels && run_stage kernels "$(limit 150 300)" bash -c kernels
+wanted kernels && run_stage kernels "$(limit 100 150)" bash -c kernels
 
 # ---- pytest with cuda in the device fixture (tests/conftest.py adds it when torch sees a GPU)
-wanted pytest && run_stage pytest "$(limit 150 240)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' -m pytest \
+wanted pytest && run_stage pytest "$(limit 90 130)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' -m pytest \
   '$ROOT/tests' -q -p no:cacheprovider ${PYTEST_K:+-k '$PYTEST_K'} --junitxml='$OUT/pytest.xml'"
 
 # ---- benchmarks
-wanted bench_7b && run_stage bench_7b "$(limit 120 180)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' -m fastprune.bench \
+wanted bench_7b && run_stage bench_7b "$(limit 90 90)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' -m fastprune.bench \
   --device cuda --dtype bfloat16 --params 7B --cases global_l1,sparsify --amount 0.5 --repeat 1 --quiet \
   --json '$OUT/bench_7b.json'"
-wanted figures && run_stage figures "$(limit 90 120)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' \
+wanted figures && run_stage figures "$(limit 80 50)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' \
   '$ROOT/benchmarks/gpu_figures.py' --device cuda --json '$OUT/figures.json'"
-wanted llm && run_stage llm "$(limit 120 60)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' \
-  '$ROOT/benchmarks/gpu_llm.py' --device cuda --json '$OUT/llm.json'"
+wanted llm && run_stage llm "$(limit 120 15)" bash -c "cd '$OUT' && PYTHONPATH='$SITE' '$PY' \
+  '$ROOT/benchmarks/gpu_llm.py' --device cuda --cpu-blocks 1 --json '$OUT/llm.json'"
 wanted pb && run_stage pb "$(limit 120 0)" bash -c "cd '$ROOT/benchmarks' && FASTPRUNE_BENCH_DEVICE=cuda \
   PYTHONPATH='$SITE' '$PY' -m pytest . -q -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,rounds \
   --benchmark-json='$OUT/pb.json' && '$PY' pb_table.py '$OUT/pb.json' > '$OUT/pb_table.md'"

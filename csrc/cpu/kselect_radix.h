@@ -9,6 +9,13 @@ namespace FASTPRUNE_KSELECT_NS {
 
 #include "kselect_keep.h"
 
+// Units per sub-block of the bracket scan and the write pass (a multiple of 8): the
+// per-unit byte buffers of one sub-block stay in L1. A namespace constant, and the
+// buffers reached through plain pointers inside the generic lambdas below: GCC 13
+// crashes (internal compiler error in tsubst_copy) on a function-local constexpr
+// array bound whose array a generic lambda of a class template captures.
+constexpr int64_t kSubBlock = 4096;
+
 // Unsigned integer as wide as S, for reading and writing S's bit patterns.
 template <typename S>
 using bits_t = std::conditional_t<sizeof(S) == 8, uint64_t, std::conditional_t<sizeof(S) == 4, uint32_t, uint16_t>>;
@@ -267,7 +274,8 @@ class RadixSelect {
     for (size_t i = 0; i < kAhead; ++i) prefetch(i);
     std::vector<key_t> sample;
     sample.reserve(draws.size() * kSampleRun);
-    alignas(64) uint8_t elig[kSampleRun + 8];
+    alignas(64) uint8_t elig_buf[kSampleRun + 8];
+    uint8_t* const elig = elig_buf;  // a pointer in the generic lambda below (see kSubBlock)
     for (size_t i = 0; i < draws.size(); ++i) {
       prefetch(i + kAhead);
       const Draw& d = draws[i];
@@ -508,15 +516,16 @@ class RadixSelect {
   // exclude units) once and writes nothing. Stops once more than `limit` keys
   // are gathered.
   BracketScan scan_bracket(key_t lo, key_t hi, int64_t limit) {
-    constexpr int64_t kSub = 4096;  // multiple of 8
     BracketScan sc;
     std::mutex merge_mutex;
     std::atomic<int64_t> gathered{0};
     std::atomic<bool> abort{false};
     std::vector<std::pair<int64_t, std::vector<key_t>>> parts;
     at::parallel_for(0, static_cast<int64_t>(chunks_.size()), 1, [&](int64_t cb, int64_t ce) {
-      alignas(64) uint8_t keep[kSub + 8];
-      alignas(64) uint8_t inb[kSub + 8];
+      alignas(64) uint8_t keep_buf[kSubBlock + 8];
+      alignas(64) uint8_t inb_buf[kSubBlock + 8];
+      uint8_t* const keep = keep_buf;
+      uint8_t* const inb = inb_buf;
       std::vector<key_t> keys;
       int64_t eligible = 0, below = 0;
       for (int64_t c = cb; c < ce && !abort.load(std::memory_order_relaxed); ++c) {
@@ -524,9 +533,9 @@ class RadixSelect {
         const at::Tensor& mask = masks_[ch.t];
         const at::Tensor& score = scores_[ch.t];
         const size_t before = keys.size();
-        for (int64_t b = ch.begin; b < ch.end; b += kSub) {
-          const int64_t n = std::min(kSub, ch.end - b);
-          prefetch_ahead(score, b + kSub, std::min(kSub, ch.end - b - kSub));
+        for (int64_t b = ch.begin; b < ch.end; b += kSubBlock) {
+          const int64_t n = std::min(kSubBlock, ch.end - b);
+          prefetch_ahead(score, b + kSubBlock, std::min(kSubBlock, ch.end - b - kSubBlock));
           const bool masked = exclude_ && mask.defined();
           const bool bits = masked && mask_bits_[ch.t];
           if (masked && !bits) load_keep(mask, packed_, b, n, keep);
@@ -645,12 +654,13 @@ class RadixSelect {
   // for now and counted per chunk (and listed when `collect`). Works through
   // each chunk in sub-blocks small enough for the per-unit buffers to stay in L1.
   void write_pass(bool select_any, key_t lo, key_t hi, bool collect) {
-    constexpr int64_t kSub = 4096;  // multiple of 8
     ties_.assign(chunks_.size(), 0);
     std::mutex list_mutex;
     at::parallel_for(0, static_cast<int64_t>(chunks_.size()), 1, [&](int64_t cb, int64_t ce) {
-      alignas(64) uint8_t keep[kSub + 8];
-      alignas(64) uint8_t inb[kSub + 8];
+      alignas(64) uint8_t keep_buf[kSubBlock + 8];
+      alignas(64) uint8_t inb_buf[kSubBlock + 8];
+      uint8_t* const keep = keep_buf;
+      uint8_t* const inb = inb_buf;
       std::vector<uint64_t> listed;
       std::vector<key_t> listed_keys;
       for (int64_t c = cb; c < ce; ++c) {
@@ -659,8 +669,8 @@ class RadixSelect {
         const at::Tensor& out = outs_[ch.t];
         const at::Tensor& score = scores_[ch.t];
         uint32_t tie = 0;
-        for (int64_t b = ch.begin; b < ch.end; b += kSub) {
-          const int64_t n = std::min(kSub, ch.end - b);
+        for (int64_t b = ch.begin; b < ch.end; b += kSubBlock) {
+          const int64_t n = std::min(kSubBlock, ch.end - b);
           bool applied_done = false, tie_counted = false;
           uint32_t sub_tie = 0;
           if (select_any && fused_[ch.t]) {

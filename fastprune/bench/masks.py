@@ -90,11 +90,12 @@ def unit_scores(weight: Tensor, rows: bool = False) -> Tensor:
     Returns:
         a flat float64 tensor with one score per unit of ``weight``.
     """
-    w = weight.detach().to(torch.float64)
     if not rows:
-        return w.abs().reshape(-1)
-    flat = w.reshape(w.shape[0], -1)
-    norms = torch.linalg.vector_norm(flat, dim=1)
+        return weight.detach().to(torch.float64).abs().reshape(-1)
+    # Row norms in the weight's own dtype, as torch ranks them: two rows whose norms are
+    # equal there are tied, even where their float64 norms differ.
+    flat = weight.detach().reshape(weight.shape[0], -1)
+    norms = torch.linalg.vector_norm(flat, dim=1).to(torch.float64)
     return norms[:, None].expand_as(flat).reshape(-1)
 
 

@@ -68,8 +68,11 @@ def _keys(score: Tensor) -> Tensor:
     if flat.dtype == torch.bool:
         return flat.to(torch.int64)
     if flat.is_floating_point():
-        # fp16/bf16/fp32 are exactly representable in fp64; NaN sorts last.
-        return flat.to(torch.float64).abs()
+        # fp16/bf16/fp32 are exactly representable in fp64; NaN sorts last once every NaN is
+        # the positive quiet NaN (a NaN keeps its sign bit through abs() on CUDA, and the
+        # CUDA sort puts a negative NaN first).
+        key = flat.to(torch.float64).abs()
+        return key.masked_fill(key.isnan(), float("nan"))
     # Integers: |INT64_MIN| does not fit, ranking it above everything is right.
     flat = flat.to(torch.int64)
     key = flat.abs()
