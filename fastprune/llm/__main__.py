@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -25,6 +26,33 @@ from .patterns import parse_pattern
 
 class _UsageError(Exception):
     pass
+
+
+# The keywords of llm.prune this command sets, and the flag that sets each: an
+# error raised by prune is shown with the flag the user typed, not the keyword.
+_FLAG_OF = {
+    "prune_embeddings": "--prune-embeddings",
+    "prune_lm_head": "--prune-lm-head",
+    "layer_sparsity": "--layer-sparsity",
+    "calibration": "--calibration",
+    "sparsity": "--sparsity",
+    "pattern": "--pattern",
+    "method": "--method",
+    "device": "--device",
+}
+# A keyword with an underscore is named wherever it stands; a plain word only
+# where a message names an argument (``word=`` or ``word:``). ``flag=True``
+# becomes the bare flag.
+_KEYWORD = re.compile(
+    r"(?<![\w.-])(?:(?P<bool>prune_embeddings|prune_lm_head)=True\b"
+    r"|(?P<named>prune_embeddings|prune_lm_head|layer_sparsity)\b"
+    r"|(?P<plain>calibration|sparsity|pattern|method|device)(?=[=:]))"
+)
+
+
+def _as_flags(message: str) -> str:
+    """``message`` with the Python keywords of :func:`prune` replaced by this command's flags."""
+    return _KEYWORD.sub(lambda m: _FLAG_OF[m.group(m.lastgroup)], message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                            progress=not args.no_progress, prune_embeddings=args.prune_embeddings,
                            prune_lm_head=args.prune_lm_head)
         except (TypeError, ValueError, IndexError) as e:
-            raise _UsageError(str(e))
+            raise _UsageError(_as_flags(str(e)))
         if report.masks is not None:
             report.masks.detach()
         os.makedirs(args.output, exist_ok=True)
