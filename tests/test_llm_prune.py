@@ -570,3 +570,30 @@ def test_owl_equals_transcription(one_thread):
     prune_block_by_block(ref, ids, "norms", lambda m, sumsq: wanda_layer(expected[owner[id(m)]])(m, sumsq))
     for (name, a), (_, b) in zip(linears(model), linears(ref)):
         assert torch.equal(a.weight, b.weight), name
+
+
+# ----------------------------------------------------------------------------
+# Models without data (issue 23)
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_meta_device_model_is_refused_naming_the_device(method):
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    with pytest.raises(ValueError, match=r"meta device") as info:
+        llm.prune(model, calib(), method=method, progress=False)
+    assert "model.embed_tokens.weight" in str(info.value)  # the first tensor without data is named
+    assert not fastprune.is_pruned(model)
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+def test_meta_device_argument_is_refused_before_any_block_moves():
+    model = tiny_llama()
+    before = module_snapshot(model)
+    with pytest.raises(ValueError, match=r"device=.*meta"):
+        llm.prune(model, calib(), method="wanda", device="meta", progress=False)
+    assert_snapshot_equal(before, module_snapshot(model))
+    assert all(p.device.type == "cpu" for p in model.parameters())
