@@ -141,3 +141,38 @@ def test_cli_tied_head_error_names_the_flags(gpt2_checkpoint, tmp_path, capfd):
     assert len(lines) == 1 and lines[0].startswith("error: --prune-lm-head:"), lines
     assert "--prune-embeddings" in lines[0] and "prune_embeddings" not in lines[0], lines
     assert not out.exists()
+
+
+def test_cli_seqlen_defaults_to_the_model_positions(gpt2_checkpoint, checkpoint, tmp_path, capfd):
+    """GPT-2 with 32 learned positions: no --seqlen takes 32 (the old default 2048 hit torch's IndexError);
+    a longer --seqlen is refused naming the flag and the limit, before anything is written."""
+    out = tmp_path / "fits"
+    code = main(["--model", str(gpt2_checkpoint), "--method", "wanda", "--calibration", str(checkpoint / "texts"),
+                 "--nsamples", "2", "--output", str(out), "--no-progress"])
+    assert code == 0, capfd.readouterr().err
+    assert (out / "config.json").exists()
+    capfd.readouterr()
+    code = main(["--model", str(gpt2_checkpoint), "--method", "wanda", "--calibration", str(checkpoint / "texts"),
+                 "--nsamples", "2", "--seqlen", "48", "--output", str(tmp_path / "long"), "--no-progress"])
+    assert code == 2
+    lines = [l for l in capfd.readouterr().err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --seqlen 48 > max_position_embeddings 32"), lines
+    assert not (tmp_path / "long").exists()
+
+
+def test_cli_seqlen_default_is_recorded_from_the_model(gpt2_checkpoint, checkpoint, monkeypatch):
+    """The calibration windows have the model's length when --seqlen is not given."""
+    import fastprune.llm.__main__ as cli
+
+    seen = []
+    real = cli.load_text_calibration
+
+    def spy(path, tokenizer, nsamples, seqlen, seed=0):
+        seen.append(seqlen)
+        return real(path, tokenizer, nsamples, seqlen, seed)
+
+    monkeypatch.setattr(cli, "load_text_calibration", spy)
+    argv = ["--method", "wanda", "--calibration", str(checkpoint / "texts"), "--nsamples", "2", "--no-progress"]
+    assert main(["--model", str(gpt2_checkpoint), "--output", str(checkpoint / "g"), *argv]) == 0
+    assert main(["--model", str(checkpoint / "model"), "--output", str(checkpoint / "l"), *argv]) == 0
+    assert seen == [32, 64]  # GPT-2's n_positions, Llama's max_position_embeddings

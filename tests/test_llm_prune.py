@@ -573,8 +573,52 @@ def test_owl_equals_transcription(one_thread):
 
 
 # ----------------------------------------------------------------------------
-# Models without data (issue 23)
+# Calibration that does not fit the model, models without data (issue 23)
 # ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt"])
+def test_calibration_longer_than_learned_positions_is_refused(arch):
+    """GPT-2 and OPT look positions up in a table of 64: torch's bare IndexError would come from deep inside."""
+    model = _arch(arch).eval()
+    before = module_snapshot(model)
+    with pytest.raises(ValueError, match=r"^calibration: seqlen 65 > max_position_embeddings 64"):
+        llm.prune(model, calib(seqlen=65), method="wanda", progress=False)
+    with pytest.raises(ValueError, match=r"calibration\[1\]: seqlen 80 > max_position_embeddings 64"):
+        llm.prune(model, [calib(seqlen=64), calib(n=1, seqlen=80)], method="sparsegpt", progress=False)
+    assert_snapshot_equal(before, module_snapshot(model))
+    report = llm.prune(model, calib(n=2, seqlen=64), method="wanda", progress=False)  # the whole table is fine
+    assert len(report.blocks) == 2
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+@pytest.mark.parametrize("bad_id", [VOCAB, VOCAB + 100, -1])
+def test_token_ids_outside_the_vocabulary_are_refused(arch, bad_id):
+    model = tiny_llama() if arch == "llama" else _arch(arch).eval()
+    ids = calib()
+    ids[2, 5] = bad_id
+    before = module_snapshot(model)
+    with pytest.raises(ValueError, match=rf"^calibration: token id {bad_id} .*vocab.* {VOCAB}"):
+        llm.prune(model, ids, method="wanda", progress=False)
+    mask = torch.ones_like(ids)
+    mask[2, 5] = 0  # padding is looked up in the embeddings too
+    with pytest.raises(ValueError, match=rf"calibration\[0\]: token id {bad_id}"):
+        llm.prune(model, [{"input_ids": ids, "attention_mask": mask}], method="magnitude",
+                  layer_sparsity="owl", progress=False)
+    assert_snapshot_equal(before, module_snapshot(model))
+
+
+def test_rotary_calibration_longer_than_max_positions_warns(one_thread):
+    """Llama's rotary positions run past max_position_embeddings (a config value, no table): a warning, and it runs."""
+    model = tiny_llama(max_position_embeddings=16)
+    with pytest.warns(UserWarning, match="calibration: seqlen 24 > max_position_embeddings 16"):
+        report = llm.prune(model, calib(seqlen=24), method="wanda", progress=False)
+    assert len(report.blocks) == 2
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        llm.prune(tiny_llama(max_position_embeddings=16), calib(seqlen=16), method="wanda", progress=False)
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
