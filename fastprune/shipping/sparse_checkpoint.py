@@ -33,9 +33,15 @@ The safetensors header's ``__metadata__`` holds ``"format": "pt"``,
 ``"fastprune.format": "fastprune.sparse/1"`` and ``"fastprune.tensors"``, a
 JSON object giving, for each state-dict key stored in the file and in the
 state dict's order, its ``shape``, ``dtype`` (torch's name), ``encoding``
-(``"dense"`` or ``"bitmask"``), ``nnz`` (stored elements), ``const`` and
-``negzero``. The index file's ``metadata`` also lists ``"fastprune.order"``:
-all keys in order.
+(``"dense"`` or ``"bitmask"``), ``nnz`` (stored elements), ``const``,
+``negzero`` and ``crc32``: for each stored tensor of the entry (``key``, or
+``key.bitmask``, ``key.values`` and ``key.negzero``), the CRC-32 (zlib's) of
+its bytes as stored. :func:`load_sparse` checks them (``verify=True``), so a
+flipped bit anywhere in the data is an error naming the file and the tensor
+rather than weights silently shifted. Files written before the checksums
+existed have no ``crc32`` and load unverified; readers that predate them
+ignore the field. The index file's ``metadata`` also lists
+``"fastprune.order"``: all keys in order.
 
 Size of a tensor of ``N`` elements of ``b`` bytes at sparsity ``s``:
 ``N/8 + (1 - s) N b`` bytes (plus ``s N / 8`` when some zeros are ``-0.0``).
@@ -46,6 +52,7 @@ import json
 import math
 import os
 import re
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Dict, List, Optional, Tuple, Union
@@ -158,7 +165,8 @@ def _encode(key: str, tensor: Tensor, seen: set) -> Tuple[Dict[str, Tensor], dic
             }
             if negzero is not None:
                 out[key + ".negzero"] = _pack(negzero)
-            info.update(encoding="bitmask", nnz=nnz, const=const, negzero=negzero is not None)
+            info.update(encoding="bitmask", nnz=nnz, const=const, negzero=negzero is not None,
+                        crc32={name: _crc32(part) for name, part in out.items()})
             return out, info
     storage = t.untyped_storage()
     if storage.data_ptr() in seen or storage.nbytes() != t.nbytes:
@@ -166,10 +174,43 @@ def _encode(key: str, tensor: Tensor, seen: set) -> Tuple[Dict[str, Tensor], dic
         # weights, views of a larger tensor): store a private copy.
         t = t.clone()
     seen.add(t.untyped_storage().data_ptr())
+    info["crc32"] = {key: _crc32(t)}
     return {key: t}, info
 
 
-def _decode(key: str, info: dict, get) -> Tensor:
+def _crc32(t: Tensor) -> int:
+    """CRC-32 (zlib's) of the bytes of the contiguous CPU tensor ``t``, as safetensors stores them."""
+    if t.numel() == 0:
+        return 0
+    return zlib.crc32(t.reshape(-1).view(torch.uint8).numpy())
+
+
+class _Reader:
+    """The stored tensors of one open file, each checked against its CRC-32 when it is read."""
+
+    def __init__(self, handle, fname: str, verify: bool) -> None:
+        self.handle = handle
+        self.fname = fname
+        self.verify = verify
+
+    def get(self, key: str, info: dict, name: str) -> Tensor:
+        t = self.handle.get_tensor(name)
+        sums = info.get("crc32")
+        if self.verify and isinstance(sums, dict) and name in sums:
+            actual = _crc32(t.contiguous())
+            if actual != sums[name]:
+                raise ValueError(
+                    f"{self.fname}: tensor {key!r} is damaged: the checksum of its stored part {name!r} is "
+                    f"CRC-32 {actual:08x}, the header says {int(sums[name]):08x} (a changed bit in the file; "
+                    "load_sparse(..., verify=False) reads it anyway)"
+                )
+        return t
+
+
+def _decode(key: str, info: dict, reader: "_Reader") -> Tensor:
+    def get(name):
+        return reader.get(key, info, name)
+
     dtype = _dtype_from_name(info["dtype"])
     shape = [int(s) for s in info["shape"]]
     if info["encoding"] == "dense":
@@ -443,12 +484,26 @@ def _files_of(path: str) -> Tuple[List[str], Optional[List[str]]]:
     raise FileNotFoundError(f"path={path!r} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
 
 
+def _open(st, fname: str):
+    """``safe_open`` of ``fname``; a file safetensors cannot read is a ValueError naming it."""
+    try:
+        return st.safe_open(fname, framework="pt", device="cpu")
+    except OSError:
+        raise
+    except Exception as e:  # safetensors' SafetensorError: an empty, truncated or garbled file
+        size = os.path.getsize(fname) if os.path.exists(fname) else 0
+        raise ValueError(
+            f"{fname}: not a readable safetensors file ({size} bytes; truncated, empty or damaged?): {e}"
+        ) from None
+
+
 def load_sparse(
     path: Union[str, os.PathLike],
     model: Optional[nn.Module] = None,
     *,
     strict: bool = True,
     device: Union[str, torch.device] = "cpu",
+    verify: bool = True,
 ):
     """Read a checkpoint written by :func:`save_sparse` (or any safetensors checkpoint).
 
@@ -459,6 +514,9 @@ def load_sparse(
             pairs re-create their pruning), checked before anything changes.
         strict: passed to the load into ``model``.
         device: where the tensors are created.
+        verify: check every stored tensor against the CRC-32 its file's
+            header records (files written before fastprune stored checksums
+            have none and are read unverified). ``False`` skips the check.
 
     Returns:
         the state dict (an ``OrderedDict`` in the saved order, every tensor
@@ -467,8 +525,10 @@ def load_sparse(
 
     Raises:
         FileNotFoundError: nothing loadable at ``path``.
-        ValueError: a corrupt file (sizes or dtypes that contradict the header).
-        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: naming the file (and the tensor): a damaged file (a
+            checksum that does not match, sizes or dtypes that contradict the
+            header), a truncated or empty file.
+        TypeError: ``model`` is not an ``nn.Module``, ``verify`` not a bool.
 
     Example::
 
@@ -487,13 +547,15 @@ def load_sparse(
         raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    if not isinstance(verify, bool):
+        raise TypeError(f"verify must be a bool, got {type(verify).__name__}")
     files, order = _files_of(os.fspath(path))
     device = str(torch.device(device))
     state: Dict[str, Tensor] = {}
     file_order: List[str] = []
     for fname in files:
         # Decoded on the CPU (numpy unpacks the bits), then moved.
-        with st.safe_open(fname, framework="pt", device="cpu") as f:
+        with _open(st, fname) as f:
             meta = f.metadata() or {}
             if meta.get("fastprune.format") is None:
                 # A plain safetensors file: every tensor is stored densely.
@@ -504,8 +566,12 @@ def load_sparse(
             if meta["fastprune.format"] != FORMAT:
                 raise ValueError(f"{fname}: format {meta['fastprune.format']!r}, this version reads {FORMAT!r}")
             infos = json.loads(meta["fastprune.tensors"], object_pairs_hook=OrderedDict)
+            reader = _Reader(f, fname, verify)
             for key, info in infos.items():
-                state[key] = _decode(key, info, f.get_tensor)
+                try:
+                    state[key] = _decode(key, info, reader)
+                except ValueError as e:
+                    raise ValueError(str(e) if str(e).startswith(fname) else f"{fname}: {e}") from None
                 file_order.append(key)
     keys = order if order is not None else file_order
     if set(keys) != set(state):
