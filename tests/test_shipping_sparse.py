@@ -447,3 +447,121 @@ def test_files_written_without_checksums_still_load(tmp_path):
     out = load_sparse(path)
     assert_bit_equal(out["weight"], lin.weight.detach())
     assert_bit_equal(out["bias"], lin.bias.detach())
+
+
+# ----------------------------------------------------------------------------
+# Errors that say what is wrong (issue 23)
+# ----------------------------------------------------------------------------
+
+
+def test_header_nnz_mismatch_names_both_counts(tmp_path):
+    lin, path = _pruned_layer_checkpoint(tmp_path)
+    real = int((lin.weight != 0).sum())
+
+    def set_nnz(infos):
+        infos["weight"]["nnz"] = 5
+        return infos
+
+    _rewrite_infos(path, set_nnz)
+    with pytest.raises(ValueError) as info:
+        load_sparse(path)
+    msg = str(info.value)
+    assert str(path) in msg and "'weight'" in msg
+    assert f"{real} set bits" in msg and "nnz 5" in msg, msg
+    assert f"{real} values are stored" not in msg  # the equal counts are not the mismatch
+
+
+def test_header_const_mismatch_names_what_differs(tmp_path):
+    lin, path = _pruned_layer_checkpoint(tmp_path)
+    real = int((lin.weight != 0).sum())
+
+    def set_const(infos):
+        infos["weight"]["const"] = True
+        return infos
+
+    _rewrite_infos(path, set_const)
+    with pytest.raises(ValueError) as info:
+        load_sparse(path)
+    msg = str(info.value)
+    assert str(path) in msg and "'weight'" in msg
+    assert f"{real} values are stored" in msg and "const" in msg and "1" in msg, msg
+
+
+def test_malformed_tensors_header_names_the_file(tmp_path):
+    _, path = _pruned_layer_checkpoint(tmp_path)
+    _rewrite_infos(path, lambda infos: json.dumps(infos)[:-7])
+    with pytest.raises(ValueError, match="fastprune.tensors") as info:
+        load_sparse(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("change", [
+    lambda infos: {k: v for k, v in infos.items() if k != "weight"},        # an entry removed
+    lambda infos: {**infos, "weight": {**infos["weight"], "negzero": False, "encoding": "dense"}},
+])
+def test_every_stored_tensor_must_belong_to_an_entry(tmp_path, change):
+    """A header that no longer accounts for some stored tensors is damaged, not a smaller checkpoint."""
+    _, path = _pruned_layer_checkpoint(tmp_path)
+    _rewrite_infos(path, change)
+    with pytest.raises(ValueError) as info:
+        load_sparse(path)
+    assert str(path) in str(info.value) and "weight." in str(info.value)
+
+
+def test_header_entry_fields_are_checked(tmp_path):
+    _, path = _pruned_layer_checkpoint(tmp_path)
+
+    def drop_shape(infos):
+        del infos["weight"]["shape"]
+        return infos
+
+    _rewrite_infos(path, drop_shape)
+    with pytest.raises(ValueError, match="shape") as info:
+        load_sparse(path)
+    assert str(path) in str(info.value) and "'weight'" in str(info.value)
+
+
+def _sharded(tmp_path):
+    sd = {f"t{i}": torch.randn(1000) for i in range(4)}
+    save_sparse(sd, tmp_path / "d", max_shard_size=5000)
+    return sd, tmp_path / "d" / "model.safetensors.index.json"
+
+
+def test_malformed_index_names_the_file(tmp_path):
+    _, index = _sharded(tmp_path)
+    index.write_text(index.read_text()[:-10])
+    with pytest.raises(ValueError) as info:
+        load_sparse(tmp_path / "d")
+    assert str(index) in str(info.value)
+    index.write_text(json.dumps({"weight_map": ["not", "a", "dict"]}))
+    with pytest.raises(ValueError, match="weight_map") as info:
+        load_sparse(tmp_path / "d")
+    assert str(index) in str(info.value)
+
+
+def test_index_must_account_for_every_stored_tensor(tmp_path):
+    _, index = _sharded(tmp_path)
+    data = json.loads(index.read_text())
+    del data["weight_map"]["t2"]  # t2 has a shard of its own, which is then listed nowhere
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as info:
+        load_sparse(tmp_path / "d")
+    assert str(index) in str(info.value) and "t2" in str(info.value)
+
+
+def test_index_entry_for_a_tensor_its_shard_lacks(tmp_path):
+    _, index = _sharded(tmp_path)
+    data = json.loads(index.read_text())
+    data["weight_map"]["t0"] = data["weight_map"]["t1"]  # points at the wrong shard
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as info:
+        load_sparse(tmp_path / "d")
+    assert str(index) in str(info.value) and "t0" in str(info.value)
+
+
+def test_index_naming_a_missing_shard(tmp_path):
+    _, index = _sharded(tmp_path)
+    os.remove(tmp_path / "d" / "model-00003-of-00004.safetensors")
+    with pytest.raises(FileNotFoundError) as info:
+        load_sparse(tmp_path / "d")
+    assert str(index) in str(info.value) and "model-00003-of-00004.safetensors" in str(info.value)

@@ -216,19 +216,24 @@ def _decode(key: str, info: dict, reader: "_Reader") -> Tensor:
     if info["encoding"] == "dense":
         t = get(key)
         if t.dtype != dtype or list(t.shape) != shape:
-            raise ValueError(f"{key}: stored as {t.dtype} {list(t.shape)}, the header says {dtype} {shape}")
+            raise ValueError(f"tensor {key!r}: stored as {t.dtype} {list(t.shape)}, the header says {dtype} {shape}")
         return t
     if info["encoding"] != "bitmask":
-        raise ValueError(f"{key}: unknown encoding {info['encoding']!r}")
+        raise ValueError(f"tensor {key!r}: unknown encoding {info['encoding']!r}")
     n = math.prod(shape)
     packed = get(key + ".bitmask")
     values = get(key + ".values")
     if packed.dtype != torch.uint8 or packed.numel() != ops.packed_numel(n) or values.dtype != dtype:
-        raise ValueError(f"{key}: corrupt bitmask or values (dtype/size do not match the header)")
+        raise ValueError(f"tensor {key!r}: corrupt bitmask or values (dtype/size do not match the header)")
     stored = _unpack(packed, n)
     nnz = int(np.count_nonzero(stored))
-    if nnz != int(info["nnz"]) or values.numel() != (min(nnz, 1) if info.get("const") else nnz):
-        raise ValueError(f"{key}: the bitmask has {nnz} set bits, {values.numel()} values are stored")
+    if nnz != int(info["nnz"]):
+        raise ValueError(f"tensor {key!r}: the bitmask has {nnz} set bits, the header says nnz {info['nnz']}")
+    expected = min(nnz, 1) if info.get("const") else nnz
+    if values.numel() != expected:
+        what = f"const=True: one value for all {nnz} set bits" if info.get("const") else f"one per set bit ({nnz})"
+        raise ValueError(f"tensor {key!r}: {values.numel()} values are stored, the header says {expected} "
+                         f"({what})")
     vbits = _bits(values.reshape(-1))
     item = values.element_size()
     out = np.zeros(n, dtype=_NP_INT_OF_SIZE[item])
@@ -466,22 +471,102 @@ def _finish_directory(path, state, temp_names, shards) -> List[str]:
 # ----------------------------------------------------------------------------
 
 
-def _files_of(path: str) -> Tuple[List[str], Optional[List[str]]]:
+class _Index:
+    """What ``model.safetensors.index.json`` says: the shards, which tensors each holds, the key order."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except ValueError as e:  # JSONDecodeError, bad UTF-8
+            raise ValueError(f"{path}: not a valid index file ({e})") from None
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise ValueError(f"{path}: weight_map must be an object of stored tensor names to shard files")
+        metadata = data.get("metadata") or {}
+        order = metadata.get("fastprune.order") if isinstance(metadata, dict) else None
+        if order is not None and not (isinstance(order, list) and all(isinstance(k, str) for k in order)):
+            raise ValueError(f"{path}: metadata's fastprune.order must be a list of keys")
+        self.weight_map = weight_map
+        self.order = order
+        folder = os.path.dirname(path)
+        self.files = [os.path.join(folder, f) for f in sorted(set(weight_map.values()))]
+        for f in self.files:
+            if not os.path.isfile(f):
+                raise FileNotFoundError(f"{path}: lists the shard {os.path.basename(f)}, which does not exist")
+
+    def check_shard(self, fname: str, stored) -> None:
+        """Every tensor stored in the shard ``fname`` is listed for it in the weight map, and the reverse."""
+        base = os.path.basename(fname)
+        stored = set(stored)
+        listed = {k for k, v in self.weight_map.items() if v == base}
+        if stored - listed:
+            raise ValueError(f"{self.path}: weight_map does not list {sorted(stored - listed)}, stored in {base}")
+        if listed - stored:
+            raise ValueError(f"{self.path}: weight_map places {sorted(listed - stored)} in {base}, "
+                             "which does not hold them")
+
+
+def _files_of(path: str) -> Tuple[List[str], Optional["_Index"]]:
     if os.path.isfile(path):
         return [path], None
     if not os.path.isdir(path):
         raise FileNotFoundError(f"path={path!r}: no such file or directory")
     index = os.path.join(path, INDEX_FILE)
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            data = json.load(f)
-        files = sorted(set(data.get("weight_map", {}).values()))
-        order = data.get("metadata", {}).get("fastprune.order")
-        return [os.path.join(path, f) for f in files], order
+        idx = _Index(index)
+        return idx.files, idx
     single = os.path.join(path, SINGLE_FILE)
     if os.path.isfile(single):
         return [single], None
     raise FileNotFoundError(f"path={path!r} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+def _parts(key: str, info: dict) -> List[str]:
+    """The stored tensors an entry of ``fastprune.tensors`` is made of."""
+    if info.get("encoding") == "bitmask":
+        return [key + ".bitmask", key + ".values"] + ([key + ".negzero"] if info.get("negzero") else [])
+    return [key]
+
+
+def _read_infos(meta: dict, fname: str, stored) -> "OrderedDict[str, dict]":
+    """The header's ``fastprune.tensors``, checked: well formed, and accounting for every stored tensor."""
+    try:
+        infos = json.loads(meta.get("fastprune.tensors", ""), object_pairs_hook=OrderedDict)
+    except ValueError as e:
+        raise ValueError(f"{fname}: the header's fastprune.tensors is not valid JSON ({e})") from None
+    if not isinstance(infos, dict):
+        raise ValueError(f"{fname}: the header's fastprune.tensors is a {type(infos).__name__}, not an object")
+    for key, info in infos.items():
+        problem = None
+        if not isinstance(info, dict):
+            problem = f"a {type(info).__name__}, not an object"
+        elif not isinstance(info.get("shape"), list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in info["shape"]):
+            problem = f"shape {info.get('shape')!r} is not a list of sizes"
+        elif not isinstance(info.get("dtype"), str):
+            problem = f"dtype {info.get('dtype')!r} is not a dtype name"
+        elif info.get("encoding") not in ("dense", "bitmask"):
+            problem = f"unknown encoding {info.get('encoding')!r}"
+        elif info["encoding"] == "bitmask" and (not isinstance(info.get("nnz"), int) or isinstance(info["nnz"], bool)):
+            problem = f"nnz {info.get('nnz')!r} is not a count"
+        if problem:
+            raise ValueError(f"{fname}: tensor {key!r}: the header entry is damaged: {problem}")
+    used = {name: key for key, info in infos.items() for name in _parts(key, info)}
+    orphans = [name for name in stored if name not in used]
+    if orphans:
+        raise ValueError(
+            f"{fname}: stored tensors {sorted(orphans)} belong to no entry of the header's fastprune.tensors "
+            "(a damaged or edited header: loading would silently leave them out)"
+        )
+    stored = set(stored)
+    missing = [(name, key) for name, key in used.items() if name not in stored]
+    if missing:
+        name, key = missing[0]
+        raise ValueError(f"{fname}: tensor {key!r} needs the stored tensor {name!r}, which the file lacks")
+    return infos
 
 
 def _open(st, fname: str):
@@ -549,13 +634,15 @@ def load_sparse(
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     if not isinstance(verify, bool):
         raise TypeError(f"verify must be a bool, got {type(verify).__name__}")
-    files, order = _files_of(os.fspath(path))
+    files, index = _files_of(os.fspath(path))
     device = str(torch.device(device))
     state: Dict[str, Tensor] = {}
     file_order: List[str] = []
     for fname in files:
         # Decoded on the CPU (numpy unpacks the bits), then moved.
         with _open(st, fname) as f:
+            if index is not None:
+                index.check_shard(fname, f.keys())
             meta = f.metadata() or {}
             if meta.get("fastprune.format") is None:
                 # A plain safetensors file: every tensor is stored densely.
@@ -565,7 +652,7 @@ def load_sparse(
                 continue
             if meta["fastprune.format"] != FORMAT:
                 raise ValueError(f"{fname}: format {meta['fastprune.format']!r}, this version reads {FORMAT!r}")
-            infos = json.loads(meta["fastprune.tensors"], object_pairs_hook=OrderedDict)
+            infos = _read_infos(meta, fname, f.keys())
             reader = _Reader(f, fname, verify)
             for key, info in infos.items():
                 try:
@@ -573,9 +660,16 @@ def load_sparse(
                 except ValueError as e:
                     raise ValueError(str(e) if str(e).startswith(fname) else f"{fname}: {e}") from None
                 file_order.append(key)
-    keys = order if order is not None else file_order
-    if set(keys) != set(state):
-        raise ValueError(f"{path}: the index lists other keys than the shards hold")
+    keys = index.order if index is not None and index.order is not None else file_order
+    if set(keys) != set(state) or len(keys) != len(state):
+        missing = [k for k in keys if k not in state]
+        extra = [k for k in state if k not in set(keys)]
+        raise ValueError(
+            f"{index.path if index is not None else path}: the index's fastprune.order and the shards disagree"
+            + (f"; no shard listed in weight_map holds {missing}" if missing else "")
+            + (f"; fastprune.order leaves out {extra}" if extra else "")
+            + ("; fastprune.order lists a key twice" if not missing and not extra else "")
+        )
     out = OrderedDict((k, state[k] if device == "cpu" else state[k].to(device)) for k in keys)
     if model is None:
         return out
