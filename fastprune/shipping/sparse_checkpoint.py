@@ -48,10 +48,12 @@ Size of a tensor of ``N`` elements of ``b`` bytes at sparsity ``s``:
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import re
+import sys
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -322,7 +324,10 @@ def save_sparse(
         path: a file name ending in ``.safetensors`` (one file), or a
             directory (created if needed) that receives ``model.safetensors``
             or, above ``max_shard_size``, numbered shards and
-            ``model.safetensors.index.json``.
+            ``model.safetensors.index.json``; for a transformers model also
+            ``config.json`` and ``generation_config.json`` (as
+            ``save_pretrained`` writes them), so that
+            :func:`load_sparse_pretrained` opens the folder as the model.
         max_shard_size: largest size of one shard, bytes or a string such as
             ``"2GB"`` (default ``"5GB"``; directories only). A tensor larger
             than this gets a shard of its own.
@@ -393,7 +398,39 @@ def save_sparse(
             if os.path.exists(name):
                 os.remove(name)
         raise
-    return _finish_directory(path, state, temp_names, shards)
+    written = _finish_directory(path, state, temp_names, shards)
+    if _is_transformers_model(model_or_state_dict):
+        written += _save_configs(model_or_state_dict, path)
+    return written
+
+
+def _is_transformers_model(obj) -> bool:
+    """A transformers ``PreTrainedModel`` (transformers is imported already if it is one)."""
+    transformers = sys.modules.get("transformers")
+    base = getattr(transformers, "PreTrainedModel", None) if transformers is not None else None
+    return base is not None and isinstance(obj, base)
+
+
+def _save_configs(model, path: str) -> List[str]:
+    """``config.json`` (and ``generation_config.json`` for generative models) as ``save_pretrained``
+    writes them, so that :func:`~fastprune.shipping.load_sparse_pretrained` rebuilds the model.
+
+    Like ``save_pretrained`` the config records the model's class and dtype; they
+    are set on a copy, so the model's own config is left as it was.
+    """
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        config.dtype = _dtype_name(dtype)
+    config.save_pretrained(path)
+    written = [os.path.join(path, "config.json")]
+    generation = getattr(model, "generation_config", None)
+    can_generate = getattr(model, "can_generate", None)
+    if generation is not None and callable(can_generate) and can_generate():
+        generation.save_pretrained(path)
+        written.append(os.path.join(path, "generation_config.json"))
+    return written
 
 
 def _write_shards(st, state, path, limit, header, temp_names) -> List[Tuple[List[str], int]]:
