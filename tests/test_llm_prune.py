@@ -641,3 +641,12 @@ def test_meta_device_argument_is_refused_before_any_block_moves():
         llm.prune(model, calib(), method="wanda", device="meta", progress=False)
     assert_snapshot_equal(before, module_snapshot(model))
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "mistral", "qwen2"])
+def test_position_limit_of_the_config_agrees_with_the_model(arch):
+    """The command reads the limit from the config alone (no weights loaded); the model's own tables agree."""
+    from fastprune.llm.checks import config_position_limit, position_limit
+
+    model = tiny_llama() if arch == "llama" else _arch(arch)
+    assert config_position_limit(model.config) == position_limit(model) == (64, arch in ("gpt2", "opt"))

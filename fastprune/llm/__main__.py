@@ -24,7 +24,7 @@ from typing import List, Optional
 
 from .api import METHODS, prune
 from .calibration import load_text_calibration
-from .checks import position_limit
+from .checks import config_position_limit
 from .patterns import parse_pattern
 
 
@@ -114,6 +114,13 @@ def _load(args):
     except Exception as e:  # noqa: BLE001 (one line for whatever transformers raises)
         if args.calibration:
             raise _UsageError(f"--model: cannot load the tokenizer from {args.model!r}: {str(e).splitlines()[0]}")
+    calibration = None
+    if args.calibration:
+        seqlen = _seqlen(args.seqlen, args.model)
+        try:
+            calibration = load_text_calibration(args.calibration, tokenizer, args.nsamples, seqlen, args.seed)
+        except ValueError as e:
+            raise _UsageError(str(e))
     kwargs = {}
     if args.dtype:
         kwargs["dtype"] = getattr(torch, args.dtype)
@@ -121,26 +128,26 @@ def _load(args):
         model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise _UsageError(f"--model: cannot load {args.model!r}: {str(e).splitlines()[0]}")
-    seqlen = _seqlen(args.seqlen, model)
-    calibration = None
-    if args.calibration:
-        try:
-            calibration = load_text_calibration(args.calibration, tokenizer, args.nsamples, seqlen, args.seed)
-        except ValueError as e:
-            raise _UsageError(str(e))
     return model, tokenizer, calibration
 
 
-def _seqlen(asked: Optional[int], model) -> int:
-    """``--seqlen``, or the model's limit when not given; refused above a table of learned positions."""
-    limit, learned = position_limit(model)
+def _seqlen(asked: Optional[int], folder: str) -> int:
+    """``--seqlen``, or the checkpoint's position limit when not given (read from its config alone,
+    the weights are not needed); refused above a table of learned positions."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise _UsageError(f"--model: cannot read the config of {folder!r}: {str(e).splitlines()[0]}")
+    limit, learned = config_position_limit(config)
     if asked is None:
         return min(limit, _SEQLEN_CAP) if limit else _SEQLEN_UNSTATED
     if learned and asked > limit:
         raise _UsageError(
-            f"--seqlen {asked} > max_position_embeddings {limit}: {type(model).__name__} looks positions up in a "
-            f"table of {limit} learned positions; give --seqlen {limit} or less (or leave it out: it defaults to "
-            "the model's limit)"
+            f"--seqlen {asked} > max_position_embeddings {limit}: {config.model_type} models look positions up "
+            f"in a table of {limit} learned positions; give --seqlen {limit} or less (or leave it out: it "
+            "defaults to the model's limit)"
         )
     return asked
 

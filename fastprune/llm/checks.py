@@ -6,8 +6,9 @@
   table, and no sequence longer than the positions the model has (an error
   for a table of learned positions, GPT-2 / OPT; a warning for rotary
   models, Llama / Mistral / Qwen2, run past ``max_position_embeddings``).
-* :func:`position_limit`: that limit, which ``python -m fastprune.llm`` takes
-  as its default ``--seqlen``.
+* :func:`position_limit` (of a model) / :func:`config_position_limit` (of a
+  checkpoint's config): that limit; ``python -m fastprune.llm`` takes it as its
+  default ``--seqlen``.
 
 Without them torch raises ``IndexError: index out of range in self`` or
 ``Tensor.item() cannot be called on meta tensors`` from deep inside the forward.
@@ -20,7 +21,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["check_model_has_data", "check_calibration_fits", "position_limit", "calibration_labels"]
+__all__ = ["check_model_has_data", "check_calibration_fits", "position_limit", "config_position_limit",
+           "calibration_labels", "LEARNED_POSITION_TYPES"]
 
 
 def check_model_has_data(model: nn.Module, device: torch.device) -> None:
@@ -69,6 +71,22 @@ def _input_embeddings(model: nn.Module) -> Optional[nn.Module]:
         return getter()
     except (AttributeError, NotImplementedError, TypeError):
         return None
+
+
+# transformers model types whose positions are rows of a learned table (GPT-2's wpe, OPT's and
+# BioGPT's embed_positions): a sequence longer than the table cannot run. Rotary (Llama, Mistral,
+# Qwen2, GPT-NeoX...) and ALiBi models are not listed: they run past max_position_embeddings.
+LEARNED_POSITION_TYPES = frozenset({"gpt2", "opt", "gpt_neo", "gpt_bigcode", "biogpt"})
+
+
+def config_position_limit(config) -> Tuple[Optional[int], bool]:
+    """``(positions, learned)`` from a transformers config alone (``max_position_embeddings``, or
+    GPT-2's ``n_positions``; ``learned`` from :data:`LEARNED_POSITION_TYPES`), for a checkpoint
+    whose weights are not loaded. ``(None, False)`` when the config states no limit."""
+    stated = getattr(config, "max_position_embeddings", None)
+    if not (isinstance(stated, int) and not isinstance(stated, bool) and stated > 0):
+        return None, False
+    return stated, getattr(config, "model_type", None) in LEARNED_POSITION_TYPES
 
 
 def position_limit(model: nn.Module) -> Tuple[Optional[int], bool]:
