@@ -17,8 +17,11 @@ What gets built
     the package then installs as pure Python and runs on its torch fallback.
 The CUDA toolkit is CUDA_HOME or CUDA_PATH when set, else the toolkit that the nvcc on
 PATH runs (followed through symlinks and wrapper scripts), else /usr/local/cuda.
-Environment: FORCE_CUDA, FORCE_ONLY_CPU, TORCH_CUDA_ARCH_LIST (default "8.0;9.0"),
+Environment: FORCE_CUDA, FORCE_ONLY_CPU, TORCH_CUDA_ARCH_LIST (unset: the architectures of the
+visible GPUs, as torch's extension builder picks them; with no GPU visible "8.0;9.0"),
 MAX_JOBS (parallel compile jobs, used by ninja), CUDA_HOME/CUDA_PATH, CC/CXX.
+Before compiling it prints what it builds (C++ only or CUDA, for which architectures, from how
+many sources) and that it takes minutes, to the terminal as well when pip hides the build output.
 """
 import glob
 import os
@@ -175,6 +178,82 @@ def cuda_decision(torch):
     return True, why
 
 
+DEFAULT_CUDA_ARCHS = "8.0;9.0"  # A100 and H100/H200: used when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset
+
+
+def visible_capabilities(torch):
+    """([(major, minor) of each visible GPU], highest (major, minor) this torch was built for, how found).
+
+    Empty when no GPU is visible or CUDA cannot be queried (a build machine without one).
+    """
+    try:
+        if not torch.cuda.is_available():
+            return [], None, "no GPU is visible"
+        caps = [tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]
+        sms = [int("".join(re.findall(r"\d+", a.split("_", 1)[1]))) for a in torch.cuda.get_arch_list() if "sm_" in a]
+    except Exception as exc:  # a driver that does not match, no driver at all...
+        return [], None, f"the GPUs cannot be queried ({type(exc).__name__}: {exc})"
+    max_supported = max(((sm // 10, sm % 10) for sm in sms), default=None)
+    return caps, max_supported, f"{len(caps)} visible GPU(s)"
+
+
+def choose_cuda_archs(env_value, capabilities, max_supported=None):
+    """(the TORCH_CUDA_ARCH_LIST to build for, why).
+
+    The user's TORCH_CUDA_ARCH_LIST wins. Unset (or "native"), the visible GPUs decide, as in
+    torch's extension builder: each one's compute capability, clamped to the highest this torch
+    (and so its nvcc) supports, once each, in numeric order, the last with +PTX. No GPU visible:
+    DEFAULT_CUDA_ARCHS.
+    """
+    value = (env_value or "").strip()
+    if value and value != "native":
+        return value, "set by TORCH_CUDA_ARCH_LIST"
+    if capabilities:
+        archs = []
+        for cap in capabilities:
+            cap = tuple(int(c) for c in cap)
+            if max_supported is not None:
+                cap = min(cap, tuple(max_supported))
+            arch = f"{cap[0]}.{cap[1]}"
+            if arch not in archs:
+                archs.append(arch)
+        archs.sort(key=lambda a: tuple(int(x) for x in a.split(".")))
+        archs[-1] += "+PTX"
+        return ";".join(archs), (
+            f"the visible GPU(s), as torch's extension builder does, since TORCH_CUDA_ARCH_LIST is "
+            f"{'native' if value else 'unset'}"
+        )
+    if value == "native":
+        return DEFAULT_CUDA_ARCHS, "the default: TORCH_CUDA_ARCH_LIST=native but no GPU is visible"
+    return DEFAULT_CUDA_ARCHS, "the default (no GPU visible and TORCH_CUDA_ARCH_LIST unset)"
+
+
+def build_summary(with_cuda, why, n_cpp, n_cuda=0, archs=None, arch_why=None, max_jobs=None):
+    """The line printed before compiling: what is built, from how many sources, and roughly how long."""
+    jobs = f"MAX_JOBS={max_jobs}" if max_jobs else "MAX_JOBS unset (ninja picks the job count)"
+    if not with_cuda:
+        return (
+            f"building the C++ CPU extension only, no CUDA kernels ({why}): {n_cpp} C++ source files, {jobs}. "
+            "This takes a few minutes (about 3 on 2 cores); pip install -v shows the compiler output."
+        )
+    count = len([a for a in archs.split(";") if a.strip()]) if archs else 0
+    return (
+        f"building the CUDA extension ({why}) for {count} architecture{'s' if count != 1 else ''} "
+        f"{archs} ({arch_why}): {n_cpp} C++ and {n_cuda} CUDA source files, {jobs}. This takes many "
+        "minutes (about 14 on 2 cores for two architectures; each architecture adds about as much CUDA "
+        "compile time again); pip install -v shows the compiler output."
+    )
+
+
+def announce_terminal(msg):
+    """``msg`` on the terminal, for when pip captures the build output (it shows none of it without -v)."""
+    try:
+        with open("/dev/tty", "w") as tty:
+            tty.write(f"fastprune setup: {msg}\n")
+    except OSError:  # no controlling terminal (CI, containers): the log line is all
+        pass
+
+
 def hex_macro(text):
     """A string as an identifier token (x + hex digits) that survives any compiler command line;
     csrc/ops.cpp decodes it."""
@@ -220,7 +299,6 @@ def make_extensions():
     def cuda_extension():
         sources = cpu_sources + cuda_sources
         check_unique_stems(sources)
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         if omp_compile:
             nvcc_flags += ["-Xcompiler", omp_compile[0]]
@@ -233,15 +311,23 @@ def make_extensions():
             extra_link_args=omp_link,
         )
 
+    max_jobs = os.environ.get("MAX_JOBS")
     if with_cuda:
-        log(
-            f"building CUDA extension ({why}); arch list {os.environ.get('TORCH_CUDA_ARCH_LIST') or '8.0;9.0'}; "
-            f"{len(cuda_sources)} CUDA source file(s); MAX_JOBS={os.environ.get('MAX_JOBS', 'unset')}"
-        )
+        env_archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+        caps, max_supported, found = ([], None, "") if (env_archs or "").strip() not in ("", "native") else \
+            visible_capabilities(torch)
+        archs, arch_why = choose_cuda_archs(env_archs, caps, max_supported)
+        if found:
+            arch_why += f"; {found}"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs  # what torch's BuildExtension reads
+        summary = build_summary(True, why, len(cpu_sources), len(cuda_sources), archs, arch_why, max_jobs)
         ext = cuda_extension()
     else:
-        log(f"building CPU extension ({why})")
+        summary = build_summary(False, why, len(cpu_sources), max_jobs=max_jobs)
         ext = cpu_extension(why)
+    # pip runs this file for its metadata hooks too: the plan is logged each time, and
+    # announced on the terminal once, when the compile starts.
+    log(summary)
 
     # ninja when available (BuildExtension falls back to setuptools' compiler otherwise); MAX_JOBS sets its jobs.
     base = cpp_extension.BuildExtension.with_options(use_ninja=True)
@@ -270,6 +356,8 @@ def make_extensions():
 
         def run(self):
             self._compiler_option = self.compiler
+            if not sys.stderr.isatty():
+                announce_terminal(summary)
             try:
                 self._attempt(ext)
                 return

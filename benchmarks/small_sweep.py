@@ -2,6 +2,7 @@
 
     python benchmarks/small_sweep.py                       # 8 ... 100M, plus the many-small-layers models
     python benchmarks/small_sweep.py --sizes 8,64,4K --rounds 9
+    python benchmarks/small_sweep.py --paths-only           # extension against pure-torch fallback only
 
 Rows:
 - ``l1_unstructured n``: one call on one tensor of n fp32 elements (amount 0.3;
@@ -12,6 +13,14 @@ Rows:
   model made of many small layers, the whole loop timed; likewise
   ``random_unstructured`` and ``remove`` (of an L1 pruning) on 2000 x Linear(8, 8),
   and ``global_unstructured`` over groups of 4 of them (500 calls).
+
+``l1 1000 x Linear(8, 8)`` by path: the same loop (``l1_unstructured``, amount
+0.3, on 1000 fresh ``Linear(8, 8)``) with the compiled extension and with the
+pure-torch fallback (``FASTPRUNE_NO_EXT=1``), each in a subprocess of its own
+(the mode is fixed when fastprune is imported) that times fastprune and torch
+interleaved; the two subprocesses alternate ``--path-runs`` times and each
+figure is the best. It shows what a user without a compiler pays against
+torch (``--paths-only`` runs just this table).
 
 Both libraries run in the same process, one after the other inside every
 round, so that the load of a shared machine hits both alike; each figure is
@@ -26,8 +35,11 @@ units tied with the threshold). Prints a Markdown table with the ratio
 fastprune / torch (below 1: fastprune faster).
 """
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -215,6 +227,65 @@ def row_many_layers(case, rounds):
     return reduce_times(times), "equal" if equal else "DIFFER"
 
 
+PATH_LAYERS = 1000
+
+
+def path_worker(rounds):
+    """In this process (extension or fallback, as imported): best-of-``rounds`` time of the
+    l1_unstructured loop over PATH_LAYERS fresh Linear(8, 8), fastprune and torch interleaved."""
+    times = {"fastprune": [], "torch": []}
+    masks = {}
+    for _ in range(rounds):
+        for name, lib in (("fastprune", fastprune), ("torch", tp)):
+            torch.manual_seed(0)
+            layers = [torch.nn.Linear(8, 8) for _ in range(PATH_LAYERS)]
+            t0 = CLOCK()
+            for m in layers:
+                lib.l1_unstructured(m, "weight", amount=AMOUNT)
+            times[name].append(CLOCK() - t0)
+            masks[name] = [m.weight_mask for m in layers]
+    equal = all(torch.equal(a, b) for a, b in zip(masks["fastprune"], masks["torch"]))
+    info = fastprune.build_info()
+    return {"extension": bool(info["extension"]), "fallback_reason": info["fallback_reason"],
+            **reduce_times(times), "masks": "equal" if equal else "DIFFER"}
+
+
+def rows_by_path(rounds, runs, clock, stat):
+    """The path table's rows: one subprocess per path and run, the paths alternating; each
+    figure reduced (``--stat``) over the runs' figures."""
+    found = {}
+    for _ in range(runs):
+        for path, no_ext in (("compiled extension", False), ("pure-torch fallback", True)):
+            env = {k: v for k, v in os.environ.items() if k != "FASTPRUNE_NO_EXT"}
+            if no_ext:
+                env["FASTPRUNE_NO_EXT"] = "1"
+            cmd = [sys.executable, os.path.abspath(__file__), "--path-worker", "--rounds", str(rounds),
+                   "--clock", clock, "--stat", stat]
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            found.setdefault(path, []).append(json.loads(res.stdout.strip().splitlines()[-1]))
+    best = {}
+    for path, results in found.items():
+        row = dict(results[-1])
+        row["fastprune"] = REDUCE([r["fastprune"] for r in results])
+        row["torch"] = REDUCE([r["torch"] for r in results])
+        row["masks"] = "equal" if all(r["masks"] == "equal" for r in results) else "DIFFER"
+        best[path] = row
+    return best
+
+
+def print_paths(best, rounds, runs):
+    print(f"| l1 {PATH_LAYERS} x Linear(8, 8), by path | fastprune | torch | fastprune / torch | per layer "
+          "(fastprune; torch) | masks |")
+    print("|---|---:|---:|---:|---:|---|")
+    for path, r in best.items():
+        label = path if path == "pure-torch fallback" or r["extension"] else f"{path} (not loaded: {r['fallback_reason']})"
+        print(f"| {label} | {fmt(r['fastprune'])} | {fmt(r['torch'])} | {r['fastprune'] / r['torch']:.2f} | "
+              f"{fmt(r['fastprune'] / PATH_LAYERS)}; {fmt(r['torch'] / PATH_LAYERS)} | {r['masks']} |")
+    print()
+    print(f"each path in its own subprocesses ({runs} runs, the paths alternating), fastprune and torch "
+          f"interleaved inside each ({rounds} rounds); each figure reduced over rounds and runs")
+
+
 def fmt(t):
     if t == float("inf"):
         return "-"
@@ -233,10 +304,26 @@ def main(argv=None):
     p.add_argument("--stat", choices=("best", "median"), default="best", help="figure reported per row")
     p.add_argument("--clock", choices=("wall", "process"), default="wall",
                    help="wall time, or CPU time of the process (robust to other jobs on the machine)")
+    p.add_argument("--paths-only", action="store_true",
+                   help=f"only the l1 {PATH_LAYERS} x Linear(8, 8) table, compiled extension against fallback")
+    p.add_argument("--path-runs", type=int, default=3, help="alternating subprocess runs per path")
+    p.add_argument("--path-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     global CLOCK, REDUCE
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     REDUCE = min if args.stat == "best" else statistics.median
+    if args.path_worker:
+        print(json.dumps(path_worker(args.rounds)))
+        return
+    if args.paths_only:
+        load_before = os.getloadavg()
+        best = rows_by_path(args.rounds, args.path_runs, args.clock, args.stat)
+        print_paths(best, args.rounds, args.path_runs)
+        print(f"{args.stat} of rounds, {args.clock} clock; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+              + bench.machine_description(torch.device("cpu")))
+        print("load average before: " + ", ".join(f"{x:.2f}" for x in load_before)
+              + "; after: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
+        return
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     jobs = [("kselect", n) for n in sizes] + [("l1_unstructured", n) for n in sizes]
     if not args.no_models:
@@ -263,6 +350,9 @@ def main(argv=None):
           "over 2 s); kselect rows: "
           "fastprune.ops.kselect_ vs torch.topk(|w|), both per call; torch " + torch.__version__ + ", "
           + str(torch.get_num_threads()) + " threads; " + bench.machine_description(torch.device("cpu")))
+    if not args.no_models:
+        print()
+        print_paths(rows_by_path(args.rounds, args.path_runs, args.clock, args.stat), args.rounds, args.path_runs)
     load_after = os.getloadavg()
     print("load average before: " + ", ".join(f"{x:.2f}" for x in load_before)
           + "; after: " + ", ".join(f"{x:.2f}" for x in load_after))

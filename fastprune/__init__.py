@@ -28,7 +28,7 @@ from .at_init import force_scores, magnitude_scores, snip_scores, synflow_scores
 from .schedule import pruning_schedule
 from .lottery import LotteryTicket, iterative_magnitude_pruning
 from .core.patch import is_torch_patched, patch_torch
-from .shipping import load_pruned_state_dict, load_sparse, make_permanent, save_sparse
+from .shipping import load_pruned_state_dict, load_sparse, load_sparse_pretrained, make_permanent, save_sparse
 from .structured import ConfigError, DependencyGraph, Plan, prune_channels, remove_masked_channels, rewrite_config
 from . import distributed
 from . import llm
@@ -66,6 +66,7 @@ EXTRA_NAMES = [
     "load_pruned_state_dict",
     "save_sparse",
     "load_sparse",
+    "load_sparse_pretrained",
     "distributed",
     "llm",
 ]

@@ -171,3 +171,20 @@ def test_failure_after_the_pruned_weights_were_written_rolls_back(monkeypatch):
         fp.global_unstructured(_params(model), pruning_method=fp.L1Unstructured, amount=0.3)
     assert calls["n"] == 3
     assert_snapshot_equal(before, module_snapshot(model))
+
+
+@pytest.mark.parametrize("empty", [[], (), lambda: iter([])], ids=["list", "tuple", "iterator"])
+@pytest.mark.parametrize("method", [fp.L1Unstructured, fp.RandomUnstructured, tp.L1Unstructured])
+def test_global_unstructured_with_no_parameters_raises_as_torch_does(empty, method):
+    """torch raises ValueError (its torch.cat of nothing) for an empty parameter list; a filter that
+    matched nothing must not pass silently."""
+    empty = empty() if callable(empty) else empty
+    with pytest.raises(ValueError) as torch_error:
+        tp.global_unstructured(list(empty) if not isinstance(empty, (list, tuple)) else empty,
+                               pruning_method=method, amount=0.5)
+    with pytest.raises(ValueError, match="parameters") as ours:
+        fp.global_unstructured(empty, pruning_method=method, amount=0.5)
+    assert "empty" in str(ours.value)
+    assert str(torch_error.value) in str(ours.value)  # torch's words are kept
+    with pytest.raises(ValueError, match="parameters"):
+        fp.global_unstructured([], pruning_method=method, amount=0)

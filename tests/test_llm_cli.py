@@ -35,6 +35,18 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def gpt2_checkpoint(tmp_path_factory):
+    """A tiny GPT-2 (learned positions: 32 of them; input embeddings tied to the LM head) with the byte tokenizer."""
+    folder = tmp_path_factory.mktemp("gpt2") / "model"
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=4, n_positions=32,
+                                 bos_token_id=10, eos_token_id=10, pad_token_id=0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(folder)
+    load_example("train_tiny_llama").byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "fastprune.llm", *args], capture_output=True, text=True,
@@ -117,3 +129,50 @@ def test_cli_bad_input_is_one_line(checkpoint, args, needle, capfd):
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
     assert not os.path.exists(checkpoint / "bad")
+
+
+def test_cli_tied_head_error_names_the_flags(gpt2_checkpoint, tmp_path, capfd):
+    """The error of a refused call names the command's flags, not the Python keywords of llm.prune."""
+    out = tmp_path / "tied"
+    code = main(["--model", str(gpt2_checkpoint), "--method", "magnitude", "--prune-lm-head",
+                 "--output", str(out), "--no-progress"])
+    assert code == 2
+    lines = [l for l in capfd.readouterr().err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --prune-lm-head:"), lines
+    assert "--prune-embeddings" in lines[0] and "prune_embeddings" not in lines[0], lines
+    assert not out.exists()
+
+
+def test_cli_seqlen_defaults_to_the_model_positions(gpt2_checkpoint, checkpoint, tmp_path, capfd):
+    """GPT-2 with 32 learned positions: no --seqlen takes 32 (the old default 2048 hit torch's IndexError);
+    a longer --seqlen is refused naming the flag and the limit, before anything is written."""
+    out = tmp_path / "fits"
+    code = main(["--model", str(gpt2_checkpoint), "--method", "wanda", "--calibration", str(checkpoint / "texts"),
+                 "--nsamples", "2", "--output", str(out), "--no-progress"])
+    assert code == 0, capfd.readouterr().err
+    assert (out / "config.json").exists()
+    capfd.readouterr()
+    code = main(["--model", str(gpt2_checkpoint), "--method", "wanda", "--calibration", str(checkpoint / "texts"),
+                 "--nsamples", "2", "--seqlen", "48", "--output", str(tmp_path / "long"), "--no-progress"])
+    assert code == 2
+    lines = [l for l in capfd.readouterr().err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --seqlen 48 > max_position_embeddings 32"), lines
+    assert not (tmp_path / "long").exists()
+
+
+def test_cli_seqlen_default_is_recorded_from_the_model(gpt2_checkpoint, checkpoint, monkeypatch):
+    """The calibration windows have the model's length when --seqlen is not given."""
+    import fastprune.llm.__main__ as cli
+
+    seen = []
+    real = cli.load_text_calibration
+
+    def spy(path, tokenizer, nsamples, seqlen, seed=0):
+        seen.append(seqlen)
+        return real(path, tokenizer, nsamples, seqlen, seed)
+
+    monkeypatch.setattr(cli, "load_text_calibration", spy)
+    argv = ["--method", "wanda", "--calibration", str(checkpoint / "texts"), "--nsamples", "2", "--no-progress"]
+    assert main(["--model", str(gpt2_checkpoint), "--output", str(checkpoint / "g"), *argv]) == 0
+    assert main(["--model", str(checkpoint / "model"), "--output", str(checkpoint / "l"), *argv]) == 0
+    assert seen == [32, 64]  # GPT-2's n_positions, Llama's max_position_embeddings

@@ -570,3 +570,83 @@ def test_owl_equals_transcription(one_thread):
     prune_block_by_block(ref, ids, "norms", lambda m, sumsq: wanda_layer(expected[owner[id(m)]])(m, sumsq))
     for (name, a), (_, b) in zip(linears(model), linears(ref)):
         assert torch.equal(a.weight, b.weight), name
+
+
+# ----------------------------------------------------------------------------
+# Calibration that does not fit the model, models without data (issue 23)
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt"])
+def test_calibration_longer_than_learned_positions_is_refused(arch):
+    """GPT-2 and OPT look positions up in a table of 64: torch's bare IndexError would come from deep inside."""
+    model = _arch(arch).eval()
+    before = module_snapshot(model)
+    with pytest.raises(ValueError, match=r"^calibration: seqlen 65 > max_position_embeddings 64"):
+        llm.prune(model, calib(seqlen=65), method="wanda", progress=False)
+    with pytest.raises(ValueError, match=r"calibration\[1\]: seqlen 80 > max_position_embeddings 64"):
+        llm.prune(model, [calib(seqlen=64), calib(n=1, seqlen=80)], method="sparsegpt", progress=False)
+    assert_snapshot_equal(before, module_snapshot(model))
+    report = llm.prune(model, calib(n=2, seqlen=64), method="wanda", progress=False)  # the whole table is fine
+    assert len(report.blocks) == 2
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+@pytest.mark.parametrize("bad_id", [VOCAB, VOCAB + 100, -1])
+def test_token_ids_outside_the_vocabulary_are_refused(arch, bad_id):
+    model = tiny_llama() if arch == "llama" else _arch(arch).eval()
+    ids = calib()
+    ids[2, 5] = bad_id
+    before = module_snapshot(model)
+    with pytest.raises(ValueError, match=rf"^calibration: token id {bad_id} .*vocab.* {VOCAB}"):
+        llm.prune(model, ids, method="wanda", progress=False)
+    mask = torch.ones_like(ids)
+    mask[2, 5] = 0  # padding is looked up in the embeddings too
+    with pytest.raises(ValueError, match=rf"calibration\[0\]: token id {bad_id}"):
+        llm.prune(model, [{"input_ids": ids, "attention_mask": mask}], method="magnitude",
+                  layer_sparsity="owl", progress=False)
+    assert_snapshot_equal(before, module_snapshot(model))
+
+
+def test_rotary_calibration_longer_than_max_positions_warns(one_thread):
+    """Llama's rotary positions run past max_position_embeddings (a config value, no table): a warning, and it runs."""
+    model = tiny_llama(max_position_embeddings=16)
+    with pytest.warns(UserWarning, match="calibration: seqlen 24 > max_position_embeddings 16"):
+        report = llm.prune(model, calib(seqlen=24), method="wanda", progress=False)
+    assert len(report.blocks) == 2
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        llm.prune(tiny_llama(max_position_embeddings=16), calib(seqlen=16), method="wanda", progress=False)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_meta_device_model_is_refused_naming_the_device(method):
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    with pytest.raises(ValueError, match=r"meta device") as info:
+        llm.prune(model, calib(), method=method, progress=False)
+    assert "model.embed_tokens.weight" in str(info.value)  # the first tensor without data is named
+    assert not fastprune.is_pruned(model)
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+def test_meta_device_argument_is_refused_before_any_block_moves():
+    model = tiny_llama()
+    before = module_snapshot(model)
+    with pytest.raises(ValueError, match=r"device=.*meta"):
+        llm.prune(model, calib(), method="wanda", device="meta", progress=False)
+    assert_snapshot_equal(before, module_snapshot(model))
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "mistral", "qwen2"])
+def test_position_limit_of_the_config_agrees_with_the_model(arch):
+    """The command reads the limit from the config alone (no weights loaded); the model's own tables agree."""
+    from fastprune.llm.checks import config_position_limit, position_limit
+
+    model = tiny_llama() if arch == "llama" else _arch(arch)
+    assert config_position_limit(model.config) == position_limit(model) == (64, arch in ("gpt2", "opt"))

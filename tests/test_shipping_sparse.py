@@ -313,3 +313,255 @@ def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_sparse({f"t{i}": torch.randn(1000) for i in range(4)}, tmp_path / "d", max_shard_size=5000)
     assert os.listdir(tmp_path / "d") == []
+
+
+# ----------------------------------------------------------------------------
+# Integrity: damaged and truncated files (issue 23)
+# ----------------------------------------------------------------------------
+
+
+def _layout(path):
+    """(data start, header dict) of a safetensors file."""
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    return 8 + n, json.loads(raw[8:8 + n])
+
+
+def _byte_range(path, stored_name):
+    start, header = _layout(path)
+    a, b = header[stored_name]["data_offsets"]
+    return start + a, start + b
+
+
+def _edit_bytes(path, edits):
+    """Apply {absolute offset: new byte value} to the file in place."""
+    raw = bytearray(open(path, "rb").read())
+    for offset, value in edits.items():
+        raw[offset] = value
+    open(path, "wb").write(bytes(raw))
+
+
+def _rewrite_infos(path, change):
+    """Rewrite the header's fastprune.tensors with change(infos) (None: drop it), keeping the data bytes."""
+    raw = open(path, "rb").read()
+    start, header = _layout(path)
+    meta = header["__metadata__"]
+    infos = change(json.loads(meta["fastprune.tensors"]))
+    meta["fastprune.tensors"] = infos if isinstance(infos, str) else json.dumps(infos)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    open(path, "wb").write(len(text).to_bytes(8, "little") + text + raw[start:])
+
+
+def _pruned_layer_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 256)
+    fp.sparsify_(lin, 0.7)
+    path = tmp_path / "lin.safetensors"
+    save_sparse(lin, path)
+    return lin, path
+
+
+def test_damaged_bitmask_with_the_same_bit_count_is_detected(tmp_path):
+    """Clearing a set bit near the start and setting a clear one near the end keeps the count:
+    without a checksum a third of the weights come back shifted, silently."""
+    lin, path = _pruned_layer_checkpoint(tmp_path)
+    a, b = _byte_range(path, "weight.bitmask")
+    raw = open(path, "rb").read()
+    first = next(i for i in range(a, b) if raw[i] != 0)
+    last = next(i for i in range(b - 1, a, -1) if raw[i] != 0xFF)
+    low_set = raw[first] & -raw[first]
+    high_clear = 1 << next(k for k in range(7, -1, -1) if not raw[last] >> k & 1)
+    _edit_bytes(path, {first: raw[first] & ~low_set, last: raw[last] | high_clear})
+    with pytest.raises(ValueError, match="checksum") as info:
+        load_sparse(path)
+    assert str(path) in str(info.value) and "'weight'" in str(info.value)
+    damaged = load_sparse(path, verify=False)["weight"]  # the check can be skipped: then the damage shows
+    wrong = int((damaged != lin.weight.detach()).sum())
+    assert wrong > 1000, wrong
+    assert torch.equal(load_sparse(path, verify=False)["bias"], lin.bias.detach())
+
+
+@pytest.mark.parametrize("part", ["weight.values", "bias", "weight.bitmask"])
+def test_a_flipped_byte_anywhere_is_detected(tmp_path, part):
+    lin, path = _pruned_layer_checkpoint(tmp_path)
+    a, b = _byte_range(path, part)
+    raw = open(path, "rb").read()
+    middle = (a + b) // 2
+    _edit_bytes(path, {middle: raw[middle] ^ 0x10})
+    with pytest.raises(ValueError, match="checksum") as info:
+        load_sparse(path)
+    key = part.split(".")[0]
+    assert str(path) in str(info.value) and repr(key) in str(info.value) and part in str(info.value)
+    fresh = nn.Linear(256, 256)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match="checksum"):
+        load_sparse(path, model=fresh)
+    for k, v in fresh.state_dict().items():  # a refused load changes nothing
+        assert torch.equal(v, before[k])
+
+
+def test_damaged_shard_is_named(tmp_path):
+    layers = nn.Sequential(*[nn.Linear(64, 64) for _ in range(6)])
+    fp.sparsify_(layers, 0.5)
+    save_sparse(layers, tmp_path / "sh", max_shard_size="10KB")
+    index = json.load(open(tmp_path / "sh" / "model.safetensors.index.json"))
+    shard = index["weight_map"]["3.weight.values"]
+    a, _ = _byte_range(tmp_path / "sh" / shard, "3.weight.values")
+    raw = open(tmp_path / "sh" / shard, "rb").read()
+    _edit_bytes(tmp_path / "sh" / shard, {a: raw[a] ^ 1})
+    with pytest.raises(ValueError, match="checksum") as info:
+        load_sparse(tmp_path / "sh")
+    assert shard in str(info.value) and "'3.weight'" in str(info.value)
+
+
+@pytest.mark.parametrize("keep", [0, 5, 30, 0.5, -1])
+def test_truncated_or_empty_file_is_named(tmp_path, keep):
+    _, path = _pruned_layer_checkpoint(tmp_path)
+    raw = open(path, "rb").read()
+    cut = int(len(raw) * keep) if isinstance(keep, float) else (len(raw) + keep if keep < 0 else keep)
+    open(path, "wb").write(raw[:cut])
+    with pytest.raises(ValueError) as info:
+        load_sparse(path)
+    assert str(path) in str(info.value) and "truncated" in str(info.value)
+
+
+def test_truncated_shard_in_a_directory_is_named(tmp_path):
+    sd = {f"t{i}": torch.randn(1000) for i in range(4)}
+    save_sparse(sd, tmp_path / "d", max_shard_size=5000)
+    shard = tmp_path / "d" / "model-00002-of-00004.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated") as info:
+        load_sparse(tmp_path / "d")
+    assert str(shard) in str(info.value)
+
+
+def test_files_written_without_checksums_still_load(tmp_path):
+    """Checkpoints written before the checksums existed have none: they load, unverified."""
+    lin, path = _pruned_layer_checkpoint(tmp_path)
+    with safetensors.safe_open(str(path), "pt") as f:
+        infos = json.loads(f.metadata()["fastprune.tensors"])
+    assert set(infos["weight"]["crc32"]) == {"weight.bitmask", "weight.values"}
+    assert set(infos["bias"]["crc32"]) == {"bias"}
+    _rewrite_infos(path, lambda infos: {k: {f: v for f, v in i.items() if f != "crc32"} for k, i in infos.items()})
+    out = load_sparse(path)
+    assert_bit_equal(out["weight"], lin.weight.detach())
+    assert_bit_equal(out["bias"], lin.bias.detach())
+
+
+# ----------------------------------------------------------------------------
+# Errors that say what is wrong (issue 23)
+# ----------------------------------------------------------------------------
+
+
+def test_header_nnz_mismatch_names_both_counts(tmp_path):
+    lin, path = _pruned_layer_checkpoint(tmp_path)
+    real = int((lin.weight != 0).sum())
+
+    def set_nnz(infos):
+        infos["weight"]["nnz"] = 5
+        return infos
+
+    _rewrite_infos(path, set_nnz)
+    with pytest.raises(ValueError) as info:
+        load_sparse(path)
+    msg = str(info.value)
+    assert str(path) in msg and "'weight'" in msg
+    assert f"{real} set bits" in msg and "nnz 5" in msg, msg
+    assert f"{real} values are stored" not in msg  # the equal counts are not the mismatch
+
+
+def test_header_const_mismatch_names_what_differs(tmp_path):
+    lin, path = _pruned_layer_checkpoint(tmp_path)
+    real = int((lin.weight != 0).sum())
+
+    def set_const(infos):
+        infos["weight"]["const"] = True
+        return infos
+
+    _rewrite_infos(path, set_const)
+    with pytest.raises(ValueError) as info:
+        load_sparse(path)
+    msg = str(info.value)
+    assert str(path) in msg and "'weight'" in msg
+    assert f"{real} values are stored" in msg and "const" in msg and "1" in msg, msg
+
+
+def test_malformed_tensors_header_names_the_file(tmp_path):
+    _, path = _pruned_layer_checkpoint(tmp_path)
+    _rewrite_infos(path, lambda infos: json.dumps(infos)[:-7])
+    with pytest.raises(ValueError, match="fastprune.tensors") as info:
+        load_sparse(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("change", [
+    lambda infos: {k: v for k, v in infos.items() if k != "weight"},        # an entry removed
+    lambda infos: {**infos, "weight": {**infos["weight"], "negzero": False, "encoding": "dense"}},
+])
+def test_every_stored_tensor_must_belong_to_an_entry(tmp_path, change):
+    """A header that no longer accounts for some stored tensors is damaged, not a smaller checkpoint."""
+    _, path = _pruned_layer_checkpoint(tmp_path)
+    _rewrite_infos(path, change)
+    with pytest.raises(ValueError) as info:
+        load_sparse(path)
+    assert str(path) in str(info.value) and "weight." in str(info.value)
+
+
+def test_header_entry_fields_are_checked(tmp_path):
+    _, path = _pruned_layer_checkpoint(tmp_path)
+
+    def drop_shape(infos):
+        del infos["weight"]["shape"]
+        return infos
+
+    _rewrite_infos(path, drop_shape)
+    with pytest.raises(ValueError, match="shape") as info:
+        load_sparse(path)
+    assert str(path) in str(info.value) and "'weight'" in str(info.value)
+
+
+def _sharded(tmp_path):
+    sd = {f"t{i}": torch.randn(1000) for i in range(4)}
+    save_sparse(sd, tmp_path / "d", max_shard_size=5000)
+    return sd, tmp_path / "d" / "model.safetensors.index.json"
+
+
+def test_malformed_index_names_the_file(tmp_path):
+    _, index = _sharded(tmp_path)
+    index.write_text(index.read_text()[:-10])
+    with pytest.raises(ValueError) as info:
+        load_sparse(tmp_path / "d")
+    assert str(index) in str(info.value)
+    index.write_text(json.dumps({"weight_map": ["not", "a", "dict"]}))
+    with pytest.raises(ValueError, match="weight_map") as info:
+        load_sparse(tmp_path / "d")
+    assert str(index) in str(info.value)
+
+
+def test_index_must_account_for_every_stored_tensor(tmp_path):
+    _, index = _sharded(tmp_path)
+    data = json.loads(index.read_text())
+    del data["weight_map"]["t2"]  # t2 has a shard of its own, which is then listed nowhere
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as info:
+        load_sparse(tmp_path / "d")
+    assert str(index) in str(info.value) and "t2" in str(info.value)
+
+
+def test_index_entry_for_a_tensor_its_shard_lacks(tmp_path):
+    _, index = _sharded(tmp_path)
+    data = json.loads(index.read_text())
+    data["weight_map"]["t0"] = data["weight_map"]["t1"]  # points at the wrong shard
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as info:
+        load_sparse(tmp_path / "d")
+    assert str(index) in str(info.value) and "t0" in str(info.value)
+
+
+def test_index_naming_a_missing_shard(tmp_path):
+    _, index = _sharded(tmp_path)
+    os.remove(tmp_path / "d" / "model-00003-of-00004.safetensors")
+    with pytest.raises(FileNotFoundError) as info:
+        load_sparse(tmp_path / "d")
+    assert str(index) in str(info.value) and "model-00003-of-00004.safetensors" in str(info.value)

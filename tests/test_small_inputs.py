@@ -182,3 +182,101 @@ def test_op_calls_honour_torch_function_modes_and_fake_tensors():
         fw, fout = fake_mode.from_tensor(w), fake_mode.from_tensor(out)
         ops.kselect_([fw], None, [fout], 3)
         assert ops.channel_norms(fw, 1).shape == (5,)
+
+
+def _special_scores(shape, dtype, seed):
+    """Scores with heavy ties, signed zeros, NaN and infinities (ties decide which unit goes first)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 1
+    for d in shape:
+        n *= d
+    if dtype == torch.bool:
+        return (torch.rand(n, generator=g) > 0.5).reshape(shape)
+    t = torch.randint(-4, 5, (n,), generator=g).to(torch.float64) / 2
+    if dtype.is_floating_point:
+        special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, float("nan")], dtype=torch.float64)
+        pick = torch.rand(n, generator=g) < 0.15
+        t[pick] = special[torch.randint(0, len(special), (int(pick.sum()),), generator=g)]
+    return t.to(dtype).reshape(shape)
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.bool],
+                         ids=str)
+@pytest.mark.parametrize("shape", [(1,), (8, 8), (3, 5, 7), (0,), (70, 80)], ids=str)
+def test_fallback_kselect_equals_the_reference(dtype, shape):
+    """The fallback's lean per-tensor kselect_ (fastprune.ops._fallback) gives the reference's outputs and errors,
+    bit for bit: k and fraction (valid or not), masks kept or excluded, smallest or largest, outputs in several
+    dtypes, the pruned values written along, and an output that is the mask itself."""
+    from fastprune.ops import _fallback, reference
+
+    n = _numel(shape)
+    s = _special_scores(shape, dtype, seed=n)
+    g = torch.Generator().manual_seed(7)
+    values = torch.randn(shape, generator=g)
+    masks = [None, (torch.rand(shape, generator=g) > 0.3).float(), torch.rand(shape, generator=g) > 0.6]
+    cases = []
+    for mask in masks:
+        for exclude in (False, True):
+            selectable = n if mask is None or not exclude else int((mask != 0).sum())
+            for largest in (False, True):
+                for k, fraction in [(0, None), (1, None), (selectable // 3, None), (selectable, None),
+                                    (selectable + 1, None), (-1, 0.3), (-1, 1.0), (2, 0.5), (-1, 1.5)]:
+                    cases.append((mask, exclude, largest, k, fraction, torch.float32, k == 1))
+        cases.append((mask, True, False, n // 2, None, torch.bool, False))
+        cases.append((mask, False, True, -1, 0.5, torch.uint8, True))
+    for mask, exclude, largest, k, fraction, out_dtype, with_values in cases:
+        results = []
+        for impl in (_fallback.kselect_, reference.kselect_):
+            out = torch.full(shape, 7, dtype=out_dtype)
+            applied = torch.full(shape, 5.0)
+            extra = ([values], [applied]) if with_values else (None, None)
+            outcome = _outcome(lambda: impl([s], [mask], [out], k, largest, exclude, False, fraction, *extra))
+            results.append((outcome, out, applied))
+        (res_a, out_a, app_a), (res_b, out_b, app_b) = results
+        label = (mask is None, exclude, largest, k, fraction, out_dtype)
+        assert res_a == res_b, label
+        assert torch.equal(out_a, out_b), label
+        assert torch.equal(app_a.view(torch.int32), app_b.view(torch.int32)), label
+    if n:  # the output may be the mask itself (iterated pruning writes in place)
+        twins = [(torch.rand(shape, generator=torch.Generator().manual_seed(2)) > 0.5).float() for _ in range(2)]
+        k = min(2, int((twins[0] != 0).sum()))
+        _fallback.kselect_([s], [twins[0]], [twins[0]], k, False, True, False)
+        reference.kselect_([s], [twins[1]], [twins[1]], k, False, True, False)
+        assert torch.equal(twins[0], twins[1])
+
+
+def test_fallback_kselect_is_called_directly_only_where_the_dispatcher_adds_nothing(monkeypatch):
+    """Without the extension ops.kselect_ calls the Python kernel itself for plain tensors; a tensor that requires
+    grad (in place into a leaf), a TorchFunctionMode or a dispatch mode still go through torch.ops."""
+    from fastprune import ops
+    from fastprune.ops import _fallback
+
+    w, out = torch.randn(4, 5), torch.empty(4, 5)
+    assert _fallback.direct_ok([w], [None], [out], None, None)
+    assert not _fallback.direct_ok([w], [None], [torch.zeros(4, 5, requires_grad=True)], None, None)
+    with torch.no_grad():
+        assert _fallback.direct_ok([w], [None], [torch.zeros(4, 5, requires_grad=True)], None, None)
+    assert not _fallback.direct_ok([w.as_subclass(type("Sub", (torch.Tensor,), {}))], [None], [out], None, None)
+    with torch.overrides.TorchFunctionMode():
+        assert not _fallback.direct_ok([w], [None], [out], None, None)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passing(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passing():
+        assert not _fallback.direct_ok([w], [None], [out], None, None)
+    if ops._PYTHON_KERNELS:  # fallback mode: the direct path is the one taken
+        calls = []
+        real = _fallback.kselect_
+        monkeypatch.setattr(_fallback, "kselect_", lambda *a: calls.append(1) or real(*a))
+        ops.kselect_([w], None, [out], 3)
+        assert calls == [1] and int((out == 0).sum()) == 3

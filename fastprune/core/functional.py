@@ -9,7 +9,6 @@ from .reparam import forget_deepcopy, install_many
 from .sharding import PLAIN_TENSOR_TYPES, replayable, same_error_everywhere, sharded_handler
 from .targets import existing_mask, mark_binary, resolve_scores, resolve_targets
 from .validation import (
-    _compute_nparams_toprune,
     _validate_pruning_amount,
     _validate_pruning_amount_init,
     _validate_pruning_dim,
@@ -344,8 +343,9 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
             ``"unstructured"`` (as in torch).
         PruningNameError: a module has no attribute ``name``.
         PruningShapeError: a score tensor is not shaped like its parameter.
-        ValueError: a tensor listed twice, a tensor on the meta device, or an
-            ``amount`` out of range or larger than the units left.
+        ValueError: ``parameters`` is empty (as in torch), a tensor listed
+            twice, a tensor on the meta device, or an ``amount`` out of range
+            or larger than the units left.
 
     Example::
 
@@ -369,9 +369,12 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
         ]
         method = _pruning_method_instance(pruning_method, kwargs)
         if not targets:
-            if _compute_nparams_toprune(method.amount, 0) if hasattr(method, "amount") else 0:
-                raise ValueError(f"amount={method.amount} should be smaller than the number of parameters to prune=0")
-            return
+            # torch raises here too (its torch.cat of no tensors); its words are kept so that code
+            # matching them still does. A filter that matched nothing is a mistake to report.
+            raise ValueError(
+                "global_unstructured: parameters is empty, there is nothing to prune "
+                "(torch.cat(): expected a non-empty list of Tensors)"
+            )
 
         params = [getattr(m, n) for m, n in targets]
         masks = [existing_mask(m, n) for m, n in targets]

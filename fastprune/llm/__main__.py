@@ -6,7 +6,10 @@ Example::
         --calibration corpus.txt --nsamples 128 --seqlen 2048 --output ./llama-wanda50
 
 The checkpoint folder is what ``save_pretrained`` writes (config, weights and
-the tokenizer); ``--calibration`` is a text file or a folder of text files.
+the tokenizer); ``--calibration`` is a text file or a folder of text files,
+cut into ``--nsamples`` windows of ``--seqlen`` tokens (default: the model's
+``max_position_embeddings``, at most 4096; a longer ``--seqlen`` is refused
+for models with a table of learned positions such as GPT-2 and OPT).
 The pruned model is written to ``--output`` with ``save_pretrained`` (and the
 tokenizer next to it), the report table is printed. A bad path or setting
 ends with one line on stderr and exit status 2, not a traceback.
@@ -15,16 +18,52 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional
 
 from .api import METHODS, prune
 from .calibration import load_text_calibration
+from .checks import config_position_limit
 from .patterns import parse_pattern
 
 
 class _UsageError(Exception):
     pass
+
+
+# Default --seqlen: the model's own limit, as the Wanda and SparseGPT reference code
+# take it, but no more than this (a long-context model's 128k positions would make
+# the calibration activations of 128 sequences hundreds of GB).
+_SEQLEN_CAP = 4096
+_SEQLEN_UNSTATED = 2048
+
+
+# The keywords of llm.prune this command sets, and the flag that sets each: an
+# error raised by prune is shown with the flag the user typed, not the keyword.
+_FLAG_OF = {
+    "prune_embeddings": "--prune-embeddings",
+    "prune_lm_head": "--prune-lm-head",
+    "layer_sparsity": "--layer-sparsity",
+    "calibration": "--calibration",
+    "sparsity": "--sparsity",
+    "pattern": "--pattern",
+    "method": "--method",
+    "device": "--device",
+}
+# A keyword with an underscore is named wherever it stands; a plain word only
+# where a message names an argument (``word=`` or ``word:``). ``flag=True``
+# becomes the bare flag.
+_KEYWORD = re.compile(
+    r"(?<![\w.-])(?:(?P<bool>prune_embeddings|prune_lm_head)=True\b"
+    r"|(?P<named>prune_embeddings|prune_lm_head|layer_sparsity)\b"
+    r"|(?P<plain>calibration|sparsity|pattern|method|device)(?=[=:]))"
+)
+
+
+def _as_flags(message: str) -> str:
+    """``message`` with the Python keywords of :func:`prune` replaced by this command's flags."""
+    return _KEYWORD.sub(lambda m: _FLAG_OF[m.group(m.lastgroup)], message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-sparsity", default=None, choices=["owl"], help="per-block sparsities (OWL)")
     p.add_argument("--calibration", help="a text file or a folder of text files (not needed for magnitude)")
     p.add_argument("--nsamples", type=int, default=128, help="calibration sequences")
-    p.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration sequence")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help="tokens per calibration sequence (default: the model's max_position_embeddings, "
+                        f"at most {_SEQLEN_CAP}; {_SEQLEN_UNSTATED} when the model states none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
     p.add_argument("--output", required=True, help="folder for the pruned model")
     p.add_argument("--device", default=None, help="device each block is pruned on (default: where the model is)")
@@ -75,8 +116,9 @@ def _load(args):
             raise _UsageError(f"--model: cannot load the tokenizer from {args.model!r}: {str(e).splitlines()[0]}")
     calibration = None
     if args.calibration:
+        seqlen = _seqlen(args.seqlen, args.model)
         try:
-            calibration = load_text_calibration(args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed)
+            calibration = load_text_calibration(args.calibration, tokenizer, args.nsamples, seqlen, args.seed)
         except ValueError as e:
             raise _UsageError(str(e))
     kwargs = {}
@@ -89,6 +131,27 @@ def _load(args):
     return model, tokenizer, calibration
 
 
+def _seqlen(asked: Optional[int], folder: str) -> int:
+    """``--seqlen``, or the checkpoint's position limit when not given (read from its config alone,
+    the weights are not needed); refused above a table of learned positions."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise _UsageError(f"--model: cannot read the config of {folder!r}: {str(e).splitlines()[0]}")
+    limit, learned = config_position_limit(config)
+    if asked is None:
+        return min(limit, _SEQLEN_CAP) if limit else _SEQLEN_UNSTATED
+    if learned and asked > limit:
+        raise _UsageError(
+            f"--seqlen {asked} > max_position_embeddings {limit}: {config.model_type} models look positions up "
+            f"in a table of {limit} learned positions; give --seqlen {limit} or less (or leave it out: it "
+            "defaults to the model's limit)"
+        )
+    return asked
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m fastprune.llm``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -99,7 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             parse_pattern(args.pattern)
         except ValueError as e:
             raise _UsageError(f"--pattern: {e}")
-        if args.nsamples < 1 or args.seqlen < 1:
+        if args.nsamples < 1 or (args.seqlen is not None and args.seqlen < 1):
             raise _UsageError("--nsamples and --seqlen must be at least 1")
         needs_data = args.method != "magnitude" or args.layer_sparsity == "owl"
         if needs_data and not args.calibration:
@@ -116,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                            progress=not args.no_progress, prune_embeddings=args.prune_embeddings,
                            prune_lm_head=args.prune_lm_head)
         except (TypeError, ValueError, IndexError) as e:
-            raise _UsageError(str(e))
+            raise _UsageError(_as_flags(str(e)))
         if report.masks is not None:
             report.masks.detach()
         os.makedirs(args.output, exist_ok=True)

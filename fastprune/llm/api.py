@@ -18,6 +18,7 @@ from ..maskset import MaskSet
 from ..progress import progress_bar
 from .blocks import block_linears, find_blocks, is_conv1d, weight_rows
 from .calibration import normalize_calibration
+from .checks import calibration_labels, check_calibration_fits, check_model_has_data
 from .magnitude import magnitude_mask
 from .owl import outlier_ratio, owl_sparsities
 from .patterns import parse_pattern
@@ -477,6 +478,9 @@ def prune(
         device = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device={device!r} is not a device torch knows") from None
+    check_model_has_data(model, device)
+    if batches:
+        check_calibration_fits(model, batches, calibration_labels(calibration, len(batches)))
 
     report = PruneReport(method=method, pattern=pattern, sparsity=sparsity, mode=mode)
     start = time.perf_counter()

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _load, reference
+from . import _fallback, _load, reference
 from ._load import build_info, extension_loaded
 from .reference import pack_mask, packed_numel, unpack_mask
 
@@ -34,8 +34,10 @@ SCHEMAS = {
     "nm_select": "nm_select(Tensor scores, int n, int m) -> Tensor",
 }
 
+# The kernels without the extension: the reference (the specification), with
+# kselect_'s per-tensor case on a leaner path that gives the same results.
 _REFERENCE_IMPLS = {
-    "kselect_": reference.kselect_,
+    "kselect_": _fallback.kselect_,
     "mask_mul": reference.mask_mul,
     "mask_mul_": reference.mask_mul_,
     "apply_packed_mask_": reference.apply_packed_mask_,
@@ -137,6 +139,12 @@ _DIRECT = _load._C if getattr(_load._C, "mask_mul__direct", None) is not None el
 _MASK_MUL__DIRECT = None if _DIRECT is None else _DIRECT.mask_mul__direct
 _is_compiling = torch.compiler.is_compiling
 _INT64_MAX = 2**63 - 1
+# Without the extension, the wrappers call the Python kernels themselves where the
+# dispatcher would only add its boxed round trip into Python (~10-20 us a call,
+# as much as a small layer's whole selection): plain tensors, no function or
+# dispatch mode, not compiling (the rule of the extension's direct entry
+# points), and no tensor that autograd would have to see.
+_PYTHON_KERNELS = not extension_loaded()
 
 # The overload itself: calling it skips the overload resolution of
 # ``torch.ops.fastprune.mask_mul(...)`` (~1 us, a sizeable part of a
@@ -253,6 +261,9 @@ def kselect_(
         and _DIRECT.kselect_direct(scores, masks, out, k, largest, exclude_masked, packed, fraction, values, applied)
     ):
         return
+    if _PYTHON_KERNELS and not _is_compiling() and _fallback.direct_ok(scores, masks, out, values, applied):
+        _fallback.kselect_(scores, masks, out, k, largest, exclude_masked, packed, fraction, values, applied)
+        return
     torch.ops.fastprune.kselect_(scores, masks, out, k, largest, exclude_masked, packed, fraction, values, applied)
 
 
@@ -338,6 +349,9 @@ def _call_on_pairs(name: str, inputs, others, other_name: str, direct=None) -> N
         return
     if direct is not None and not _is_compiling() and direct(inputs, others):
         return
+    if _PYTHON_KERNELS and not _is_compiling() and _fallback.direct_ok(inputs, others):
+        _REFERENCE_IMPLS[name](inputs, others)
+        return
     getattr(torch.ops.fastprune, name)(inputs, others)
 
 
@@ -415,6 +429,8 @@ def channel_norms(t: Tensor, dim: int, p: float = 2.0) -> Tensor:
         norms = _DIRECT.channel_norms_direct(t, dim, p)
         if norms is not None:
             return norms
+    if _PYTHON_KERNELS and not _is_compiling() and _fallback.direct_ok((t,)):
+        return reference.channel_norms(t, dim, p)
     return torch.ops.fastprune.channel_norms(t, dim, p)
 
 

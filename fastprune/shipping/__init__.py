@@ -5,11 +5,14 @@
 * :func:`load_pruned_state_dict`: a state dict with ``*_orig`` / ``*_mask``
   keys loaded strictly into a freshly built model, its pruning re-created.
 * :func:`save_sparse` / :func:`load_sparse`: safetensors checkpoints in which
-  pruned tensors take a 1-bit mask plus their non-zero values.
+  pruned tensors take a 1-bit mask plus their non-zero values, checksummed.
+* :func:`load_sparse_pretrained`: such a folder of a transformers model (its
+  config saved beside it) opened as the model, every weight loaded.
 """
 from .permanent import make_permanent, permanent_state_dict, pruned_tensors
 from .state_dict import load_pruned_state_dict
 from .sparse_checkpoint import load_sparse, save_sparse
+from .pretrained import load_sparse_pretrained
 
 __all__ = [
     "make_permanent",
@@ -18,4 +21,5 @@ __all__ = [
     "load_pruned_state_dict",
     "save_sparse",
     "load_sparse",
+    "load_sparse_pretrained",
 ]

@@ -33,19 +33,28 @@ The safetensors header's ``__metadata__`` holds ``"format": "pt"``,
 ``"fastprune.format": "fastprune.sparse/1"`` and ``"fastprune.tensors"``, a
 JSON object giving, for each state-dict key stored in the file and in the
 state dict's order, its ``shape``, ``dtype`` (torch's name), ``encoding``
-(``"dense"`` or ``"bitmask"``), ``nnz`` (stored elements), ``const`` and
-``negzero``. The index file's ``metadata`` also lists ``"fastprune.order"``:
-all keys in order.
+(``"dense"`` or ``"bitmask"``), ``nnz`` (stored elements), ``const``,
+``negzero`` and ``crc32``: for each stored tensor of the entry (``key``, or
+``key.bitmask``, ``key.values`` and ``key.negzero``), the CRC-32 (zlib's) of
+its bytes as stored. :func:`load_sparse` checks them (``verify=True``), so a
+flipped bit anywhere in the data is an error naming the file and the tensor
+rather than weights silently shifted. Files written before the checksums
+existed have no ``crc32`` and load unverified; readers that predate them
+ignore the field. The index file's ``metadata`` also lists
+``"fastprune.order"``: all keys in order.
 
 Size of a tensor of ``N`` elements of ``b`` bytes at sparsity ``s``:
 ``N/8 + (1 - s) N b`` bytes (plus ``s N / 8`` when some zeros are ``-0.0``).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import re
+import sys
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Dict, List, Optional, Tuple, Union
@@ -158,7 +167,8 @@ def _encode(key: str, tensor: Tensor, seen: set) -> Tuple[Dict[str, Tensor], dic
             }
             if negzero is not None:
                 out[key + ".negzero"] = _pack(negzero)
-            info.update(encoding="bitmask", nnz=nnz, const=const, negzero=negzero is not None)
+            info.update(encoding="bitmask", nnz=nnz, const=const, negzero=negzero is not None,
+                        crc32={name: _crc32(part) for name, part in out.items()})
             return out, info
     storage = t.untyped_storage()
     if storage.data_ptr() in seen or storage.nbytes() != t.nbytes:
@@ -166,28 +176,66 @@ def _encode(key: str, tensor: Tensor, seen: set) -> Tuple[Dict[str, Tensor], dic
         # weights, views of a larger tensor): store a private copy.
         t = t.clone()
     seen.add(t.untyped_storage().data_ptr())
+    info["crc32"] = {key: _crc32(t)}
     return {key: t}, info
 
 
-def _decode(key: str, info: dict, get) -> Tensor:
+def _crc32(t: Tensor) -> int:
+    """CRC-32 (zlib's) of the bytes of the contiguous CPU tensor ``t``, as safetensors stores them."""
+    if t.numel() == 0:
+        return 0
+    return zlib.crc32(t.reshape(-1).view(torch.uint8).numpy())
+
+
+class _Reader:
+    """The stored tensors of one open file, each checked against its CRC-32 when it is read."""
+
+    def __init__(self, handle, fname: str, verify: bool) -> None:
+        self.handle = handle
+        self.fname = fname
+        self.verify = verify
+
+    def get(self, key: str, info: dict, name: str) -> Tensor:
+        t = self.handle.get_tensor(name)
+        sums = info.get("crc32")
+        if self.verify and isinstance(sums, dict) and name in sums:
+            actual = _crc32(t.contiguous())
+            if actual != sums[name]:
+                raise ValueError(
+                    f"{self.fname}: tensor {key!r} is damaged: the checksum of its stored part {name!r} is "
+                    f"CRC-32 {actual:08x}, the header says {int(sums[name]):08x} (a changed bit in the file; "
+                    "load_sparse(..., verify=False) reads it anyway)"
+                )
+        return t
+
+
+def _decode(key: str, info: dict, reader: "_Reader") -> Tensor:
+    def get(name):
+        return reader.get(key, info, name)
+
     dtype = _dtype_from_name(info["dtype"])
     shape = [int(s) for s in info["shape"]]
     if info["encoding"] == "dense":
         t = get(key)
         if t.dtype != dtype or list(t.shape) != shape:
-            raise ValueError(f"{key}: stored as {t.dtype} {list(t.shape)}, the header says {dtype} {shape}")
+            raise ValueError(f"tensor {key!r}: stored as {t.dtype} {list(t.shape)}, the header says {dtype} {shape}")
         return t
     if info["encoding"] != "bitmask":
-        raise ValueError(f"{key}: unknown encoding {info['encoding']!r}")
+        raise ValueError(f"tensor {key!r}: unknown encoding {info['encoding']!r}")
     n = math.prod(shape)
     packed = get(key + ".bitmask")
     values = get(key + ".values")
     if packed.dtype != torch.uint8 or packed.numel() != ops.packed_numel(n) or values.dtype != dtype:
-        raise ValueError(f"{key}: corrupt bitmask or values (dtype/size do not match the header)")
+        raise ValueError(f"tensor {key!r}: corrupt bitmask or values (dtype/size do not match the header)")
     stored = _unpack(packed, n)
     nnz = int(np.count_nonzero(stored))
-    if nnz != int(info["nnz"]) or values.numel() != (min(nnz, 1) if info.get("const") else nnz):
-        raise ValueError(f"{key}: the bitmask has {nnz} set bits, {values.numel()} values are stored")
+    if nnz != int(info["nnz"]):
+        raise ValueError(f"tensor {key!r}: the bitmask has {nnz} set bits, the header says nnz {info['nnz']}")
+    expected = min(nnz, 1) if info.get("const") else nnz
+    if values.numel() != expected:
+        what = f"const=True: one value for all {nnz} set bits" if info.get("const") else f"one per set bit ({nnz})"
+        raise ValueError(f"tensor {key!r}: {values.numel()} values are stored, the header says {expected} "
+                         f"({what})")
     vbits = _bits(values.reshape(-1))
     item = values.element_size()
     out = np.zeros(n, dtype=_NP_INT_OF_SIZE[item])
@@ -276,7 +324,10 @@ def save_sparse(
         path: a file name ending in ``.safetensors`` (one file), or a
             directory (created if needed) that receives ``model.safetensors``
             or, above ``max_shard_size``, numbered shards and
-            ``model.safetensors.index.json``.
+            ``model.safetensors.index.json``; for a transformers model also
+            ``config.json`` and ``generation_config.json`` (as
+            ``save_pretrained`` writes them), so that
+            :func:`load_sparse_pretrained` opens the folder as the model.
         max_shard_size: largest size of one shard, bytes or a string such as
             ``"2GB"`` (default ``"5GB"``; directories only). A tensor larger
             than this gets a shard of its own.
@@ -347,7 +398,39 @@ def save_sparse(
             if os.path.exists(name):
                 os.remove(name)
         raise
-    return _finish_directory(path, state, temp_names, shards)
+    written = _finish_directory(path, state, temp_names, shards)
+    if _is_transformers_model(model_or_state_dict):
+        written += _save_configs(model_or_state_dict, path)
+    return written
+
+
+def _is_transformers_model(obj) -> bool:
+    """A transformers ``PreTrainedModel`` (transformers is imported already if it is one)."""
+    transformers = sys.modules.get("transformers")
+    base = getattr(transformers, "PreTrainedModel", None) if transformers is not None else None
+    return base is not None and isinstance(obj, base)
+
+
+def _save_configs(model, path: str) -> List[str]:
+    """``config.json`` (and ``generation_config.json`` for generative models) as ``save_pretrained``
+    writes them, so that :func:`~fastprune.shipping.load_sparse_pretrained` rebuilds the model.
+
+    Like ``save_pretrained`` the config records the model's class and dtype; they
+    are set on a copy, so the model's own config is left as it was.
+    """
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        config.dtype = _dtype_name(dtype)
+    config.save_pretrained(path)
+    written = [os.path.join(path, "config.json")]
+    generation = getattr(model, "generation_config", None)
+    can_generate = getattr(model, "can_generate", None)
+    if generation is not None and callable(can_generate) and can_generate():
+        generation.save_pretrained(path)
+        written.append(os.path.join(path, "generation_config.json"))
+    return written
 
 
 def _write_shards(st, state, path, limit, header, temp_names) -> List[Tuple[List[str], int]]:
@@ -425,22 +508,115 @@ def _finish_directory(path, state, temp_names, shards) -> List[str]:
 # ----------------------------------------------------------------------------
 
 
-def _files_of(path: str) -> Tuple[List[str], Optional[List[str]]]:
+class _Index:
+    """What ``model.safetensors.index.json`` says: the shards, which tensors each holds, the key order."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except ValueError as e:  # JSONDecodeError, bad UTF-8
+            raise ValueError(f"{path}: not a valid index file ({e})") from None
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise ValueError(f"{path}: weight_map must be an object of stored tensor names to shard files")
+        metadata = data.get("metadata") or {}
+        order = metadata.get("fastprune.order") if isinstance(metadata, dict) else None
+        if order is not None and not (isinstance(order, list) and all(isinstance(k, str) for k in order)):
+            raise ValueError(f"{path}: metadata's fastprune.order must be a list of keys")
+        self.weight_map = weight_map
+        self.order = order
+        folder = os.path.dirname(path)
+        self.files = [os.path.join(folder, f) for f in sorted(set(weight_map.values()))]
+        for f in self.files:
+            if not os.path.isfile(f):
+                raise FileNotFoundError(f"{path}: lists the shard {os.path.basename(f)}, which does not exist")
+
+    def check_shard(self, fname: str, stored) -> None:
+        """Every tensor stored in the shard ``fname`` is listed for it in the weight map, and the reverse."""
+        base = os.path.basename(fname)
+        stored = set(stored)
+        listed = {k for k, v in self.weight_map.items() if v == base}
+        if stored - listed:
+            raise ValueError(f"{self.path}: weight_map does not list {sorted(stored - listed)}, stored in {base}")
+        if listed - stored:
+            raise ValueError(f"{self.path}: weight_map places {sorted(listed - stored)} in {base}, "
+                             "which does not hold them")
+
+
+def _files_of(path: str) -> Tuple[List[str], Optional["_Index"]]:
     if os.path.isfile(path):
         return [path], None
     if not os.path.isdir(path):
         raise FileNotFoundError(f"path={path!r}: no such file or directory")
     index = os.path.join(path, INDEX_FILE)
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            data = json.load(f)
-        files = sorted(set(data.get("weight_map", {}).values()))
-        order = data.get("metadata", {}).get("fastprune.order")
-        return [os.path.join(path, f) for f in files], order
+        idx = _Index(index)
+        return idx.files, idx
     single = os.path.join(path, SINGLE_FILE)
     if os.path.isfile(single):
         return [single], None
     raise FileNotFoundError(f"path={path!r} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+def _parts(key: str, info: dict) -> List[str]:
+    """The stored tensors an entry of ``fastprune.tensors`` is made of."""
+    if info.get("encoding") == "bitmask":
+        return [key + ".bitmask", key + ".values"] + ([key + ".negzero"] if info.get("negzero") else [])
+    return [key]
+
+
+def _read_infos(meta: dict, fname: str, stored) -> "OrderedDict[str, dict]":
+    """The header's ``fastprune.tensors``, checked: well formed, and accounting for every stored tensor."""
+    try:
+        infos = json.loads(meta.get("fastprune.tensors", ""), object_pairs_hook=OrderedDict)
+    except ValueError as e:
+        raise ValueError(f"{fname}: the header's fastprune.tensors is not valid JSON ({e})") from None
+    if not isinstance(infos, dict):
+        raise ValueError(f"{fname}: the header's fastprune.tensors is a {type(infos).__name__}, not an object")
+    for key, info in infos.items():
+        problem = None
+        if not isinstance(info, dict):
+            problem = f"a {type(info).__name__}, not an object"
+        elif not isinstance(info.get("shape"), list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in info["shape"]):
+            problem = f"shape {info.get('shape')!r} is not a list of sizes"
+        elif not isinstance(info.get("dtype"), str):
+            problem = f"dtype {info.get('dtype')!r} is not a dtype name"
+        elif info.get("encoding") not in ("dense", "bitmask"):
+            problem = f"unknown encoding {info.get('encoding')!r}"
+        elif info["encoding"] == "bitmask" and (not isinstance(info.get("nnz"), int) or isinstance(info["nnz"], bool)):
+            problem = f"nnz {info.get('nnz')!r} is not a count"
+        if problem:
+            raise ValueError(f"{fname}: tensor {key!r}: the header entry is damaged: {problem}")
+    used = {name: key for key, info in infos.items() for name in _parts(key, info)}
+    orphans = [name for name in stored if name not in used]
+    if orphans:
+        raise ValueError(
+            f"{fname}: stored tensors {sorted(orphans)} belong to no entry of the header's fastprune.tensors "
+            "(a damaged or edited header: loading would silently leave them out)"
+        )
+    stored = set(stored)
+    missing = [(name, key) for name, key in used.items() if name not in stored]
+    if missing:
+        name, key = missing[0]
+        raise ValueError(f"{fname}: tensor {key!r} needs the stored tensor {name!r}, which the file lacks")
+    return infos
+
+
+def _open(st, fname: str):
+    """``safe_open`` of ``fname``; a file safetensors cannot read is a ValueError naming it."""
+    try:
+        return st.safe_open(fname, framework="pt", device="cpu")
+    except OSError:
+        raise
+    except Exception as e:  # safetensors' SafetensorError: an empty, truncated or garbled file
+        size = os.path.getsize(fname) if os.path.exists(fname) else 0
+        raise ValueError(
+            f"{fname}: not a readable safetensors file ({size} bytes; truncated, empty or damaged?): {e}"
+        ) from None
 
 
 def load_sparse(
@@ -449,6 +625,7 @@ def load_sparse(
     *,
     strict: bool = True,
     device: Union[str, torch.device] = "cpu",
+    verify: bool = True,
 ):
     """Read a checkpoint written by :func:`save_sparse` (or any safetensors checkpoint).
 
@@ -459,6 +636,9 @@ def load_sparse(
             pairs re-create their pruning), checked before anything changes.
         strict: passed to the load into ``model``.
         device: where the tensors are created.
+        verify: check every stored tensor against the CRC-32 its file's
+            header records (files written before fastprune stored checksums
+            have none and are read unverified). ``False`` skips the check.
 
     Returns:
         the state dict (an ``OrderedDict`` in the saved order, every tensor
@@ -467,8 +647,10 @@ def load_sparse(
 
     Raises:
         FileNotFoundError: nothing loadable at ``path``.
-        ValueError: a corrupt file (sizes or dtypes that contradict the header).
-        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: naming the file (and the tensor): a damaged file (a
+            checksum that does not match, sizes or dtypes that contradict the
+            header), a truncated or empty file.
+        TypeError: ``model`` is not an ``nn.Module``, ``verify`` not a bool.
 
     Example::
 
@@ -487,13 +669,17 @@ def load_sparse(
         raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    files, order = _files_of(os.fspath(path))
+    if not isinstance(verify, bool):
+        raise TypeError(f"verify must be a bool, got {type(verify).__name__}")
+    files, index = _files_of(os.fspath(path))
     device = str(torch.device(device))
     state: Dict[str, Tensor] = {}
     file_order: List[str] = []
     for fname in files:
         # Decoded on the CPU (numpy unpacks the bits), then moved.
-        with st.safe_open(fname, framework="pt", device="cpu") as f:
+        with _open(st, fname) as f:
+            if index is not None:
+                index.check_shard(fname, f.keys())
             meta = f.metadata() or {}
             if meta.get("fastprune.format") is None:
                 # A plain safetensors file: every tensor is stored densely.
@@ -503,13 +689,24 @@ def load_sparse(
                 continue
             if meta["fastprune.format"] != FORMAT:
                 raise ValueError(f"{fname}: format {meta['fastprune.format']!r}, this version reads {FORMAT!r}")
-            infos = json.loads(meta["fastprune.tensors"], object_pairs_hook=OrderedDict)
+            infos = _read_infos(meta, fname, f.keys())
+            reader = _Reader(f, fname, verify)
             for key, info in infos.items():
-                state[key] = _decode(key, info, f.get_tensor)
+                try:
+                    state[key] = _decode(key, info, reader)
+                except ValueError as e:
+                    raise ValueError(str(e) if str(e).startswith(fname) else f"{fname}: {e}") from None
                 file_order.append(key)
-    keys = order if order is not None else file_order
-    if set(keys) != set(state):
-        raise ValueError(f"{path}: the index lists other keys than the shards hold")
+    keys = index.order if index is not None and index.order is not None else file_order
+    if set(keys) != set(state) or len(keys) != len(state):
+        missing = [k for k in keys if k not in state]
+        extra = [k for k in state if k not in set(keys)]
+        raise ValueError(
+            f"{index.path if index is not None else path}: the index's fastprune.order and the shards disagree"
+            + (f"; no shard listed in weight_map holds {missing}" if missing else "")
+            + (f"; fastprune.order leaves out {extra}" if extra else "")
+            + ("; fastprune.order lists a key twice" if not missing and not extra else "")
+        )
     out = OrderedDict((k, state[k] if device == "cpu" else state[k].to(device)) for k in keys)
     if model is None:
         return out

@@ -69,3 +69,71 @@ def test_fallback_reason_survives_as_a_token(setup_py):
     token = setup_py.hex_macro(reason)
     assert token[0] == "x" and token[1:].isalnum()
     assert bytes.fromhex(token[1:]).decode() == reason
+
+
+@pytest.mark.parametrize(
+    "env,capabilities,max_supported,expected",
+    [
+        (None, [], None, "8.0;9.0"),  # no GPU visible: the documented default
+        ("", [], None, "8.0;9.0"),
+        (None, [(9, 0)], (12, 0), "9.0+PTX"),  # one H100/H200: its architecture only
+        (None, [(8, 0), (8, 0), (8, 6)], (12, 0), "8.0;8.6+PTX"),  # each visible architecture once, sorted
+        (None, [(12, 0), (8, 9)], (12, 0), "8.9;12.0+PTX"),  # numeric order (not "12.0" < "8.9")
+        (None, [(12, 1)], (10, 0), "10.0+PTX"),  # clamped to what this torch (and its nvcc) supports
+        ("native", [(9, 0)], None, "9.0+PTX"),
+        ("native", [], None, "8.0;9.0"),
+        ("8.0;9.0", [(7, 5)], (12, 0), "8.0;9.0"),  # the user's choice wins over the visible GPU
+        ("7.5", [], None, "7.5"),
+    ],
+)
+def test_cuda_architectures_follow_the_visible_gpus_unless_set(setup_py, env, capabilities, max_supported, expected):
+    archs, why = setup_py.choose_cuda_archs(env, capabilities, max_supported)
+    assert archs == expected
+    if env not in (None, "", "native"):
+        assert "TORCH_CUDA_ARCH_LIST" in why
+    elif capabilities:
+        assert "visible" in why
+    else:
+        assert "default" in why
+
+
+def test_build_summary_says_what_is_built_and_how_long(setup_py):
+    cpu = setup_py.build_summary(False, "torch 2.13.0+cpu was built without CUDA", n_cpp=8)
+    assert "C++" in cpu and "CPU" in cpu and "8 C++ source" in cpu and "CUDA" in cpu and "minutes" in cpu
+    cuda = setup_py.build_summary(True, "FORCE_CUDA=1", n_cpp=8, n_cuda=12, archs="8.0;9.0",
+                                  arch_why="the default", max_jobs="2")
+    assert "CUDA" in cuda and "8.0;9.0" in cuda and "2 architectures" in cuda and "12 CUDA source" in cuda
+    assert "minutes" in cuda and "MAX_JOBS=2" in cuda
+    one = setup_py.build_summary(True, "FORCE_CUDA=1", n_cpp=8, n_cuda=12, archs="9.0+PTX", arch_why="the visible GPU")
+    assert "1 architecture" in one and "9.0+PTX" in one
+
+
+def test_visible_capabilities_without_a_gpu(setup_py):
+    class NoCuda:
+        class cuda:
+            @staticmethod
+            def is_available():
+                return False
+
+    caps, max_supported, why = setup_py.visible_capabilities(NoCuda)
+    assert caps == [] and max_supported is None and "no GPU" in why
+
+    class Broken:
+        class cuda:
+            @staticmethod
+            def is_available():
+                raise RuntimeError("driver too old")
+
+    caps, _, why = setup_py.visible_capabilities(Broken)
+    assert caps == [] and "driver too old" in why
+
+    class TwoGpus:
+        class cuda:
+            is_available = staticmethod(lambda: True)
+            device_count = staticmethod(lambda: 2)
+            get_device_capability = staticmethod(lambda i: [(9, 0), (8, 0)][i])
+            get_arch_list = staticmethod(lambda: ["sm_80", "sm_90", "sm_100", "compute_100"])
+
+    caps, max_supported, why = setup_py.visible_capabilities(TwoGpus)
+    assert caps == [(9, 0), (8, 0)] and max_supported == (10, 0)
+    assert setup_py.choose_cuda_archs(None, caps, max_supported)[0] == "8.0;9.0+PTX"
