@@ -1,5 +1,7 @@
 """The benchmark command's pieces, on tiny models (no timing is asserted)."""
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -233,15 +235,28 @@ def test_worker_times_a_floor_like_its_case(tmp_path, case, floor, runs):
     assert result["bytes"] == 4 * (16 * 32 + 32 * 16 + 8 * 8)
 
 
-@needs_proc
-def test_json_has_floor_ratios(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def floor_run(tmp_path_factory):
+    """One run of the command with a case of every floor (torch too), its JSON in OUT/bench_7b.json.
+
+    The JSON's name is the one scripts/gpu_check.sh gives it, so the folder also serves
+    scripts/gpu_check_summary.py.
+    """
+    if not proc_ok:
+        pytest.skip("peak RSS needs a writable /proc/self/clear_refs (Linux)")
+    out = tmp_path_factory.mktemp("floor_run")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        status = bench.main(["--params", "100K", "--repeat", "2", "--cases", "global_l1,local_l1,forward,sparsify",
+                             "--quiet", "--json", str(out / "bench_7b.json")])
+    return status, buf.getvalue(), out
+
+
+def test_json_has_floor_ratios(floor_run):
     """Every row carries its floor's time, and the ratios are case time / floor time of the same run."""
-    out = tmp_path / "out.json"
-    status = bench.main(["--params", "100K", "--repeat", "2", "--cases", "global_l1,local_l1,forward,sparsify",
-                         "--quiet", "--json", str(out)])
-    text = capsys.readouterr().out
-    assert status == 0
-    data = json.loads(out.read_text())
+    status, text, out = floor_run
+    assert status == 0, text
+    data = json.loads((out / "bench_7b.json").read_text())
     rows, info = data["rows"], data["info"]
     assert set(info["floors"]) == {"two_copies", "dense_forward", "in_place_bits"}
     assert info["floors"]["two_copies"]["cases"] == ["global_l1", "local_l1"]
@@ -263,21 +278,18 @@ def test_json_has_floor_ratios(tmp_path, capsys):
     assert "bandwidth reference (warm, not a floor)" in text
 
 
-@needs_proc
-def test_gpu_check_summary_reads_the_json(tmp_path):
+def test_gpu_check_summary_reads_the_json(floor_run):
     """scripts/gpu_check_summary.py reads the command's JSON (what scripts/gpu_check.sh leaves) with its floors."""
-    status = bench.main(["--params", "100K", "--repeat", "1", "--cases", "global_l1,sparsify", "--quiet",
-                         "--json", str(tmp_path / "bench_7b.json")])
-    assert status == 0
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gpu_check_summary.py"), str(tmp_path), "1"],
+    status, _, out = floor_run
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gpu_check_summary.py"), str(out), "1"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    data = json.loads((tmp_path / "bench_7b.json").read_text())
+    data = json.loads((out / "bench_7b.json").read_text())
     for r in data["rows"]:
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"| {r['case']} |"))
         assert f"| {r['floor_ratio']:.2f}x |" in line
     assert "two first-touch copies" in proc.stdout
-    assert json.loads((tmp_path / "summary.json").read_text())["failures"] == []
+    assert json.loads((out / "summary.json").read_text())["failures"] == []
 
 
 @needs_proc
