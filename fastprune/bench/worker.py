@@ -64,13 +64,18 @@ def _time_forward(lib: str, case: str, model, amount: float, dtype, device, repe
     # weights (weight_orig is the dense weight); the call's own peak comes on top
     held = sum(m.weight_mask.numel() * m.weight_mask.element_size() + m.weight.numel() * m.weight.element_size()
                for m in model if hasattr(m, "weight_mask"))
+    if lib == "floor":
+        floor = case_floor(case)
+        call = lambda: floor.run(model, xs)  # noqa: E731
+    else:
+        call = lambda: forward_all(model, xs)  # noqa: E731
     times, peaks, digest = [], [], None
     for _ in range(max(repeat, FORWARD_MIN_REPEAT)):
         fresh_allocations(device)
         with PeakMemory(device) as pm:
             synchronize(device)
             t0 = time.perf_counter()
-            outs = forward_all(model, xs)
+            outs = call()
             synchronize(device)
             t1 = time.perf_counter()
         times.append(t1 - t0)
