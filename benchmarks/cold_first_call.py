@@ -10,7 +10,9 @@ process's CPU time (user, system) and minor page faults, which show the part
 spent by the kernel handing out new pages. A second row copies the weights
 twice: the two new tensors of the weights' size that torch's layout needs
 (masks and pruned weights), written from the weights, with nothing selected:
-the floor of any first call that produces that layout. Then the warm
+the floor of any first call that produces that layout (the same
+``fastprune.bench.first_touch_copies`` that ``python -m fastprune.bench``
+measures as the ``two_copies`` floor of its cases). Then the warm
 figures: best of ``--warm`` calls in one process against a copy into reused
 memory.
 
@@ -26,13 +28,14 @@ import sys
 
 CHILD = r"""
 import sys, time, resource, torch
+from fastprune.bench import first_touch_copies
 lib = sys.argv[1]
 torch.manual_seed(0)
 layers = [torch.nn.Linear(2048, 2048, bias=False) for _ in range(25)]
 if lib == "copy":
-    run = lambda: [l.weight.detach().clone() for l in layers]
-elif lib == "two":
-    run = lambda: [(l.weight.detach().clone(), l.weight.detach().clone()) for l in layers]
+    run = lambda: first_touch_copies([l.weight for l in layers], 1)
+elif lib == "two":  # the floor of the benchmark command's global_l1 case (fastprune.bench.FLOORS["two_copies"])
+    run = lambda: first_touch_copies([l.weight for l in layers], 2)
 else:
     if lib == "torch":
         import torch.nn.utils.prune as P

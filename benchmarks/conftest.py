@@ -9,7 +9,11 @@ Run separately from the tests::
                                                        # cases of many small layers stay on the CPU)
 
 Every case benchmarks torch and fastprune in the same run, grouped so that
-pytest-benchmark prints them side by side. Correctness is asserted before
+pytest-benchmark prints them side by side, and, where one applies, the case's
+floor (``lib="floor"``: ``fastprune.bench.FLOORS``, the least memory work that
+produces what the case must produce, timed with the same rounds and the same
+setup between them; ``benchmarks/pb_table.py`` prints fastprune / floor).
+Correctness is asserted before
 timing (fastprune's masks against torch's); nothing else is asserted. The
 models are the Llama-shaped stacks of ``python -m fastprune.bench``, with
 weights regenerated from a seed whenever a timed call changed them.
@@ -154,13 +158,31 @@ def synced(fn):
     return run
 
 
-def group(benchmark, case, label):
+def group(benchmark, case, label, lib=None):
     benchmark.group = f"{case} {label}"
     benchmark.extra_info["case"] = case
+    if lib is not None:
+        benchmark.extra_info["lib"] = lib
+
+
+class Held:
+    """What a floor's round allocated, released by the next round's setup (as the cases release their masks)."""
+
+    def __init__(self):
+        self.value = None
+
+    def run(self, fn):
+        def timed():
+            self.value = fn()
+
+        return timed
+
+    def release(self):
+        self.value = None
 
 
 def rounds_for(model, lib):
-    """torch takes seconds per 10M parameters: one round is enough there."""
+    """torch takes seconds per 10M parameters: one round is enough there; a floor gets fastprune's rounds."""
     numel = sum(m.weight.numel() for m in model)
     if lib == "torch":
         return 1 if numel >= 30_000_000 else 3

@@ -5,7 +5,10 @@
 
 Each measurement runs in a fresh process (``fastprune.bench.run_job``): time of
 the best of ``--repeat`` runs (torch: one run when it takes over 3 s), peak RSS
-of the call above the RSS before it, masks compared bit for bit. All fastprune
+of the call above the RSS before it, masks compared bit for bit; "x floor" is
+fastprune's time over its floor's (two first-touch copies of the weights,
+``fastprune.bench.FLOORS["two_copies"]``, timed by the same worker loop in its
+own fresh process), "x memcpy" over the warm bandwidth reference. All fastprune
 runs come first, then torch from the smallest size up, so that torch's largest
 run (about 20 GB at 400M) runs last and alone; torch is skipped, with the reason
 printed, where its estimated need exceeds the memory available at that moment.
@@ -59,6 +62,8 @@ def main(argv=None):
             if lib == "fastprune":
                 memcpy = bench.run_job(dict(job, case="memcpy", lib="torch"))
                 row["memcpy"] = min(memcpy["times"]) if "times" in memcpy else None
+                floor = bench.run_job(dict(job, lib="floor"))
+                row["floor"] = min(floor["times"]) if "times" in floor else None
             row[lib] = bench.run_job(job)
         print(format_rows(rows, tmp))
     finally:
@@ -82,8 +87,9 @@ def torch_skip_reason(args, n, shapes, device):
 
 def format_rows(rows, tmp):
     out = [
-        "| params | layers | fastprune | ns/param | x memcpy | fastprune peak | torch | torch peak | speedup | masks |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| params | layers | fastprune | ns/param | floor | x floor | x memcpy | fastprune peak | torch | torch peak "
+        "| speedup | masks |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     notes = []
     for n in sorted(rows):
@@ -102,11 +108,13 @@ def format_rows(rows, tmp):
             if "error" in res:
                 notes.append(f"{n / 1e6:.0f}M {lib}: {res['error']}")
         out.append(
-            "| {:.1f}M | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            "| {:.1f}M | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 r["numel"] / 1e6,
                 r["layers"],
                 bench.format_time(ft),
                 f"{ft / r['numel'] * 1e9:.2f}" if ft else "-",
+                bench.format_time(r.get("floor")),
+                f"{ft / r['floor']:.2f}" if ft and r.get("floor") else "-",
                 f"{ft / r['memcpy']:.1f}" if ft and r.get("memcpy") else "-",
                 bench.format_mb(fpk),
                 bench.format_time(tt) if tt else r.get("torch_note", "-"),
@@ -118,8 +126,10 @@ def format_rows(rows, tmp):
     out.append("")
     out.append(
         "fastprune: global_unstructured, best of --repeat runs; torch: one run above 3 s; "
-        "peak = peak RSS of the call above the RSS before it; x memcpy = fastprune time / time to copy the same "
-        "bytes; 'ties (n bits)' = masks differ only among units whose |w| equals the threshold "
+        "peak = peak RSS of the call above the RSS before it; floor = two first-touch copies of the weights (the "
+        "mask and pruned weight torch's layout creates), same runs in a fresh process; x floor = fastprune time / "
+        "floor time; x memcpy = fastprune time / time to copy the same bytes into reused memory (warm bandwidth "
+        "reference, not a floor); 'ties (n bits)' = masks differ only among units whose |w| equals the threshold "
         "(torch's topk breaks ties arbitrarily, fastprune by lower index)."
     )
     kernels = "compiled extension" if build_info()["extension"] else "pure-torch fallback"

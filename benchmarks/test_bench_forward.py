@@ -9,6 +9,7 @@ import torch
 import torch.nn.utils.prune as tp
 
 import fastprune
+from fastprune import bench
 from conftest import (
     AMOUNT,
     DEVICE,
@@ -25,9 +26,14 @@ from conftest import (
 LIBS = {"torch": tp, "fastprune": fastprune, "fastprune-bool": fastprune}
 
 
-@pytest.mark.parametrize("lib", ["torch", "fastprune", "fastprune-bool"])
+@pytest.mark.parametrize("lib", ["torch", "fastprune", "fastprune-bool", "floor"])
 def test_forward(benchmark, cache, model, size, lib):
-    group(benchmark, "forward", size)
+    group(benchmark, "forward", size, lib)
+    if lib == "floor":  # the dense forward: the same layers unpruned, the same inputs
+        xs = bench.forward_inputs(model, DTYPE, DEVICE)
+        benchmark.pedantic(synced(lambda: bench.case_floor("forward").run(model, xs)), rounds=rounds_for(model, "fastprune"),
+                           iterations=1, warmup_rounds=1)
+        return
     P = LIBS[lib]
     if lib == "torch":
         skip_torch_if_too_big("forward", cache)
@@ -41,12 +47,10 @@ def test_forward(benchmark, cache, model, size, lib):
     if lib == "fastprune-bool":
         for m in model:
             m._buffers["weight_mask"] = m._buffers["weight_mask"].bool()
-    g = torch.Generator().manual_seed(0)
-    xs = {n: torch.randn(1, n, generator=g).to(DEVICE, DTYPE) for n in {m.weight_orig.shape[1] for m in model}}
+    xs = bench.forward_inputs(model, DTYPE, DEVICE)
 
     def run():
-        with torch.no_grad():
-            return [m(xs[m.weight_orig.shape[1]]) for m in model]
+        return bench.forward_all(model, xs)
 
     if lib != "torch":
         run()

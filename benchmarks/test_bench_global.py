@@ -1,10 +1,12 @@
-"""Global L1 pruning of a whole model: global_unstructured, and sparsify_ in place."""
+"""Global L1 pruning of a whole model: global_unstructured, and sparsify_ in place; and their floors."""
 import pytest
 import torch.nn.utils.prune as tp
 
 import fastprune
+from fastprune import bench
 from conftest import (
     AMOUNT,
+    Held,
     check_global,
     group,
     packed_masks,
@@ -17,9 +19,20 @@ from conftest import (
 LIBS = {"torch": tp, "fastprune": fastprune}
 
 
-@pytest.mark.parametrize("lib", ["torch", "fastprune"])
+@pytest.mark.parametrize("lib", ["torch", "fastprune", "floor"])
 def test_global_l1(benchmark, cache, model, size, lib):
-    group(benchmark, "global_l1", size)
+    group(benchmark, "global_l1", size, lib)
+    if lib == "floor":  # two new tensors of the weights' size written from them: torch's layout, nothing selected
+        held = Held()
+
+        def setup():
+            held.release()
+            cache.restore()
+
+        benchmark.pedantic(synced(held.run(lambda: bench.case_floor("global_l1").run(model, None))), setup=setup,
+                           rounds=rounds_for(model, "fastprune"), iterations=1)
+        held.release()
+        return
     P = LIBS[lib]
     pairs = [(m, "weight") for m in model]
 
@@ -37,19 +50,25 @@ def test_global_l1(benchmark, cache, model, size, lib):
         cache.reference.setdefault("global", packed_masks([m.weight_mask for m in model]))
 
 
-@pytest.mark.parametrize("lib", ["torch", "fastprune"])
+@pytest.mark.parametrize("lib", ["torch", "fastprune", "floor"])
 def test_sparsify(benchmark, cache, model, size, lib):
-    """fastprune.sparsify_ against torch's nearest equivalent: global_unstructured + remove."""
-    group(benchmark, "sparsify", size)
+    """fastprune.sparsify_ against torch's nearest equivalent: global_unstructured + remove; and its floor."""
+    group(benchmark, "sparsify", size, lib)
     pairs = [(m, "weight") for m in model]
     state = {}
 
     def setup():
         if "maskset" in state:
             state.pop("maskset").remove()
+        state.pop("floor", None)
         cache.regenerate()
 
-    if lib == "torch":
+    if lib == "floor":  # one read and write of the weights in place, fresh 1-bit masks
+
+        def run():
+            state["floor"] = bench.case_floor("sparsify").run(model, None)
+
+    elif lib == "torch":
         skip_torch_if_too_big("sparsify", cache)
 
         def run():

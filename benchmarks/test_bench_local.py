@@ -6,7 +6,7 @@ import torch.nn.utils.prune as tp
 import fastprune
 from fastprune import bench
 from fastprune.ops import pack_mask
-from conftest import AMOUNT, DEVICE, DTYPE, SEED, group, synced
+from conftest import AMOUNT, DEVICE, DTYPE, SEED, Held, group, synced
 
 SHAPES = {"4096x4096": (4096, 4096), "16384x4096": (16384, 4096)}
 LIBS = {"torch": tp, "fastprune": fastprune}
@@ -46,10 +46,16 @@ def assert_local_match(case, mask, reference, weight):
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("case", ["l1_unstructured", "ln_structured"])
-@pytest.mark.parametrize("lib", ["torch", "fastprune"])
+@pytest.mark.parametrize("lib", ["torch", "fastprune", "floor"])
 def test_local(benchmark, case, shape, lib):
-    group(benchmark, case, shape)
+    group(benchmark, case, shape, lib)
     lin = make_layer(SHAPES[shape])
+    if lib == "floor":  # the mask and the pruned weight torch's layout creates, written from the weight
+        held = Held()
+        floor = bench.case_floor("local_l1" if case == "l1_unstructured" else "ln_structured")
+        benchmark.pedantic(synced(held.run(lambda: floor.run([lin], None))), setup=held.release, rounds=5, iterations=1)
+        held.release()
+        return
     if lib == "fastprune":
         reference = reference_mask(case, shape, lin)
         prune_call("fastprune", case, lin)

@@ -102,7 +102,8 @@ def main(argv: List[str]) -> int:
             # fastprune.bench exits 1 when any side raised; torch's errors past 2^31 elements
             # or out of memory are figures here, fastprune's are failures.
             fp_errors = [r for r in bench.get("rows", []) if "fastprune:" in str(r.get("error") or "")]
-            if not fp_errors:
+            floor_errors = [f for f in (bench.get("info", {}).get("floors") or {}).values() if "error" in f]
+            if not fp_errors and not floor_errors:
                 st["status"], st["note"] = "ok", "torch's errors are recorded as figures"
         if st["status"] in ("failed", "timeout"):
             failures.append(f"stage {st['name']}: {st['status']} ({st['note']}), see {st['name']}.log")
@@ -116,6 +117,9 @@ def main(argv: List[str]) -> int:
                 failures.append(f"bench_7b {r.get('case')}: {r['error']}")
             if r.get("exact") is False:
                 failures.append(f"bench_7b {r.get('case')}: fastprune did not prune exactly k")
+        for name, f in (bench.get("info", {}).get("floors") or {}).items():
+            if "error" in f:
+                failures.append(f"bench_7b floor {name}: {f['error']}")
     if fig is not None:
         for r in fig.get("ln_structured", []):
             if not r.get("masks_equal"):
@@ -163,17 +167,24 @@ def main(argv: List[str]) -> int:
         info = bench.get("info", {})
         md += ["", f"## Global magnitude pruning, {info.get('model', '7B model')} ({info.get('dtype')}, "
                f"amount {info.get('amount')})", "",
-               "| case | fastprune | peak | exact k | torch | torch peak | masks | error |",
-               "|---|---|---|---|---|---|---|---|"]
+               "| case | fastprune | floor | fastprune / floor | peak | exact k | torch | torch peak | masks | error |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
         for r in bench.get("rows", []):
             skipped = info.get("skipped", {}).get(r.get("case"))
             torch_time = fmt_s(r.get("torch_s")) if r.get("torch_s") is not None else (
                 f"skipped: {skipped}" if skipped else "-")
-            md.append(f"| {r.get('case')} | {fmt_s(r.get('fastprune_s'))} | {fmt_bytes(r.get('fastprune_peak'))} "
+            ratio = f"{r['floor_ratio']:.2f}x" if r.get("floor_ratio") else "-"  # absent in older JSON
+            md.append(f"| {r.get('case')} | {fmt_s(r.get('fastprune_s'))} | {fmt_s(r.get('floor_s'))} | {ratio} "
+                      f"| {fmt_bytes(r.get('fastprune_peak'))} "
                       f"| {r.get('exact')} | {torch_time} | {fmt_bytes(r.get('torch_peak'))} "
                       f"| {r.get('identical', '-')} | {r.get('error') or ''} |")
+        for name, f in (info.get("floors") or {}).items():
+            state = fmt_s(f["s"]) if "s" in f else f"skipped: {f['skipped']}" if "skipped" in f else \
+                f"error: {f.get('error')}"
+            md.append(f"\nFloor of {', '.join(f.get('cases', []))} ({name}): {f.get('what')}: {state}.")
         if info.get("memcpy") is not None:
-            md.append(f"\nDevice copy of the whole model: {fmt_s(info['memcpy'])}.")
+            md.append(f"\nBandwidth reference (warm device copy of the whole model, layer by layer into one reused "
+                      f"buffer; not a floor): {fmt_s(info['memcpy'])}.")
     if fig is not None:
         md += ["", "## Mask multiply against a device copy of the same bytes", "",
                "| op | dtype | elements | op GB/s | copy GB/s | fraction of copy |", "|---|---|---|---|---|---|"]

@@ -11,7 +11,10 @@ The modules, one job each:
 
 - :mod:`~fastprune.bench.models`: model shapes and regenerable weights,
   undoing a prune (:func:`unprune_`, :func:`regenerate_`);
-- :mod:`~fastprune.bench.cases`: what each case calls in each library;
+- :mod:`~fastprune.bench.cases`: what each case calls in each library, and the
+  floor it is judged against (:data:`CASE_FLOORS`);
+- :mod:`~fastprune.bench.floors`: the floors (:data:`FLOORS`: two first-touch
+  copies of the weights, an in-place pass with 1-bit masks, the dense forward);
 - :mod:`~fastprune.bench.memory`: peak and available memory, torch's expected need;
 - :mod:`~fastprune.bench.masks`: bit files, :func:`compare_masks` (the one mask
   comparison, tie-aware) and :func:`check_exact`;
@@ -23,7 +26,19 @@ The modules, one job each:
 The scripts and pytest-benchmark suite under ``benchmarks/`` use the names
 exported here.
 """
-from .cases import CASE_TITLES, CASES, FORWARD_CASES, GLOBAL_CASES, LIBRARIES, library, pairs, prune_call
+from .cases import (
+    CASE_FLOORS,
+    CASE_TITLES,
+    CASES,
+    FORWARD_CASES,
+    GLOBAL_CASES,
+    LIBRARIES,
+    case_floor,
+    library,
+    pairs,
+    prune_call,
+)
+from .floors import FLOORS, Floor, first_touch_copies, forward_all, forward_inputs, in_place_pass_with_bits
 from .cli import build_parser, main
 from .masks import (
     MaskComparison,
@@ -36,7 +51,16 @@ from .masks import (
     unit_scores,
     write_mask_file,
 )
-from .memory import PeakMemory, available_memory, current_memory, synchronize, torch_fits, torch_need
+from .memory import (
+    PeakMemory,
+    available_memory,
+    current_memory,
+    floor_fits,
+    fresh_allocations,
+    synchronize,
+    torch_fits,
+    torch_need,
+)
 from .models import (
     DTYPES,
     build_model,
@@ -56,9 +80,12 @@ from .worker import run_job, worker
 __all__ = [
     "CASES", "GLOBAL_CASES", "FORWARD_CASES", "CASE_TITLES", "LIBRARIES", "DTYPES",
     "library", "pairs", "prune_call",
+    "CASE_FLOORS", "case_floor", "FLOORS", "Floor", "first_touch_copies", "in_place_pass_with_bits", "forward_inputs",
+    "forward_all",
     "parse_count", "model_shapes", "model_numel", "describe_model", "fill_layer_", "layer_weight", "build_model",
     "regenerate_", "unprune_",
-    "PeakMemory", "current_memory", "available_memory", "synchronize", "torch_need", "torch_fits",
+    "PeakMemory", "current_memory", "available_memory", "synchronize", "fresh_allocations", "torch_need", "torch_fits",
+    "floor_fits",
     "write_mask_file", "read_mask_file", "unit_scores", "layer_scores", "MaskComparison", "compare_masks",
     "compare_bits", "differences_are_ties", "check_exact",
     "worker", "run_job", "run_benchmark", "mask_verdict",

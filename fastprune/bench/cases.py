@@ -8,8 +8,10 @@ from torch import nn
 
 from ..core import api as fastprune_api
 from ..maskset import MaskSet, sparsify_
+from .floors import FLOORS, Floor
 
-__all__ = ["CASES", "GLOBAL_CASES", "FORWARD_CASES", "CASE_TITLES", "LIBRARIES", "library", "prune_call", "pairs"]
+__all__ = ["CASES", "GLOBAL_CASES", "FORWARD_CASES", "CASE_TITLES", "CASE_FLOORS", "LIBRARIES", "library",
+           "prune_call", "pairs", "case_floor"]
 
 #: Every case, in the order the table lists them.
 CASES = ("global_l1", "local_l1", "ln_structured", "forward", "forward_bool", "sparsify")
@@ -26,6 +28,17 @@ CASE_TITLES = {
     "forward_bool": "pruned forward, fastprune bool masks",
     "sparsify": "sparsify_ in place (torch: global + remove)",
 }
+#: The floor each case is judged against (a key of :data:`~fastprune.bench.FLOORS`): torch's layout
+#: creates a mask and a pruned weight per layer, sparsify_ prunes in place with 1-bit masks, the
+#: pruned forward does the dense forward's work plus the masks'.
+CASE_FLOORS = {
+    "global_l1": "two_copies",
+    "local_l1": "two_copies",
+    "ln_structured": "two_copies",
+    "forward": "dense_forward",
+    "forward_bool": "dense_forward",
+    "sparsify": "in_place_bits",
+}
 #: The two libraries compared.
 LIBRARIES = ("torch", "fastprune")
 
@@ -41,6 +54,22 @@ def library(lib: str):
     if lib == "fastprune":
         return fastprune_api
     raise ValueError(f"lib must be one of {LIBRARIES}, got {lib!r}")
+
+
+def case_floor(case: str) -> Floor:
+    """The :class:`~fastprune.bench.Floor` that ``case`` is judged against.
+
+    Raises:
+        ValueError: unknown ``case``.
+
+    Example::
+
+        >>> case_floor("sparsify").name
+        'in_place_bits'
+    """
+    if case not in CASE_FLOORS:
+        raise ValueError(f"unknown case {case!r}; choose from {', '.join(CASES)}")
+    return FLOORS[CASE_FLOORS[case]]
 
 
 def pairs(model: Iterable[nn.Module], name: str = "weight") -> List[Tuple[nn.Module, str]]:

@@ -48,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); prints the table.
 
     Returns:
-        the exit status: 0, or 1 when a case failed.
+        the exit status: 0, or 1 when a case or a floor failed.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -75,7 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "info": info}, f, indent=1, default=str)
-    return 1 if any(r["error"] for r in rows) else 0
+    floor_failed = any("error" in fl for fl in info["floors"].values())
+    return 1 if floor_failed or any(r["error"] for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ the resident set size just before it: :class:`PeakMemory` resets the kernel's
 high-water mark (``VmHWM``) by writing ``5`` to ``/proc/self/clear_refs`` right
 before the call and reads ``VmHWM`` right after (Linux only). On CUDA it is
 ``torch.cuda.max_memory_allocated()`` minus the memory allocated before.
+
+:func:`fresh_allocations` runs before every timed run: on CUDA it empties the
+caching allocator, so that the run's new tensors are fresh device allocations,
+as in a process's first call (the CUDA counterpart of first-touched pages).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from .cases import GLOBAL_CASES
+from .floors import Floor
 from .models import model_numel
 
 __all__ = [
@@ -23,6 +28,8 @@ __all__ = [
     "torch_need",
     "torch_fits",
     "synchronize",
+    "fresh_allocations",
+    "floor_fits",
 ]
 
 # torch.nn.utils.prune.global_unstructured holds about this many copies of the
@@ -44,6 +51,26 @@ def synchronize(device: torch.device) -> None:
     """Wait for ``device``'s queued work (a no-op on CPU), so that a clock read after it is meaningful."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def fresh_allocations(device: torch.device) -> None:
+    """Before a timed run: on CUDA, hand the caching allocator's free blocks back to the driver.
+
+    The run's new tensors are then fresh device allocations (``cudaMalloc``),
+    as in the first call of a fresh process; the blocks still in use (the
+    model, what a previous run still holds) are kept. On CPU it does nothing:
+    freed memory goes back to the C library's allocator as the program left it.
+
+    Args:
+        device: the benchmark's device.
+
+    Example::
+
+        >>> fresh_allocations(torch.device("cpu"))
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
 
 
 def current_memory(device: torch.device) -> int:
@@ -173,3 +200,41 @@ def torch_fits(
         return True, ""
     what = f"~{need / 2**30:.1f} GiB" if model_loaded else f"~{need / 2**30:.1f} GiB (model + ~{extra / 2**30:.1f} GiB)"
     return False, f"needs {what}, {free / 2**30:.1f} GiB available"
+
+
+def floor_fits(
+    floor: Floor,
+    shapes: Sequence[Tuple[int, int]],
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    available: Optional[int] = None,
+) -> Tuple[bool, str]:
+    """Whether ``floor``'s run is expected to fit in memory next to the model (using 90% of it at most).
+
+    Args:
+        floor: the floor (its ``need``).
+        shapes: the model's layer shapes.
+        dtype: the weights' dtype.
+        device: where it would run.
+        available: bytes available; measured now when ``None``.
+
+    Returns:
+        ``(fits, reason)``; ``reason`` says what is needed and what is
+        available when it does not fit, and is empty otherwise.
+
+    Example::
+
+        >>> from fastprune.bench import FLOORS
+        >>> floor_fits(FLOORS["two_copies"], [(2**15, 2**15)], torch.float32, torch.device("cpu"), available=2**33)
+        (False, 'needs ~12.0 GiB (model + ~8.0 GiB), 8.0 GiB available')
+    """
+    elem = torch.empty((), dtype=dtype).element_size()
+    numel = model_numel(shapes)
+    model_bytes = numel * elem
+    extra = floor.need(model_bytes, numel)
+    need = model_bytes + extra
+    free = available_memory(device) if available is None else available
+    if need <= 0.9 * free:
+        return True, ""
+    return False, f"needs ~{need / 2**30:.1f} GiB (model + ~{extra / 2**30:.1f} GiB), {free / 2**30:.1f} GiB available"

@@ -79,40 +79,48 @@ def format_table(rows: List[Dict[str, object]], info: Dict[str, object]) -> str:
 
     Args:
         rows: one dict per case, as :func:`~fastprune.bench.run_benchmark`
-            returns them (``case``, ``torch_s``, ``fastprune_s``, ``torch_peak``,
-            ``fastprune_peak``, ``identical``, ``error``).
+            returns them (``case``, ``torch_s``, ``fastprune_s``, ``floor``,
+            ``floor_s``, ``floor_ratio``, ``torch_peak``, ``fastprune_peak``,
+            ``identical``, ``error``).
         info: the run's information from the same call (model, machine,
-            ``skipped`` cases with their reason, ``memcpy`` time...).
+            ``skipped`` cases with their reason, ``floors``, ``memcpy`` time...).
 
     Returns:
         the text to print.
     """
-    header = ["case", "torch", "fastprune", "speedup", "torch peak", "fastprune peak", "fastprune GB/s",
-              "masks identical"]
+    header = ["case", "torch", "fastprune", "speedup", "floor", "fastprune / floor", "torch peak", "fastprune peak",
+              "fastprune GB/s", "masks identical"]
+    floors = info.get("floors", {})
     body = []
     for r in rows:
         fp, tc = r["fastprune_s"], r["torch_s"]
         tc_text = format_time(tc) if tc is not None else ("skipped" if r["case"] in info["skipped"] else "-")
+        fl = floors.get(r.get("floor"), {})
+        fl_text = format_time(r.get("floor_s")) if r.get("floor_s") else (
+            "skipped" if "skipped" in fl else ("error" if "error" in fl else "-"))
         body.append([
             CASE_TITLES[r["case"]],
             tc_text,
             format_time(fp),
             f"{tc / fp:,.1f}x" if fp and tc else "-",
+            fl_text,
+            f"{r['floor_ratio']:.2f}x" if r.get("floor_ratio") else "-",
             format_mb(r["torch_peak"]),
             format_mb(r["fastprune_peak"]),
             f"{info['model_bytes'] / fp / 1e9:.2f}" if fp else "-",
             r["identical"] if not r["error"] else "error",
         ])
     lines = format_rows(header, body)
+    for name, fl in floors.items():
+        state = format_time(fl["s"]) if "s" in fl else ("skipped: " + fl["skipped"] if "skipped" in fl
+                                                         else "error: " + str(fl.get("error")))
+        lines.append(f"floor of {', '.join(fl['cases'])} ({name}): {fl['what']}: {state}")
     if info.get("memcpy"):
         mc = info["memcpy"]
         lines.append(
-            f"memcpy of the same {info['model_bytes'] / 1e9:.2f} GB (reference; layer by layer into one reused "
-            f"layer-sized buffer): {format_time(mc)}, {info['model_bytes'] / mc / 1e9:.2f} GB/s"
+            f"bandwidth reference (warm, not a floor): memcpy of the same {info['model_bytes'] / 1e9:.2f} GB layer by "
+            f"layer into one reused layer-sized buffer: {format_time(mc)}, {info['model_bytes'] / mc / 1e9:.2f} GB/s"
         )
-        for r in rows:
-            if r["case"] == "global_l1" and r["fastprune_s"]:
-                lines.append(f"global L1: fastprune time / memcpy time = {r['fastprune_s'] / mc:.2f}")
     lines.extend(_budget_lines(rows, info))
     lines.append("")
     bi = build_info()
@@ -124,6 +132,13 @@ def format_table(rows: List[Dict[str, object]], info: Dict[str, object]) -> str:
         "load average at the end: " + ", ".join(f"{x:.2f}" for x in info["load"]),
         "times: best of --repeat runs (forward cases: at least 15; torch: one run when it takes over 3 s); "
         "each case and library in a fresh process.",
+        "floor: what the case must do at least, with nothing selected, measured in this run like the case (a fresh "
+        "process, as many runs, the best reported); fastprune / floor = fastprune time / floor time"
+        + (". On CUDA every timed run (cases and floors) starts with the caching allocator emptied "
+           "(torch.cuda.empty_cache), so that new tensors are fresh device allocations as in a first call."
+           if str(info["device"]).startswith("cuda") else
+           ". On CPU the first run of a process touches every new page (the kernel zero-fills it); later runs "
+           "may reuse memory the previous run freed, for the case and its floor alike."),
         "peak: peak RSS during the call minus RSS just before it (VmHWM reset through /proc/self/clear_refs); "
         "for the forward cases, the bytes of the masks and recomputed weights the pruned model holds "
         "above the dense one plus the forward call's own peak; on CUDA, torch.cuda.max_memory_allocated above "
@@ -138,4 +153,5 @@ def format_table(rows: List[Dict[str, object]], info: Dict[str, object]) -> str:
     ]
     lines += [f"torch skipped for {case}: {why}" for case, why in info["skipped"].items()]
     lines += [f"{r['case']}: {r['error']}" for r in rows if r["error"]]
+    lines += [f"floor {name}: {fl['error']}" for name, fl in floors.items() if "error" in fl]
     return "\n".join(lines)

@@ -1,10 +1,18 @@
 """One measurement, (case, library), in a process of its own.
 
-A *job* is a JSON-able dict: ``lib``, ``case`` (a benchmark case or
-``"memcpy"``), ``dtype``, ``device``, ``seed``, ``amount``, ``repeat``,
-``shapes`` and ``bits`` (where the masks are written as a bit file); optional
-``torch_once_s`` (a torch run longer than this is not repeated, default 3 s)
-and ``check_torch`` (also check torch's masks for exactness).
+A *job* is a JSON-able dict: ``lib`` (``"torch"``, ``"fastprune"``, or
+``"floor"``: the floor of the case, see :mod:`~fastprune.bench.floors`),
+``case`` (a benchmark case or ``"memcpy"``), ``dtype``, ``device``, ``seed``,
+``amount``, ``repeat``, ``shapes`` and ``bits`` (where the masks are written as
+a bit file; floors write none); optional ``torch_once_s`` (a torch run longer
+than this is not repeated, default 3 s) and ``check_torch`` (also check torch's
+masks for exactness).
+
+A floor is timed by the same loop as the case it belongs to: the same number
+of runs, the same steps between them (what the previous run allocated is
+released first, the weights regenerated for ``sparsify``), and on CUDA the
+caching allocator emptied before every timed run of every job
+(:func:`~fastprune.bench.fresh_allocations`).
 
 :func:`run_job` starts a fresh interpreter (``python -m fastprune.bench
 --worker JOB.json``), which runs :func:`worker`; a fresh process for every
@@ -25,9 +33,11 @@ from typing import Dict, Optional
 
 import torch
 
-from .cases import FORWARD_CASES, prune_call
+from ..maskset import MaskSet
+from .cases import FORWARD_CASES, case_floor, prune_call
+from .floors import forward_all, forward_inputs
 from .masks import check_exact, write_mask_file
-from .memory import PeakMemory, synchronize
+from .memory import PeakMemory, fresh_allocations, synchronize
 from .models import DTYPES, build_model, regenerate_, unprune_
 
 __all__ = ["FORWARD_MIN_REPEAT", "RESULT_PREFIX", "worker", "run_job", "worker_main"]
@@ -39,32 +49,33 @@ FORWARD_MIN_REPEAT = 15
 RESULT_PREFIX = "RESULT "
 
 
-def _forward_inputs(model, dtype, device) -> Dict[int, torch.Tensor]:
-    xs = {}
-    for m in model:
-        n = m.weight_orig.shape[1]
-        if n not in xs:
-            xs[n] = torch.randn(1, n, generator=torch.Generator().manual_seed(n)).to(dtype=dtype, device=device)
-    return xs
-
-
 def _time_forward(lib: str, case: str, model, amount: float, dtype, device, repeat: int):
-    """Prune once with global L1, then time the forward pass (one input row per layer: the hooks' cost)."""
-    prune_call(lib, case, model, amount)
+    """Prune once with global L1 (the floor: not at all), then time the forward pass.
+
+    One input row per layer: the time is the hooks' (the floor: the dense matmuls').
+    """
+    if lib != "floor":
+        prune_call(lib, case, model, amount)
     if lib == "fastprune" and case == "forward_bool":
         for m in model:  # 1-byte masks: fastprune's hook multiplies by bool directly
             m._buffers["weight_mask"] = m._buffers["weight_mask"].bool()
-    xs = _forward_inputs(model, dtype, device)
+    xs = forward_inputs(model, dtype, device)
     # what the pruned forward holds above the dense model: the masks and the recomputed
     # weights (weight_orig is the dense weight); the call's own peak comes on top
     held = sum(m.weight_mask.numel() * m.weight_mask.element_size() + m.weight.numel() * m.weight.element_size()
-               for m in model)
+               for m in model if hasattr(m, "weight_mask"))
+    if lib == "floor":
+        floor = case_floor(case)
+        call = lambda: floor.run(model, xs)  # noqa: E731
+    else:
+        call = lambda: forward_all(model, xs)  # noqa: E731
     times, peaks, digest = [], [], None
     for _ in range(max(repeat, FORWARD_MIN_REPEAT)):
-        with torch.no_grad(), PeakMemory(device) as pm:
+        fresh_allocations(device)
+        with PeakMemory(device) as pm:
             synchronize(device)
             t0 = time.perf_counter()
-            outs = [m(xs[m.weight_orig.shape[1]]) for m in model]
+            outs = call()
             synchronize(device)
             t1 = time.perf_counter()
         times.append(t1 - t0)
@@ -78,20 +89,33 @@ def _time_forward(lib: str, case: str, model, amount: float, dtype, device, repe
 
 
 def _time_prune(lib: str, case: str, model, amount: float, seed: int, device, repeat: int, once_s: float):
-    """Time ``prune_call``, putting the model back between runs; returns times, peaks and the last result."""
+    """Time ``prune_call`` (``lib="floor"``: the case's floor), putting the model back between runs.
+
+    Returns:
+        times, peaks and the last run's result (a MaskSet for fastprune's
+        ``sparsify``, the floor's new tensors for the floor, else ``None``).
+    """
+    if lib == "floor":
+        floor = case_floor(case)
+        call = lambda: floor.run(model, None)  # noqa: E731
+    else:
+        call = lambda: prune_call(lib, case, model, amount)  # noqa: E731
     times, peaks, result = [], [], None
     for r in range(repeat):
         if r > 0:
+            # release what the previous run allocated before the next one allocates again
+            if isinstance(result, MaskSet):
+                result.remove()
+            result = None
             if case == "sparsify":
-                if result is not None:
-                    result.remove()
                 regenerate_(model, seed)
             else:
                 unprune_(model)
+        fresh_allocations(device)
         with PeakMemory(device) as pm:
             synchronize(device)
             t0 = time.perf_counter()
-            result = prune_call(lib, case, model, amount)
+            result = call()
             synchronize(device)
             t1 = time.perf_counter()
         times.append(t1 - t0)
@@ -102,7 +126,7 @@ def _time_prune(lib: str, case: str, model, amount: float, seed: int, device, re
 
 
 def _memcpy(model, device, repeat: int) -> Dict[str, object]:
-    """Reference: copy the weights layer by layer into one reused layer-sized buffer."""
+    """Bandwidth reference (warm, not a floor): copy the weights layer by layer into one reused buffer."""
     biggest = max(m.weight.numel() for m in model)
     dst = torch.empty(biggest, dtype=model[0].weight.dtype, device=device)
     times = []
@@ -128,7 +152,8 @@ def worker(job: Dict[str, object]) -> Dict[str, object]:
         ``times`` (seconds per run), ``peaks`` (bytes per run), ``bytes`` (the
         model's), ``outputs`` (digest of the forward outputs, forward cases) and,
         for fastprune, ``check`` (:func:`~fastprune.bench.check_exact`); the masks
-        are written to ``job["bits"]``.
+        are written to ``job["bits"]``. A floor job returns ``times``, ``peaks``,
+        ``bytes`` and ``floor`` (its name) and writes no masks.
 
     Raises:
         ValueError: unknown case, library or dtype.
@@ -142,6 +167,14 @@ def worker(job: Dict[str, object]) -> Dict[str, object]:
     model = build_model(shapes, dtype, device, seed)
     if case == "memcpy":
         return _memcpy(model, device, repeat)
+    if lib == "floor":
+        floor = case_floor(case)
+        if floor.forward:
+            times, peaks, _ = _time_forward(lib, case, model, amount, dtype, device, repeat)
+        else:
+            times, peaks, _ = _time_prune(lib, case, model, amount, seed, device, repeat, math.inf)
+        return {"times": times, "peaks": peaks, "floor": floor.name,
+                "bytes": sum(math.prod(s) for s in shapes) * torch.empty((), dtype=dtype).element_size()}
     digest = None
     if case in FORWARD_CASES:
         times, peaks, digest = _time_forward(lib, case, model, amount, dtype, device, repeat)
