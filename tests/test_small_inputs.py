@@ -194,7 +194,8 @@ def _special_scores(shape, dtype, seed):
         return (torch.rand(n, generator=g) > 0.5).reshape(shape)
     t = torch.randint(-4, 5, (n,), generator=g).to(torch.float64) / 2
     if dtype.is_floating_point:
-        special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, float("nan")], dtype=torch.float64)
+        special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, -float("nan")],
+                               dtype=torch.float64)
         pick = torch.rand(n, generator=g) < 0.15
         t[pick] = special[torch.randint(0, len(special), (int(pick.sum()),), generator=g)]
     return t.to(dtype).reshape(shape)

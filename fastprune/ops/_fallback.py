@@ -11,7 +11,8 @@ adds the dispatcher's boxed round trip on top.
 score tensor, unpacked masks, outputs and scores on one device) with as few
 torch calls as the result allows: the keys are ``|score|`` in the score's own
 dtype (``abs`` is exact and a stable sort orders them as the float64 keys,
-NaN above ``+inf``, ``-0.0`` equal to ``0.0``), the stable sort runs on
+NaN above ``+inf``, ``-0.0`` equal to ``0.0``; off the CPU every NaN is made
+the positive one, as the reference does), the stable sort runs on
 them directly, and the output is written in place. Every other case, and every
 call whose arguments the specification would refuse, goes to
 :func:`fastprune.ops.reference.kselect_`, so results and errors are the
@@ -105,6 +106,10 @@ def kselect_(
     if values is not None:
         reference._check_applied(scores, masks, out, values, applied)  # noqa: SLF001 (the spec's own rules)
     keys = s.reshape(-1).abs()
+    if device.type != "cpu":
+        # On CUDA abs() keeps a NaN's sign bit and the sort puts a negative NaN first: every NaN
+        # becomes the positive quiet NaN, as in the reference's keys. The CPU's abs() clears it.
+        keys = keys.masked_fill(keys.isnan(), float("nan"))
     candidates = None
     if exclude_masked and m is not None:
         candidates = (m.reshape(-1) != 0).nonzero().reshape(-1)
