@@ -10,6 +10,15 @@ the tokenizer); ``--calibration`` is a text file or a folder of text files.
 The pruned model is written to ``--output`` with ``save_pretrained`` (and the
 tokenizer next to it), the report table is printed. A bad path or setting
 ends with one line on stderr and exit status 2, not a traceback.
+
+Launched by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment) the
+command initialises the process group itself (NCCL for ``--device cuda``, each
+process on GPU ``LOCAL_RANK``; gloo otherwise; ``--timeout`` minutes) and
+calibrates data-parallel (:mod:`fastprune.distributed.llm`): every process
+loads the model and the same calibration windows, process 0 writes
+``--output`` and prints the table::
+
+    torchrun --nproc_per_node 2 -m fastprune.llm --model ./llama --calibration corpus.txt --output ./pruned
 """
 from __future__ import annotations
 
@@ -50,7 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-lm-head", action="store_true",
                    help="prune the LM head too (by magnitude per row; dense by default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="under torchrun: minutes a process waits for the others in a collective")
     return p
+
+
+def _under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def _load(args):
@@ -92,6 +107,7 @@ def _load(args):
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m fastprune.llm``; returns the exit status."""
     args = _parser().parse_args(argv)
+    group, created = None, False
     try:
         if not 0.0 <= args.sparsity < 1.0:
             raise _UsageError(f"--sparsity={args.sparsity} must be in [0, 1)")
@@ -109,7 +125,22 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise _UsageError(f"--calibration: {args.calibration!r} does not exist")
         if os.path.isfile(args.output):
             raise _UsageError(f"--output: {args.output!r} is a file, not a folder")
-        model, tokenizer, calibration = _load(args)
+        if args.timeout <= 0:
+            raise _UsageError(f"--timeout={args.timeout} must be positive")
+        if _under_torchrun():
+            from ..distributed.llm import DataParallel, init_from_env
+
+            try:
+                created, args.device = init_from_env(args.device, args.timeout)
+            except (RuntimeError, ValueError) as e:
+                raise _UsageError(f"cannot join the torchrun process group: {e}")
+            group = DataParallel()
+        try:
+            model, tokenizer, calibration = _load(args)
+        except _UsageError as e:
+            if group is not None:  # the others are on their way into prune()'s first exchange
+                _agree(group, lambda: group.agree_inputs(None, None, None, error=ValueError(str(e))))
+            raise
         try:
             report = prune(model, calibration, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
                            layer_sparsity=args.layer_sparsity, device=args.device,
@@ -119,16 +150,39 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise _UsageError(str(e))
         if report.masks is not None:
             report.masks.detach()
-        os.makedirs(args.output, exist_ok=True)
-        model.save_pretrained(args.output)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(args.output)
+
+        def save():
+            if group is not None and group.rank != 0:
+                return  # process 0 writes; every process holds the same pruned model
+            os.makedirs(args.output, exist_ok=True)
+            model.save_pretrained(args.output)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(args.output)
+
+        if group is None:
+            save()
+        else:
+            _agree(group, lambda: group.run(save))
     except _UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(report.table())
-    print(f"saved to {args.output}")
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if group is None or group.rank == 0:
+        print(report.table())
+        print(f"saved to {args.output}")
     return 0
+
+
+def _agree(group, step) -> None:
+    """Runs an agreement step of the data-parallel command; an error agreed on becomes a usage error."""
+    try:
+        step()
+    except Exception as e:  # noqa: BLE001 - the agreed error, one line on stderr
+        raise _UsageError(str(e)) from e
 
 
 if __name__ == "__main__":
