@@ -402,3 +402,39 @@ def test_import_loads_no_torch_distributed_module():
             "print(sorted({m for m in sys.modules if m.startswith('torch.distributed')} - before))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_command_under_torchrun(tmp_path):
+    """``torchrun -m fastprune.llm``: the command joins the group itself; process 0 writes the same
+    checkpoint as the command in one process, and prints the table once."""
+    from safetensors.torch import load_file
+
+    from fastprune.llm.__main__ import main
+    from helpers import load_example
+
+    pytest.importorskip("tokenizers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "model")
+    load_example("train_tiny_llama").byte_tokenizer().save_pretrained(tmp_path / "model")
+    with open(os.path.join(ROOT, "fastprune", "llm", "api.py"), encoding="utf-8") as fh:
+        (tmp_path / "corpus.txt").write_text(fh.read(), encoding="utf-8")
+    common = ["--model", str(tmp_path / "model"), "--method", "wanda", "--calibration", str(tmp_path / "corpus.txt"),
+              "--nsamples", "5", "--seqlen", "32", "--batch-size", "1", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "fastprune.llm", *common, "--output", str(tmp_path / "two"), "--timeout", "2"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=DEADLINE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("saved to") == 1 and "model.layers.1.mlp.down_proj" in r.stdout
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*common, "--output", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(saved)
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.equal(one[k], two[k]), k

@@ -52,6 +52,7 @@ that never calls) ends with the process group's timeout
 from __future__ import annotations
 
 import os
+import warnings
 import zlib
 from datetime import timedelta
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -270,6 +271,10 @@ class OrderedSums(StatsReducer):
 
     def samples(self, count: int) -> List[int]:
         self.count = count
+        if count < self.dp.world and self.dp.rank == 0:
+            warnings.warn(f"fastprune.llm: the calibration makes {count} micro-batch(es) for {self.dp.world} "
+                          f"processes, so {self.dp.world - count} of them have none to run; pass a smaller "
+                          "batch_size (several micro-batches per process balance best)", stacklevel=2)
         return list(range(self.dp.rank, count, self.dp.world))
 
     def accumulate(self, inputs: Sequence[MicroBatch], run: Callable[[MicroBatch], None],

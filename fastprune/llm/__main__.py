@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for the pruned model")
     p.add_argument("--device", default=None, help="device each block is pruned on (default: where the model is)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="load the model in this dtype")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="calibration sequences per forward call (default: from a 256 MiB activation budget)")
     p.add_argument("--prune-embeddings", action="store_true",
                    help="prune the input embeddings too (by magnitude per row; dense by default)")
     p.add_argument("--prune-lm-head", action="store_true",
@@ -125,6 +127,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise _UsageError(f"--calibration: {args.calibration!r} does not exist")
         if os.path.isfile(args.output):
             raise _UsageError(f"--output: {args.output!r} is a file, not a folder")
+        if args.batch_size is not None and args.batch_size < 1:
+            raise _UsageError(f"--batch-size={args.batch_size} must be at least 1")
         if args.timeout <= 0:
             raise _UsageError(f"--timeout={args.timeout} must be positive")
         if _under_torchrun():
@@ -143,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         try:
             report = prune(model, calibration, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
-                           layer_sparsity=args.layer_sparsity, device=args.device,
+                           layer_sparsity=args.layer_sparsity, batch_size=args.batch_size, device=args.device,
                            progress=not args.no_progress, prune_embeddings=args.prune_embeddings,
                            prune_lm_head=args.prune_lm_head)
         except (TypeError, ValueError, IndexError) as e:
