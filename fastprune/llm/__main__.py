@@ -5,17 +5,19 @@ Example::
     python -m fastprune.llm --model ./llama --method wanda --sparsity 0.5 \\
         --calibration corpus.txt --nsamples 128 --seqlen 2048 --output ./llama-wanda50
 
-The checkpoint folder is what ``save_pretrained`` writes (config, weights and
-the tokenizer); ``--calibration`` is a text file or a folder of text files.
-The pruned model is written to ``--output`` with ``save_pretrained`` (and the
-tokenizer next to it), the report table is printed. A bad path or setting
-ends with one line on stderr and exit status 2, not a traceback.
+The checkpoint folder is what ``save_pretrained`` writes (config, safetensors
+weights and the tokenizer); ``--calibration`` is a text file or a folder of
+text files. The model is never loaded whole: :func:`fastprune.llm.prune_checkpoint`
+reads it block by block and writes the pruned shards to ``--output`` (with the
+config and tokenizer files), so the peak memory is about one block. A run that
+was killed continues with ``--resume``. The report table is printed. A bad
+path or setting ends with one line on stderr and exit status 2, not a traceback.
 
 Launched by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment) the
 command initialises the process group itself (NCCL for ``--device cuda``, each
 process on GPU ``LOCAL_RANK``; gloo otherwise; ``--timeout`` minutes) and
 calibrates data-parallel (:mod:`fastprune.distributed.llm`): every process
-loads the model and the same calibration windows, process 0 writes
+reads the checkpoint and the same calibration windows, process 0 writes
 ``--output`` and prints the table::
 
     torchrun --nproc_per_node 2 -m fastprune.llm --model ./llama --calibration corpus.txt --output ./pruned
@@ -27,8 +29,9 @@ import os
 import sys
 from typing import List, Optional
 
-from .api import METHODS, prune
+from .api import METHODS
 from .calibration import load_text_calibration
+from .checkpoint import prune_checkpoint
 from .patterns import parse_pattern
 
 
@@ -52,10 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration sequence")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
     p.add_argument("--output", required=True, help="folder for the pruned model")
-    p.add_argument("--device", default=None, help="device each block is pruned on (default: where the model is)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="load the model in this dtype")
+    p.add_argument("--device", default=None, help="device each block is pruned on (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="cast the weights to this dtype (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="calibration sequences per forward call (default: from a 256 MiB activation budget)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --output (the same arguments are required)")
     p.add_argument("--prune-embeddings", action="store_true",
                    help="prune the input embeddings too (by magnitude per row; dense by default)")
     p.add_argument("--prune-lm-head", action="store_true",
@@ -75,35 +81,22 @@ def _load(args):
         raise _UsageError(f"--model: {args.model!r} is not a folder")
     if not os.path.isfile(os.path.join(args.model, "config.json")):
         raise _UsageError(f"--model: {args.model!r} has no config.json (expected a save_pretrained folder)")
+    if not args.calibration:
+        return None
     try:
-        import torch
         import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
     except ImportError as e:  # transformers is an optional dependency
-        raise _UsageError(f"transformers is needed to load checkpoints ({e}); pip install transformers")
-    # Our bar goes over the blocks; transformers' loading bars would only add noise.
-    transformers.utils.logging.disable_progress_bar()
+        raise _UsageError(f"transformers is needed to read checkpoints ({e}); pip install transformers")
     transformers.utils.logging.set_verbosity_error()
-    tokenizer = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     except Exception as e:  # noqa: BLE001 (one line for whatever transformers raises)
-        if args.calibration:
-            raise _UsageError(f"--model: cannot load the tokenizer from {args.model!r}: {str(e).splitlines()[0]}")
-    calibration = None
-    if args.calibration:
-        try:
-            calibration = load_text_calibration(args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed)
-        except ValueError as e:
-            raise _UsageError(str(e))
-    kwargs = {}
-    if args.dtype:
-        kwargs["dtype"] = getattr(torch, args.dtype)
+        raise _UsageError(f"--model: cannot load the tokenizer from {args.model!r}: {str(e).splitlines()[0]}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, **kwargs)
-    except Exception as e:  # noqa: BLE001
-        raise _UsageError(f"--model: cannot load {args.model!r}: {str(e).splitlines()[0]}")
-    return model, tokenizer, calibration
+        return load_text_calibration(args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed)
+    except ValueError as e:
+        raise _UsageError(str(e))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -140,33 +133,23 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise _UsageError(f"cannot join the torchrun process group: {e}")
             group = DataParallel()
         try:
-            model, tokenizer, calibration = _load(args)
+            calibration = _load(args)
         except _UsageError as e:
-            if group is not None:  # the others are on their way into prune()'s first exchange
-                _agree(group, lambda: group.agree_inputs(None, None, None, error=ValueError(str(e))))
+            if group is not None:  # the others are on their way into prune_checkpoint()'s first exchange
+                _agree(lambda: group.agree_inputs(None, None, None, error=ValueError(str(e))))
             raise
+        import torch
+
         try:
-            report = prune(model, calibration, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
-                           layer_sparsity=args.layer_sparsity, batch_size=args.batch_size, device=args.device,
-                           progress=not args.no_progress, prune_embeddings=args.prune_embeddings,
-                           prune_lm_head=args.prune_lm_head)
+            report = prune_checkpoint(args.model, args.output, calibration, method=args.method,
+                                      sparsity=args.sparsity, pattern=args.pattern,
+                                      layer_sparsity=args.layer_sparsity, batch_size=args.batch_size,
+                                      resume=args.resume, device=args.device,
+                                      dtype=getattr(torch, args.dtype) if args.dtype else None,
+                                      progress=not args.no_progress, prune_embeddings=args.prune_embeddings,
+                                      prune_lm_head=args.prune_lm_head)
         except (TypeError, ValueError, IndexError) as e:
             raise _UsageError(str(e))
-        if report.masks is not None:
-            report.masks.detach()
-
-        def save():
-            if group is not None and group.rank != 0:
-                return  # process 0 writes; every process holds the same pruned model
-            os.makedirs(args.output, exist_ok=True)
-            model.save_pretrained(args.output)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(args.output)
-
-        if group is None:
-            save()
-        else:
-            _agree(group, lambda: group.run(save))
     except _UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -175,14 +158,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    if group is None or group.rank == 0:
+    if group is None or group.rank == 0:  # every process has the same report
         print(report.table())
         print(f"saved to {args.output}")
     return 0
 
 
-def _agree(group, step) -> None:
-    """Runs an agreement step of the data-parallel command; an error agreed on becomes a usage error."""
+def _agree(step) -> None:
+    """Runs an agreement step of the data-parallel command; the error agreed on becomes a usage error."""
     try:
         step()
     except Exception as e:  # noqa: BLE001 - the agreed error, one line on stderr
