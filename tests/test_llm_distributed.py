@@ -189,7 +189,75 @@ def error_cases(rank, ws):
     return out
 
 
-def run_cases(rank, ws):
+# -- prune_checkpoint: a sharded checkpoint on disk, process 0 writes dst ----------------------------
+
+
+CKPT_OPTIONS = {"wanda": dict(method="wanda", batch_size=1),
+                "sparsegpt": dict(method="sparsegpt", batch_size=2, blocksize=16, prune_embeddings=True,
+                                  prune_lm_head=True)}
+
+
+def checkpoint_calibration():
+    return calib(5, 16, seed=21)
+
+
+def write_checkpoint(folder):
+    """A 3-block Llama in 20 KB shards (several files and an index)."""
+    m = llama()
+    m.save_pretrained(folder, max_shard_size="20KB")
+    return folder
+
+
+class Interrupt:
+    """Makes the last process fail in block 2 of prune_checkpoint (after blocks 0 and 1 are recorded)."""
+
+    def __init__(self, last):
+        import fastprune.llm.stages as stages
+
+        self.stages, self.last = stages, last
+
+    def __enter__(self):
+        update = self.saved = self.stages.PruneStage.update
+
+        def failing(stage, turn, stats):
+            if self.last and turn.index == 2:
+                raise OSError("injected interruption")
+            return update(stage, turn, stats)
+
+        self.stages.PruneStage.update = failing
+
+    def __exit__(self, *exc):
+        self.stages.PruneStage.update = self.saved
+
+
+def checkpoint_cases(rank, ws, ckpt):
+    """prune_checkpoint in the group: both methods; a run interrupted on the last process and resumed
+    here; the run another world size interrupted resumed here, and one left for the next to resume."""
+    src = os.path.join(ckpt, "src")
+    out = {}
+    for method, options in CKPT_OPTIONS.items():
+        r = llm.prune_checkpoint(src, os.path.join(ckpt, f"{method}-{ws}"), checkpoint_calibration(),
+                                 progress=False, **options)
+        out[method] = {"lines": report_lines(r), "times": ([b.seconds for b in r.blocks], r.seconds)}
+    dst = os.path.join(ckpt, f"interrupted-{ws}")
+    with Interrupt(rank == ws - 1):
+        out["interrupted"] = _raised(lambda: llm.prune_checkpoint(src, dst, checkpoint_calibration(), progress=False,
+                                                                  **CKPT_OPTIONS["wanda"]))
+    r = llm.prune_checkpoint(src, dst, checkpoint_calibration(), resume=True, progress=False, **CKPT_OPTIONS["wanda"])
+    out["resumed"] = report_lines(r)
+    left = os.path.join(ckpt, f"left-by-{ws - 1}")  # interrupted by the previous world size
+    if os.path.isdir(left):
+        r = llm.prune_checkpoint(src, left, checkpoint_calibration(), resume=True, progress=False,
+                                 **CKPT_OPTIONS["wanda"])
+        out["resumed_other"] = report_lines(r)
+    with Interrupt(rank == ws - 1):
+        out["left"] = _raised(lambda: llm.prune_checkpoint(src, os.path.join(ckpt, f"left-by-{ws}"),
+                                                           checkpoint_calibration(), progress=False,
+                                                           **CKPT_OPTIONS["wanda"]))
+    return out
+
+
+def run_cases(rank, ws, ckpt):
     results = {}
     for case in CASES:
         started = time.perf_counter()
@@ -198,37 +266,41 @@ def run_cases(rank, ws):
         except Exception:  # noqa: BLE001 - reported by the tests
             results[case.__name__] = ("fail", traceback.format_exc())
         results[case.__name__ + ":seconds"] = time.perf_counter() - started
+    try:
+        results["checkpoint"] = ("ok", checkpoint_cases(rank, ws, ckpt))
+    except Exception:  # noqa: BLE001 - reported by the tests
+        results["checkpoint"] = ("fail", traceback.format_exc())
     results["errors"] = error_cases(rank, ws)
     # the group still works after all of that
     results["after_errors"] = ("ok", case_llama_wanda())
     return results
 
 
-def _worker(rank, ws, store, out_dir):
+def _worker(rank, ws, store, out_dir, ckpt):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws,
                             timeout=timedelta(seconds=GROUP_TIMEOUT))
     try:
-        results = run_cases(rank, ws)
+        results = run_cases(rank, ws, ckpt)
     finally:
         dist.destroy_process_group()
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def _run_world(ws, tmp):
+def _run_world(ws, tmp, ckpt):
     """Every process's results; a world that does not finish by the deadline is killed (a hang fails)."""
     store = os.path.join(tmp, f"store{ws}")
     if ws == 1:  # in this process: a group of one
         saved = torch.get_num_threads()
         try:
-            _worker(0, 1, store, tmp)
+            _worker(0, 1, store, tmp, ckpt)
         finally:
             torch.set_num_threads(saved)
     else:
         import torch.multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(r, ws, store, tmp)) for r in range(ws)]
+        procs = [ctx.Process(target=_worker, args=(r, ws, store, tmp, ckpt)) for r in range(ws)]
         for p in procs:
             p.start()
         deadline = time.monotonic() + DEADLINE
@@ -245,24 +317,37 @@ def _run_world(ws, tmp):
 
 
 @pytest.fixture(scope="module")
-def runs():
+def ckpt(tmp_path_factory):
+    """The folder of the prune_checkpoint cases: the source checkpoint and every destination."""
+    folder = tmp_path_factory.mktemp("dp_ckpt")
+    write_checkpoint(folder / "src")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def runs(ckpt):
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for ws in WORLD_SIZES:
             d = os.path.join(tmp, f"ws{ws}")
             os.makedirs(d)
-            out[ws] = _run_world(ws, d)
+            out[ws] = _run_world(ws, d, ckpt)
     return out
 
 
 @pytest.fixture(scope="module")
-def references():
-    """The same calls in this process, no process group."""
+def references(ckpt):
+    """The same calls in this process, no process group (prune_checkpoint's into ckpt/<method>-ref)."""
     assert not dist.is_initialized()
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {case.__name__: case() for case in CASES}
+        out = {case.__name__: case() for case in CASES}
+        for method, options in CKPT_OPTIONS.items():
+            r = llm.prune_checkpoint(os.path.join(ckpt, "src"), os.path.join(ckpt, f"{method}-ref"),
+                                     checkpoint_calibration(), progress=False, **options)
+            out["checkpoint:" + method] = report_lines(r)
+        return out
     finally:
         torch.set_num_threads(saved)
 
@@ -438,3 +523,67 @@ def test_command_under_torchrun(tmp_path):
     assert one.keys() == two.keys()
     for k in one:
         assert torch.equal(one[k], two[k]), k
+
+
+# ----------------------------------------------------------------------------
+# prune_checkpoint in a group
+# ----------------------------------------------------------------------------
+
+
+def folder_tensors(folder):
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            with safe_open(os.path.join(folder, f), "pt") as h:
+                for k in h.keys():
+                    out[k] = h.get_tensor(k)
+    return out
+
+
+def assert_same_checkpoint(got, ref):
+    assert sorted(os.listdir(got)) == sorted(os.listdir(ref)), (got, ref)  # no work folder, no per-process files
+    a, b = folder_tensors(got), folder_tensors(ref)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), (got, k)
+
+
+@pytest.mark.parametrize("ws", WORLD_SIZES)
+@pytest.mark.parametrize("method", sorted(CKPT_OPTIONS))
+def test_prune_checkpoint_in_a_group_writes_the_one_process_checkpoint(runs, references, ckpt, ws, method):
+    """Process 0 writes dst; its tensors are bit for bit those of the one-process call (Wanda, and SparseGPT
+    with the embeddings and head); every process returns the one-process report."""
+    for rank in range(ws):
+        status, got = runs[ws][rank]["checkpoint"]
+        assert status == "ok", f"{ws} processes, process {rank}:\n{got}"
+        assert got[method]["lines"] == references["checkpoint:" + method]
+        assert got[method]["times"] == runs[ws][0]["checkpoint"][1][method]["times"]
+    assert_same_checkpoint(os.path.join(ckpt, f"{method}-{ws}"), os.path.join(ckpt, f"{method}-ref"))
+
+
+@pytest.mark.parametrize("ws", WORLD_SIZES)
+def test_prune_checkpoint_interrupted_in_a_group_resumes(runs, references, ckpt, ws):
+    """A failure in one process stops every process with the run recorded; resume=True with the same
+    number of processes, or with the next number (and the last one's with no group), gives the
+    one-process checkpoint."""
+    for rank in range(ws):
+        got = runs[ws][rank]["checkpoint"][1]
+        assert got["interrupted"] == ("OSError", f"injected interruption (on process {ws - 1} of {ws})")
+        assert got["resumed"] == references["checkpoint:wanda"]
+        if ws > WORLD_SIZES[0]:
+            assert got["resumed_other"] == references["checkpoint:wanda"]
+    assert_same_checkpoint(os.path.join(ckpt, f"interrupted-{ws}"), os.path.join(ckpt, "wanda-ref"))
+    if ws > WORLD_SIZES[0]:
+        assert_same_checkpoint(os.path.join(ckpt, f"left-by-{ws - 1}"), os.path.join(ckpt, "wanda-ref"))
+    if ws == WORLD_SIZES[-1]:  # the run the last group left, resumed by one process without a group
+        saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            r = llm.prune_checkpoint(os.path.join(ckpt, "src"), os.path.join(ckpt, f"left-by-{ws}"),
+                                     checkpoint_calibration(), resume=True, progress=False, **CKPT_OPTIONS["wanda"])
+        finally:
+            torch.set_num_threads(saved)
+        assert report_lines(r) == references["checkpoint:wanda"]
+        assert_same_checkpoint(os.path.join(ckpt, f"left-by-{ws}"), os.path.join(ckpt, "wanda-ref"))
