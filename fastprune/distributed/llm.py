@@ -288,22 +288,23 @@ class OrderedSums(StatsReducer):
             raise RuntimeError("OrderedSums.accumulate before samples(): the walker's capture sets the count")
         world, count = dp.world, self.count
         local: Dict[int, MicroBatch] = {}
+        error: Optional[BaseException] = None  # met before the first round: raised everywhere there
         for mb in inputs:
-            if mb.index % world != dp.rank:
-                raise RuntimeError(f"micro-batch {mb.index} is not this process's (rank {dp.rank} of {world})")
+            if mb.index % world != dp.rank and error is None:
+                error = RuntimeError(f"micro-batch {mb.index} is not this process's (rank {dp.rank} of {world})")
             local[mb.index // world] = mb
         bufs = [b for s in stats for b in s.buffers()]
         sums = [torch.zeros_like(b) for b in bufs]
         groups = _coalesce(bufs)
         for t in range(-(-count // world)):
             mb = local.get(t)
-            error = None
-            if mb is not None:
+            if mb is not None and error is None:
                 try:
                     run(mb)
                 except Exception as e:  # noqa: BLE001 - raised on every process by check()
                     error = e
             dp.check(error)
+            error = None
             for q in range(min(world, count - t * world)):  # micro-batch t * world + q, in order
                 for g in groups:
                     got = dp.broadcast([bufs[i] for i in g], q)
@@ -323,18 +324,20 @@ class OrderedSums(StatsReducer):
 
 
 def _coalesce(bufs: Sequence[torch.Tensor]) -> List[List[int]]:
-    """Indices of ``bufs`` in runs of one dtype and device, at most :data:`COALESCE_BYTES` a run (or one buffer)."""
+    """Indices of ``bufs`` in messages: buffers of one dtype and device together, in their order, at
+    most :data:`COALESCE_BYTES` a message (a larger buffer alone). The same on every process."""
     groups: List[List[int]] = []
-    size = 0
+    open_group: Dict[Tuple[torch.dtype, torch.device], Tuple[int, int]] = {}  # kind -> (group, bytes)
     for i, b in enumerate(bufs):
         n = b.numel() * b.element_size()
-        head = bufs[groups[-1][0]] if groups else None
-        if head is None or head.dtype != b.dtype or head.device != b.device or size + n > COALESCE_BYTES:
-            groups.append([i])
-            size = n
+        kind = (b.dtype, b.device)
+        at = open_group.get(kind)
+        if at is not None and at[1] + n <= COALESCE_BYTES:
+            groups[at[0]].append(i)
+            open_group[kind] = (at[0], at[1] + n)
         else:
-            groups[-1].append(i)
-            size += n
+            groups.append([i])
+            open_group[kind] = (len(groups) - 1, n)
     return groups
 
 
@@ -371,6 +374,9 @@ class WeightParallel(SolveScheduler):
             if owner[k] == dp.rank:
                 try:
                     keeps[k] = job.solve()
+                    if tuple(keeps[k].shape) != tuple(job.weight.shape):
+                        raise RuntimeError(f"{job.layer.name}: keep-mask {tuple(keeps[k].shape)} is not in the "
+                                           f"weight's layout {tuple(job.weight.shape)}")
                 except Exception as e:  # noqa: BLE001 - raised on every process by check()
                     error = e
                     break
@@ -381,9 +387,6 @@ class WeightParallel(SolveScheduler):
             mine = owner[k] == dp.rank
             if mine:
                 keep = keeps[k]
-                if tuple(keep.shape) != tuple(w.shape):
-                    raise RuntimeError(f"{job.layer.name}: keep-mask {tuple(keep.shape)} is not in the weight's "
-                                       f"layout {tuple(w.shape)}")
                 packed = ops.pack_mask(keep.reshape(-1))
             else:
                 packed = torch.empty(ops.packed_numel(n), dtype=torch.uint8, device=w.device)
