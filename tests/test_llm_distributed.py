@@ -587,3 +587,36 @@ def test_prune_checkpoint_interrupted_in_a_group_resumes(runs, references, ckpt,
             torch.set_num_threads(saved)
         assert report_lines(r) == references["checkpoint:wanda"]
         assert_same_checkpoint(os.path.join(ckpt, f"left-by-{ws}"), os.path.join(ckpt, "wanda-ref"))
+
+
+def _dying_worker(rank, ws, store, out_dir):
+    """The last process dies (os._exit) in the forward of block 1; the others must raise, not wait."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws,
+                            timeout=timedelta(seconds=GROUP_TIMEOUT))
+    m = llama()
+    if rank == ws - 1:
+        m.model.layers[1].register_forward_pre_hook(lambda module, args: os._exit(3))
+    started = time.monotonic()
+    got = _raised(lambda: llm.prune(m, calib(4, 16), method="wanda", batch_size=1, progress=False))
+    torch.save({"raised": got, "seconds": time.monotonic() - started}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_a_process_that_dies_does_not_hang_the_others(tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_dying_worker, args=(r, 2, str(tmp_path / "store"), str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + DEADLINE
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, "a process still waits for the dead one"
+    assert procs[1].exitcode == 3
+    got = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert got["raised"][0] != "no error"
+    assert got["seconds"] < GROUP_TIMEOUT + 30, got  # the connection's end, or at worst the group's timeout
