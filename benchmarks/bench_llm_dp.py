@@ -12,7 +12,9 @@ the first row (a CRC-32 of every weight).
     python benchmarks/bench_llm_dp.py
     python benchmarks/bench_llm_dp.py --rows 1x1,1x2,2x1,4x1 --method sparsegpt --nsamples 16
 
-Prints a Markdown table with the load (``os.getloadavg``) before and after each row.
+Prints a Markdown table with the CPU time the processes used in the call (user + system, all
+threads; what the machine's load cannot inflate) and the load (``os.getloadavg``) before and after
+each row.
 """
 from __future__ import annotations
 
@@ -71,14 +73,14 @@ def worker(args) -> None:
     ids = torch.randint(0, args.vocab, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(1))
     if world:
         dist.barrier()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = llm.prune(model, ids, method=args.method, sparsity=0.5, batch_size=args.batch_size, progress=False)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     crc = 0
     for name, p in model.named_parameters():
         crc = zlib.crc32(p.detach().contiguous().view(torch.uint8).numpy().tobytes(), crc)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"rank": rank, "seconds": seconds, "report_seconds": report.seconds, "crc": crc,
+    print(json.dumps({"rank": rank, "seconds": seconds, "cpu": cpu, "report_seconds": report.seconds, "crc": crc,
                       "rss": rss, "blocks": [b.seconds for b in report.blocks]}), flush=True)
     if world:
         dist.destroy_process_group()
@@ -101,7 +103,7 @@ def run_row(args, procs: int, threads: int, group: bool) -> dict:
             outs.append(json.loads(out.strip().splitlines()[-1]))
     return {"procs": procs, "threads": threads, "group": group,
             "seconds": outs[0]["report_seconds"], "crc": outs[0]["crc"],
-            "same_on_all": len({o["crc"] for o in outs}) == 1,
+            "same_on_all": len({o["crc"] for o in outs}) == 1, "cpu": sum(o["cpu"] for o in outs),
             "rss": max(o["rss"] for o in outs)}
 
 
@@ -139,8 +141,9 @@ def main(argv=None) -> None:
           f"{args.kv_heads} heads), {args.method} 50%, calibration {args.nsamples} x {args.seqlen} tokens in "
           f"micro-batches of {args.batch_size}")
     print()
-    print("| processes x threads | group | seconds | vs 1x1 | vs 1x2 | same weights | peak RSS / process | load before -> after |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| processes x threads | group | seconds | vs 1x1 | vs 1x2 | CPU s (all processes) | same weights "
+          "| peak RSS / process | load before -> after |")
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for spec in args.rows.split(","):
         group = spec.endswith("g") or not spec.startswith("1x")
@@ -155,7 +158,8 @@ def main(argv=None) -> None:
         vs1 = f"{one['seconds'] / row['seconds']:.2f}x" if one else "-"
         vs2 = f"{two['seconds'] / row['seconds']:.2f}x" if two else "-"
         same = "yes" if row["crc"] == ref["crc"] and row["same_on_all"] else "NO"
-        print(f"| {procs} x {threads} | {'yes' if group else 'no'} | {row['seconds']:.2f} | {vs1} | {vs2} | {same} "
+        print(f"| {procs} x {threads} | {'yes' if group else 'no'} | {row['seconds']:.2f} | {vs1} | {vs2} "
+              f"| {row['cpu']:.1f} | {same} "
               f"| {row['rss'] / 2 ** 20:.0f} MiB | {row['load'][0]:.2f} -> {row['load'][1]:.2f} |", flush=True)
 
 
