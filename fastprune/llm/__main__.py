@@ -150,6 +150,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                       prune_lm_head=args.prune_lm_head)
         except (TypeError, ValueError, IndexError) as e:
             raise _UsageError(str(e))
+        if group is not None:
+            group.check(None)  # every process is done before any tears the group down
     except _UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
