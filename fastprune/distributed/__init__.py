@@ -14,6 +14,11 @@ selection code only when a call meets a DTensor, which cannot happen before
 the program itself imported ``torch.distributed.tensor``. Where
 ``torch.distributed`` is not available, nothing is registered and
 :data:`AVAILABLE` is ``False``.
+
+:mod:`fastprune.distributed.llm` holds the data-parallel calibration of
+:mod:`fastprune.llm` (the block walker's reducer and scheduler over a process
+group); :func:`fastprune.llm.prune` imports it only when a process group is
+initialised.
 """
 from __future__ import annotations
 

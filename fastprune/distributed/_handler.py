@@ -20,6 +20,8 @@ from ..core import methods as core_methods
 from ..core.chunked_select import Piece, Selection, draw_seed, key_kind, rand_keys, rand_kind
 from ..core.validation import _compute_nparams_toprune, _validate_pruning_amount
 from ._comm import Comm
+from ._errors import build_error as _build_error
+from ._errors import portable as _portable
 from ._stats import _LAST_STATS, ShardedInputError
 
 Tensor = torch.Tensor
@@ -27,24 +29,7 @@ Tensor = torch.Tensor
 # torch.rand draws per step when the random methods regenerate the one-process
 # stream (float64: 8 MiB per step).
 STREAM_CHUNK = 1 << 20
-# Exception types an error found on one process is raised as on every process;
-# others become the nearest of these (every process can unpickle them).
-_PORTABLE_MODULES = ("builtins", "fastprune")
 
-
-def _portable(exc_type) -> type:
-    for cls in getattr(exc_type, "__mro__", ()):
-        module = getattr(cls, "__module__", "")
-        if issubclass(cls, Exception) and (module == "builtins" or module.split(".")[0] in _PORTABLE_MODULES):
-            return cls
-    return RuntimeError
-
-
-def _build_error(exc_type, message: str) -> Exception:
-    try:
-        return _portable(exc_type)(message)
-    except Exception:  # a type whose constructor wants more than a message
-        return RuntimeError(message)
 
 def _fsdp_managed() -> set:
     """``(id(module), name)`` of every parameter that FSDP2 (``fully_shard``) manages."""

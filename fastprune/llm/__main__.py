@@ -14,6 +14,15 @@ reads it block by block and writes the pruned shards to ``--output`` (with the
 config and tokenizer files), so the peak memory is about one block. A run that
 was killed continues with ``--resume``. The report table is printed. A bad
 path or setting ends with one line on stderr and exit status 2, not a traceback.
+
+Launched by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment) the
+command initialises the process group itself (NCCL for ``--device cuda``, each
+process on GPU ``LOCAL_RANK``; gloo otherwise; ``--timeout`` minutes) and
+calibrates data-parallel (:mod:`fastprune.distributed.llm`): every process
+reads the checkpoint and the same calibration windows, process 0 writes
+``--output`` and prints the table::
+
+    torchrun --nproc_per_node 2 -m fastprune.llm --model ./llama --calibration corpus.txt --output ./pruned
 """
 from __future__ import annotations
 
@@ -98,7 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-lm-head", action="store_true",
                    help="prune the LM head too (by magnitude per row; dense by default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="under torchrun: minutes a process waits for the others in a collective")
     return p
+
+
+def _under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def _load(args):
@@ -149,6 +164,7 @@ def _seqlen(asked: Optional[int], folder: str) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``python -m fastprune.llm``; returns the exit status."""
     args = _parser().parse_args(argv)
+    group, created = None, False
     try:
         if not 0.0 <= args.sparsity < 1.0:
             raise _UsageError(f"--sparsity={args.sparsity} must be in [0, 1)")
@@ -168,7 +184,22 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise _UsageError(f"--output: {args.output!r} is a file, not a folder")
         if args.batch_size is not None and args.batch_size < 1:
             raise _UsageError(f"--batch-size={args.batch_size} must be at least 1")
-        calibration = _load(args)
+        if args.timeout <= 0:
+            raise _UsageError(f"--timeout={args.timeout} must be positive")
+        if _under_torchrun():
+            from ..distributed.llm import DataParallel, init_from_env
+
+            try:
+                created, args.device = init_from_env(args.device, args.timeout)
+            except (RuntimeError, ValueError) as e:
+                raise _UsageError(f"cannot join the torchrun process group: {e}")
+            group = DataParallel()
+        try:
+            calibration = _load(args)
+        except _UsageError as e:
+            if group is not None:  # the others are on their way into prune_checkpoint()'s first exchange
+                _agree(lambda: group.agree_inputs(None, None, None, error=ValueError(str(e))))
+            raise
         import torch
 
         try:
@@ -181,12 +212,28 @@ def main(argv: Optional[List[str]] = None) -> int:
                                       prune_lm_head=args.prune_lm_head)
         except (TypeError, ValueError, IndexError) as e:
             raise _UsageError(_as_flags(str(e)))
+        if group is not None:
+            group.check(None)  # every process is done before any tears the group down
     except _UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(report.table())
-    print(f"saved to {args.output}")
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if group is None or group.rank == 0:  # every process has the same report
+        print(report.table())
+        print(f"saved to {args.output}")
     return 0
+
+
+def _agree(step) -> None:
+    """Runs an agreement step of the data-parallel command; the error agreed on becomes a usage error."""
+    try:
+        step()
+    except Exception as e:  # noqa: BLE001 - the agreed error, one line on stderr
+        raise _UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

@@ -148,6 +148,8 @@ def prune(
     prune_embeddings: bool = False,
     prune_lm_head: bool = False,
     batch_size: Optional[int] = None,
+    distributed: Optional[bool] = None,
+    group=None,
 ) -> PruneReport:
     """Prune the linear layers of a decoder model one-shot, block by block.
 
@@ -220,6 +222,22 @@ def prune(
             :func:`~fastprune.llm.walker.default_batch_size`'s). Wanda gives
             the same masks for any ``batch_size``; SparseGPT's Hessians differ
             by float32 rounding of each call's ``X^T X``.
+        distributed: data-parallel calibration on ``torch.distributed``.
+            None (default): when a process group is initialised, every
+            process of it takes part (each must make this same call: same
+            model, calibration and options); else this process alone. True:
+            the same, but an error without a process group. False: this
+            process alone, even inside a process group. Process ``r`` of
+            ``W`` runs micro-batches ``r, r + W, ...`` of the calibration
+            through the blocks; the statistics are summed over every process
+            in micro-batch order, so the result is bit for bit the
+            one-process result for any number of processes; the layers'
+            solves are split among the processes and the results broadcast;
+            every process returns the same report (times: the slowest
+            process's). An error on one process is raised on every process.
+            See ``fastprune.distributed.llm`` and docs/llm.md, "Several
+            processes".
+        group: the process group to calibrate over (default: the default group).
 
     Returns:
         a :class:`PruneReport` (per-layer sparsity and reconstruction error,
@@ -227,7 +245,10 @@ def prune(
 
     Raises:
         TypeError, ValueError, IndexError: bad arguments (naming the argument),
-            raised before any weight changes.
+            raised before any weight changes (in a process group: on every
+            process, ``... (on process r of W)``).
+        fastprune.distributed.ShardedInputError: the processes of a group
+            disagree on the model, the calibration or the options.
 
     Example::
 
@@ -236,22 +257,33 @@ def prune(
         >>> print(report)
     """
     # -- every check first: a bad call changes nothing ------------------------
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    mode = _check_choice(mode, _MODES, "mode")
-    job = _Job.check(method=method, sparsity=sparsity, pattern=pattern, layer_sparsity=layer_sparsity,
-                     owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp,
-                     measure_errors=measure_errors)
-    block_list = find_blocks(model, blocks)
-    job.plan_model(model, block_list, prune_embeddings, prune_lm_head)
-    calls = job.calibration_calls(calibration, batch_size, model)
-    if device is None:
-        first = next(iter(block_list[0].parameters()), None)
-        device = first.device if first is not None else torch.device("cpu")
-    device = _check_device(device)
-    check_model_has_data(model, device)
-    if job.batches:
-        check_calibration_fits(model, job.batches, calibration_labels(calibration, len(job.batches)))
+    # In a process group every process checks, then all agree (an error on one is raised on all).
+    dp = data_parallel(distributed, group)
+    try:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        mode = _check_choice(mode, _MODES, "mode")
+        job = _Job.check(method=method, sparsity=sparsity, pattern=pattern, layer_sparsity=layer_sparsity,
+                         owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp,
+                         measure_errors=measure_errors)
+        block_list = find_blocks(model, blocks)
+        job.plan_model(model, block_list, prune_embeddings, prune_lm_head)
+        calls = job.calibration_calls(calibration, batch_size, model)
+        if device is None:
+            first = next(iter(block_list[0].parameters()), None)
+            device = first.device if first is not None else torch.device("cpu")
+        device = _check_device(device)
+        check_model_has_data(model, device)
+        if job.batches:
+            check_calibration_fits(model, job.batches, calibration_labels(calibration, len(job.batches)))
+    except Exception as e:
+        if dp is None:
+            raise
+        dp.agree_inputs(None, None, None, error=e)  # raises it on every process
+    if dp is not None:
+        dp.agree_inputs(dict(job.signature(), mode=mode, device_type=device.type), job.batches, model)
+        progress = progress and dp.rank == 0
+    step = dp.run if dp is not None else (lambda f: f())
 
     report = PruneReport(method=job.method, pattern=pattern, sparsity=job.sparsity, mode=mode)
     start = time.perf_counter()
@@ -291,16 +323,55 @@ def prune(
                 custom_from_mask(l.module, "weight", keep)
 
     with torch.no_grad(), eval_mode(model):
-        prune_outside(first)
-        walker = Walker(ModelSource(model, block_list, offload), plan, calls, device=device, progress=progress)
+        step(lambda: prune_outside(first))
+        walker = Walker(ModelSource(model, block_list, offload), plan, calls, device=device, progress=progress,
+                        reducer=dp.reducer() if dp is not None else None,
+                        scheduler=dp.scheduler() if dp is not None else None)
         job.walk(walker, report, keep_dense=mode == "reparam" and job.method != "sparsegpt", on_block=block_masks)
-        prune_outside(head)
+        step(lambda: prune_outside(head))
         if mode == "inplace":
             # The slices of the store become the MaskSet's storage: the masks are never held twice.
             report.masks = MaskSet.from_masks(pairs, masks_out, labels=labels, packed=True, copy=False)
             del masks_out, store
     report.seconds = time.perf_counter() - start
+    if dp is not None:
+        dp.same_report(report)
     return report
+
+
+def data_parallel(distributed, group):
+    """The :class:`fastprune.distributed.llm.DataParallel` of a call, or None for this process alone.
+
+    Looks at ``torch.distributed`` (which ``import torch`` has loaded) without
+    importing anything; the data-parallel module is imported only when a
+    process group is initialised.
+
+    Raises:
+        TypeError, ValueError: a bad ``distributed`` / ``group`` (in a process
+            group: on every process).
+    """
+    tdist = getattr(torch, "distributed", None)
+    active = bool(tdist is not None and tdist.is_available() and tdist.is_initialized())
+    error = None
+    if distributed is not None and not isinstance(distributed, bool):
+        error = TypeError(f"distributed must be None, True or False, got {type(distributed).__name__}")
+    elif distributed is False and group is not None:
+        error = ValueError("group is given with distributed=False; pass one or the other")
+    elif distributed is True and not active:
+        raise ValueError("distributed=True: no torch.distributed process group is initialised "
+                         "(call torch.distributed.init_process_group, or run under torchrun)")
+    if not active or distributed is False:
+        if error is not None:
+            raise error
+        if group is not None:
+            raise ValueError("group is given but no torch.distributed process group is initialised")
+        return None
+    from ..distributed.llm import DataParallel
+
+    dp = DataParallel(group)
+    if error is not None:
+        dp.agree_inputs(None, None, None, error=error)
+    return dp
 
 
 def _check_device(device) -> torch.device:
@@ -359,6 +430,20 @@ class _Job:
                         raise ValueError(f"pattern={self.pattern!r}: M={self.nm[1]} does not divide the input "
                                          f"dimension {l.shape[1]} of {l.name}")
 
+    def signature(self) -> dict:
+        """The checked options, the plan and the micro-batches' shapes: what every process of a
+        data-parallel call must agree on (plain values, compared across processes)."""
+        return {
+            "method": self.method, "sparsity": self.sparsity, "pattern": self.pattern,
+            "layer_sparsity": self.layer_sparsity if not isinstance(self.layer_sparsity, dict)
+            else sorted((repr(k), v) for k, v in self.layer_sparsity.items()),
+            "owl": (self.owl_lambda, self.owl_m), "blocksize": self.blocksize, "percdamp": self.percdamp,
+            "measure_errors": self.measure_errors, "batch_size": getattr(self, "batch_size", None),
+            "micro_batches": None if getattr(self, "batches", None) is None else len(self.calls),
+            "layers": [(l.name, l.shape) for layers in self.plan for l in layers],
+            "outside": [l.name for l in self.outside],
+        }
+
     @property
     def prune_forward(self) -> bool:
         """Whether the pruning pass runs the blocks on the calibration (magnitude: only to measure errors)."""
@@ -383,7 +468,8 @@ class _Job:
             seq_len = max(ids.shape[1] for ids, _ in self.batches)
             batch_size = default_batch_size(model, self.plan, seq_len)
         self.batch_size = batch_size
-        return micro_batches(self.batches, batch_size)
+        self.calls = micro_batches(self.batches, batch_size)
+        return self.calls
 
     def owl_targets(self, walker: Walker) -> None:
         """OWL's dense pass: per-block targets from the outlier ratios."""

@@ -31,7 +31,7 @@ from torch import nn
 
 from .._version import __version__
 from ..core.targets import eval_mode
-from .api import _check_device, _get_embeddings, _Job
+from .api import _check_device, _get_embeddings, _Job, data_parallel
 from .blocks import find_blocks
 from .checks import calibration_labels, check_calibration_fits
 from .report import BlockReport, LayerReport, PruneReport
@@ -422,16 +422,26 @@ class _Destination:
         state = dict(state, crc=self.crc)
         atomic_write_bytes(self.progress_path(), json.dumps(state, indent=1).encode("utf-8"))
 
-    def save_inputs(self, i: int, inputs: List[MicroBatch]) -> str:
-        name = f"inputs-{i:05d}.safetensors"
+    @staticmethod
+    def inputs_name(i: int, part: Optional[Tuple[int, int]] = None) -> str:
+        """The file of block ``i``'s inputs; ``part=(rank, world)``: one process's of a group."""
+        return f"inputs-{i:05d}.safetensors" if part is None else f"inputs-{i:05d}.rank{part[0]}of{part[1]}.safetensors"
+
+    def save_inputs(self, i: int, inputs: List[MicroBatch], part: Optional[Tuple[int, int]] = None) -> str:
+        name = self.inputs_name(i, part)
         write_tensors(os.path.join(self.work, name), [(f"hidden.{mb.index}", mb.hidden) for mb in inputs])
         return name
 
-    def load_inputs(self, name: str, inputs: List[MicroBatch]) -> None:
-        reader = ShardReader(os.path.join(self.work, name))
+    def load_inputs(self, names, inputs: List[MicroBatch]) -> None:
+        """The saved hidden states of ``inputs``' micro-batches, from the file ``names`` or any of the
+        files ``names`` (one per process of the run that saved them: any split of the micro-batches)."""
+        names = [names] if isinstance(names, str) else list(names)
+        readers = [ShardReader(os.path.join(self.work, n)) for n in names]
+        name = ", ".join(names)
         for mb in inputs:
             key = f"hidden.{mb.index}"
-            if key not in reader.entries:
+            reader = next((r for r in readers if key in r.entries), None)
+            if reader is None:
                 raise ValueError(f"dst: the saved inputs {name} lack micro-batch {mb.index}")
             saved = reader.read(key)
             if saved.shape != mb.hidden.shape or saved.dtype != mb.hidden.dtype:
@@ -554,6 +564,8 @@ def prune_checkpoint(
     measure_errors: Optional[bool] = None,
     prune_embeddings: bool = False,
     prune_lm_head: bool = False,
+    distributed: Optional[bool] = None,
+    group=None,
 ) -> PruneReport:
     """Prune a checkpoint folder block by block into another folder, never holding the whole model.
 
@@ -605,17 +617,28 @@ def prune_checkpoint(
             written to ``dst`` says so.
         blocks: the attribute path of the decoder blocks when they are not
             found automatically (e.g. ``"model.layers"``).
+        distributed, group: data-parallel calibration in a
+            ``torch.distributed`` process group, as for
+            :func:`fastprune.llm.prune`: every process reads ``src`` and makes
+            the same call, process 0 writes ``dst`` (shards, progress
+            record); each process records the next block's inputs of its own
+            micro-batches (``inputs-NNNNN.rank<r>of<W>.safetensors``), and a
+            run resumes with any number of processes, or one. ``dst`` must be
+            a folder every process sees.
 
     Returns:
         a :class:`PruneReport` as :func:`fastprune.llm.prune` returns it, with
         ``masks=None`` (the masks are the zeros in ``dst``); after a resume it
-        covers the whole run, ``seconds`` only this call.
+        covers the whole run, ``seconds`` only this call. In a process group:
+        the same report on every process.
 
     Raises:
         TypeError, ValueError, IndexError: bad arguments, a missing or
             unsupported ``src``, ``dst`` inside ``src``, a non-empty ``dst``
             without ``resume``, a resume with different options; raised
-            before anything is written.
+            before anything is written (in a process group: on every process).
+        fastprune.distributed.ShardedInputError: the processes of a group
+            disagree on ``src``, ``dst``, the calibration or the options.
         RuntimeError: a shard does not read back what was written.
 
     Example::
@@ -626,99 +649,112 @@ def prune_checkpoint(
     """
     start_time = time.perf_counter()
     # -- every check first: nothing is written before they pass ---------------
-    for value, what in ((src, "src"), (dst, "dst")):
-        if not isinstance(value, (str, os.PathLike)):
-            raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__}")
-    if not isinstance(resume, bool):
-        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
-    if blocks is not None and not isinstance(blocks, str):
-        raise TypeError(f"blocks must be None or an attribute path (str), got {type(blocks).__name__}")
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise TypeError(f"dtype must be None or a floating-point torch.dtype, got {dtype!r}")
-    src, dst = os.path.abspath(os.fspath(src)), os.path.abspath(os.fspath(dst))
-    if not os.path.isdir(src):
-        raise ValueError(f"src: {src!r} is not a folder")
-    if not os.path.isfile(os.path.join(src, "config.json")):
-        raise ValueError(f"src: {src!r} has no config.json (expected a save_pretrained folder)")
-    real_src, real_dst = os.path.realpath(src), os.path.realpath(dst)
-    if _is_inside(real_dst, real_src):
-        raise ValueError(f"dst: {dst!r} is {'src itself' if real_dst == real_src else 'inside src'}; "
-                         f"the source is never written, choose a folder outside it")
-    if _is_inside(real_src, real_dst):
-        raise ValueError(f"dst: {dst!r} contains src; choose a folder outside it")
-    if os.path.exists(dst) and not os.path.isdir(dst):
-        raise ValueError(f"dst: {dst!r} is a file, not a folder")
-    existing = os.listdir(dst) if os.path.isdir(dst) else []
-    if existing and not resume:
-        raise ValueError(f"dst: {dst!r} is not empty; pass resume=True to continue an interrupted run "
-                         f"there, or choose an empty folder")
-    if existing and not os.path.isfile(os.path.join(dst, WORK_DIR, PROGRESS)):
-        raise ValueError(f"dst: {dst!r} is not empty and holds no interrupted run to resume "
-                         f"(no {WORK_DIR}/{PROGRESS})")
-    job = _Job.check(method=method, sparsity=sparsity, pattern=pattern, layer_sparsity=layer_sparsity,
-                     owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp,
-                     measure_errors=measure_errors)
+    # In a process group every process checks, then all agree (an error on one is raised on all).
+    dp = data_parallel(distributed, group)
     try:
-        import transformers
-    except ImportError as e:  # an optional dependency of fastprune
-        raise ImportError(f"prune_checkpoint builds the model from its config with transformers ({e}); "
-                          f"pip install transformers") from None
-    checkpoint = SourceCheckpoint(src)
-    with _quiet_transformers(transformers):
+        for value, what in ((src, "src"), (dst, "dst")):
+            if not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__}")
+        if not isinstance(resume, bool):
+            raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
+        if blocks is not None and not isinstance(blocks, str):
+            raise TypeError(f"blocks must be None or an attribute path (str), got {type(blocks).__name__}")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"dtype must be None or a floating-point torch.dtype, got {dtype!r}")
+        src, dst = os.path.abspath(os.fspath(src)), os.path.abspath(os.fspath(dst))
+        if not os.path.isdir(src):
+            raise ValueError(f"src: {src!r} is not a folder")
+        if not os.path.isfile(os.path.join(src, "config.json")):
+            raise ValueError(f"src: {src!r} has no config.json (expected a save_pretrained folder)")
+        real_src, real_dst = os.path.realpath(src), os.path.realpath(dst)
+        if _is_inside(real_dst, real_src):
+            raise ValueError(f"dst: {dst!r} is {'src itself' if real_dst == real_src else 'inside src'}; "
+                             f"the source is never written, choose a folder outside it")
+        if _is_inside(real_src, real_dst):
+            raise ValueError(f"dst: {dst!r} contains src; choose a folder outside it")
+        if os.path.exists(dst) and not os.path.isdir(dst):
+            raise ValueError(f"dst: {dst!r} is a file, not a folder")
+        existing = os.listdir(dst) if os.path.isdir(dst) else []
+        if existing and not resume:
+            raise ValueError(f"dst: {dst!r} is not empty; pass resume=True to continue an interrupted run "
+                             f"there, or choose an empty folder")
+        if existing and not os.path.isfile(os.path.join(dst, WORK_DIR, PROGRESS)):
+            raise ValueError(f"dst: {dst!r} is not empty and holds no interrupted run to resume "
+                             f"(no {WORK_DIR}/{PROGRESS})")
+        job = _Job.check(method=method, sparsity=sparsity, pattern=pattern, layer_sparsity=layer_sparsity,
+                         owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp,
+                         measure_errors=measure_errors)
         try:
-            config = transformers.AutoConfig.from_pretrained(src, local_files_only=True)
-        except Exception as e:  # noqa: BLE001 - whatever transformers raises, one line naming src
-            raise ValueError(f"src: cannot read the config of {src!r}: {str(e).splitlines()[0]}") from None
-        build_dtype = dtype
-        if build_dtype is None and getattr(config, "dtype", None) is None:
-            floats = [e.torch_dtype for r in checkpoint.readers.values() for e in r.entries.values()
-                      if e.torch_dtype.is_floating_point]
-            build_dtype = floats[0] if floats else None  # what from_pretrained(dtype="auto") picks
-        try:
-            model = build_skeleton(config, build_dtype)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"src: cannot build a causal LM from the config of {src!r}: "
-                             f"{str(e).splitlines()[0]}") from None
-    block_list = find_blocks(model, blocks)
-    job.plan_model(model, block_list, prune_embeddings, prune_lm_head)
-    calls = job.calibration_calls(calibration, batch_size, model)
-    if job.batches:  # token ids and lengths against the skeleton's tables (shapes only)
-        check_calibration_fits(model, job.batches, calibration_labels(calibration, len(job.batches)))
-    device = _check_device("cpu" if device is None else device)
-    emb = _get_embeddings(model, "get_input_embeddings")
-    first = [l for l in job.outside if l.module is emb]
-    head = [l for l in job.outside if l.module is not emb]
+            import transformers
+        except ImportError as e:  # an optional dependency of fastprune
+            raise ImportError(f"prune_checkpoint builds the model from its config with transformers ({e}); "
+                              f"pip install transformers") from None
+        checkpoint = SourceCheckpoint(src)
+        with _quiet_transformers(transformers):
+            try:
+                config = transformers.AutoConfig.from_pretrained(src, local_files_only=True)
+            except Exception as e:  # noqa: BLE001 - whatever transformers raises, one line naming src
+                raise ValueError(f"src: cannot read the config of {src!r}: {str(e).splitlines()[0]}") from None
+            build_dtype = dtype
+            if build_dtype is None and getattr(config, "dtype", None) is None:
+                floats = [e.torch_dtype for r in checkpoint.readers.values() for e in r.entries.values()
+                          if e.torch_dtype.is_floating_point]
+                build_dtype = floats[0] if floats else None  # what from_pretrained(dtype="auto") picks
+            try:
+                model = build_skeleton(config, build_dtype)
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"src: cannot build a causal LM from the config of {src!r}: "
+                                 f"{str(e).splitlines()[0]}") from None
+        block_list = find_blocks(model, blocks)
+        job.plan_model(model, block_list, prune_embeddings, prune_lm_head)
+        calls = job.calibration_calls(calibration, batch_size, model)
+        if job.batches:  # token ids and lengths against the skeleton's tables (shapes only)
+            check_calibration_fits(model, job.batches, calibration_labels(calibration, len(job.batches)))
+        device = _check_device("cpu" if device is None else device)
+        emb = _get_embeddings(model, "get_input_embeddings")
+        first = [l for l in job.outside if l.module is emb]
+        head = [l for l in job.outside if l.module is not emb]
 
-    def prune_embeddings_now():
-        for l in first:
-            keep, _ = magnitude_layer(l, job.per_layer.get(l.name, job.sparsity), job.nm)
-            l.module.weight.masked_fill_(~keep, 0)
+        def prune_embeddings_now():
+            for l in first:
+                keep, _ = magnitude_layer(l, job.per_layer.get(l.name, job.sparsity), job.nm)
+                l.module.weight.masked_fill_(~keep, 0)
 
-    source = CheckpointSource(checkpoint, model, block_list, prepare_outside=prune_embeddings_now)
-    options = {
-        "format": _FORMAT, "fastprune": __version__, "source": checkpoint.fingerprint(),
-        "method": job.method, "sparsity": job.sparsity, "pattern": job.pattern,
-        "layer_sparsity": (None if job.layer_sparsity is None else job.layer_sparsity if isinstance(
-            job.layer_sparsity, str) else sorted([type(k).__name__, k, float(v)] for k, v in job.layer_sparsity.items())),
-        "owl_lambda": job.owl_lambda, "owl_m": job.owl_m, "blocksize": job.blocksize, "percdamp": job.percdamp,
-        "measure_errors": job.measure_errors, "prune_embeddings": bool(prune_embeddings),
-        "prune_lm_head": bool(prune_lm_head), "batch_size": job.batch_size if calls is not None else None,
-        "dtype": None if dtype is None else str(dtype), "device": device.type, "blocks": len(block_list),
-        "calibration": _calibration_digest(job.batches if calls is not None else None),
-    }
-    destination = _Destination(dst, source)
-    state = destination.read_progress() if existing else None
-    if state is not None:
-        theirs = state.get("options", {})
-        differ = [k for k in options if theirs.get(k) != options[k]]
-        if differ:
-            shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {options[k]!r} here" for k in differ
-                              if k not in ("calibration", "source")) or ""
-            named = ", ".join(differ)
-            raise ValueError(f"resume: the run in {dst!r} was started with different options ({named}"
-                             f"{'; ' + shown if shown else ''}); pass the same arguments, or start afresh "
-                             f"in an empty folder")
-    files_to_copy = _files_to_copy(src)
+        source = CheckpointSource(checkpoint, model, block_list, prepare_outside=prune_embeddings_now)
+        options = {
+            "format": _FORMAT, "fastprune": __version__, "source": checkpoint.fingerprint(),
+            "method": job.method, "sparsity": job.sparsity, "pattern": job.pattern,
+            "layer_sparsity": (None if job.layer_sparsity is None else job.layer_sparsity if isinstance(
+                job.layer_sparsity, str) else sorted([type(k).__name__, k, float(v)] for k, v in job.layer_sparsity.items())),
+            "owl_lambda": job.owl_lambda, "owl_m": job.owl_m, "blocksize": job.blocksize, "percdamp": job.percdamp,
+            "measure_errors": job.measure_errors, "prune_embeddings": bool(prune_embeddings),
+            "prune_lm_head": bool(prune_lm_head), "batch_size": job.batch_size if calls is not None else None,
+            "dtype": None if dtype is None else str(dtype), "device": device.type, "blocks": len(block_list),
+            "calibration": _calibration_digest(job.batches if calls is not None else None),
+        }
+        destination = _Destination(dst, source)
+        state = destination.read_progress() if existing else None
+        if state is not None:
+            theirs = state.get("options", {})
+            differ = [k for k in options if theirs.get(k) != options[k]]
+            if differ:
+                shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {options[k]!r} here" for k in differ
+                                  if k not in ("calibration", "source")) or ""
+                named = ", ".join(differ)
+                raise ValueError(f"resume: the run in {dst!r} was started with different options ({named}"
+                                 f"{'; ' + shown if shown else ''}); pass the same arguments, or start afresh "
+                                 f"in an empty folder")
+        files_to_copy = _files_to_copy(src)
+    except Exception as e:
+        if dp is None:
+            raise
+        dp.agree_inputs(None, None, None, error=e)  # raises it on every process
+    writer = dp is None or dp.rank == 0  # the one process that writes dst
+    if dp is not None:
+        dp.agree_inputs(dict(options, dst=dst, resume_from=None if state is None else state.get("blocks_done")),
+                        job.batches if calls is not None else None, model)
+        progress = progress and writer
+    step = dp.run if dp is not None else (lambda f: f())
 
     # -- the work ---------------------------------------------------------------
     _fix_mmap_threshold()
@@ -726,7 +762,8 @@ def prune_checkpoint(
     created = [p for p in (dst, destination.work) if not os.path.exists(p)]
     threads = torch.get_num_threads()
     if fresh:
-        os.makedirs(destination.work, exist_ok=True)
+        if writer:
+            os.makedirs(destination.work, exist_ok=True)
         state = {"options": options, "threads": threads, "outside": None, "owl": None, "blocks_done": 0,
                  "inputs": None, "layers": [], "blocks": []}
     else:
@@ -738,24 +775,31 @@ def prune_checkpoint(
                           f"(this process has {threads}), so that the result is the same to the bit")
             torch.set_num_threads(state["threads"])
     report = PruneReport(method=job.method, pattern=job.pattern, sparsity=job.sparsity, mode="inplace")
-    try:
-        if fresh:  # recorded first: a run killed from here on is recognised as one to resume
+    # In a process group only the writer touches dst's shards and progress record; every step that
+    # writes is followed by an agreement (step), so an error writing is raised on every process.
+    def record():
+        if writer:
             destination.write_progress(state)
-        # Until the tensors outside the blocks are recorded, nothing in the shards is worth keeping
-        # (a kill may even have left them half created): they are (re)created.
-        destination.open(create=state["outside"] is None)
+
+    try:
+        step(lambda: destination.open(create=fresh) if writer else None)
         with torch.no_grad(), eval_mode(model):
             if state["outside"] is None:
-                state["outside"] = _write_outside(source, destination, job, first, head)
-                destination.write_progress(state)
+                def outside():
+                    state["outside"] = _write_outside(source, destination if writer else None, job, first, head)
+                    record()
+
+                step(outside)
             outside_reports = [LayerReport(*r) for r in state["outside"]]
             report.layers.extend(r for r in outside_reports if r.name in {l.name for l in first})
-            walker = Walker(source, job.plan, calls, device=device, sink=ShardSink(destination), progress=progress)
+            walker = Walker(source, job.plan, calls, device=device, sink=ShardSink(destination) if writer else None,
+                            progress=progress, reducer=dp.reducer() if dp is not None else None,
+                            scheduler=dp.scheduler() if dp is not None else None)
             if job.layer_sparsity == "owl":
                 if state["owl"] is None:
                     job.owl_targets(walker)
                     state["owl"] = list(job.per_block)
-                    destination.write_progress(state)
+                    step(record)
                 job.per_block = list(state["owl"])
             done = state["blocks_done"]
             report.layers.extend(LayerReport(*r) for r in state["layers"])
@@ -764,33 +808,50 @@ def prune_checkpoint(
             if done < len(block_list) and calls is not None and job.prune_forward:
                 inputs = walker.capture()
                 if done > 0:
-                    destination.load_inputs(state["inputs"], inputs)
+                    step(lambda: destination.load_inputs(state["inputs"], inputs))
 
             def written(i, next_inputs):
                 old = state["inputs"]
-                state["inputs"] = destination.save_inputs(i + 1, next_inputs) if next_inputs is not None else None
+                if dp is None:
+                    state["inputs"] = destination.save_inputs(i + 1, next_inputs) if next_inputs is not None else None
+                else:  # each process its own micro-batches' inputs, all saved before the record names them
+                    part = (dp.rank, dp.world)
+                    step(lambda: destination.save_inputs(i + 1, next_inputs, part) if next_inputs is not None else None)
+                    state["inputs"] = None if next_inputs is None else [
+                        destination.inputs_name(i + 1, (r, dp.world)) for r in range(dp.world)]
                 state["blocks_done"] = i + 1
                 state["layers"] = [_layer_row(l) for l in report.layers if l.block is not None]
                 state["blocks"] = [[b.index, b.target, b.seconds] for b in report.blocks]
-                destination.write_progress(state)
-                if old is not None and old != state["inputs"]:
-                    os.remove(os.path.join(destination.work, old))
+                step(record)
+                if writer and old is not None:
+                    current = state["inputs"] if isinstance(state["inputs"], list) else [state["inputs"]]
+                    for name in ([old] if isinstance(old, str) else old):
+                        if name not in current and os.path.exists(os.path.join(destination.work, name)):
+                            os.remove(os.path.join(destination.work, name))
 
             if done < len(block_list):
                 job.walk(walker, report, keep_dense=False, start=done, inputs=inputs, on_block_written=written)
             report.layers.extend(r for r in outside_reports if r.name in {l.name for l in head})
-        destination.close()
-        destination.finish(files_to_copy, dtype)
+
+        def finish():
+            if writer:
+                destination.close()
+                destination.finish(files_to_copy, dtype)
+
+        step(finish)
     except BaseException:
-        destination.close()
-        if fresh and state["blocks_done"] == 0:  # nothing worth resuming: leave dst as it was
-            for p in reversed(created):
-                shutil.rmtree(p, ignore_errors=True)
+        if writer:
+            destination.close()
+            if fresh and state["blocks_done"] == 0:  # nothing worth resuming: leave dst as it was
+                for p in reversed(created):
+                    shutil.rmtree(p, ignore_errors=True)
         raise
     finally:
         torch.set_num_threads(threads)
         _give_back_memory()
     report.seconds = time.perf_counter() - start_time
+    if dp is not None:
+        dp.same_report(report)
     return report
 
 
@@ -798,9 +859,11 @@ def _layer_row(l: LayerReport) -> list:
     return [l.name, l.block, list(l.shape), l.sparsity, l.error]
 
 
-def _write_outside(source: CheckpointSource, destination: _Destination, job: _Job, first, head) -> List[list]:
+def _write_outside(source: CheckpointSource, destination: Optional[_Destination], job: _Job, first,
+                   head) -> List[list]:
     """Writes every tensor outside the blocks (embeddings and LM head pruned when asked), one group
-    at a time: the embeddings and the rest, then the LM head. Returns their report rows."""
+    at a time: the embeddings and the rest, then the LM head. Returns their report rows
+    (``destination=None``: the rows only, for the processes of a group that do not write)."""
     rows = []
     out_head = _get_embeddings(source.model, "get_output_embeddings")
     emb = _get_embeddings(source.model, "get_input_embeddings")
@@ -815,11 +878,13 @@ def _write_outside(source: CheckpointSource, destination: _Destination, job: _Jo
                 keep, rep = magnitude_layer(l, job.per_layer.get(l.name, job.sparsity), job.nm)
                 l.module.weight.masked_fill_(~keep, 0)
                 rows.append(_layer_row(rep))
-            destination.write_slots(slots)
+            if destination is not None:
+                destination.write_slots(slots)
         finally:
             source.dematerialize(slots)
-    destination.copy_unmapped()
-    destination.sync()
+    if destination is not None:
+        destination.copy_unmapped()
+        destination.sync()
     return rows
 
 

@@ -112,7 +112,8 @@ class PruneStage(Stage):
             if measuring or self.keep_dense:
                 self._dense[l.name] = l.module.weight.detach().clone()
             s = self.per_layer.get(l.name, self.targets[turn.index])
-            jobs.append(SolveJob(l, l.module.weight, partial(self._solve, l, s, stats)))
+            jobs.append(SolveJob(l, l.module.weight, partial(self._solve, l, s, stats),
+                                 masks_only=self.method != "sparsegpt"))
         self._keeps = turn.solve(jobs)
         for l, keep in zip(turn.layers, self._keeps):
             self.report.layers.append(

@@ -14,10 +14,12 @@ seam                      one process, model in memory                other impl
                           moved to ``device`` for their turn          materialised from safetensors shards
 :class:`BlockSink`        :class:`BlockSink` itself: blocks stay      ``checkpoint.ShardSink``: pruned tensors
                           where they are                              written to the destination's shards
-:class:`StatsReducer`     :class:`StatsReducer` itself: every         all-reduce of the float64 sums in a fixed
-                          micro-batch is local, nothing to reduce     order, each process its share of samples
-:class:`SolveScheduler`   :class:`SolveScheduler` itself: every       layers split among processes, the results
-                          layer solved here, in order                 broadcast from each layer's owner
+:class:`StatsReducer`     :class:`StatsReducer` itself: every         ``distributed.llm.OrderedSums``: each
+                          micro-batch is local, nothing to reduce     process its share of the micro-batches,
+                                                                      float64 sums added in micro-batch order
+:class:`SolveScheduler`   :class:`SolveScheduler` itself: every       ``distributed.llm.WeightParallel``: layers
+                          layer solved here, in order                 split among processes, the results
+                                                                      broadcast from each layer's owner
 ========================  ==========================================  ==========================================
 
 One pass (:meth:`Walker.walk`) over the blocks, for each block ``i``:
@@ -28,8 +30,10 @@ One pass (:meth:`Walker.walk`) over the blocks, for each block ``i``:
    a forward hook on each of those modules: the statistic's ``add(x)``
    receives the module's input as rows ``[tokens, in_features]`` of real
    tokens (padding, attention mask 0, is left out), ``add(x, y)`` also its
-   output rows when ``wants_output`` is set. Then ``reducer.reduce(stats)``
-   sums them over the processes (identity in one process).
+   output rows when ``wants_output`` is set. The forward calls go through
+   ``reducer.accumulate`` (which may exchange each micro-batch's sums between
+   them); then ``reducer.reduce(stats)`` leaves the sums over every process's
+   micro-batches in the statistics (identity in one process).
 3. ``stage.update(turn, stats)``: the stage changes the block (prunes it,
    shrinks it) or only reads it. Per-layer solves go through
    ``turn.solve(jobs)`` (:class:`SolveScheduler`).
@@ -499,15 +503,28 @@ class BlockSink:
 class StatsReducer:
     """How statistics from several processes are combined. This base: one process.
 
-    A data-parallel implementation returns its share of the micro-batches from
-    :meth:`samples`, sums every statistic's ``buffers()`` over the processes
-    in float64 in a fixed order in :meth:`reduce`, and raises an error found on
-    any process on every process in :meth:`agree`.
+    A data-parallel implementation (``fastprune.distributed.llm``) returns its
+    share of the micro-batches from :meth:`samples`, exchanges every
+    micro-batch's contribution to the statistics' ``buffers()`` between the
+    forward calls of :meth:`accumulate`, leaves in them the float64 sums over
+    every process's micro-batches, added in micro-batch order, in
+    :meth:`reduce`, and raises an error found on any process on every process
+    in :meth:`agree`.
     """
 
     def samples(self, count: int) -> List[int]:
         """Indices (into the whole calibration's micro-batches) that this process runs."""
         return list(range(count))
+
+    def accumulate(self, inputs: Sequence["MicroBatch"], run: Callable[["MicroBatch"], None],
+                   stats: Sequence[Statistic]) -> None:
+        """Runs ``run(mb)`` (the block's forward with ``stats`` hooked) on each of this
+        process's micro-batches, in order. This base: nothing else. A data-parallel
+        reducer exchanges each micro-batch's contribution to ``stats`` between the
+        calls, so that it can add every process's contributions in micro-batch order
+        (and an error in one process's forward reaches every process there)."""
+        for mb in inputs:
+            run(mb)
 
     def reduce(self, stats: Sequence[Statistic]) -> None:
         """Sum each statistic's buffers over the processes, in place; ``stats`` is in the same order everywhere."""
@@ -528,14 +545,20 @@ class SolveJob:
             run (the module's weight, in the module's layout).
         solve: computes and writes the pruned values into ``weight``; returns
             the keep-mask (bool, the module's weight layout, True = kept).
+        masks_only: True when the pruned values are ``weight`` with the pruned
+            entries set to 0 (Wanda, magnitude): the keep-mask alone reproduces
+            them, so a weight-parallel scheduler sends only the mask. False
+            (SparseGPT) sends the solved weight too.
     """
 
-    __slots__ = ("layer", "weight", "solve")
+    __slots__ = ("layer", "weight", "solve", "masks_only")
 
-    def __init__(self, layer: Layer, weight: torch.Tensor, solve: Callable[[], torch.Tensor]) -> None:
+    def __init__(self, layer: Layer, weight: torch.Tensor, solve: Callable[[], torch.Tensor],
+                 masks_only: bool = False) -> None:
         self.layer = layer
         self.weight = weight
         self.solve = solve
+        self.masks_only = masks_only
 
 
 class SolveScheduler:
@@ -655,7 +678,7 @@ class Walker:
         if self.calls is None:
             return None
         mine = self.reducer.samples(len(self.calls))
-        return self.source.capture([self.calls[j] for j in mine], self.device, mine)
+        return self._agreed(lambda: self.source.capture([self.calls[j] for j in mine], self.device, mine))
 
     def walk(self, stage: Stage, inputs: Optional[List[MicroBatch]] = None, start: int = 0,
              on_block: Optional[Callable[[int, Optional[List[MicroBatch]]], None]] = None) -> Optional[List[MicroBatch]]:
@@ -749,22 +772,24 @@ class Walker:
                     stat.add(x)
             return hook
 
+        def run(mb: MicroBatch) -> None:
+            current[:] = [mb]
+            out = block(*mb.args, **mb.kwargs)
+            if keep_outputs:
+                hidden = out[0] if isinstance(out, (tuple, list)) else out
+                if hidden.shape == mb.hidden.shape and hidden.dtype == mb.hidden.dtype:
+                    # Into the input's memory: the hidden states are allocated once, at the capture,
+                    # not anew among every block's transient tensors (where each block's outputs,
+                    # alive until the next block, would keep the allocator from returning memory).
+                    mb.hidden.copy_(hidden)
+                else:
+                    mb.hidden = hidden
+                del hidden
+            del out
+
         handles = [module.register_forward_hook(make_hook(stat)) for module, stat in stats.items()]
         try:
-            for mb in inputs:
-                current[:] = [mb]
-                out = block(*mb.args, **mb.kwargs)
-                if keep_outputs:
-                    hidden = out[0] if isinstance(out, (tuple, list)) else out
-                    if hidden.shape == mb.hidden.shape and hidden.dtype == mb.hidden.dtype:
-                        # Into the input's memory: the hidden states are allocated once, at the capture,
-                        # not anew among every block's transient tensors (where each block's outputs,
-                        # alive until the next block, would keep the allocator from returning memory).
-                        mb.hidden.copy_(hidden)
-                    else:
-                        mb.hidden = hidden
-                    del hidden
-                del out
+            self.reducer.accumulate(inputs, run, list(stats.values()))
         finally:
             for h in handles:
                 h.remove()

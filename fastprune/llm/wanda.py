@@ -24,20 +24,22 @@ class InputNorms(Statistic):
     def __init__(self, in_features: int, device) -> None:
         self.sumsq = torch.zeros(in_features, dtype=torch.float64, device=device)
         self.tokens = torch.zeros((), dtype=torch.int64, device=device)
-        self.dtype = torch.float32
+        # Rows seen in float64: a buffer, not an attribute, so that it is summed across
+        # processes like the rest (a process with no calibration of its own learns it too).
+        self.wide = torch.zeros((), dtype=torch.int64, device=device)
 
     def add(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
         if x.dtype == torch.float64:
-            self.dtype = torch.float64
+            self.wide += x.shape[0]
         xd = x.to(torch.float64)
         self.sumsq += (xd * xd).sum(dim=0)
         self.tokens += x.shape[0]
 
     def buffers(self) -> List[torch.Tensor]:
-        return [self.sumsq, self.tokens]
+        return [self.sumsq, self.tokens, self.wide]
 
     def norms(self) -> torch.Tensor:
-        return self.sumsq.sqrt().to(self.dtype)
+        return self.sumsq.sqrt().to(torch.float64 if int(self.wide) else torch.float32)
 
 
 def wanda_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
