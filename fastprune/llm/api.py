@@ -1,38 +1,29 @@
 """``fastprune.llm.prune``: one-shot pruning of decoder models, block by block."""
 from __future__ import annotations
 
-import inspect
-import math
 import numbers
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.functional import custom_from_mask
-from ..ops import pack_mask, packed_numel
 from ..core.targets import eval_mode
 from ..maskset import MaskSet
-from ..progress import progress_bar
-from .blocks import block_linears, find_blocks, is_conv1d, weight_rows
+from ..ops import pack_mask, packed_numel
+from .blocks import find_blocks
 from .calibration import normalize_calibration
-from .magnitude import magnitude_mask
-from .owl import outlier_ratio, owl_sparsities
+from .owl import owl_sparsities
 from .patterns import parse_pattern
-from .report import BlockReport, LayerReport, PruneReport
-from .sparsegpt import Hessian, sparsegpt_prune
-from .wanda import InputNorms, wanda_mask, wanda_scores
+from .report import PruneReport
+from .stages import OwlStage, PruneStage, magnitude_layer
+from .walker import Layer, ModelSource, Walker, micro_batches, plan_layers
 
 __all__ = ["prune", "METHODS"]
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 _MODES = ("inplace", "reparam")
-
-
-class _Stop(Exception):
-    """Raised by the capture hook once the first block's inputs are recorded."""
 
 
 # ----------------------------------------------------------------------------
@@ -55,39 +46,6 @@ def _check_choice(value, allowed, what: str) -> str:
     return value
 
 
-class _Layer:
-    __slots__ = ("name", "module", "block")
-
-    def __init__(self, name: str, module: nn.Module, block: Optional[int]) -> None:
-        self.name = name
-        self.module = module
-        self.block = block
-
-    @property
-    def shape(self) -> Tuple[int, int]:
-        w = weight_rows(self.module, self.module.weight)
-        return int(w.shape[0]), int(w.shape[1])
-
-
-def _plan_layers(model: nn.Module, blocks: List[nn.Module]) -> List[List[_Layer]]:
-    names = {id(m): n for n, m in model.named_modules()}
-    plan = []
-    for i, block in enumerate(blocks):
-        layers = []
-        for name, m in block_linears(block, names.get(id(block), f"blocks.{i}")):
-            if "weight_orig" in m._parameters or "weight" not in m._parameters:
-                raise ValueError(
-                    f"{name}: its weight carries a pruning reparametrisation; call fastprune.remove(module, 'weight') first"
-                )
-            if m.weight.is_complex() or not m.weight.is_floating_point():
-                raise TypeError(f"{name}: weight must be floating point, got {m.weight.dtype}")
-            layers.append(_Layer(name, m, i))
-        plan.append(layers)
-    if not any(plan):
-        raise ValueError("blocks: the blocks hold no linear layers to prune")
-    return plan
-
-
 def _check_prunable_weight(module: nn.Module, name: str, what: str) -> None:
     if not isinstance(module, nn.Module) or not isinstance(module._parameters.get("weight"), torch.Tensor):
         if isinstance(module, nn.Module) and "weight_orig" in module._parameters:
@@ -99,7 +57,7 @@ def _check_prunable_weight(module: nn.Module, name: str, what: str) -> None:
         raise TypeError(f"{what}: {name}.weight must be a 2-d floating-point matrix, got {w.dtype} {tuple(w.shape)}")
 
 
-def _outside_layers(model: nn.Module, prune_embeddings, prune_lm_head) -> List[_Layer]:
+def _outside_layers(model: nn.Module, prune_embeddings, prune_lm_head) -> List[Layer]:
     """The input embeddings and / or LM head to prune as well (``block=None``), in model order.
 
     Found with transformers' ``get_input_embeddings()`` / ``get_output_embeddings()``.
@@ -124,7 +82,7 @@ def _outside_layers(model: nn.Module, prune_embeddings, prune_lm_head) -> List[_
                              f"({getter}() is missing or returns None)")
         name = names.get(id(module), getter)
         _check_prunable_weight(module, name, what)
-        found[what] = _Layer(name, module, None)
+        found[what] = Layer(name, module, None)
     emb = _get_embeddings(model, "get_input_embeddings")
     head = _get_embeddings(model, "get_output_embeddings")
     tied = (emb is not None and head is not None and isinstance(getattr(emb, "weight", None), torch.Tensor)
@@ -161,180 +119,6 @@ def _layer_targets(plan, sparsity: float, layer_sparsity, outside=()) -> Tuple[L
                                  f"(nor among the embeddings / LM head asked for)")
             per_layer[key] = s
     return per_block, per_layer
-
-
-# ----------------------------------------------------------------------------
-# Moving things between devices
-# ----------------------------------------------------------------------------
-
-
-def _to(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
-class _OutsideBlocksOn:
-    """Moves every parameter and buffer that is not inside a block to ``device``
-    for the duration of the ``with`` (to run the embeddings during capture)."""
-
-    def __init__(self, model: nn.Module, blocks: List[nn.Module], device) -> None:
-        inside = {id(t) for b in blocks for t in list(b.parameters()) + list(b.buffers())}
-        self.moved = []
-        self.device = device
-        for m in model.modules():
-            for kind in ("_parameters", "_buffers"):
-                for name, t in getattr(m, kind).items():
-                    if t is not None and id(t) not in inside and t.device != torch.device(device):
-                        self.moved.append((m, kind, name, t.device))
-        self.moved_ids = set()
-
-    def _move(self, restore: bool) -> None:
-        for m, kind, name, home in self.moved:
-            t = getattr(m, kind)[name]
-            target = home if restore else self.device
-            if kind == "_parameters":
-                t.data = t.data.to(target)
-            else:
-                getattr(m, kind)[name] = t.to(target)
-
-    def __enter__(self):
-        self._move(False)
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self._move(True)
-        return False
-
-
-def _model_call_kwargs(model: nn.Module) -> Dict[str, object]:
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {"use_cache": False} if "use_cache" in params else {}
-
-
-def _capture(model, blocks, batches, device):
-    """The first block's (args, kwargs) for every batch, on ``device``."""
-    captured = []
-
-    def hook(module, args, kwargs):
-        captured.append((_to(args, device), _to(kwargs, device)))
-        raise _Stop
-
-    extra = _model_call_kwargs(model)
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with _OutsideBlocksOn(model, blocks, device):
-            for ids, mask in batches:
-                kwargs = dict(extra)
-                if mask is not None:
-                    kwargs["attention_mask"] = mask.to(device)
-                try:
-                    model(ids.to(device), **kwargs)
-                except _Stop:
-                    pass
-                else:
-                    raise ValueError("blocks: the first block was never called by the model's forward")
-    finally:
-        handle.remove()
-    return captured
-
-
-def _hidden(args, kwargs) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _with_hidden(args, kwargs, hidden):
-    if args:
-        return (hidden,) + tuple(args[1:]), kwargs
-    kwargs = dict(kwargs)
-    kwargs["hidden_states"] = hidden
-    return args, kwargs
-
-
-def _run_block(block, inputs) -> List:
-    """Runs the block on every captured input; returns the inputs of the next block."""
-    outs = []
-    for args, kwargs in inputs:
-        out = block(*args, **kwargs)
-        hidden = out[0] if isinstance(out, (tuple, list)) else out
-        outs.append(_with_hidden(args, kwargs, hidden))
-    return outs
-
-
-class _TokenRows:
-    """Turns a linear layer's input ``[..., in]`` into the rows of real (non-padding) tokens."""
-
-    def __init__(self, token_masks: List[Optional[torch.Tensor]]) -> None:
-        self.token_masks = token_masks
-        self.current = 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        mask = self.token_masks[self.current]
-        if mask is not None and mask.numel() == rows.shape[0]:
-            rows = rows[mask.to(rows.device)]
-        return rows
-
-
-def _run_block_with(block, inputs, token_rows: _TokenRows, hooks: Dict[nn.Module, Any]) -> List:
-    """The block's outputs over the calibration inputs, with forward ``hooks`` ({module: hook}) attached meanwhile."""
-    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
-    try:
-        outs = []
-        for i, (args, kwargs) in enumerate(inputs):
-            token_rows.current = i
-            out = block(*args, **kwargs)
-            hidden = out[0] if isinstance(out, (tuple, list)) else out
-            outs.append(_with_hidden(args, kwargs, hidden))
-        return outs
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _gather_stats(block, layers: List[_Layer], inputs, token_rows: _TokenRows, kind: str):
-    """Forward the block over the calibration with hooks collecting each layer's statistic."""
-    stats, hooks = {}, {}
-    for l in layers:
-        in_features = l.shape[1]
-        dev = l.module.weight.device
-        stats[l.name] = InputNorms(in_features, dev) if kind == "norms" else Hessian(in_features, dev)
-
-        def hook(module, args, output, acc=stats[l.name]):
-            acc.add(token_rows(args[0].detach()))
-
-        hooks[l.module] = hook
-    return stats, _run_block_with(block, inputs, token_rows, hooks)
-
-
-def _measure_errors(block, layers, dense, inputs, token_rows):
-    """Forward the pruned block; each layer's relative output error against its dense weight."""
-    sums = {l.name: [0.0, 0.0] for l in layers}
-    hooks = {}
-    for l in layers:
-        def hook(module, args, output, l=l):
-            x = token_rows(args[0].detach())
-            y = token_rows(output.detach())
-            w = dense[l.name]
-            ref = x @ w.to(x.dtype) if is_conv1d(module) else F.linear(x, w.to(x.dtype))
-            if getattr(module, "bias", None) is not None:
-                ref = ref + module.bias.to(x.dtype)
-            diff = (ref.float() - y.float())
-            sums[l.name][0] += float((diff * diff).sum())
-            sums[l.name][1] += float((ref.float() * ref.float()).sum())
-
-        hooks[l.module] = hook
-    outs = _run_block_with(block, inputs, token_rows, hooks)
-    return {k: (a / b if b > 0 else (0.0 if a == 0 else math.inf)) for k, (a, b) in sums.items()}, outs
 
 
 # ----------------------------------------------------------------------------
@@ -440,48 +224,20 @@ def prune(
     # -- every check first: a bad call changes nothing ------------------------
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    method = _check_choice(method, METHODS, "method")
     mode = _check_choice(mode, _MODES, "mode")
-    sparsity = _check_fraction(sparsity, "sparsity")
-    nm = parse_pattern(pattern)
-    if nm is not None and abs(sparsity - nm[0] / nm[1]) > 1e-9:
-        raise ValueError(f"sparsity={sparsity} does not match pattern={pattern!r}, which prunes {nm[0] / nm[1]}")
-    if layer_sparsity is not None and not (layer_sparsity == "owl" or isinstance(layer_sparsity, dict)):
-        raise ValueError(f"layer_sparsity={layer_sparsity!r} must be None, 'owl' or a dict")
-    if layer_sparsity is not None and nm is not None:
-        raise ValueError(f"layer_sparsity cannot be combined with pattern={pattern!r} (N:M fixes every layer's sparsity)")
-    for value, what in ((owl_lambda, "owl_lambda"), (owl_m, "owl_m"), (percdamp, "percdamp")):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-            raise ValueError(f"{what}={value!r} must be a non-negative number")
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize={blocksize!r} must be a positive int")
-    if nm is not None and method == "sparsegpt" and blocksize % nm[1]:
-        raise ValueError(f"blocksize={blocksize} must be a multiple of M in pattern={pattern!r}")
+    job = _Job.check(method=method, sparsity=sparsity, pattern=pattern, layer_sparsity=layer_sparsity,
+                     owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp)
     block_list = find_blocks(model, blocks)
-    plan = _plan_layers(model, block_list)
-    outside = _outside_layers(model, prune_embeddings, prune_lm_head)
-    per_block, per_layer = _layer_targets(plan, sparsity, layer_sparsity, outside)
-    if nm is not None:
-        for layers in plan + [outside]:
-            for l in layers:
-                if l.shape[1] % nm[1]:
-                    raise ValueError(
-                        f"pattern={pattern!r}: M={nm[1]} does not divide the input dimension {l.shape[1]} of {l.name}"
-                    )
-    needs_data = method != "magnitude" or layer_sparsity == "owl"
-    batches = normalize_calibration(calibration) if needs_data or calibration is not None else None
+    job.plan_model(model, block_list, prune_embeddings, prune_lm_head)
+    calls = job.calibration_calls(calibration)
     if device is None:
         first = next(iter(block_list[0].parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a device torch knows") from None
+    device = _check_device(device)
 
-    report = PruneReport(method=method, pattern=pattern, sparsity=sparsity, mode=mode)
+    report = PruneReport(method=job.method, pattern=pattern, sparsity=job.sparsity, mode=mode)
     start = time.perf_counter()
-    token_masks = [None if m is None else (m.reshape(-1) != 0) for _, m in batches] if batches else []
-    token_rows = _TokenRows(token_masks)
+    plan, outside = job.plan, job.outside
     pairs, masks_out, labels = [], [], []
     # Where each mask ends up: with the weight, home after offloading or on `device`.
     finals = [(l, l.module.weight.device if offload else device) for layers in plan for l in layers]
@@ -490,95 +246,37 @@ def prune(
     head = [l for l in outside if l.module is not _get_embeddings(model, "get_input_embeddings")]
     first = [l for l in outside if l not in head]
 
+    def keep_mask(l, keep):
+        if mode == "reparam":
+            return keep
+        masks_out.append(store.put(l, _pack(keep)))  # in place, 1 bit per weight is all we keep
+        pairs.append((l.module, "weight"))
+        labels.append(l.name + ".weight")
+        return None
+
     def prune_outside(layers):
         for l in layers:
-            keep = magnitude_mask(l.module.weight.detach(), per_layer.get(l.name, sparsity), nm)
-            report.layers.append(LayerReport(l.name, None, l.shape, 1.0 - float(keep.sum()) / keep.numel(), math.nan))
+            keep, rep = magnitude_layer(l, job.per_layer.get(l.name, job.sparsity), job.nm)
+            report.layers.append(rep)
             if mode == "reparam":  # torch-style: weight_orig keeps the dense values
                 custom_from_mask(l.module, "weight", keep)
             else:
                 l.module.weight.masked_fill_(~keep, 0)
-                masks_out.append(store.put(l, _pack(keep)))
-                pairs.append((l.module, "weight"))
-                labels.append(l.name + ".weight")
+                keep_mask(l, keep)
+
+    def block_masks(turn, layers, keeps, dense):
+        for l, keep in zip(layers, keeps):
+            keep_mask(l, keep)
+            if mode == "reparam":
+                if job.method != "sparsegpt":  # torch-style: weight_orig keeps the dense values
+                    l.module.weight.copy_(dense[l.name])
+                custom_from_mask(l.module, "weight", keep)
 
     with torch.no_grad(), eval_mode(model):
         prune_outside(first)
-        if layer_sparsity == "owl":
-            ratios, params = [], []
-            inputs = _capture(model, block_list, batches, device)
-            bar = progress_bar(range(len(block_list)), enabled=bool(progress), desc="OWL outlier ratios", unit="block")
-            for i in bar:
-                home = _block_device(block_list[i])
-                block = block_list[i].to(device) if offload or home != device else block_list[i]
-                stats, inputs = _gather_stats(block, plan[i], inputs, token_rows, "norms")
-                scores = [wanda_scores(weight_rows(l.module, l.module.weight), stats[l.name].norms()) for l in plan[i]]
-                ratios.append(outlier_ratio(scores, owl_m) if scores else 0.0)
-                params.append(sum(s.numel() for s in scores))
-                del scores
-                if offload and home is not None:
-                    block.to(home)
-            per_block = owl_sparsities(ratios, params, sparsity, owl_lambda)
-
-        inputs = _capture(model, block_list, batches, device) if batches else None
-        bar = progress_bar(range(len(block_list)), enabled=bool(progress), desc=f"{method} pruning", unit="block")
-        for i in bar:
-            t0 = time.perf_counter()
-            home = _block_device(block_list[i])
-            block = block_list[i]
-            if offload or home != device:
-                block.to(device)
-            layers = plan[i]
-            stats = {}
-            if method != "magnitude":
-                stats, _ = _gather_stats(block, layers, inputs, token_rows,
-                                         "norms" if method == "wanda" else "hessian")
-            dense = {}
-            for l in layers:
-                w = weight_rows(l.module, l.module.weight)
-                if (inputs is not None and measure_errors) or (mode == "reparam" and method != "sparsegpt"):
-                    dense[l.name] = l.module.weight.detach().clone()
-                s = per_layer.get(l.name, per_block[i])
-                if method == "magnitude":
-                    keep = magnitude_mask(w.detach(), s, nm)
-                    new_w = None
-                elif method == "wanda":
-                    keep = wanda_mask(w.detach(), stats[l.name].norms(), s, nm)
-                    new_w = None
-                else:
-                    H = stats.pop(l.name).take()
-                    new_w, keep = sparsegpt_prune(w.detach(), H, s, nm, blocksize, percdamp, l.name,
-                                                  overwrite_h=True)
-                    del H
-                stats.pop(l.name, None)
-                if new_w is not None:
-                    w.copy_(new_w.to(w.dtype))
-                w.masked_fill_(~keep, 0)
-                report.layers.append(LayerReport(l.name, i, l.shape, 1.0 - float(keep.sum()) / keep.numel(), math.nan))
-                keep_param = keep.t() if is_conv1d(l.module) else keep
-                # Reparam needs the mask itself; in place, 1 bit per weight is all we keep.
-                masks_out.append(keep_param if mode == "reparam" else store.put(l, _pack(keep_param)))
-                pairs.append((l.module, "weight"))
-                labels.append(l.name + ".weight")
-            if inputs is not None and measure_errors:
-                errors, inputs = _measure_errors(block, layers, dense, inputs, token_rows)
-                for rep in report.layers[-len(layers):]:
-                    rep.error = errors[rep.name]
-            elif inputs is not None and i + 1 < len(block_list):
-                inputs = _run_block(block, inputs)
-            if mode == "reparam":
-                for l, keep_param in zip(layers, masks_out[-len(layers):]):
-                    if method != "sparsegpt":  # torch-style: weight_orig keeps the dense values
-                        l.module.weight.copy_(dense[l.name])
-                    custom_from_mask(l.module, "weight", keep_param)
-                del masks_out[-len(layers):]  # the modules hold them now
-            del dense
-            if offload and home is not None and home != device:
-                block.to(home)
-            seconds = time.perf_counter() - t0
-            report.blocks.append(BlockReport(i, per_block[i], seconds))
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(block_s=f"{seconds:.2f}")
+        walker = Walker(ModelSource(model, block_list, offload), plan, calls, device=device, progress=progress)
+        job.walk(walker, report, measure_errors=measure_errors,
+                 keep_dense=mode == "reparam" and job.method != "sparsegpt", on_block=block_masks)
         prune_outside(head)
         if mode == "inplace":
             # The slices of the store become the MaskSet's storage: the masks are never held twice.
@@ -586,6 +284,87 @@ def prune(
             del masks_out, store
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _check_device(device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device torch knows") from None
+
+
+class _Job:
+    """The checked options of one pruning call and its plan; runs the passes on a walker.
+
+    Shared by :func:`prune` and :func:`~fastprune.llm.prune_checkpoint`, so
+    both check the same things and prune the same way.
+    """
+
+    def __init__(self, **kw) -> None:
+        self.__dict__.update(kw)
+
+    @classmethod
+    def check(cls, *, method, sparsity, pattern, layer_sparsity, owl_lambda, owl_m, blocksize, percdamp) -> "_Job":
+        method = _check_choice(method, METHODS, "method")
+        sparsity = _check_fraction(sparsity, "sparsity")
+        nm = parse_pattern(pattern)
+        if nm is not None and abs(sparsity - nm[0] / nm[1]) > 1e-9:
+            raise ValueError(f"sparsity={sparsity} does not match pattern={pattern!r}, which prunes {nm[0] / nm[1]}")
+        if layer_sparsity is not None and not (layer_sparsity == "owl" or isinstance(layer_sparsity, dict)):
+            raise ValueError(f"layer_sparsity={layer_sparsity!r} must be None, 'owl' or a dict")
+        if layer_sparsity is not None and nm is not None:
+            raise ValueError(f"layer_sparsity cannot be combined with pattern={pattern!r} (N:M fixes every layer's sparsity)")
+        for value, what in ((owl_lambda, "owl_lambda"), (owl_m, "owl_m"), (percdamp, "percdamp")):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+                raise ValueError(f"{what}={value!r} must be a non-negative number")
+        if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
+            raise ValueError(f"blocksize={blocksize!r} must be a positive int")
+        if nm is not None and method == "sparsegpt" and blocksize % nm[1]:
+            raise ValueError(f"blocksize={blocksize} must be a multiple of M in pattern={pattern!r}")
+        return cls(method=method, sparsity=sparsity, pattern=pattern, nm=nm, layer_sparsity=layer_sparsity,
+                   owl_lambda=float(owl_lambda), owl_m=float(owl_m), blocksize=blocksize, percdamp=float(percdamp))
+
+    def plan_model(self, model: nn.Module, blocks: List[nn.Module], prune_embeddings, prune_lm_head) -> None:
+        """The layers to prune, their targets; N:M divisibility (the model may live on the meta device)."""
+        self.plan = plan_layers(model, blocks)
+        self.outside = _outside_layers(model, prune_embeddings, prune_lm_head)
+        self.per_block, self.per_layer = _layer_targets(self.plan, self.sparsity, self.layer_sparsity, self.outside)
+        if self.nm is not None:
+            for layers in self.plan + [self.outside]:
+                for l in layers:
+                    if l.shape[1] % self.nm[1]:
+                        raise ValueError(f"pattern={self.pattern!r}: M={self.nm[1]} does not divide the input "
+                                         f"dimension {l.shape[1]} of {l.name}")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.method != "magnitude" or self.layer_sparsity == "owl"
+
+    def calibration_calls(self, calibration):
+        """The calibration as forward calls, or None when no pass needs it."""
+        if not self.needs_data and calibration is None:
+            self.batches = None
+            return None
+        self.batches = normalize_calibration(calibration)
+        return micro_batches(self.batches, None)
+
+    def owl_targets(self, walker: Walker) -> None:
+        """OWL's dense pass: per-block targets from the outlier ratios."""
+        owl = OwlStage(self.owl_m)
+        walker.walk(owl, walker.capture())
+        self.per_block = owl_sparsities(owl.ratios, owl.params, self.sparsity, self.owl_lambda)
+
+    def walk(self, walker: Walker, report: PruneReport, *, measure_errors: bool, keep_dense: bool,
+             on_block=None, start: int = 0, inputs=None, on_block_written=None) -> None:
+        """The pruning pass (after OWL's when asked for) over ``walker``'s blocks."""
+        if self.layer_sparsity == "owl" and start == 0 and inputs is None:
+            self.owl_targets(walker)
+        stage = PruneStage(self.method, self.nm, self.per_block, self.per_layer, report, blocksize=self.blocksize,
+                           percdamp=self.percdamp, measure_errors=measure_errors, keep_dense=keep_dense,
+                           on_block=on_block)
+        if inputs is None and start == 0 and walker.calls is not None:
+            inputs = walker.capture()
+        walker.walk(stage, inputs, start=start, on_block=on_block_written)
 
 
 class _PackedStore:
@@ -604,7 +383,7 @@ class _PackedStore:
     ``device`` without), so masks never accumulate on the pruning device.
     """
 
-    def __init__(self, finals: List[Tuple[_Layer, torch.device]]) -> None:
+    def __init__(self, finals: List[Tuple[Layer, torch.device]]) -> None:
         sizes: Dict[torch.device, int] = {}
         self.where: Dict[str, Tuple[torch.device, int, int]] = {}
         for l, home in finals:
@@ -614,7 +393,7 @@ class _PackedStore:
             sizes[home] = start + n
         self.buffers = {dev: torch.empty(n, dtype=torch.uint8, device=dev) for dev, n in sizes.items()}
 
-    def put(self, layer: _Layer, packed: torch.Tensor) -> torch.Tensor:
+    def put(self, layer: Layer, packed: torch.Tensor) -> torch.Tensor:
         dev, start, n = self.where[layer.name]
         slot = self.buffers[dev][start:start + n]
         slot.copy_(packed)
@@ -639,8 +418,3 @@ def _get_embeddings(model: nn.Module, getter: str):
         return getattr(model, getter)()
     except (AttributeError, NotImplementedError, TypeError):
         return None
-
-
-def _block_device(block: nn.Module):
-    p = next(iter(block.parameters()), None)
-    return p.device if p is not None else None

@@ -5,34 +5,47 @@ factorisation and weight updates are torch's linear algebra.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
 from .. import ops
 from .patterns import rows_to_prune
+from .walker import Statistic
 
 __all__ = ["Hessian", "sparsegpt_prune"]
 
 
-class Hessian:
-    """Accumulates ``H = 2/n * sum_t x_t x_t^T`` over the ``n`` tokens a layer sees (fp32)."""
+class Hessian(Statistic):
+    """Accumulates ``H = 2/n * sum_t x_t x_t^T`` over the ``n`` tokens a layer sees.
+
+    Each micro-batch's ``X^T X`` is a float32 matrix product; the sum over
+    micro-batches (and processes) is float64
+    (:class:`~fastprune.llm.walker.Statistic`). :meth:`matrix` / :meth:`take`
+    give the scaled Hessian in float32.
+    """
 
     def __init__(self, in_features: int, device) -> None:
-        self.sum = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
-        self.tokens = 0
+        self.sum = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.tokens = torch.zeros((), dtype=torch.int64, device=device)
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
         xf = x.to(torch.float32)
-        self.sum.addmm_(xf.t(), xf)
+        self.sum += xf.t() @ xf
         self.tokens += x.shape[0]
 
+    def buffers(self) -> List[torch.Tensor]:
+        return [self.sum, self.tokens]
+
+    def _scale(self) -> float:
+        return 2.0 / max(int(self.tokens), 1)
+
     def matrix(self) -> torch.Tensor:
-        return self.sum * (2.0 / max(self.tokens, 1))
+        return (self.sum * self._scale()).to(torch.float32)
 
     def take(self) -> torch.Tensor:
-        """The Hessian, scaled in place; the accumulator is released (one copy less)."""
-        H, self.sum = self.sum.mul_(2.0 / max(self.tokens, 1)), None
+        """The Hessian (float32); the accumulator is released."""
+        H, self.sum = self.sum.mul_(self._scale()).to(torch.float32), None
         return H
 
 

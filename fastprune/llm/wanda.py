@@ -1,36 +1,43 @@
 """Wanda (Sun et al., 2023): prune by |weight| x input-activation norm."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
 from .patterns import select_mask
+from .walker import Statistic
 
 __all__ = ["InputNorms", "wanda_scores", "wanda_mask"]
 
 
-class InputNorms:
+class InputNorms(Statistic):
     """Running sum of squares of each input feature of a linear layer.
 
     ``add(x)`` takes the layer's input rows ``[tokens, in_features]`` (padding
     already removed); ``norms()`` returns ``||X_j||_2`` over every token seen.
-    Accumulated in fp32 (fp64 for fp64 input).
+    The squares are summed in float64 (:class:`~fastprune.llm.walker.Statistic`),
+    so the norms do not depend on how the tokens are cut into micro-batches;
+    ``norms()`` rounds them to float32 (float64 for float64 input).
     """
 
     def __init__(self, in_features: int, device) -> None:
-        self.sumsq = torch.zeros(in_features, dtype=torch.float32, device=device)
-        self.tokens = 0
+        self.sumsq = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.tokens = torch.zeros((), dtype=torch.int64, device=device)
+        self.dtype = torch.float32
 
-    def add(self, x: torch.Tensor) -> None:
-        if x.dtype == torch.float64 and self.sumsq.dtype != torch.float64:
-            self.sumsq = self.sumsq.double()
-        xf = x.to(self.sumsq.dtype)
-        self.sumsq += (xf * xf).sum(dim=0)
+    def add(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
+        if x.dtype == torch.float64:
+            self.dtype = torch.float64
+        xd = x.to(torch.float64)
+        self.sumsq += (xd * xd).sum(dim=0)
         self.tokens += x.shape[0]
 
+    def buffers(self) -> List[torch.Tensor]:
+        return [self.sumsq, self.tokens]
+
     def norms(self) -> torch.Tensor:
-        return self.sumsq.sqrt()
+        return self.sumsq.sqrt().to(self.dtype)
 
 
 def wanda_scores(weight: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
