@@ -1,4 +1,5 @@
-"""One-shot pruning of large language models: Wanda, SparseGPT, magnitude, N:M, OWL.
+"""One-shot pruning of large language models: Wanda, SparseGPT, magnitude, N:M, OWL;
+structured shrinking (:func:`shrink`: MLP channels, key-value groups, whole blocks).
 
 :func:`prune` walks the decoder blocks one after the other on calibration
 data, as the papers do; mask selection runs on fastprune's selection ops
@@ -11,9 +12,13 @@ from .calibration import load_text_calibration, normalize_calibration
 from .owl import outlier_ratio, owl_sparsities
 from .patterns import parse_pattern
 from .report import BlockReport, LayerReport, PruneReport
+from .shrinking import ShrinkBlock, ShrinkReport, shrink
 
 __all__ = [
     "prune",
+    "shrink",
+    "ShrinkReport",
+    "ShrinkBlock",
     "METHODS",
     "PruneReport",
     "LayerReport",

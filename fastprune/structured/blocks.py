@@ -143,7 +143,8 @@ def _renamed_shapes(model, path: str, mapping: Dict[int, int]):
     return out
 
 
-def remove_blocks(model: nn.Module, indices, *, blocks=None, example_inputs=None) -> BlockRemoval:
+def remove_blocks(model: nn.Module, indices, *, blocks=None, example_inputs=None,
+                  dry_run: bool = False, undo: Optional[list] = None) -> BlockRemoval:
     """Remove whole blocks from ``model`` in place.
 
     The remaining blocks keep their order and are renumbered; every module
@@ -159,6 +160,10 @@ def remove_blocks(model: nn.Module, indices, *, blocks=None, example_inputs=None
         blocks: where the blocks are (see :func:`find_block_list`).
         example_inputs: optional inputs the model is run on afterwards (the
             call is rolled back if that fails).
+        dry_run: check everything (indices, the config) and return the
+            report of what would be done, changing nothing.
+        undo: a list; on success the callables that undo this call are
+            appended to it (call them in reverse order).
 
     Returns:
         BlockRemoval.
@@ -201,8 +206,11 @@ def remove_blocks(model: nn.Module, indices, *, blocks=None, example_inputs=None
                 extra[fld] = type(value)(value[i] for i in kept)
         update = hf_config.plan_config_update(model, _renamed_shapes(model, path, mapping), extra)
     params_before = count_params(model)
-
-    undo: List = []
+    if dry_run:
+        gone = sum(p.numel() for i in removed for p in ml[i].parameters())
+        return BlockRemoval(path, removed, n, len(kept), params_before, params_before - gone, [],
+                            dict(update.changes))
+    outer_undo, undo = undo, []
     renumbered: List[Tuple[str, str, int, int]] = []
     old_modules = ml._modules
     try:
@@ -233,5 +241,7 @@ def remove_blocks(model: nn.Module, indices, *, blocks=None, example_inputs=None
             raise
         raise RuntimeError(f"removing blocks was rolled back, the model is unchanged: "
                            f"{type(exc).__name__}: {exc}") from exc
+    if outer_undo is not None:
+        outer_undo.extend(undo)
     return BlockRemoval(path, removed, n, len(kept), params_before, count_params(model),
                         renumbered, dict(update.changes))

@@ -284,7 +284,7 @@ def prune_channels(model: nn.Module, example_inputs, amount, *, importance: str 
                    round_to: Optional[int] = None, uniform: bool = False,
                    generator=None, statistics: Optional[CalibrationStats] = None,
                    loss_fn: Optional[Callable] = None,
-                   bias_compensation: bool = False) -> PruneReport:
+                   bias_compensation: bool = False, undo: Optional[list] = None) -> PruneReport:
     """Remove the weakest ``amount`` of channel groups from ``model`` in place.
 
     Units are single channels, or whole attention heads / key-value groups /
@@ -339,6 +339,9 @@ def prune_channels(model: nn.Module, example_inputs, amount, *, importance: str 
             calibration data added to its bias (created if missing; a
             transformers config gets its bias flag, e.g. Llama's ``mlp_bias``,
             and where no flag can state the bias ``ConfigError`` is raised).
+        undo: a list; on success the callables that undo this call are
+            appended to it (call them in reverse order), so a caller that
+            prunes several models or blocks can roll all of them back.
 
     Returns:
         PruneReport: parameter and MAC counts before and after, channels per
@@ -481,16 +484,20 @@ def prune_channels(model: nn.Module, example_inputs, amount, *, importance: str 
     update = hf_config.ConfigUpdate({})
     if rewrite and dels:  # before any cut
         update = hf_config.plan_config_update(model, _shapes_with_biases(dg, plan))
+    if undo is not None and not isinstance(undo, list):
+        raise TypeError(f"undo must be None or a list, got {type(undo).__name__}")
     if dels:
-        undo: list = []
-        plan.exec(undo=undo)
+        steps: list = []
+        plan.exec(undo=steps)
         try:
             if update.changes or update.zero_biases:
-                hf_config.apply_config_update(model, update)
+                hf_config.apply_config_update(model, update, undo=steps)
         except BaseException:
-            for fn in reversed(undo):
+            for fn in reversed(steps):
                 fn()
             raise
+        if undo is not None:
+            undo.extend(steps)
     if dels and not uniform and hf_config.has_transformers_config(model):
         warnings.warn(
             "prune_channels(uniform=False) left model.config unchanged: save_pretrained / "

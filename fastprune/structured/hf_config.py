@@ -430,7 +430,8 @@ def _fmt(changes) -> str:
 
 
 def rewrite_config(model: nn.Module, shapes: Optional[Mapping[str, Tuple[int, ...]]] = None,
-                   extra: Optional[Mapping[str, object]] = None) -> Dict[str, Tuple[object, object]]:
+                   extra: Optional[Mapping[str, object]] = None, undo: Optional[list] = None
+                   ) -> Dict[str, Tuple[object, object]]:
     """Write the pruned sizes into ``model.config`` so ``save_pretrained`` / ``from_pretrained`` work.
 
     ``prune_channels(..., uniform=True)`` calls this for transformers models;
@@ -444,6 +445,7 @@ def rewrite_config(model: nn.Module, shapes: Optional[Mapping[str, Tuple[int, ..
         model: a transformers model whose channels or heads were removed.
         shapes: as for :func:`config_changes` (default: the model's shapes).
         extra: further fields to set (see :func:`plan_config_update`).
+        undo: a list the callables undoing this call are appended to.
 
     Returns:
         dict: field -> ``(old, new)`` for every field written.
@@ -459,16 +461,17 @@ def rewrite_config(model: nn.Module, shapes: Optional[Mapping[str, Tuple[int, ..
         >>> type(model).from_pretrained(d)     # same outputs
     """
     update = plan_config_update(model, shapes, extra)
-    apply_config_update(model, update)
+    apply_config_update(model, update, undo)
     return update.changes
 
 
-def apply_config_update(model: nn.Module, update: ConfigUpdate) -> None:
+def apply_config_update(model: nn.Module, update: ConfigUpdate, undo: Optional[list] = None) -> None:
     """Set the fields of ``update`` on ``model.config`` and add its zero biases.
 
     Args:
         model: the model :func:`plan_config_update` was asked about.
         update: its answer.
+        undo: a list the callables undoing this are appended to.
 
     Raises:
         ValueError: when a zero bias goes to a layer that is not a linear
@@ -481,9 +484,12 @@ def apply_config_update(model: nn.Module, update: ConfigUpdate) -> None:
         if not isinstance(m, nn.Linear) or getattr(m, "bias", None) is not None or w is None:
             raise ValueError(f"{path}: a zero bias can only be added to a linear layer without one")
         mods.append(m)
+    steps = undo if undo is not None else []
     for m in mods:
+        steps.append(lambda m=m, o=m._parameters.get("bias"): m._parameters.__setitem__("bias", o))
         m.bias = nn.Parameter(torch.zeros(m.out_features, dtype=m.weight.dtype,
                                           device=m.weight.device),
                               requires_grad=m.weight.requires_grad)
     for fld, (_, value) in update.changes.items():
+        steps.append(lambda f=fld, o=getattr(model.config, fld, None): setattr(model.config, f, o))
         setattr(model.config, fld, value)

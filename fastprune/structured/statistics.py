@@ -76,6 +76,10 @@ def input_channel_dim(module: nn.Module) -> Optional[int]:
 class InputStats:
     """Running ``sum x_j^2``, ``sum x_j`` and token count of one layer's input channels (float64).
 
+    It also serves as a statistic of :class:`fastprune.llm.walker.Walker`
+    (``add(rows)``, ``buffers()``): the walker hands it the layer's input rows
+    of real tokens, micro-batch by micro-batch.
+
     Args:
         channels: number of input channels.
         device: where the sums live.
@@ -89,7 +93,18 @@ class InputStats:
     def __init__(self, channels: int, device="cpu"):
         self.sq = torch.zeros(channels, dtype=torch.float64, device=device)
         self.sum = torch.zeros(channels, dtype=torch.float64, device=device)
-        self.count = 0
+        self.tokens = torch.zeros((), dtype=torch.int64, device=device)
+
+    wants_output = False
+
+    @property
+    def count(self) -> int:
+        """Number of tokens added."""
+        return int(self.tokens)
+
+    def buffers(self) -> List[torch.Tensor]:
+        """The sums (for a reduction across processes)."""
+        return [self.sq, self.sum, self.tokens]
 
     def add(self, x: torch.Tensor, dim: int = -1, token_mask: Optional[torch.Tensor] = None):
         """Accumulate an input ``x`` whose channels are along ``dim``.
@@ -106,7 +121,7 @@ class InputStats:
         rows = rows.to(self.sq.device, torch.float64)
         self.sq += (rows * rows).sum(0)
         self.sum += rows.sum(0)
-        self.count += rows.shape[0]
+        self.tokens += rows.shape[0]
 
     def norms(self) -> torch.Tensor:
         """``||X_j||_2`` over the calibration tokens."""
@@ -114,7 +129,7 @@ class InputStats:
 
     def mean(self) -> torch.Tensor:
         """Mean input of every channel (zero before any token was seen)."""
-        return self.sum / max(self.count, 1)
+        return self.sum / self.tokens.clamp(min=1)
 
 
 def saliency_of(param: torch.Tensor, grad: torch.Tensor) -> Tuple[torch.Tensor, ...]:
