@@ -393,15 +393,14 @@ def _forward_kwargs(model, mask, device):
     return kw
 
 
-def _forward_time(model: nn.Module, call, repeats: int = 7) -> float:
+def _forward_time(model: nn.Module, call, repeats: int = 5) -> float:
     ids, mask = call
     dev = _input_device(model)
     ids = ids.to(dev)
     kw = _forward_kwargs(model, mask, dev)
     times = []
     with torch.no_grad(), eval_mode(model):
-        for _ in range(2):  # warm-up
-            model(ids, **kw)
+        model(ids, **kw)  # warm-up
         for _ in range(repeats):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
