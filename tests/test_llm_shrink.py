@@ -349,6 +349,19 @@ def test_configs_that_cannot_state_the_result_are_refused_up_front():
     assert_same_state(before, state(gpt2))
 
 
+def test_an_unsupported_model_type_is_refused_naming_it():
+    _quiet()
+    torch.manual_seed(0)
+    model = T.GPTNeoXForCausalLM(T.GPTNeoXConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=32)).eval()
+    before = state(model)
+    for kw in (dict(mlp=0.5), dict(blocks=1)):
+        with pytest.raises(ConfigError, match="gpt_neox"):
+            llm.shrink(model, calib(), progress=False, **kw)
+        assert_same_state(before, state(model))
+
+
 def test_a_failure_mid_walk_rolls_everything_back(monkeypatch):
     import fastprune.llm.shrinking as shrink_mod
 
@@ -371,3 +384,6 @@ def test_a_failure_mid_walk_rolls_everything_back(monkeypatch):
     assert_same_state(before, state(model))
     assert [l.self_attn.layer_idx for l in model.model.layers] == [0, 1, 2]
     assert all(l.mlp.down_proj.bias is None for l in model.model.layers)
+    monkeypatch.undo()  # and the model still shrinks afterwards
+    llm.shrink(model, calib(), mlp=0.5, progress=False)
+    assert model.config.intermediate_size == 48

@@ -481,3 +481,21 @@ def test_calibration_stats_within_renames():
     stats.inputs["model.layers.30.mlp.down_proj"] = object()
     sub = stats.within("model.layers.3")
     assert list(sub.inputs) == ["mlp.down_proj"]
+
+
+def test_dry_run_and_undo_lists_restore_the_model():
+    model = _llama(n=3)
+    x = ids()
+    snap, cfg = module_snapshot(model), model.config.to_dict()
+    report = remove_blocks(model, [0, 2], dry_run=True)
+    assert report.blocks_after == 1 and report.params_after < report.params_before
+    assert_snapshot_equal(snap, module_snapshot(model))
+    undo = []
+    remove_blocks(model, [1], undo=undo)
+    prune_channels(model, (x,), {"mlp": 0.5, "heads": 0.5}, uniform=True, bias_compensation=True,
+                   importance="activation", undo=undo)
+    assert model.config.num_hidden_layers == 2 and model.config.mlp_bias
+    for fn in reversed(undo):
+        fn()
+    assert_snapshot_equal(snap, module_snapshot(model))
+    assert model.config.to_dict() == cfg

@@ -10,9 +10,12 @@ error that says so.
 
 The new values are read from the tensor shapes (per model type, the tensors
 that carry each size), and then checked: a model built from the rewritten
-config on the meta device must have exactly the pruned model's tensor
-shapes. ``transformers`` is imported only when a model actually has a
-transformers config.
+config on the meta device must have exactly the pruned model's tensors,
+names and shapes. What each model type's config can state (its sizes, the
+bias flags that give linear layers a bias, its per-layer fields, whether its
+blocks may be renumbered) is a registry entry (:func:`register_config_family`).
+``transformers`` is imported only when a model actually has a transformers
+config.
 """
 from __future__ import annotations
 
