@@ -99,3 +99,24 @@ def tie_free_(model: nn.Module):
             p.copy_(values[offset:offset + n].view_as(p).to(p.dtype))
             offset += n
     return model
+
+
+# Python source for scripts run in a fresh process (``python -c``) that measure the peak resident
+# memory of one call: ``reset_peak()`` sets the kernel's high-water mark (VmHWM) to the current
+# resident size (Linux: ``/proc/self/clear_refs``), ``peak_mb()`` / ``rss_mb()`` read it back, so
+# that what the imports touched before the call does not count.
+PEAK_RSS = r'''
+import re as _re
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return int(_re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+
+def peak_mb():
+    with open("/proc/self/status") as f:
+        return int(_re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+'''

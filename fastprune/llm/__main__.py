@@ -5,11 +5,13 @@ Example::
     python -m fastprune.llm --model ./llama --method wanda --sparsity 0.5 \\
         --calibration corpus.txt --nsamples 128 --seqlen 2048 --output ./llama-wanda50
 
-The checkpoint folder is what ``save_pretrained`` writes (config, weights and
-the tokenizer); ``--calibration`` is a text file or a folder of text files.
-The pruned model is written to ``--output`` with ``save_pretrained`` (and the
-tokenizer next to it), the report table is printed. A bad path or setting
-ends with one line on stderr and exit status 2, not a traceback.
+The checkpoint folder is what ``save_pretrained`` writes (config, safetensors
+weights and the tokenizer); ``--calibration`` is a text file or a folder of
+text files. The model is never loaded whole: :func:`fastprune.llm.prune_checkpoint`
+reads it block by block and writes the pruned shards to ``--output`` (with the
+config and tokenizer files), so the peak memory is about one block. A run that
+was killed continues with ``--resume``. The report table is printed. A bad
+path or setting ends with one line on stderr and exit status 2, not a traceback.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import os
 import sys
 from typing import List, Optional
 
-from .api import METHODS, prune
+from .api import METHODS
 from .calibration import load_text_calibration
+from .checkpoint import prune_checkpoint
 from .patterns import parse_pattern
 
 
@@ -43,8 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration sequence")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
     p.add_argument("--output", required=True, help="folder for the pruned model")
-    p.add_argument("--device", default=None, help="device each block is pruned on (default: where the model is)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="load the model in this dtype")
+    p.add_argument("--device", default=None, help="device each block is pruned on (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                   help="cast the weights to this dtype (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="calibration sequences per forward call (default: from a 256 MiB activation budget)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --output (the same arguments are required)")
     p.add_argument("--prune-embeddings", action="store_true",
                    help="prune the input embeddings too (by magnitude per row; dense by default)")
     p.add_argument("--prune-lm-head", action="store_true",
@@ -58,35 +66,22 @@ def _load(args):
         raise _UsageError(f"--model: {args.model!r} is not a folder")
     if not os.path.isfile(os.path.join(args.model, "config.json")):
         raise _UsageError(f"--model: {args.model!r} has no config.json (expected a save_pretrained folder)")
+    if not args.calibration:
+        return None
     try:
-        import torch
         import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
     except ImportError as e:  # transformers is an optional dependency
-        raise _UsageError(f"transformers is needed to load checkpoints ({e}); pip install transformers")
-    # Our bar goes over the blocks; transformers' loading bars would only add noise.
-    transformers.utils.logging.disable_progress_bar()
+        raise _UsageError(f"transformers is needed to read checkpoints ({e}); pip install transformers")
     transformers.utils.logging.set_verbosity_error()
-    tokenizer = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     except Exception as e:  # noqa: BLE001 (one line for whatever transformers raises)
-        if args.calibration:
-            raise _UsageError(f"--model: cannot load the tokenizer from {args.model!r}: {str(e).splitlines()[0]}")
-    calibration = None
-    if args.calibration:
-        try:
-            calibration = load_text_calibration(args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed)
-        except ValueError as e:
-            raise _UsageError(str(e))
-    kwargs = {}
-    if args.dtype:
-        kwargs["dtype"] = getattr(torch, args.dtype)
+        raise _UsageError(f"--model: cannot load the tokenizer from {args.model!r}: {str(e).splitlines()[0]}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, **kwargs)
-    except Exception as e:  # noqa: BLE001
-        raise _UsageError(f"--model: cannot load {args.model!r}: {str(e).splitlines()[0]}")
-    return model, tokenizer, calibration
+        return load_text_calibration(args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed)
+    except ValueError as e:
+        raise _UsageError(str(e))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -109,20 +104,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise _UsageError(f"--calibration: {args.calibration!r} does not exist")
         if os.path.isfile(args.output):
             raise _UsageError(f"--output: {args.output!r} is a file, not a folder")
-        model, tokenizer, calibration = _load(args)
+        if args.batch_size is not None and args.batch_size < 1:
+            raise _UsageError(f"--batch-size={args.batch_size} must be at least 1")
+        calibration = _load(args)
+        import torch
+
         try:
-            report = prune(model, calibration, method=args.method, sparsity=args.sparsity, pattern=args.pattern,
-                           layer_sparsity=args.layer_sparsity, device=args.device,
-                           progress=not args.no_progress, prune_embeddings=args.prune_embeddings,
-                           prune_lm_head=args.prune_lm_head)
+            report = prune_checkpoint(args.model, args.output, calibration, method=args.method,
+                                      sparsity=args.sparsity, pattern=args.pattern,
+                                      layer_sparsity=args.layer_sparsity, batch_size=args.batch_size,
+                                      resume=args.resume, device=args.device,
+                                      dtype=getattr(torch, args.dtype) if args.dtype else None,
+                                      progress=not args.no_progress, prune_embeddings=args.prune_embeddings,
+                                      prune_lm_head=args.prune_lm_head)
         except (TypeError, ValueError, IndexError) as e:
             raise _UsageError(str(e))
-        if report.masks is not None:
-            report.masks.detach()
-        os.makedirs(args.output, exist_ok=True)
-        model.save_pretrained(args.output)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(args.output)
     except _UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

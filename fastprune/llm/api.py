@@ -18,7 +18,7 @@ from .owl import owl_sparsities
 from .patterns import parse_pattern
 from .report import PruneReport
 from .stages import OwlStage, PruneStage, magnitude_layer
-from .walker import Layer, ModelSource, Walker, micro_batches, plan_layers
+from .walker import Layer, ModelSource, Walker, default_batch_size, micro_batches, plan_layers
 
 __all__ = ["prune", "METHODS"]
 
@@ -143,9 +143,10 @@ def prune(
     owl_m: float = 5.0,
     blocksize: int = 128,
     percdamp: float = 0.01,
-    measure_errors: bool = True,
+    measure_errors: Optional[bool] = None,
     prune_embeddings: bool = False,
     prune_lm_head: bool = False,
+    batch_size: Optional[int] = None,
 ) -> PruneReport:
     """Prune the linear layers of a decoder model one-shot, block by block.
 
@@ -164,7 +165,8 @@ def prune(
         calibration: token ids ``[n, seq_len]``, or an iterable of batches
             (tensors, ``(ids, attention_mask)`` pairs or tokenizer dicts);
             padding (attention mask 0) is left out of the statistics. Not
-            needed for ``method="magnitude"`` without OWL.
+            needed for ``method="magnitude"`` without OWL, which runs no
+            calibration forward.
         method: ``"wanda"`` (score ``|W_ij| * ||X_j||_2`` compared within each
             output row), ``"sparsegpt"`` (Hessian-based selection and weight
             reconstruction) or ``"magnitude"`` (``|W_ij|`` within each row).
@@ -193,7 +195,10 @@ def prune(
             (fraction of the mean Hessian diagonal).
         measure_errors: compute each layer's reconstruction error while the
             pruned block's outputs are recomputed (one extra matrix product
-            per layer); False leaves ``error`` NaN.
+            per layer); False leaves ``error`` NaN. Default (None): measured
+            for Wanda and SparseGPT, which recompute the outputs anyway, not
+            for magnitude, which then runs no forward pass at all (True makes
+            it run the blocks on the calibration to measure them).
         prune_embeddings, prune_lm_head: prune the input embeddings
             (``model.get_input_embeddings()``) / the LM head
             (``model.get_output_embeddings()``) too, at ``sparsity`` (or their
@@ -206,6 +211,14 @@ def prune(
             both flags. Their masks join the others (``report.masks``, or
             ``weight_mask`` with ``mode="reparam"``); ``report`` lists them with
             ``block=None``.
+        batch_size: the most calibration sequences run through a block in one
+            forward call (larger batches are cut, smaller ones run as given);
+            statistics are summed over the calls in float64. Default (None):
+            as many as keep one call's block activations within
+            ``fastprune.llm.walker.ACTIVATION_BUDGET`` (256 MiB; the estimate is
+            :func:`~fastprune.llm.walker.default_batch_size`'s). Wanda gives
+            the same masks for any ``batch_size``; SparseGPT's Hessians differ
+            by float32 rounding of each call's ``X^T X``.
 
     Returns:
         a :class:`PruneReport` (per-layer sparsity and reconstruction error,
@@ -226,10 +239,11 @@ def prune(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     mode = _check_choice(mode, _MODES, "mode")
     job = _Job.check(method=method, sparsity=sparsity, pattern=pattern, layer_sparsity=layer_sparsity,
-                     owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp)
+                     owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp,
+                     measure_errors=measure_errors)
     block_list = find_blocks(model, blocks)
     job.plan_model(model, block_list, prune_embeddings, prune_lm_head)
-    calls = job.calibration_calls(calibration)
+    calls = job.calibration_calls(calibration, batch_size, model)
     if device is None:
         first = next(iter(block_list[0].parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -275,8 +289,7 @@ def prune(
     with torch.no_grad(), eval_mode(model):
         prune_outside(first)
         walker = Walker(ModelSource(model, block_list, offload), plan, calls, device=device, progress=progress)
-        job.walk(walker, report, measure_errors=measure_errors,
-                 keep_dense=mode == "reparam" and job.method != "sparsegpt", on_block=block_masks)
+        job.walk(walker, report, keep_dense=mode == "reparam" and job.method != "sparsegpt", on_block=block_masks)
         prune_outside(head)
         if mode == "inplace":
             # The slices of the store become the MaskSet's storage: the masks are never held twice.
@@ -304,8 +317,13 @@ class _Job:
         self.__dict__.update(kw)
 
     @classmethod
-    def check(cls, *, method, sparsity, pattern, layer_sparsity, owl_lambda, owl_m, blocksize, percdamp) -> "_Job":
+    def check(cls, *, method, sparsity, pattern, layer_sparsity, owl_lambda, owl_m, blocksize, percdamp,
+              measure_errors) -> "_Job":
         method = _check_choice(method, METHODS, "method")
+        if measure_errors is not None and not isinstance(measure_errors, bool):
+            raise TypeError(f"measure_errors must be None or a bool, got {type(measure_errors).__name__}")
+        if measure_errors is None:
+            measure_errors = method != "magnitude"
         sparsity = _check_fraction(sparsity, "sparsity")
         nm = parse_pattern(pattern)
         if nm is not None and abs(sparsity - nm[0] / nm[1]) > 1e-9:
@@ -322,7 +340,8 @@ class _Job:
         if nm is not None and method == "sparsegpt" and blocksize % nm[1]:
             raise ValueError(f"blocksize={blocksize} must be a multiple of M in pattern={pattern!r}")
         return cls(method=method, sparsity=sparsity, pattern=pattern, nm=nm, layer_sparsity=layer_sparsity,
-                   owl_lambda=float(owl_lambda), owl_m=float(owl_m), blocksize=blocksize, percdamp=float(percdamp))
+                   owl_lambda=float(owl_lambda), owl_m=float(owl_m), blocksize=blocksize, percdamp=float(percdamp),
+                   measure_errors=measure_errors)
 
     def plan_model(self, model: nn.Module, blocks: List[nn.Module], prune_embeddings, prune_lm_head) -> None:
         """The layers to prune, their targets; N:M divisibility (the model may live on the meta device)."""
@@ -337,16 +356,30 @@ class _Job:
                                          f"dimension {l.shape[1]} of {l.name}")
 
     @property
-    def needs_data(self) -> bool:
-        return self.method != "magnitude" or self.layer_sparsity == "owl"
+    def prune_forward(self) -> bool:
+        """Whether the pruning pass runs the blocks on the calibration (magnitude: only to measure errors)."""
+        return self.method != "magnitude" or self.measure_errors
 
-    def calibration_calls(self, calibration):
-        """The calibration as forward calls, or None when no pass needs it."""
+    @property
+    def needs_data(self) -> bool:
+        return self.prune_forward or self.layer_sparsity == "owl"
+
+    def calibration_calls(self, calibration, batch_size, model):
+        """The calibration as forward calls of at most ``batch_size`` sequences, or None when no pass needs it."""
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r} must be None or a positive int")
         if not self.needs_data and calibration is None:
-            self.batches = None
+            self.batches, self.batch_size = None, batch_size
             return None
+        if self.method == "magnitude" and self.measure_errors and calibration is None:
+            raise ValueError("measure_errors=True needs calibration with method='magnitude' (errors are measured on it)")
         self.batches = normalize_calibration(calibration)
-        return micro_batches(self.batches, None)
+        if batch_size is None:
+            seq_len = max(ids.shape[1] for ids, _ in self.batches)
+            batch_size = default_batch_size(model, self.plan, seq_len)
+        self.batch_size = batch_size
+        return micro_batches(self.batches, batch_size)
 
     def owl_targets(self, walker: Walker) -> None:
         """OWL's dense pass: per-block targets from the outlier ratios."""
@@ -354,15 +387,15 @@ class _Job:
         walker.walk(owl, walker.capture())
         self.per_block = owl_sparsities(owl.ratios, owl.params, self.sparsity, self.owl_lambda)
 
-    def walk(self, walker: Walker, report: PruneReport, *, measure_errors: bool, keep_dense: bool,
+    def walk(self, walker: Walker, report: PruneReport, *, keep_dense: bool,
              on_block=None, start: int = 0, inputs=None, on_block_written=None) -> None:
         """The pruning pass (after OWL's when asked for) over ``walker``'s blocks."""
         if self.layer_sparsity == "owl" and start == 0 and inputs is None:
             self.owl_targets(walker)
         stage = PruneStage(self.method, self.nm, self.per_block, self.per_layer, report, blocksize=self.blocksize,
-                           percdamp=self.percdamp, measure_errors=measure_errors, keep_dense=keep_dense,
+                           percdamp=self.percdamp, measure_errors=self.measure_errors, keep_dense=keep_dense,
                            on_block=on_block)
-        if inputs is None and start == 0 and walker.calls is not None:
+        if inputs is None and start == 0 and walker.calls is not None and self.prune_forward:
             inputs = walker.capture()
         walker.walk(stage, inputs, start=start, on_block=on_block_written)
 

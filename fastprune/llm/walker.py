@@ -38,8 +38,10 @@ One pass (:meth:`Walker.walk`) over the blocks, for each block ``i``:
    ``stage.measured(turn, measures)``) and its outputs become the next
    block's inputs; otherwise the outputs of step 2's forward are. (The last
    block's outputs are not computed unless measures ask for them.)
-5. ``stage.block_done(turn)``, ``sink.put(turn)``, ``source.release(i, block)``
-   and ``on_block(i, inputs)`` (the caller's progress record).
+5. ``stage.block_done(turn)``, ``sink.put(turn)`` (only for a ``final`` stage:
+   one that leaves the result, not a pass that only reads the blocks),
+   ``source.release(i, block)`` and ``on_block(i, inputs)`` (the caller's
+   progress record).
 
 Statistics (:class:`Statistic`) keep their sums in float64 (``buffers()``),
 added micro-batch by micro-batch in the order of the samples: this is the
@@ -288,7 +290,8 @@ class _OutsideBlocksOn:
         for m in model.modules():
             for kind in ("_parameters", "_buffers"):
                 for name, t in getattr(m, kind).items():
-                    if t is not None and id(t) not in inside and t.device != torch.device(device):
+                    if (t is not None and id(t) not in inside and t.device != torch.device(device)
+                            and t.device.type != "meta"):  # what is not materialised is not needed
                         self.moved.append((m, kind, name, t.device))
 
     def _move(self, restore: bool) -> None:
@@ -589,10 +592,17 @@ class Stage:
         recompute: True when :meth:`update` changes the block, so its outputs
             are computed again for the next block; False when the block is only
             read (the outputs of the statistics pass are the next inputs).
+        final: see the property.
     """
 
     desc = "blocks"
     recompute = True
+
+    @property
+    def final(self) -> bool:
+        """Whether the blocks this pass leaves are the result, handed to the sink (default:
+        ``recompute``; a pass that only reads, such as OWL's, leaves the sink alone)."""
+        return self.recompute
 
     def statistics(self, turn: BlockTurn) -> Dict[nn.Module, Statistic]:
         """Statistics to gather on the block as it is (before :meth:`update`)."""
@@ -696,7 +706,8 @@ class Walker:
 
             def finish():
                 stage.block_done(turn)
-                self.sink.put(turn)
+                if stage.final:
+                    self.sink.put(turn)
                 self.source.release(i, turn.module)
 
             self._agreed(finish)
@@ -744,7 +755,15 @@ class Walker:
                 current[:] = [mb]
                 out = block(*mb.args, **mb.kwargs)
                 if keep_outputs:
-                    mb.hidden = out[0] if isinstance(out, (tuple, list)) else out
+                    hidden = out[0] if isinstance(out, (tuple, list)) else out
+                    if hidden.shape == mb.hidden.shape and hidden.dtype == mb.hidden.dtype:
+                        # Into the input's memory: the hidden states are allocated once, at the capture,
+                        # not anew among every block's transient tensors (where each block's outputs,
+                        # alive until the next block, would keep the allocator from returning memory).
+                        mb.hidden.copy_(hidden)
+                    else:
+                        mb.hidden = hidden
+                    del hidden
                 del out
         finally:
             for h in handles:
