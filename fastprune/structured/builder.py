@@ -248,7 +248,7 @@ class SpaceBuilder:
         fqn = self.weight_fqn(w)
         ws = self.spaces(w)
         if fqn is not None and ws is not None:
-            self.roles.append(Role(ws[dim], kind, fqn, dim))
+            self.roles.append(Role(ws[dim], kind, fqn, dim, module_path(node)))
 
     def weight_fqn(self, w) -> Optional[str]:
         """Qualified name of the parameter node ``w`` reads, through a pruning mask if any.

@@ -14,12 +14,19 @@ __all__ = ["Role", "AttrNote", "HeadNote", "SplitNote"]
 
 
 class Role(NamedTuple):
-    """Dimension ``dim`` of weight ``fqn`` is the ``kind`` (``"out"`` or ``"in"``) channels of its layer."""
+    """Dimension ``dim`` of weight ``fqn`` is the ``kind`` (``"out"`` or ``"in"``) channels of its layer.
+
+    ``module`` is the qualified name of the module whose forward runs the op
+    (for a tied weight it differs from the module that owns ``fqn``: an LM
+    head reading the embedding matrix); calibration statistics of the layer's
+    input are keyed by it.
+    """
 
     cls: int
     kind: str
     fqn: str
     dim: int
+    module: str = ""
 
     def remap(self, f: Callable[[int], int]) -> "Role":
         """The same record with every class id replaced by ``f(id)``.

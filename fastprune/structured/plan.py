@@ -73,6 +73,12 @@ class Plan:
         dels: class id -> channel indices to delete (already closed under the
             graph's couplings).
         requested: ``(label, count)`` of the request, for the printed summary.
+        input_means: bias compensation (FLAP): module name -> the mean of
+            its input channels on calibration data (full length, before the
+            cut). A linear layer named here that loses input channels gets
+            ``sum over removed j of W[:, j] * mean_j`` added to its bias (a
+            bias is created when it has none), so its output keeps the mean
+            contribution of what was removed.
 
     Attributes:
         cuts: one :class:`Cut` per (tensor, dim).
@@ -93,7 +99,7 @@ class Plan:
         >>> plan.exec()
     """
 
-    def __init__(self, graph, dels: Dict[int, Set[int]], requested=None):
+    def __init__(self, graph, dels: Dict[int, Set[int]], requested=None, input_means=None):
         self.graph = graph
         self.deletions = {c: tuple(sorted(s)) for c, s in dels.items() if s}
         self.requested = requested
@@ -105,7 +111,7 @@ class Plan:
             for fqn, d, p in graph.class_members[c]:
                 per_tensor.setdefault(fqn, {})[d] = idx
                 is_param[fqn] = p
-        roles = {(f, d): kind for _, kind, f, d in graph.roles}
+        roles = {(r.fqn, r.dim): r.kind for r in graph.roles}
         self.cuts: List[Cut] = []
         for fqn in sorted(per_tensor):
             mod_name, tname = _split_fqn(fqn)
@@ -116,6 +122,59 @@ class Plan:
                                      roles.get((base, d))))
         self._per_tensor = per_tensor
         self.attribute_changes = self._attribute_changes()
+        self.compensated = self._compensated(input_means or {})
+
+    # -- bias compensation -------------------------------------------------------
+    def _compensated(self, means) -> Dict[str, List[tuple]]:
+        """module name -> [(weight fqn, in dim, removed indices, mean)] of the inputs it loses."""
+        out: Dict[str, List[tuple]] = {}
+        for r in self.graph.roles:
+            if r.kind != "in" or r.cls not in self.deletions or r.module not in means:
+                continue
+            m = self.graph.model.get_submodule(r.module)
+            if not (isinstance(m, nn.Linear) or _is_conv1d(m)):
+                raise ValueError(f"bias compensation: {r.module} is a {type(m).__name__}; only "
+                                 "linear layers (nn.Linear, Conv1D) are compensated")
+            mean = means[r.module]
+            if mean.numel() != self.graph.class_size[r.cls]:
+                raise ValueError(f"bias compensation: the mean input of {r.module} has "
+                                 f"{mean.numel()} channels, the layer reads "
+                                 f"{self.graph.class_size[r.cls]}")
+            fqn = r.fqn if r.fqn in self._tensor_names() else r.fqn + "_orig"
+            out.setdefault(r.module, []).append((fqn, r.dim, self.deletions[r.cls], mean))
+        return out
+
+    def _tensor_names(self):
+        return self.graph.tensor_shapes
+
+    def _bias_values(self, new_tensors) -> Dict[str, Tuple[nn.Module, Optional[str], torch.Tensor]]:
+        """module name -> (module, bias fqn or None when it has none, the new bias)."""
+        out = {}
+        canon = self.graph.canonical
+        for path, parts in self.compensated.items():
+            m = self.graph.model.get_submodule(path)
+            conv1d = _is_conv1d(m)
+            delta = None
+            for fqn, d, removed, mean in parts:
+                w = self._tensor(fqn).detach()
+                idx = torch.tensor(removed, device=w.device)
+                mu = mean.to(w.device, torch.float64)[idx]
+                cols = w.index_select(d, idx).double()
+                part = mu @ cols if conv1d else cols @ mu
+                delta = part if delta is None else delta + part
+            out_dim = 1 if conv1d else 0
+            wfqn = parts[0][0]
+            keep_out = self._per_tensor.get(wfqn, {}).get(out_dim)
+            if keep_out is not None:
+                delta = delta.index_select(0, _keep(delta.shape[0], keep_out, delta.device))
+            bias = getattr(m, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                bfqn = canon.get(f"{path}.bias", f"{path}.bias")
+                base = new_tensors.get(bfqn, bias.detach())
+                out[path] = (m, bfqn, (base.double() + delta).to(bias.dtype))
+            else:
+                out[path] = (m, None, delta.to(self._tensor(wfqn).dtype))
+        return out
 
     # -- derived size attributes ----------------------------------------------
     def _removed(self, c) -> int:
@@ -246,23 +305,29 @@ class Plan:
                          f"{_fmt_idx(c.indices)}{kind}")
         for path, attr, old, new in self.attribute_changes:
             lines.append(f"  set {path or '<root>'}.{attr}: {old} -> {new}")
+        for path, parts in self.compensated.items():
+            n = sum(len(p[2]) for p in parts)
+            lines.append(f"  bias of {path}: + mean contribution of its {n} removed input(s)")
         lines.append(f"  {self.n_params_removed} parameters removed")
         return "\n".join(lines)
 
     __repr__ = __str__
 
     # -- execution ---------------------------------------------------------------
-    def exec(self, validate: bool = True) -> "Plan":
+    def exec(self, validate: bool = True, undo: Optional[list] = None) -> "Plan":
         """Apply the plan to the model in place.
 
         Cut parameters are replaced by new ``nn.Parameter`` objects (rebuild
         optimizers afterwards; tied parameters stay tied), buffers are
-        replaced, size attributes updated and pruning reparametrisations
-        (``weight_orig`` / ``weight_mask``) refreshed.
+        replaced, size attributes updated, compensated biases written and
+        pruning reparametrisations (``weight_orig`` / ``weight_mask``) refreshed.
 
         Args:
             validate: run the model once on the graph's example inputs after
                 the change (skipped for meta-device models).
+            undo: a list; on success the callables that undo this execution
+                are appended to it (call them in reverse order), so a caller
+                that executes several plans can roll all of them back.
 
         Returns:
             Plan: ``self``, executed; its graph is stale from now on.
@@ -291,7 +356,11 @@ class Plan:
                 keep = _keep(t.shape[d], idx, t.device)
                 out = out.index_select(d, keep)
             new_tensors[fqn] = out.contiguous()
-        undo: List = []
+        biases = self._bias_values(new_tensors)
+        for m, bfqn, value in biases.values():
+            if bfqn is not None:
+                new_tensors[bfqn] = value.contiguous()
+        outer_undo, undo = undo, []
         try:
             owners = _param_owners(model)
             for fqn, new in new_tensors.items():
@@ -305,7 +374,7 @@ class Plan:
                     q.__dict__.update(p.__dict__)
                     if p.grad is not None:
                         gnew = p.grad
-                        for d, idx in self._per_tensor[fqn].items():
+                        for d, idx in self._per_tensor.get(fqn, {}).items():
                             gnew = gnew.index_select(d, _keep(p.grad.shape[d], idx, p.grad.device))
                         q.grad = gnew.contiguous()
                     for m, n in owners.get(id(p), [(module, name)]):
@@ -320,6 +389,13 @@ class Plan:
                 m = model.get_submodule(path)
                 undo.append(lambda m=m, a=attr, o=getattr(m, attr): setattr(m, a, o))
                 setattr(m, attr, new)
+            for m, bfqn, value in biases.values():
+                if bfqn is None:  # a new bias (nn.Linear keeps an empty slot for it)
+                    w = m._parameters["weight"]
+                    undo.append(lambda m=m, o=m._parameters.get("bias"):
+                                m._parameters.__setitem__("bias", o))
+                    m._parameters["bias"] = nn.Parameter(value.contiguous(),
+                                                         requires_grad=w.requires_grad)
             _refresh_masked(model, {(_split_fqn(f)[0]) for f in new_tensors}, undo)
             if validate and not _on_meta(model):
                 _check_forward(model, g.args, g.kwargs)
@@ -331,9 +407,15 @@ class Plan:
             raise RuntimeError(
                 f"structured pruning was rolled back, the model is unchanged: "
                 f"{type(exc).__name__}: {exc}") from exc
+        if outer_undo is not None:
+            outer_undo.extend(undo)
         self.executed = True
         g.stale = True
         return self
+
+
+def _is_conv1d(m: nn.Module) -> bool:  # transformers' Conv1D (GPT-2): weight [in, out]
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
 
 
 def _keep(n: int, removed, device) -> torch.Tensor:

@@ -77,6 +77,14 @@ class PruneReport:
         plan: the executed :class:`~fastprune.structured.Plan`.
         config_changes: ``{field: (old, new)}`` written to a transformers
             model's config (empty when the config was not touched).
+        units: ``(group name, kind, units before, units removed)`` per
+            prunable group; kind is ``"heads"`` (units are key-value groups
+            with their query heads, or heads), ``"mlp"`` (channels inside one
+            block) or ``"other"``.
+        left_unpruned: family of groups -> why it was left whole (with
+            ``uniform=True``: its sizes cannot be stated in the config).
+        compensated: layers whose bias received the mean contribution of
+            their removed inputs.
 
     Example::
 
@@ -94,6 +102,9 @@ class PruneReport:
     build_time: float = 0.0
     plan: Optional[Plan] = None
     config_changes: Dict[str, Tuple[object, object]] = field(default_factory=dict)
+    units: List[Tuple[str, str, int, int]] = field(default_factory=list)
+    left_unpruned: Dict[str, str] = field(default_factory=dict)
+    compensated: List[str] = field(default_factory=list)
 
     @property
     def param_reduction(self) -> float:
@@ -118,4 +129,8 @@ class PruneReport:
                 lines.append(f"  {name:<{w}}  {before} -> {after}")
         for name, (old, new) in self.config_changes.items():
             lines.append(f"  config.{name}: {old} -> {new}")
+        if self.compensated:
+            lines.append(f"  biases compensated: {len(self.compensated)} layer(s)")
+        for name, why in self.left_unpruned.items():
+            lines.append(f"  left whole: {name}: {why}")
         return "\n".join(lines)
