@@ -299,8 +299,9 @@ def kill_setup(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        start = time.perf_counter()
         assert main(args + ["--output", str(folder / "whole")]) == 0
-        yield folder, args
+        yield folder, args, time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
 
@@ -343,7 +344,7 @@ def assert_same_folder(a, b):
 
 
 def test_kill_after_a_block_and_resume(kill_setup, capsys):
-    folder, args = kill_setup
+    folder, args, _ = kill_setup
     out = folder / "killed-after-3"
     got = run_killed(args, out, lambda o: (blocks_done(o) or 0) >= 3)
     assert isinstance(got, int) and 3 <= got < 12, got  # killed mid-run, after block 3 was recorded
@@ -369,16 +370,26 @@ def test_kill_after_a_block_and_resume(kill_setup, capsys):
 
 
 def test_kill_at_random_moments_and_resume(kill_setup):
-    """Three kills at random moments of one run (each resumed by a new, also killed, process), then a
-    final resume: the result is the uninterrupted run's, byte for byte."""
-    folder, args = kill_setup
+    """Three kills at random moments of the work (each resumed by a new process, killed in turn),
+    then a final resume: the result is the uninterrupted run's, byte for byte."""
+    folder, args, seconds = kill_setup
     out = folder / "killed-random"
     rng = random.Random(1234)
     seen = []
-    for _ in range(3):
-        deadline = time.monotonic() + rng.uniform(2.0, 6.0)  # imports take a few seconds
-        seen.append(run_killed(args + (["--resume"] if seen else []), out,
-                               lambda o, d=deadline: time.monotonic() >= d))
+    # Random moments spread over the run: once block k (random, increasing) is recorded, a random
+    # delay of up to about a block's time: within a block, a progress write or the final checks.
+    for k in sorted(rng.sample(range(12), 3)):
+        delay = rng.uniform(0.0, 1.5 * seconds / 12)
+        state = {}
+
+        def when(o, k=k, delay=delay):
+            done = blocks_done(o)
+            if "t" not in state and done is not None and done >= k:
+                state["t"] = time.monotonic()
+            return "t" in state and time.monotonic() - state["t"] >= delay
+
+        seen.append(run_killed(args + (["--resume"] if seen else []), out, when))
+    assert any(isinstance(s, int) and s < 12 for s in seen), seen  # the work was interrupted
     assert main(args + ["--output", str(out), "--resume"]) == 0
     assert_same_folder(folder / "whole", out)
     print("blocks done at the kills:", seen)

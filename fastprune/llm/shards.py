@@ -144,11 +144,23 @@ class ShardReader:
                 _read_exact(f, self.data_start + e.begin, _byte_view(t), self.path)
         return t
 
-    def crc(self, name: str, chunk: int = 64 * 2 ** 20) -> int:
-        """CRC-32 of tensor ``name``'s bytes, read back in chunks."""
+    def read_into(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        """Tensor ``name`` read into ``out`` (contiguous, on the CPU, of its dtype and shape)."""
+        e = self.entries[name]
+        if out.dtype != e.torch_dtype or tuple(out.shape) != e.shape or not out.is_contiguous() \
+                or out.device.type != "cpu":
+            raise ValueError(f"{name}: cannot read {e.dtype} {list(e.shape)} into {out.dtype} {list(out.shape)}")
+        if e.nbytes:
+            with open(self.path, "rb", buffering=0) as f:
+                _read_exact(f, self.data_start + e.begin, _byte_view(out), self.path)
+        return out
+
+    def crc(self, name: str, buf: Optional[bytearray] = None) -> int:
+        """CRC-32 of tensor ``name``'s bytes, read back in chunks of ``len(buf)`` (default 8 MiB)."""
         e = self.entries[name]
         crc, pos = 0, self.data_start + e.begin
-        buf = bytearray(min(chunk, max(e.nbytes, 1)))
+        if buf is None:
+            buf = bytearray(min(8 * 2 ** 20, max(e.nbytes, 1)))
         with open(self.path, "rb", buffering=0) as f:
             left = e.nbytes
             while left:
