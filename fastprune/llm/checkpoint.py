@@ -782,7 +782,16 @@ def prune_checkpoint(
             destination.write_progress(state)
 
     try:
-        step(lambda: destination.open(create=fresh) if writer else None)
+        def opening():
+            if not writer:
+                return
+            if fresh:  # recorded first: a run killed from here on is recognised as one to resume
+                destination.write_progress(state)
+            # Until the tensors outside the blocks are recorded, nothing in the shards is worth keeping
+            # (a kill may even have left them half created): they are (re)created.
+            destination.open(create=state["outside"] is None)
+
+        step(opening)
         with torch.no_grad(), eval_mode(model):
             if state["outside"] is None:
                 def outside():
