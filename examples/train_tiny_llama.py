@@ -14,6 +14,14 @@ Two steps::
     python examples/train_tiny_llama.py evaluate --seeds 0 1 2
 
 ``evaluate`` prints a Markdown table (the one in docs/llm.md).
+
+The same script makes the ~100M-parameter model of the llm-compressor comparison
+(``benchmarks/bench_llmcompressor.py``), trained only briefly; ``--resume``
+trains a saved model further::
+
+    python examples/train_tiny_llama.py train --dir ~/.cache/fastprune/llama-100m-stdlib \
+        --hidden 768 --intermediate 2048 --layers 16 --heads 12 --kv-heads 4 --seqlen 128 --batch 4 \
+        --lr 3e-3 --threads 2 --cpu-minutes 4 --max-wall-minutes 16
 """
 from __future__ import annotations
 
@@ -117,7 +125,15 @@ def train(args):
     train_files, held_files = stdlib_files()
     train_streams = read_bytes(train_files)
     held = heldout_windows(read_bytes(held_files), args.seqlen, 64)
-    model = LlamaForCausalLM(model_config(args))
+    done = {"steps": 0, "seconds": 0.0, "cpu_seconds": 0.0}
+    if args.resume:  # continue a saved model (fresh optimiser state, warm-up again)
+        with open(os.path.join(args.dir, "training.json")) as fh:
+            done = json.load(fh)
+        if done["seqlen"] != args.seqlen:
+            raise SystemExit(f"--resume: {args.dir} was trained with --seqlen {done['seqlen']}")
+        model = LlamaForCausalLM.from_pretrained(args.dir)
+    else:
+        model = LlamaForCausalLM(model_config(args))
     nparams = sum(p.numel() for p in model.parameters())
     print(f"{nparams / 1e6:.2f}M parameters, {len(train_files)} train / {len(held_files)} held-out files")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
@@ -151,12 +167,14 @@ def train(args):
     model.eval()
     ppl = perplexity(model, held, args.batch)
     cpu = time.process_time() - c0
-    print(f"trained {step} steps in {time.time() - t0:.0f}s wall, {cpu:.0f}s CPU; held-out perplexity {ppl:.3f}")
+    print(f"trained {step} steps in {time.time() - t0:.0f}s wall, {cpu:.0f}s CPU; held-out perplexity {ppl:.3f}"
+          + (f" ({done['steps'] + step} steps in all)" if args.resume else ""))
     os.makedirs(args.dir, exist_ok=True)
     model.save_pretrained(args.dir)
     byte_tokenizer().save_pretrained(args.dir)
     with open(os.path.join(args.dir, "training.json"), "w") as fh:
-        json.dump({"steps": step, "seconds": time.time() - t0, "cpu_seconds": cpu, "heldout_ppl": ppl,
+        json.dump({"steps": done["steps"] + step, "seconds": done["seconds"] + time.time() - t0,
+                   "cpu_seconds": done["cpu_seconds"] + cpu, "heldout_ppl": ppl,
                    "params": nparams, "seqlen": args.seqlen}, fh)
 
 
@@ -238,6 +256,8 @@ def main():
     t.add_argument("--seqlen", type=int, default=128)
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--resume", action="store_true",
+                   help="continue training the model saved in --dir (its shape; the shape options are ignored)")
     e = sub.add_parser("evaluate")
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     e.add_argument("--nsamples", type=int, default=64)
