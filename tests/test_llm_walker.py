@@ -270,8 +270,7 @@ def test_a_reading_stage_sees_the_dense_activations(one_thread):
     walker = W.Walker(W.ModelSource(model, blocks), W.plan_layers(model, blocks),
                       W.micro_batches(llm.normalize_calibration(ids), 3), device="cpu", progress=False)
     stage = ChannelNorms()
-    with torch.no_grad():
-        walker.walk(stage, walker.capture())
+    walker.walk(stage, walker.capture())  # the walker runs under no_grad itself
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing changed
     # The second block's down_proj input, recomputed by hand from the dense model.
     seen = []

@@ -22,7 +22,13 @@ seam                      one process, model in memory                other impl
                                                                       broadcast from each layer's owner
 ========================  ==========================================  ==========================================
 
-One pass (:meth:`Walker.walk`) over the blocks, for each block ``i``:
+The calibration inputs of block 0 come from :meth:`Walker.capture`: the
+calibration's micro-batches this process runs (``reducer.samples(n)``; all of
+them in one process) go through the model up to the first block, whose forward
+pre-hook records its arguments (:class:`MicroBatch`: ``index`` in the whole
+calibration, ``args`` / ``kwargs``, ``token_mask``). One pass
+(:meth:`Walker.walk`) over the blocks then does, for each block ``i``, under
+``torch.no_grad()``:
 
 1. ``block = source.load(i, device)``: the block, ready to run on ``device``.
 2. ``stats = stage.statistics(turn)``: ``{module: Statistic}``. If any and the
@@ -40,12 +46,21 @@ One pass (:meth:`Walker.walk`) over the blocks, for each block ``i``:
 4. If ``stage.recompute``, the block runs again on the micro-batches (with
    ``stage.measures(turn)`` hooked the same way, reduced, then handed to
    ``stage.measured(turn, measures)``) and its outputs become the next
-   block's inputs; otherwise the outputs of step 2's forward are. (The last
-   block's outputs are not computed unless measures ask for them.)
-5. ``stage.block_done(turn)``, ``sink.put(turn)`` (only for a ``final`` stage:
-   one that leaves the result, not a pass that only reads the blocks),
-   ``source.release(i, block)`` and ``on_block(i, inputs)`` (the caller's
-   progress record).
+   block's inputs (written into the inputs' memory); otherwise the outputs of
+   step 2's forward are. The last block's outputs are not computed (its
+   forward runs only when measures ask for it).
+5. ``stage.block_done(turn)``, ``sink.put(turn)`` (only when ``stage.final``:
+   a pass that leaves the result, not one that only reads the blocks, such as
+   OWL's), ``source.release(i, block)``, and ``on_block(i, inputs)`` (the
+   caller's progress record: ``inputs`` are block ``i + 1``'s, None after the
+   last block).
+
+Each step's local work (the capture, 1-2, 3, 4, 5) runs inside
+:meth:`StatsReducer.agree`: every process learns whether any process failed
+before the next collective, so an error on one process is raised on all of
+them instead of a hang (in one process the error is simply raised). A
+data-parallel reducer's ``accumulate`` and scheduler's ``run`` do the same
+between their own exchanges (an error in one process's forward or solve).
 
 Statistics (:class:`Statistic`) keep their sums in float64 (``buffers()``),
 added micro-batch by micro-batch in the order of the samples: this is the
@@ -56,19 +71,24 @@ calibration batches the caller passes, at most ``batch_size`` sequences each;
 :func:`default_batch_size` picks the size that keeps one micro-batch's block
 activations within :data:`ACTIVATION_BUDGET`.
 
-A new feature writes a :class:`Stage`, e.g. to gather per-channel statistics::
+A new feature writes a :class:`Stage`, e.g. to gather per-channel statistics
+(``tests/test_llm_walker.py`` runs this one)::
 
     class ChannelNorms(Stage):
-        recompute = False               # the block is only read
+        recompute = False               # the block is only read (and the sink left alone)
+        def __init__(self):
+            self.norms = {}
         def statistics(self, turn):
             return {l.module: InputNorms(l.shape[1], turn.device) for l in turn.layers}
         def update(self, turn, stats):
             for l in turn.layers:
                 self.norms[l.name] = stats[l.module].norms()
 
-    walker = Walker(ModelSource(model, find_blocks(model)), plan_layers(model, blocks),
+    blocks = find_blocks(model)
+    walker = Walker(ModelSource(model, blocks), plan_layers(model, blocks),
                     micro_batches(normalize_calibration(ids), 8), device="cpu")
-    walker.walk(ChannelNorms())
+    stage = ChannelNorms()
+    walker.walk(stage, walker.capture())
 """
 from __future__ import annotations
 
@@ -678,7 +698,8 @@ class Walker:
         if self.calls is None:
             return None
         mine = self.reducer.samples(len(self.calls))
-        return self._agreed(lambda: self.source.capture([self.calls[j] for j in mine], self.device, mine))
+        with torch.no_grad():
+            return self._agreed(lambda: self.source.capture([self.calls[j] for j in mine], self.device, mine))
 
     def walk(self, stage: Stage, inputs: Optional[List[MicroBatch]] = None, start: int = 0,
              on_block: Optional[Callable[[int, Optional[List[MicroBatch]]], None]] = None) -> Optional[List[MicroBatch]]:
@@ -696,6 +717,10 @@ class Walker:
         Returns:
             the inputs after the last block (None when they were not computed).
         """
+        with torch.no_grad():
+            return self._walk(stage, inputs, start, on_block)
+
+    def _walk(self, stage, inputs, start, on_block):
         n = len(self.source)
         bar = progress_bar(range(start, n), enabled=bool(self.progress), desc=stage.desc, unit="block")
         for i in bar:
