@@ -55,10 +55,12 @@ calibration, ``args`` / ``kwargs``, ``token_mask``). One pass
    caller's progress record: ``inputs`` are block ``i + 1``'s, None after the
    last block).
 
-Each step's local work (1-2, 3, 4, 5) runs inside :meth:`StatsReducer.agree`:
-every process learns whether any process failed before the next collective,
-so an error on one process is raised on all of them instead of a hang (in one
-process the error is simply raised).
+Each step's local work (the capture, 1-2, 3, 4, 5) runs inside
+:meth:`StatsReducer.agree`: every process learns whether any process failed
+before the next collective, so an error on one process is raised on all of
+them instead of a hang (in one process the error is simply raised). A
+data-parallel reducer's ``accumulate`` and scheduler's ``run`` do the same
+between their own exchanges (an error in one process's forward or solve).
 
 Statistics (:class:`Statistic`) keep their sums in float64 (``buffers()``),
 added micro-batch by micro-batch in the order of the samples: this is the
