@@ -331,6 +331,38 @@ def test_floor_fits_names_its_need():
     assert not bench.floor_fits(bench.FLOORS["two_copies"], shapes, torch.float32, "cpu", available=avail)[0]
 
 
+_FAULTS_CHILD = r"""
+import json, resource, torch
+from fastprune import bench
+
+def faults_of_a_run():  # what a case's run allocates: layer-sized tensors (16 MB), written, then freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    xs = [torch.ones(4 * 2**20) for _ in range(8)]
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    del xs
+    return after - before
+
+runs = [faults_of_a_run() for _ in range(6)]
+bench.fresh_allocations(torch.device("cpu"))
+print(json.dumps({"runs": runs, "after": faults_of_a_run(), "trim": bench.memory._MALLOC_TRIM is not None}))
+"""
+
+
+def test_fresh_allocations_hands_freed_cpu_memory_back():
+    """In a fresh process (as the worker's), memory a run freed is new pages again after it: first touch."""
+    import resource
+
+    proc = subprocess.run([sys.executable, "-c", _FAULTS_CHILD], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not out["trim"]:
+        pytest.skip("the C library has no malloc_trim")
+    pages = 8 * 16 * 2**20 // resource.getpagesize()
+    if min(out["runs"]) > pages // 10:
+        pytest.skip(f"this C library hands freed memory back by itself (faults per run: {out['runs']})")
+    assert out["after"] >= 0.9 * pages, out
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

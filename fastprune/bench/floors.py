@@ -10,7 +10,9 @@ that the ratio says how far the call is from what no implementation can beat:
   weight; the floor writes two copies of the weights into new memory
   (:func:`first_touch_copies`), selecting nothing. On CPU the kernel zero-fills
   every new page on its first touch; on CUDA new tensors are fresh device
-  allocations (the worker empties the caching allocator before every timed run).
+  allocations. The worker hands freed memory back before every timed run of a
+  case or a floor (:func:`~fastprune.bench.fresh_allocations`), so both always
+  allocate new memory.
 - ``in_place_bits`` (``sparsify``): one read and one write of the weights in
   place, plus 1-bit masks allocated fresh and written once
   (:func:`in_place_pass_with_bits`).

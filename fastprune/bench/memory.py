@@ -6,12 +6,19 @@ high-water mark (``VmHWM``) by writing ``5`` to ``/proc/self/clear_refs`` right
 before the call and reads ``VmHWM`` right after (Linux only). On CUDA it is
 ``torch.cuda.max_memory_allocated()`` minus the memory allocated before.
 
-:func:`fresh_allocations` runs before every timed run: on CUDA it empties the
-caching allocator, so that the run's new tensors are fresh device allocations,
-as in a process's first call (the CUDA counterpart of first-touched pages).
+:func:`fresh_allocations` runs before every timed run of a case or a floor, so
+that every run's new tensors are new memory, as in a process's first call: on
+CPU the C library hands its free heap pages back to the kernel
+(``malloc_trim(0)``; the next run's tensors are pages the kernel zero-fills on
+first touch), on CUDA the caching allocator is emptied (fresh ``cudaMalloc``).
+Without it, later runs of a case could reuse the pages an earlier run freed
+while its floor's runs could not (or the other way round), depending only on
+the allocator's history.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -53,13 +60,30 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fresh_allocations(device: torch.device) -> None:
-    """Before a timed run: on CUDA, hand the caching allocator's free blocks back to the driver.
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or ``None`` where the C library has none (macOS, musl)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
-    The run's new tensors are then fresh device allocations (``cudaMalloc``),
-    as in the first call of a fresh process; the blocks still in use (the
-    model, what a previous run still holds) are kept. On CPU it does nothing:
-    freed memory goes back to the C library's allocator as the program left it.
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def fresh_allocations(device: torch.device) -> None:
+    """Before a timed run: give freed memory back, so that the run allocates new memory as a first call does.
+
+    On CPU (glibc), ``malloc_trim(0)`` returns the free pages of the C
+    library's heap to the kernel: the run's new tensors are then pages the
+    kernel zero-fills on first touch, whatever earlier runs freed (elsewhere it
+    does nothing). On CUDA the caching allocator's free blocks go back to the
+    driver (``torch.cuda.empty_cache()``): the run's new tensors are fresh
+    ``cudaMalloc`` allocations. Memory still in use (the model, what a run
+    still holds) is kept.
 
     Args:
         device: the benchmark's device.
@@ -71,6 +95,8 @@ def fresh_allocations(device: torch.device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
+    elif _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def current_memory(device: torch.device) -> int:

@@ -133,12 +133,12 @@ def format_table(rows: List[Dict[str, object]], info: Dict[str, object]) -> str:
         "times: best of --repeat runs (forward cases: at least 15; torch: one run when it takes over 3 s); "
         "each case and library in a fresh process.",
         "floor: what the case must do at least, with nothing selected, measured in this run like the case (a fresh "
-        "process, as many runs, the best reported); fastprune / floor = fastprune time / floor time"
-        + (". On CUDA every timed run (cases and floors) starts with the caching allocator emptied "
-           "(torch.cuda.empty_cache), so that new tensors are fresh device allocations as in a first call."
-           if str(info["device"]).startswith("cuda") else
-           ". On CPU the first run of a process touches every new page (the kernel zero-fills it); later runs "
-           "may reuse memory the previous run freed, for the case and its floor alike."),
+        "process, as many runs, the best reported); fastprune / floor = fastprune time / floor time. Every timed "
+        "run of a case or a floor allocates new memory, as a process's first call does: "
+        + ("the CUDA caching allocator is emptied before it (torch.cuda.empty_cache), so its new tensors are fresh "
+           "device allocations." if str(info["device"]).startswith("cuda") else
+           "the C library's free heap pages go back to the kernel before it (malloc_trim(0)), so its new tensors "
+           "are pages the kernel zero-fills on first touch."),
         "peak: peak RSS during the call minus RSS just before it (VmHWM reset through /proc/self/clear_refs); "
         "for the forward cases, the bytes of the masks and recomputed weights the pruned model holds "
         "above the dense one plus the forward call's own peak; on CUDA, torch.cuda.max_memory_allocated above "

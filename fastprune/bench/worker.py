@@ -10,9 +10,9 @@ masks for exactness).
 
 A floor is timed by the same loop as the case it belongs to: the same number
 of runs, the same steps between them (what the previous run allocated is
-released first, the weights regenerated for ``sparsify``), and on CUDA the
-caching allocator emptied before every timed run of every job
-(:func:`~fastprune.bench.fresh_allocations`).
+released first, the weights regenerated for ``sparsify``), and freed memory
+handed back before every timed run of every job, so that each run allocates
+new memory as a first call does (:func:`~fastprune.bench.fresh_allocations`).
 
 :func:`run_job` starts a fresh interpreter (``python -m fastprune.bench
 --worker JOB.json``), which runs :func:`worker`; a fresh process for every
