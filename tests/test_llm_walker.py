@@ -280,3 +280,24 @@ def test_a_reading_stage_sees_the_dense_activations(one_thread):
     h.remove()
     x = seen[0].reshape(-1, seen[0].shape[-1]).double()
     torch.testing.assert_close(stage.norms["model.layers.1.mlp.down_proj"], (x * x).sum(0).sqrt().float())
+
+
+def test_registered_parallel_seams_are_used_by_prune(one_thread):
+    """fastprune.distributed plugs its reducer and scheduler in through walker.register_parallel."""
+    model = tiny_llama()
+    ref = clone(model)
+    ids = calib()
+    llm.prune(ref, ids, method="sparsegpt", progress=False)
+    reducer, scheduler = Recording(), Reversed()
+    declined = []
+    unregister_none = W.register_parallel(lambda: declined.append(1))  # returns None: not this call
+    unregister = W.register_parallel(lambda: (reducer, scheduler))
+    try:
+        llm.prune(model, ids, method="sparsegpt", progress=False)
+    finally:
+        unregister()
+        unregister_none()
+    assert declined == [1] and len(scheduler.jobs) == 2 and reducer.reduced
+    for (n, x), (_, y) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(x, y), n
+    assert W.parallel_seams()[0].__class__ is W.StatsReducer  # unregistered

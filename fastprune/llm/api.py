@@ -18,7 +18,7 @@ from .owl import owl_sparsities
 from .patterns import parse_pattern
 from .report import PruneReport
 from .stages import OwlStage, PruneStage, magnitude_layer
-from .walker import Layer, ModelSource, Walker, default_batch_size, micro_batches, plan_layers
+from .walker import Layer, ModelSource, Walker, default_batch_size, micro_batches, parallel_seams, plan_layers
 
 __all__ = ["prune", "METHODS"]
 
@@ -288,7 +288,9 @@ def prune(
 
     with torch.no_grad(), eval_mode(model):
         prune_outside(first)
-        walker = Walker(ModelSource(model, block_list, offload), plan, calls, device=device, progress=progress)
+        reducer, scheduler = parallel_seams()
+        walker = Walker(ModelSource(model, block_list, offload), plan, calls, device=device, progress=progress,
+                        reducer=reducer, scheduler=scheduler)
         job.walk(walker, report, keep_dense=mode == "reparam" and job.method != "sparsegpt", on_block=block_masks)
         prune_outside(head)
         if mode == "inplace":

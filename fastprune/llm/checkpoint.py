@@ -36,7 +36,7 @@ from .blocks import find_blocks
 from .report import BlockReport, LayerReport, PruneReport
 from .shards import ShardReader, ShardWriter, atomic_write_bytes, fsync_dir, write_tensors
 from .stages import magnitude_layer
-from .walker import BlockSink, BlockSource, BlockTurn, MicroBatch, Walker, capture_inputs
+from .walker import BlockSink, BlockSource, BlockTurn, MicroBatch, Walker, capture_inputs, parallel_seams
 
 __all__ = ["prune_checkpoint", "CheckpointSource", "ShardSink", "SourceCheckpoint", "WORK_DIR"]
 
@@ -747,7 +747,9 @@ def prune_checkpoint(
                 destination.write_progress(state)
             outside_reports = [LayerReport(*r) for r in state["outside"]]
             report.layers.extend(r for r in outside_reports if r.name in {l.name for l in first})
-            walker = Walker(source, job.plan, calls, device=device, sink=ShardSink(destination), progress=progress)
+            reducer, scheduler = parallel_seams()
+            walker = Walker(source, job.plan, calls, device=device, sink=ShardSink(destination), progress=progress,
+                            reducer=reducer, scheduler=scheduler)
             if job.layer_sparsity == "owl":
                 if state["owl"] is None:
                     job.owl_targets(walker)

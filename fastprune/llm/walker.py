@@ -114,6 +114,8 @@ __all__ = [
     "plan_layers",
     "micro_batches",
     "default_batch_size",
+    "register_parallel",
+    "parallel_seams",
 ]
 
 # Bytes that one micro-batch's activations inside a block may take (the
@@ -791,6 +793,42 @@ class Walker:
         finally:
             for h in handles:
                 h.remove()
+
+
+# ----------------------------------------------------------------------------
+# Where the data-parallel seams come from
+# ----------------------------------------------------------------------------
+
+_PARALLEL: List[Callable[[], Optional[Tuple[StatsReducer, SolveScheduler]]]] = []
+
+
+def register_parallel(factory: Callable[[], Optional[Tuple[StatsReducer, SolveScheduler]]]) -> Callable[[], None]:
+    """Registers ``factory``, asked by :func:`parallel_seams` at the start of every pruning call.
+
+    ``factory()`` returns ``(reducer, scheduler)`` when the call is to run
+    over several processes (e.g. a ``torch.distributed`` process group is
+    initialised), else None. This is how ``fastprune.distributed`` plugs its
+    seams in without ``fastprune.llm`` importing ``torch.distributed``.
+
+    Returns:
+        a function that unregisters ``factory``.
+    """
+    _PARALLEL.append(factory)
+
+    def unregister() -> None:
+        if factory in _PARALLEL:
+            _PARALLEL.remove(factory)
+
+    return unregister
+
+
+def parallel_seams() -> Tuple[StatsReducer, SolveScheduler]:
+    """The reducer and scheduler of the first registered factory that claims this call, else one process's."""
+    for factory in list(_PARALLEL):
+        found = factory()
+        if found is not None:
+            return found
+    return StatsReducer(), SolveScheduler()
 
 
 def block_device(block: nn.Module) -> Optional[torch.device]:
