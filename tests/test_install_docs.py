@@ -11,7 +11,10 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 def test_every_extra_is_documented():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     readme = (ROOT / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `([\w-]+)` \| ([^|]+) \|", readme, re.M))
+    # only the extras table: the lines from its header to the first line that is not a table row
+    table = re.search(r"^\| extra \| installs \| enables \|\n((?:\|.*\n)+)", readme, re.M)
+    assert table, "README.md has no `| extra | installs | enables |` table"
+    rows = dict(re.findall(r"^\| `([\w-]+)` \| ([^|]+) \|", table.group(1), re.M))
     assert set(rows) == set(extras)
     for name, packages in extras.items():  # the table says what each one installs
         for package in packages:
