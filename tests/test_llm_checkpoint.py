@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 import fastprune.llm as llm
 from fastprune.llm.__main__ import main
 from fastprune.llm.checkpoint import PROGRESS, WORK_DIR
+from fastprune.llm.shards import ShardReader, write_tensors
 from helpers import PEAK_RSS, load_example
 
 transformers = pytest.importorskip("transformers")
@@ -141,6 +143,58 @@ def test_dtype_cast_and_bfloat16(one_thread, tmp_path):
     with open(tmp_path / "dst" / "model.safetensors.index.json") as f:
         total = json.load(f)["metadata"]["total_size"]
     assert total == sum(v.numel() * 2 for v in got.values())
+
+
+# ----------------------------------------------------------------------------
+# The safetensors reader and writer
+# ----------------------------------------------------------------------------
+
+
+def test_shards_round_trip_with_safetensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = [("f32", torch.randn(3, 5)), ("bf16", torch.randn(7).bfloat16()), ("f16", torch.randn(2, 2).half()),
+               ("f64", torch.randn(4).double()), ("i64", torch.arange(5)), ("u8", torch.arange(6, dtype=torch.uint8)),
+               ("bool", torch.tensor([True, False, True])), ("empty", torch.empty(0, 4)),
+               ("scalar", torch.tensor(3.5))]
+    write_tensors(str(tmp_path / "ours.safetensors"), tensors, {"format": "pt"})
+    theirs = load_file(tmp_path / "ours.safetensors")
+    save_file(dict(tensors), tmp_path / "theirs.safetensors")
+    ours = ShardReader(str(tmp_path / "theirs.safetensors"))
+    for name, t in tensors:
+        assert torch.equal(theirs[name], t) and theirs[name].dtype == t.dtype, name
+        assert torch.equal(ours.read(name), t) and ours.read(name).dtype == t.dtype, name
+    assert ShardReader(str(tmp_path / "ours.safetensors")).metadata == {"format": "pt"}
+
+
+def test_shard_reader_refuses_broken_files(tmp_path):
+    good = tmp_path / "good.safetensors"
+    write_tensors(str(good), [("a", torch.randn(4, 4)), ("b", torch.randn(8))])
+    raw = good.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+
+    def broken(name, data):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return str(path)
+
+    def with_header(h, tail=raw[8 + n:]):
+        text = json.dumps(h).encode()
+        return len(text).to_bytes(8, "little") + text + tail
+
+    gap = dict(header, b=dict(header["b"], data_offsets=[header["b"]["data_offsets"][0] + 4,
+                                                         header["b"]["data_offsets"][1] + 4]))
+    shape = dict(header, a=dict(header["a"], shape=[4, 5]))
+    dtype = dict(header, a=dict(header["a"], dtype="C64"))
+    cases = [(raw[:5], "shorter than 8 bytes"), (raw[:-3], "the tensors end at byte"),
+             ((10 ** 9).to_bytes(8, "little") + raw[8:], "not a safetensors file"),
+             (raw[:8] + b"{" * n + raw[8 + n:], "unreadable safetensors header"),
+             (with_header(gap, raw[8 + n:] + b"\0" * 4), "gap or overlap"),
+             (with_header(shape), "do not hold shape"), (with_header(dtype), "torch cannot hold")]
+    for i, (data, match) in enumerate(cases):
+        with pytest.raises(ValueError, match=match):
+            ShardReader(broken(f"b{i}.safetensors", data))
 
 
 # ----------------------------------------------------------------------------
@@ -357,6 +411,20 @@ def test_kill_after_a_block_and_resume(kill_setup, capsys):
     # Without --resume the folder is not touched either.
     assert main(args + ["--output", str(out)]) == 2
     assert "pass resume=True" in capsys.readouterr().err
+    # A byte changed on disk in a tensor written before the kill is caught when the shards are read back.
+    corrupt = folder / "corrupt"
+    shutil.copytree(out, corrupt)
+    name = "model.layers.0.mlp.down_proj.weight"
+    with open(folder / "model" / "model.safetensors.index.json") as f:
+        shard = corrupt / WORK_DIR / json.load(f)["weight_map"][name]
+    reader = ShardReader(str(shard))
+    with open(shard, "r+b") as f:
+        f.seek(reader.data_start + reader.entries[name].begin + 5)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x10]))
+    with pytest.raises(RuntimeError, match=f"{name} reads back different bytes"):
+        main(args + ["--output", str(corrupt), "--resume"])
     # Resumed with two threads: the run goes on with the one thread it was started with (recorded),
     # since SparseGPT's solves round differently with another count.
     torch.set_num_threads(2)

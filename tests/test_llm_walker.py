@@ -240,7 +240,9 @@ def test_walker_seams_are_called_and_do_not_change_results(one_thread):
     report = PruneReport("sparsegpt", "unstructured", 0.5, "inplace")
     with torch.no_grad():
         job.walk(walker, report, keep_dense=False)
-    assert reducer.reduced == [["Hessian"] * 7, ["ErrorSums"] * 7] * 2
+    # q, k and v see the same input tensor, as do gate and up: one Hessian each (reduced once),
+    # then o and down: 4 Hessians for 7 layers.
+    assert reducer.reduced == [["Hessian"] * 4, ["ErrorSums"] * 7] * 2
     assert scheduler.jobs[0][0] == "model.layers.0.self_attn.q_proj" and len(scheduler.jobs) == 2
     for (n, x), (_, y) in zip(model.named_parameters(), ref.named_parameters()):
         assert torch.equal(x, y), n
@@ -280,3 +282,27 @@ def test_a_reading_stage_sees_the_dense_activations(one_thread):
     h.remove()
     x = seen[0].reshape(-1, seen[0].shape[-1]).double()
     torch.testing.assert_close(stage.norms["model.layers.1.mlp.down_proj"], (x * x).sum(0).sqrt().float())
+
+
+def test_layers_with_the_same_input_share_one_statistic(one_thread):
+    model = tiny_llama()
+    blocks = llm.find_blocks(model)
+    plan = W.plan_layers(model, blocks)
+    walker = W.Walker(W.ModelSource(model, blocks), plan, W.micro_batches(llm.normalize_calibration(calib()), 2),
+                      device="cpu", progress=False)
+    seen = {}
+
+    class Hessians(W.Stage):
+        recompute = False
+
+        def statistics(self, turn):
+            return {l.module: llm.sparsegpt.Hessian(l.shape[1], "cpu") for l in turn.layers}
+
+        def update(self, turn, stats):
+            seen[turn.index] = {l.name.split(".")[-1]: stats[l.module] for l in turn.layers}
+
+    walker.walk(Hessians(), walker.capture())
+    for i, s in seen.items():
+        assert s["q_proj"] is s["k_proj"] is s["v_proj"] and s["gate_proj"] is s["up_proj"]
+        assert len({id(v) for v in s.values()}) == 4
+        assert int(s["q_proj"].tokens) == 4 * 16  # counted once, not three times

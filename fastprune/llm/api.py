@@ -297,12 +297,10 @@ def prune(
     first = [l for l in outside if l not in head]
 
     def keep_mask(l, keep):
-        if mode == "reparam":
-            return keep
-        masks_out.append(store.put(l, _pack(keep)))  # in place, 1 bit per weight is all we keep
-        pairs.append((l.module, "weight"))
-        labels.append(l.name + ".weight")
-        return None
+        if mode == "inplace":  # 1 bit per weight is all we keep
+            masks_out.append(store.put(l, _pack(keep)))
+            pairs.append((l.module, "weight"))
+            labels.append(l.name + ".weight")
 
     def prune_outside(layers):
         for l in layers:

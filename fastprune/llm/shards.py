@@ -225,12 +225,12 @@ class ShardWriter:
         """Opens the file; ``create`` (re)writes the header and sets the size, else the file must
         already have this writer's header and size (a resumed run)."""
         if create:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
             _write_exact(fd, 0, memoryview(self.header), self.path)
             os.ftruncate(fd, self.size)
         else:
-            fd = os.open(self.path, os.O_RDWR)
-            if os.fstat(fd).st_size != self.size or os.pread(fd, len(self.header), 0) != self.header:
+            fd = os.open(self.path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+            if os.fstat(fd).st_size != self.size or _pread(fd, len(self.header), 0) != self.header:
                 os.close(fd)
                 raise ValueError(f"{self.path}: does not have the layout this run writes")
         self._fd = fd
@@ -254,10 +254,24 @@ class ShardWriter:
             self._fd = None
 
 
+def _pwrite(fd: int, data, offset: int) -> int:
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # pragma: no cover - Windows
+    return os.write(fd, data)
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # pragma: no cover - Windows
+    return os.read(fd, n)
+
+
 def _write_exact(fd: int, offset: int, view: memoryview, path: str) -> None:
     done = 0
     while done < len(view):
-        n = os.pwrite(fd, view[done:], offset + done)
+        n = _pwrite(fd, view[done:], offset + done)
         if n <= 0:  # pragma: no cover - pwrite raises on errors
             raise OSError(f"{path}: short write")
         done += n
@@ -281,7 +295,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """Writes ``data`` to ``path`` so that a crash leaves either the old file or the new one:
     a temporary file in the same folder, fsync, ``os.replace``, fsync of the folder."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
     try:
         _write_exact(fd, 0, memoryview(data), tmp)
         os.fsync(fd)

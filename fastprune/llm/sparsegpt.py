@@ -25,6 +25,8 @@ class Hessian(Statistic):
     give the scaled Hessian in float32.
     """
 
+    shareable = True  # depends on the input rows only
+
     def __init__(self, in_features: int, device) -> None:
         self.sum = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
         self.tokens = torch.zeros((), dtype=torch.int64, device=device)

@@ -94,7 +94,9 @@ class PruneStage(Stage):
         elif self.method == "wanda":
             keep, new_w = wanda_mask(w.detach(), stats.pop(layer.module).norms(), sparsity, self.nm), None
         else:
-            H = stats.pop(layer.module).take()
+            stat = stats.pop(layer.module)
+            # A Hessian shared with layers still to solve (same input) is copied, the last one takes it.
+            H = stat.matrix() if any(v is stat for v in stats.values()) else stat.take()
             new_w, keep = sparsegpt_prune(w.detach(), H, sparsity, self.nm, self.blocksize, self.percdamp,
                                           layer.name, overwrite_h=True)
             del H

@@ -398,12 +398,16 @@ class Statistic:
     micro-batch (``add(x, y)`` with the output rows too when
     ``wants_output``), then hands the statistics of a block to
     :meth:`StatsReducer.reduce`, which sums every tensor of ``buffers()``
-    over the processes. Sums are float64 (counts may be int64): adding
+    over the processes. A ``shareable`` statistic depends on the input rows
+    only: modules that receive the very same input tensor (a block's q, k and
+    v projections, gate and up) then get one statistic object, which the
+    walker puts in the stage's dict for each of them (and reduces once). Sums are float64 (counts may be int64): adding
     micro-batch by micro-batch in float64 keeps the result independent of
     how the samples are cut into micro-batches and processes.
     """
 
     wants_output = False
+    shareable = False
 
     def add(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
         raise NotImplementedError
@@ -531,6 +535,12 @@ class StatsReducer:
     :meth:`reduce`, and raises an error found on any process on every process
     in :meth:`agree`.
     """
+
+    #: Whether modules that receive the very same input tensor (q/k/v, gate/up) may share one
+    #: statistic. The sharing is decided during the first micro-batch's forward, so a reducer
+    #: that gathers the statistics' buffers before running any forward (or on a process that
+    #: runs none) sets this False and every module keeps its own.
+    shares_inputs = True
 
     def samples(self, count: int) -> List[int]:
         """Indices (into the whole calibration's micro-batches) that this process runs."""
@@ -779,27 +789,55 @@ class Walker:
 
     def _reduce(self, stats: Dict[nn.Module, Statistic]) -> None:
         if stats:
-            self.reducer.reduce(list(stats.values()))
+            unique = list({id(s): s for s in stats.values()}.values())  # a shared statistic once
+            self.reducer.reduce(unique)
 
     def _forward(self, block: nn.Module, inputs: List[MicroBatch], stats: Dict[nn.Module, Statistic],
                  keep_outputs: bool) -> None:
         """Runs ``block`` on every micro-batch with ``stats`` hooked; with ``keep_outputs`` each
         micro-batch's hidden states are replaced by the block's outputs (one copy alive)."""
         current: List[MicroBatch] = []
+        # Inputs seen in this forward call: id -> (the tensor, kept alive so that its id stays its
+        # own; its rows; the first module that received it).
+        seen: Dict[int, Tuple[torch.Tensor, torch.Tensor, nn.Module]] = {}
+        shared: Dict[nn.Module, nn.Module] = {}  # module -> the module whose statistic it shares
 
-        def make_hook(stat: Statistic):
-            def hook(module, args, output):
+        def make_hook(module: nn.Module):
+            def hook(mod, args, output):
                 mb = current[0]
-                x = mb.rows(args[0].detach())
+                x_in = args[0]  # the object itself: the same one reaches q, k and v
+                stat = stats[module]
                 if stat.wants_output:
-                    stat.add(x, mb.rows(output.detach()))
+                    stat.add(mb.rows(x_in.detach()), mb.rows(output.detach()))
+                    return
+                first = seen.get(id(x_in))
+                if first is not None and first[0] is x_in:
+                    owner = first[2]
+                    if shared.get(module) is owner:
+                        return  # its statistic is the owner's, which has these rows
+                    other = stats[owner]
+                    if (mb is inputs[0] and self.reducer.shares_inputs and stat.shareable and type(other) is type(stat)
+                            and module not in shared):
+                        # Same input tensor as an earlier module (q/k/v, gate/up): one statistic.
+                        stats[module] = other
+                        shared[module] = owner
+                        return
+                    x = first[1]
                 else:
-                    stat.add(x)
+                    x = mb.rows(x_in.detach())
+                    seen[id(x_in)] = (x_in, x, module)
+                if module in shared:
+                    raise RuntimeError(f"{type(module).__name__}: its input differs from the module whose "
+                                       f"statistic it shares; the block's forward is not the same on every "
+                                       f"micro-batch")
+                stat.add(x)
             return hook
 
         def run(mb: MicroBatch) -> None:
             current[:] = [mb]
+            seen.clear()
             out = block(*mb.args, **mb.kwargs)
+            seen.clear()
             if keep_outputs:
                 hidden = out[0] if isinstance(out, (tuple, list)) else out
                 if hidden.shape == mb.hidden.shape and hidden.dtype == mb.hidden.dtype:
@@ -812,7 +850,7 @@ class Walker:
                 del hidden
             del out
 
-        handles = [module.register_forward_hook(make_hook(stat)) for module, stat in stats.items()]
+        handles = [module.register_forward_hook(make_hook(module)) for module in stats]
         try:
             self.reducer.accumulate(inputs, run, list(stats.values()))
         finally:

@@ -21,6 +21,8 @@ class InputNorms(Statistic):
     ``norms()`` rounds them to float32 (float64 for float64 input).
     """
 
+    shareable = True  # depends on the input rows only
+
     def __init__(self, in_features: int, device) -> None:
         self.sumsq = torch.zeros(in_features, dtype=torch.float64, device=device)
         self.tokens = torch.zeros((), dtype=torch.int64, device=device)
