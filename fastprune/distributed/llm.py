@@ -13,30 +13,34 @@ same way on every process (``batch_size`` sequences, see
 :func:`~fastprune.llm.walker.micro_batches`; the default size does not depend
 on the number of processes). Of ``W`` processes, process ``r`` runs
 micro-batches ``r, r + W, r + 2W, ...`` (strided) through every block, keeping
-their hidden states from block to block. Micro-batches ``tW .. tW + W - 1``
-form round ``t``.
+their hidden states from block to block.
 
-**Statistics in a fixed order** (:class:`OrderedSums`). After its micro-batch
-of round ``t``, each process broadcasts what that micro-batch added to every
-statistic of the block (Wanda's squared norms, SparseGPT's ``X^T X``, OWL's
-norms, the reconstruction errors: whatever ``Statistic.buffers()`` holds), and
-every process adds the round's contributions to float64 sums in micro-batch
-order. These are the additions one process makes walking the micro-batches in
-order, so the sums are bit for bit those of one process, for any number of
-processes: Wanda's masks and weights and SparseGPT's Hessians are identical to
-the one-process call's (the forward passes themselves are, as long as each
-micro-batch's forward is: the same machine type and threads per process).
-Memory per process: the statistics twice (contributions and sums) plus one
-buffer received at a time; traffic per process and block: the statistics'
-size times the number of micro-batches (Wanda: a few KB per layer; SparseGPT:
-one ``in x in`` float64 matrix per layer and micro-batch).
+**Statistics in a fixed order** (:class:`OrderedSums`). Each process keeps
+what each of its micro-batches added to every statistic of the block
+(Wanda's squared norms, SparseGPT's ``X^T X``, OWL's norms, the
+reconstruction errors: whatever ``Statistic.buffers()`` holds), sends these
+contributions to every process, and every process adds all of them to float64
+sums in micro-batch order. These are the additions one process makes walking
+the micro-batches in order, so the sums are bit for bit those of one process,
+for any number of processes: Wanda's masks and weights and SparseGPT's
+Hessians are identical to the one-process call's (the forward passes
+themselves are, as long as each micro-batch's forward is: the same machine
+type and threads per process). The exchange goes in rounds: a process keeps
+up to :data:`ROUND_BYTES` of contributions (Wanda's few KB per layer: the
+whole pass in one round, one message per process; SparseGPT's Hessians: one
+micro-batch per process and round, sent buffer by buffer). Memory per
+process: the statistics twice (the current contributions and the sums) plus
+one round's messages; traffic per process and block: the statistics' size
+times the number of micro-batches (Wanda: a few KB per layer and micro-batch;
+SparseGPT: one ``in x in`` float64 matrix per layer and micro-batch).
 
 **Solves split among the processes** (:class:`WeightParallel`). The layers of
 a block are dealt out to the processes by estimated cost (longest first, each
 to the least loaded process; the same on every process); each process solves
 its layers, then every layer's keep-mask (1 bit per weight) is broadcast from
-its owner. Where the pruned weight follows from the mask (Wanda, magnitude)
-the others zero it themselves; SparseGPT's reconstructed weights are broadcast.
+its owner (one message per process). Where the pruned weight follows from the
+mask (Wanda, magnitude) the others zero it themselves; SparseGPT's
+reconstructed weights are broadcast.
 
 **Errors.** Every process checks its arguments, then all exchange a signature
 (options, the calibration's and the model's fingerprints, versions) before
