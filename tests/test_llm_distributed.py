@@ -20,6 +20,8 @@ import pytest
 import torch
 
 import fastprune.llm as llm
+from fastprune.llm import walker as W
+from fastprune.llm.walker import Statistic
 from test_llm_prune import VOCAB, calib, tiny_llama
 
 transformers = pytest.importorskip("transformers")
@@ -132,6 +134,69 @@ def case_magnitude_embeddings(**kw):
     m = llama()
     r = llm.prune(m, None, method="magnitude", prune_embeddings=True, prune_lm_head=True, progress=False, **kw)
     return outcome(r, m)
+
+
+class Probe(Statistic):
+    """Float64 contributions of very different magnitudes per micro-batch, whose sum depends on the
+    order of the additions (the float32 rounding of Wanda's norms hides most such differences)."""
+
+    def __init__(self):
+        self.acc = torch.zeros(3, dtype=torch.float64)
+        self.parts = []
+
+    def add(self, x, y=None):
+        v = x.double().sum()
+        c = torch.stack([v * 1e16 + 1.0, v * 3.3e15 - 0.7, (v * 7.7) ** 3])
+        self.parts.append(c)
+        self.acc += c
+
+    def buffers(self):
+        return [self.acc]
+
+
+class ProbeStage(W.Stage):
+    """Reads each block: the probe's sum on its first layer's input."""
+
+    recompute = False
+
+    def __init__(self):
+        self.sums, self.parts = [], []
+
+    def statistics(self, turn):
+        self.probe = Probe()
+        return {turn.layers[0].module: self.probe}
+
+    def update(self, turn, stats):
+        self.sums.append(self.probe.acc.clone())
+        self.parts.append(list(self.probe.parts))
+
+
+def probe_walk(reducer=None, scheduler=None):
+    m = llama()
+    blocks = llm.find_blocks(m)
+    walker = W.Walker(W.ModelSource(m, blocks), W.plan_layers(m, blocks),
+                      W.micro_batches(llm.normalize_calibration(calib(7, 16, seed=31)), 1), device="cpu",
+                      reducer=reducer, scheduler=scheduler, progress=False)
+    stage = ProbeStage()
+    walker.walk(stage, walker.capture())
+    return stage
+
+
+def case_order_probe(**kw):
+    """The probe's sums through the data-parallel reducer, with several micro-batches per exchange
+    and with one (the two exchange paths)."""
+    import fastprune.distributed.llm as dpllm
+
+    out = {}
+    saved = dpllm.ROUND_BYTES
+    for label, round_bytes in (("several", saved), ("one", 1)):
+        dpllm.ROUND_BYTES = round_bytes
+        try:
+            dp = dpllm.DataParallel()
+            out[label] = [t.tolist() for t in probe_walk(dp.reducer(), dp.scheduler()).sums]
+        finally:
+            dpllm.ROUND_BYTES = saved
+    return out
 
 
 CASES = [case_llama_wanda, case_llama_wanda_owl, case_gpt2_wanda_24, case_llama_sparsegpt, case_gpt2_sparsegpt_24,
@@ -259,6 +324,10 @@ def checkpoint_cases(rank, ws, ckpt):
 
 def run_cases(rank, ws, ckpt):
     results = {}
+    try:
+        results["order_probe"] = ("ok", case_order_probe())
+    except Exception:  # noqa: BLE001 - reported by the tests
+        results["order_probe"] = ("fail", traceback.format_exc())
     for case in CASES:
         started = time.perf_counter()
         try:
@@ -280,9 +349,17 @@ def _worker(rank, ws, store, out_dir, ckpt):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws,
                             timeout=timedelta(seconds=GROUP_TIMEOUT))
+    # Rounds of a few micro-batches on these tiny models, so that every exchange path runs: Wanda's
+    # norms (~2 KB a micro-batch) two micro-batches per process and round, the errors (112 B) a whole
+    # pass per round, SparseGPT's Hessians (~80 KB) one micro-batch per round, sent buffer by buffer.
+    import fastprune.distributed.llm as dpllm
+
+    saved = dpllm.ROUND_BYTES
+    dpllm.ROUND_BYTES = 5000
     try:
         results = run_cases(rank, ws, ckpt)
     finally:
+        dpllm.ROUND_BYTES = saved
         dist.destroy_process_group()
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
@@ -620,3 +697,34 @@ def test_a_process_that_dies_does_not_hang_the_others(tmp_path):
     got = torch.load(tmp_path / "rank0.pt", weights_only=False)
     assert got["raised"][0] != "no error"
     assert got["seconds"] < GROUP_TIMEOUT + 30, got  # the connection's end, or at worst the group's timeout
+
+
+@pytest.mark.parametrize("ws", WORLD_SIZES)
+def test_statistics_are_added_in_micro_batch_order(runs, ws):
+    """Sums whose float64 value depends on the order of the additions (checked here: adding the same
+    contributions in reverse gives other bits) come out of 1, 2 and 3 processes as one process
+    adds them, micro-batch after micro-batch, with either exchange path."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = probe_walk()
+    finally:
+        torch.set_num_threads(saved)
+    for parts, total in zip(one.parts, one.sums):
+        forward = torch.zeros(3, dtype=torch.float64)
+        for c in parts:
+            forward += c
+        assert torch.equal(forward, total)
+    reversed_sums = []
+    for parts in one.parts:
+        acc = torch.zeros(3, dtype=torch.float64)
+        for c in reversed(parts):
+            acc += c
+        reversed_sums.append(acc)
+    assert any(not torch.equal(a, b) for a, b in zip(reversed_sums, one.sums))  # the probe sees the order
+    expected = [t.tolist() for t in one.sums]
+    for rank in range(ws):
+        status, got = runs[ws][rank]["order_probe"]
+        assert status == "ok", got
+        assert got["several"] == expected, (ws, rank)
+        assert got["one"] == expected, (ws, rank)

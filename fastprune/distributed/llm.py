@@ -13,30 +13,34 @@ same way on every process (``batch_size`` sequences, see
 :func:`~fastprune.llm.walker.micro_batches`; the default size does not depend
 on the number of processes). Of ``W`` processes, process ``r`` runs
 micro-batches ``r, r + W, r + 2W, ...`` (strided) through every block, keeping
-their hidden states from block to block. Micro-batches ``tW .. tW + W - 1``
-form round ``t``.
+their hidden states from block to block.
 
-**Statistics in a fixed order** (:class:`OrderedSums`). After its micro-batch
-of round ``t``, each process broadcasts what that micro-batch added to every
-statistic of the block (Wanda's squared norms, SparseGPT's ``X^T X``, OWL's
-norms, the reconstruction errors: whatever ``Statistic.buffers()`` holds), and
-every process adds the round's contributions to float64 sums in micro-batch
-order. These are the additions one process makes walking the micro-batches in
-order, so the sums are bit for bit those of one process, for any number of
-processes: Wanda's masks and weights and SparseGPT's Hessians are identical to
-the one-process call's (the forward passes themselves are, as long as each
-micro-batch's forward is: the same machine type and threads per process).
-Memory per process: the statistics twice (contributions and sums) plus one
-buffer received at a time; traffic per process and block: the statistics'
-size times the number of micro-batches (Wanda: a few KB per layer; SparseGPT:
-one ``in x in`` float64 matrix per layer and micro-batch).
+**Statistics in a fixed order** (:class:`OrderedSums`). Each process keeps
+what each of its micro-batches added to every statistic of the block
+(Wanda's squared norms, SparseGPT's ``X^T X``, OWL's norms, the
+reconstruction errors: whatever ``Statistic.buffers()`` holds), sends these
+contributions to every process, and every process adds all of them to float64
+sums in micro-batch order. These are the additions one process makes walking
+the micro-batches in order, so the sums are bit for bit those of one process,
+for any number of processes: Wanda's masks and weights and SparseGPT's
+Hessians are identical to the one-process call's (the forward passes
+themselves are, as long as each micro-batch's forward is: the same machine
+type and threads per process). The exchange goes in rounds: a process keeps
+up to :data:`ROUND_BYTES` of contributions (Wanda's few KB per layer: the
+whole pass in one round, one message per process; SparseGPT's Hessians: one
+micro-batch per process and round, sent buffer by buffer). Memory per
+process: the statistics twice (the current contributions and the sums) plus
+one round's messages; traffic per process and block: the statistics' size
+times the number of micro-batches (Wanda: a few KB per layer and micro-batch;
+SparseGPT: one ``in x in`` float64 matrix per layer and micro-batch).
 
 **Solves split among the processes** (:class:`WeightParallel`). The layers of
 a block are dealt out to the processes by estimated cost (longest first, each
 to the least loaded process; the same on every process); each process solves
 its layers, then every layer's keep-mask (1 bit per weight) is broadcast from
-its owner. Where the pruned weight follows from the mask (Wanda, magnitude)
-the others zero it themselves; SparseGPT's reconstructed weights are broadcast.
+its owner (one message per process). Where the pruned weight follows from the
+mask (Wanda, magnitude) the others zero it themselves; SparseGPT's
+reconstructed weights are broadcast.
 
 **Errors.** Every process checks its arguments, then all exchange a signature
 (options, the calibration's and the model's fingerprints, versions) before
@@ -70,6 +74,9 @@ __all__ = ["DataParallel", "OrderedSums", "WeightParallel", "init_from_env", "ca
 
 # Statistics buffers of one dtype are sent together up to this many bytes per broadcast.
 COALESCE_BYTES = 4 << 20
+# Bytes of per-micro-batch contributions a process keeps so that several of its micro-batches share
+# one exchange (Wanda's few KB per layer: a whole pass in one round; SparseGPT's Hessians: one each).
+ROUND_BYTES = 64 << 20
 # Values of each tensor that enter the model fingerprint (a strided sample).
 FINGERPRINT_VALUES = 4096
 
@@ -265,6 +272,10 @@ class DataParallel:
 class OrderedSums(StatsReducer):
     """Statistics summed over every process's micro-batches, in micro-batch order (see the module docstring)."""
 
+    # The buffers to exchange are gathered before the first forward, and a process may run none:
+    # every module keeps its own statistic, so every process holds the same ones.
+    shares_inputs = False
+
     def __init__(self, dp: DataParallel) -> None:
         self.dp = dp
         self.count: Optional[int] = None
@@ -292,27 +303,54 @@ class OrderedSums(StatsReducer):
         for mb in inputs:
             if mb.index % world != dp.rank and error is None:
                 error = RuntimeError(f"micro-batch {mb.index} is not this process's (rank {dp.rank} of {world})")
-            local[mb.index // world] = mb
+            local[mb.index] = mb
         bufs = [b for s in stats for b in s.buffers()]
         sums = [torch.zeros_like(b) for b in bufs]
-        groups = _coalesce(bufs)
-        for t in range(-(-count // world)):
-            mb = local.get(t)
-            if mb is not None and error is None:
-                try:
-                    run(mb)
-                except Exception as e:  # noqa: BLE001 - raised on every process by check()
-                    error = e
+        nbytes = sum(b.numel() * b.element_size() for b in bufs)
+        # Micro-batches per process and round: as many as keep ROUND_BYTES of contributions (the same
+        # on every process: it depends on the statistics' sizes only).
+        per = max(1, ROUND_BYTES // max(nbytes, 1))
+        groups = _coalesce(bufs) if per == 1 else None
+        for first in range(0, count, per * world):
+            last = min(count, first + per * world)
+            kept: List[torch.Tensor] = []  # this process's contributions in this round (per > 1)
+            for j in range(first + dp.rank, last, world):
+                if error is None:
+                    try:
+                        run(local[j])
+                    except Exception as e:  # noqa: BLE001 - raised on every process by check()
+                        error = e
+                if per > 1:
+                    kept.append(torch.cat([b.reshape(-1).view(torch.uint8) for b in bufs]).to(dp.device))
+                    for b in bufs:
+                        b.zero_()
             dp.check(error)
-            error = None
-            for q in range(min(world, count - t * world)):  # micro-batch t * world + q, in order
-                for g in groups:
-                    got = dp.broadcast([bufs[i] for i in g], q)
-                    for i, v in zip(g, got):
-                        sums[i] += v
-            if mb is not None:
+            if per == 1:  # one micro-batch per process: each sender's buffers go as they are
+                for q in range(last - first):  # micro-batch first + q, in order
+                    for g in groups:
+                        got = dp.broadcast([bufs[i] for i in g], q)
+                        for i, v in zip(g, got):
+                            sums[i] += v
                 for b in bufs:
                     b.zero_()
+                continue
+            # Several micro-batches per process: one message per sender, then added in micro-batch order.
+            received = {}
+            for q in range(min(world, last - first)):
+                n = len(range(first + q, last, world))
+                payload = torch.cat(kept) if q == dp.rank else torch.empty(n * nbytes, dtype=torch.uint8,
+                                                                           device=dp.device)
+                (payload,) = dp.broadcast([payload], q)
+                received[q] = payload
+            del kept
+            for j in range(first, last):
+                q, k = j % world, (j - first) // world
+                at = k * nbytes
+                for i, b in enumerate(bufs):
+                    size = b.numel() * b.element_size()
+                    piece = received[q][at:at + size].clone().view(b.dtype).reshape(b.shape)
+                    sums[i] += piece.to(b.device)
+                    at += size
         for b, s in zip(bufs, sums):
             b.copy_(s)
 
@@ -381,27 +419,36 @@ class WeightParallel(SolveScheduler):
                     error = e
                     break
         dp.check(error)
-        for k, job in enumerate(jobs):
-            w = job.weight
-            n = w.numel()
-            mine = owner[k] == dp.rank
-            if mine:
-                keep = keeps[k]
-                packed = ops.pack_mask(keep.reshape(-1))
+        # The keep-masks, 1 bit per weight: one message per process, its layers' masks one after the other.
+        for q in range(dp.world):
+            ks = [k for k in range(len(jobs)) if owner[k] == q]
+            if not ks:
+                continue
+            sizes = [ops.packed_numel(jobs[k].weight.numel()) for k in ks]
+            if q == dp.rank:
+                payload = torch.cat([ops.pack_mask(keeps[k].reshape(-1)).to(dp.device) for k in ks])
             else:
-                packed = torch.empty(ops.packed_numel(n), dtype=torch.uint8, device=w.device)
-            (packed,) = dp.broadcast([packed], owner[k])
-            if not mine:
-                keep = ops.unpack_mask(packed, n, torch.bool).reshape(w.shape).to(w.device)
-            if not job.masks_only:
-                raw = w.detach().contiguous().view(torch.uint8) if mine else torch.empty(
-                    n * w.element_size(), dtype=torch.uint8, device=w.device)
-                (raw,) = dp.broadcast([raw.reshape(-1)], owner[k])
+                payload = torch.empty(sum(sizes), dtype=torch.uint8, device=dp.device)
+            (payload,) = dp.broadcast([payload], q)
+            if q != dp.rank:
+                at = 0
+                for k, size in zip(ks, sizes):
+                    w = jobs[k].weight
+                    keeps[k] = ops.unpack_mask(payload[at:at + size], w.numel(), torch.bool).reshape(w.shape).to(
+                        w.device)
+                    at += size
+        # The pruned weights: zeroed here where the mask says it all, else sent by their owner.
+        for k, job in enumerate(jobs):
+            w, mine = job.weight, owner[k] == dp.rank
+            if job.masks_only:
                 if not mine:
-                    w.detach().copy_(raw.view(w.dtype).reshape(w.shape))
-            elif not mine:
-                w.detach().masked_fill_(~keep, 0)
-            keeps[k] = keep
+                    w.detach().masked_fill_(~keeps[k], 0)
+                continue
+            raw = w.detach().contiguous().reshape(-1).view(torch.uint8) if mine else torch.empty(
+                w.numel() * w.element_size(), dtype=torch.uint8, device=w.device)
+            (raw,) = dp.broadcast([raw], owner[k])
+            if not mine:
+                w.detach().copy_(raw.view(w.dtype).reshape(w.shape))
         return keeps
 
 
