@@ -137,12 +137,23 @@ def train(args):
     nparams = sum(p.numel() for p in model.parameters())
     print(f"{nparams / 1e6:.2f}M parameters, {len(train_files)} train / {len(held_files)} held-out files")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
-    gen = torch.Generator().manual_seed(1234)
+    gen = torch.Generator().manual_seed(1234 + done["steps"])  # a resumed run sees other windows
+
+    def save(step, ppl):
+        """Model, tokenizer and training.json into --dir (also every --save-minutes while training)."""
+        os.makedirs(args.dir, exist_ok=True)
+        model.save_pretrained(args.dir)
+        byte_tokenizer().save_pretrained(args.dir)
+        with open(os.path.join(args.dir, "training.json"), "w") as fh:
+            json.dump({"steps": done["steps"] + step, "seconds": done["seconds"] + time.time() - t0,
+                       "cpu_seconds": done["cpu_seconds"] + time.process_time() - c0, "heldout_ppl": ppl,
+                       "params": nparams, "seqlen": args.seqlen}, fh)
     # The budget is CPU time of this process (the machine may be shared, so wall
     # time says little), with a wall-clock cap.
     budget = 60 * args.cpu_minutes
     wall_deadline = time.time() + 60 * args.max_wall_minutes
     step, t0, c0 = 0, time.time(), time.process_time()
+    last_save = t0
     # Cosine decay planned over the budget (steps estimated after warm-up).
     planned = None
     while time.process_time() - c0 < budget and time.time() < wall_deadline:
@@ -161,21 +172,20 @@ def train(args):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        if step % 25 == 0:
+        if step % args.log_every == 0:
             print(f"step {step} loss {loss.item():.3f} lr {lr:.2e} {time.time() - t0:.0f}s wall "
                   f"{time.process_time() - c0:.0f}s cpu", flush=True)
+        if args.save_minutes and time.time() - last_save > 60 * args.save_minutes:
+            model.eval()
+            save(step, None)  # a killed run keeps what it has learnt
+            model.train()
+            last_save = time.time()
     model.eval()
     ppl = perplexity(model, held, args.batch)
     cpu = time.process_time() - c0
     print(f"trained {step} steps in {time.time() - t0:.0f}s wall, {cpu:.0f}s CPU; held-out perplexity {ppl:.3f}"
           + (f" ({done['steps'] + step} steps in all)" if args.resume else ""))
-    os.makedirs(args.dir, exist_ok=True)
-    model.save_pretrained(args.dir)
-    byte_tokenizer().save_pretrained(args.dir)
-    with open(os.path.join(args.dir, "training.json"), "w") as fh:
-        json.dump({"steps": done["steps"] + step, "seconds": done["seconds"] + time.time() - t0,
-                   "cpu_seconds": done["cpu_seconds"] + cpu, "heldout_ppl": ppl,
-                   "params": nparams, "seqlen": args.seqlen}, fh)
+    save(step, ppl)
 
 
 @torch.no_grad()
@@ -256,6 +266,8 @@ def main():
     t.add_argument("--seqlen", type=int, default=128)
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--save-minutes", type=float, default=0.0, help="also save every N wall-clock minutes")
+    t.add_argument("--log-every", type=int, default=25)
     t.add_argument("--resume", action="store_true",
                    help="continue training the model saved in --dir (its shape; the shape options are ignored)")
     e = sub.add_parser("evaluate")
