@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="cast the weights to this dtype (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="calibration sequences per forward call (default: from a 256 MiB activation budget)")
+                   help="calibration sequences per forward call (default: from a 32 MiB activation budget)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --output (the same arguments are required)")
     p.add_argument("--prune-embeddings", action="store_true",

@@ -218,7 +218,7 @@ def prune(
             forward call (larger batches are cut, smaller ones run as given);
             statistics are summed over the calls in float64. Default (None):
             as many as keep one call's block activations within
-            ``fastprune.llm.walker.ACTIVATION_BUDGET`` (256 MiB; the estimate is
+            ``fastprune.llm.walker.ACTIVATION_BUDGET`` (32 MiB; the estimate is
             :func:`~fastprune.llm.walker.default_batch_size`'s). Wanda gives
             the same masks for any ``batch_size``; SparseGPT's Hessians differ
             by float32 rounding of each call's ``X^T X``.

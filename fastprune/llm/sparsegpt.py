@@ -31,9 +31,16 @@ class Hessian(Statistic):
         self.sum = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
         self.tokens = torch.zeros((), dtype=torch.int64, device=device)
 
+    #: Rows of the float32 product widened and added at a time: ``sum += product`` would widen
+    #: the whole product to a float64 temporary (twice its size) first.
+    ADD_ROWS = 256
+
     def add(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
         xf = x.to(torch.float32)
-        self.sum += xf.t() @ xf
+        product = xf.t() @ xf
+        del xf
+        for r in range(0, product.shape[0], self.ADD_ROWS):
+            self.sum[r:r + self.ADD_ROWS] += product[r:r + self.ADD_ROWS]
         self.tokens += x.shape[0]
 
     def buffers(self) -> List[torch.Tensor]:
@@ -74,7 +81,9 @@ def sparsegpt_prune(
     columns, and the block's errors over all later columns in one matrix
     product (lazy batched updates).
 
-    ``overwrite_h=True`` lets the function modify ``H`` instead of copying it.
+    ``overwrite_h=True`` lets the function modify ``H`` instead of copying it
+    (and, when the caller keeps no reference to it, free it after its Cholesky
+    factorisation).
 
     Raises:
         RuntimeError: the dampened Hessian is not positive definite (raise ``percdamp``).
@@ -92,6 +101,7 @@ def sparsegpt_prune(
     L, info = torch.linalg.cholesky_ex(H)
     if int(info) != 0:
         raise RuntimeError(f"sparsegpt: the dampened Hessian of {name} is not positive definite; raise percdamp")
+    del H  # the caller's own matrix is freed here when it kept no reference (``overwrite_h=True``)
     Hinv = torch.cholesky_inverse(L)
     del L  # one n x n matrix fewer alive during the column loop
     Hinv, info = torch.linalg.cholesky_ex(Hinv, upper=True)

@@ -96,10 +96,11 @@ class PruneStage(Stage):
         else:
             stat = stats.pop(layer.module)
             # A Hessian shared with layers still to solve (same input) is copied, the last one takes it.
-            H = stat.matrix() if any(v is stat for v in stats.values()) else stat.take()
-            new_w, keep = sparsegpt_prune(w.detach(), H, sparsity, self.nm, self.blocksize, self.percdamp,
-                                          layer.name, overwrite_h=True)
-            del H
+            shared = any(v is stat for v in stats.values())
+            # The Hessian goes straight into the call (no reference kept here), which frees it once
+            # its Cholesky factor exists: one n x n matrix fewer alive at the solve's peak.
+            new_w, keep = sparsegpt_prune(w.detach(), stat.matrix() if shared else stat.take(), sparsity,
+                                          self.nm, self.blocksize, self.percdamp, layer.name, overwrite_h=True)
         if new_w is not None:
             w.copy_(new_w.to(w.dtype))
             del new_w

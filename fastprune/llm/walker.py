@@ -93,6 +93,7 @@ A new feature writes a :class:`Stage`, e.g. to gather per-channel statistics
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -125,7 +126,7 @@ __all__ = [
 # Bytes that one micro-batch's activations inside a block may take (the
 # block's intermediate tensors for the sequences of one forward call); see
 # default_batch_size for the estimate.
-ACTIVATION_BUDGET = 256 * 2 ** 20
+ACTIVATION_BUDGET = 32 * 2 ** 20
 
 
 class _Stop(Exception):
@@ -750,6 +751,7 @@ class Walker:
             self._reduce(stats)
             self._agreed(lambda: stage.update(turn, stats))
             del stats
+            trim_heap()  # the forward's activations and the solves' matrices are freed by now
             if inputs is not None and stage.recompute:
                 def recompute():
                     measures = stage.measures(turn)
@@ -769,6 +771,7 @@ class Walker:
                 self.source.release(i, turn.module)
 
             self._agreed(finish)
+            trim_heap()
             if last:
                 inputs = None  # the last block's outputs are not computed
             if on_block is not None:
@@ -856,6 +859,32 @@ class Walker:
         finally:
             for h in handles:
                 h.remove()
+
+
+_LIBC_TRIM: List[Optional[Callable[[int], int]]] = []
+
+
+def trim_heap() -> None:
+    """Hands the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    A block's forward and solves allocate and free tens of megabytes; glibc
+    keeps freed chunks below its (adaptive) mmap threshold in the heap, where
+    the next block's differently sized tensors fragment it, so without a trim
+    the resident size creeps up to several blocks' worth of transient tensors.
+    """
+    if not _LIBC_TRIM:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL("libc.so.6").malloc_trim
+                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+            except (OSError, AttributeError):  # musl and friends: no malloc_trim
+                fn = None
+        _LIBC_TRIM.append(fn)
+    if _LIBC_TRIM[0] is not None:
+        _LIBC_TRIM[0](0)
 
 
 def block_device(block: nn.Module) -> Optional[torch.device]:
