@@ -20,7 +20,10 @@ round's two runs see about the same machine load), each process:
    ordinary memory (``from_pretrained`` leaves them memory-mapped from the
    file, which would count the load in the call's peak), then resets the
    kernel's peak-RSS counter (``/proc/self/clear_refs``);
-2. times the one pruning call (``fastprune.llm.prune`` / llm-compressor's
+2. times the one pruning call (``fastprune.llm.prune``, by default with
+   ``measure_errors=False``: llm-compressor measures no reconstruction error,
+   and fastprune's measurement is one more matrix product per layer; pass
+   ``--measure-errors`` for fastprune's own default / llm-compressor's
    ``oneshot`` with ``SparseGPTModifier`` or ``WandaPruningModifier``; both
    with their defaults otherwise: SparseGPT block 128, dampening 0.01) and
    reads its peak RSS above the loaded model (``VmHWM`` minus the RSS before);
@@ -114,7 +117,7 @@ def run_fastprune(model, ids, spec):
     import fastprune.llm as llm
 
     llm.prune(model, ids, method=spec["method"], sparsity=0.5, pattern=spec["pattern"], progress=False,
-              batch_size=spec.get("batch_size"))
+              batch_size=spec.get("batch_size"), measure_errors=spec.get("measure_errors", False))
 
 
 def run_llmcompressor(model, ids, spec):
@@ -222,6 +225,9 @@ def main():
     p.add_argument("--methods", nargs="+", default=["sparsegpt", "wanda"])
     p.add_argument("--patterns", nargs="+", default=["unstructured", "2:4"])
     p.add_argument("--batch-size", type=int, default=None, help="fastprune's batch_size (default: its own)")
+    p.add_argument("--measure-errors", action="store_true",
+                   help="fastprune also measures each layer's reconstruction error (its default; off here by "
+                        "default because llm-compressor measures none, so the two do the same work)")
     p.add_argument("--workdir", default=os.path.join(os.path.expanduser("~"), ".cache", "fastprune", "bench_llmc"))
     p.add_argument("--json", help="write every measurement here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -249,6 +255,7 @@ def main():
     def run(impl, method, pattern, tag):
         spec = {"impl": impl, "method": method, "pattern": pattern, "threads": args.threads, "model": args.model,
                 "calibration": calib_path, "heldout": held_path, "batch_size": args.batch_size,
+                "measure_errors": args.measure_errors,
                 "zeros": os.path.join(args.workdir, f"zeros_{tag}.npy")}
         path = os.path.join(args.workdir, f"spec_{tag}.json")
         with open(path, "w") as fh:
@@ -272,7 +279,8 @@ def main():
     header = (f"Llama {nparams / 1e6:.1f}M parameters (byte-level, trained {trained['steps']} steps; "
               f"`{args.model}`), calibration {args.nsamples} x {seqlen} tokens (seed {args.seed}), held-out "
               f"{held.shape[0]} x {held.shape[1]}; {platform.machine()} {os.cpu_count()} cores, {args.threads} "
-              f"threads per process; fastprune commit {_git('rev-parse', '--short', 'HEAD')}")
+              f"threads per process; fastprune commit {_git('rev-parse', '--short', 'HEAD')}, "
+              f"measure_errors={args.measure_errors}")
     print(header, flush=True)
     print("uptime:", _git_free_uptime(), flush=True)
     dense = run("dense", "-", "-", "dense")

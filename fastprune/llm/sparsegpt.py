@@ -108,34 +108,45 @@ def sparsegpt_prune(
     if int(info) != 0:
         raise RuntimeError(f"sparsegpt: the inverse Hessian of {name} is not positive definite; raise percdamp")
     keep = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
+    # The column loop works on the block transposed (one contiguous row per column) and as few
+    # tensor operations per column as the arithmetic allows: each column's error is
+    # ``(w * pruned) / d`` (``w / d`` where pruned, 0 where kept: the values of ``(w - q) / d``),
+    # written straight into the block's error rows, and the block's remaining columns lose its
+    # outer product with the inverse Hessian's row. A kept weight is never changed by its own
+    # column's update (its error is 0), so the block's final values are the loop's result with
+    # the pruned ones set to 0.
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
+        W1 = W[:, i1:i2].t().contiguous()  # [count, rows]
         Err1 = torch.zeros_like(W1)
+        scratch = torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
         if nm is None:
-            score = W1 * W1 / (d * d).reshape(1, -1)
+            score = W1.t() * W1.t() / (d * d).reshape(1, -1)
             k = rows_to_prune(score.numel(), sparsity)
             (mask1,) = ops.kselect([score], None, k, largest=False, exclude_masked=False, packed=False,
                                    dtypes=[torch.bool])
+            del score
+            mask1 = mask1.t().contiguous()  # [count, rows]
+            pruned = (~mask1).to(W1.dtype)
         else:
             mask1 = torch.ones_like(W1, dtype=torch.bool)
+            pruned = torch.zeros_like(W1)
         n, m = nm if nm is not None else (0, 0)
         for i in range(count):
             if nm is not None and i % m == 0:
-                group = W1[:, i:i + m]
+                group = W1[i:i + m].t()
                 score = group * group / (d[i:i + m] * d[i:i + m]).reshape(1, -1)
-                mask1[:, i:i + m] = ops.nm_select(score, n, m)
-            w = W1[:, i]
-            q = torch.where(mask1[:, i], w, torch.zeros_like(w))
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        keep[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+                mask1[i:i + m] = ops.nm_select(score, n, m).t()
+                torch.logical_not(mask1[i:i + m], out=pruned[i:i + m])
+            err = Err1[i]
+            torch.mul(W1[i], pruned[i], out=err)
+            err.div_(d[i])
+            outer = torch.mul(Hinv1[i, i:].unsqueeze(1), err, out=scratch[: count - i])  # exact products
+            W1[i:].sub_(outer)
+        W[:, i1:i2] = W1.masked_fill_(~mask1, 0).t()
+        keep[:, i1:i2] = mask1.t()
+        W[:, i2:] -= Err1.t() @ Hinv[i1:i2, i2:]
     return W, keep
