@@ -28,6 +28,7 @@ transformers = pytest.importorskip("transformers")
 dist = pytest.importorskip("torch.distributed")
 if not dist.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
+from test_llm_checkpoint import tensors as folder_tensors  # noqa: E402  (after the skips above)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD_SIZES = [1, 2, 3]
@@ -605,18 +606,6 @@ def test_command_under_torchrun(tmp_path):
 # ----------------------------------------------------------------------------
 # prune_checkpoint in a group
 # ----------------------------------------------------------------------------
-
-
-def folder_tensors(folder):
-    from safetensors import safe_open
-
-    out = {}
-    for f in sorted(os.listdir(folder)):
-        if f.endswith(".safetensors"):
-            with safe_open(os.path.join(folder, f), "pt") as h:
-                for k in h.keys():
-                    out[k] = h.get_tensor(k)
-    return out
 
 
 def assert_same_checkpoint(got, ref):

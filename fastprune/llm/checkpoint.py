@@ -37,7 +37,7 @@ from .checks import calibration_labels, check_calibration_fits
 from .report import BlockReport, LayerReport, PruneReport
 from .shards import ShardReader, ShardWriter, atomic_write_bytes, fsync_dir, write_tensors
 from .stages import magnitude_layer
-from .walker import BlockSink, BlockSource, BlockTurn, MicroBatch, Walker, capture_inputs
+from .walker import BlockSink, BlockSource, BlockTurn, MicroBatch, Walker, capture_inputs, trim_heap
 
 __all__ = ["prune_checkpoint", "CheckpointSource", "ShardSink", "SourceCheckpoint", "WORK_DIR"]
 
@@ -857,7 +857,7 @@ def prune_checkpoint(
         raise
     finally:
         torch.set_num_threads(threads)
-        _give_back_memory()
+        trim_heap()
     report.seconds = time.perf_counter() - start_time
     if dp is not None:
         dp.same_report(report)
@@ -922,14 +922,6 @@ def _fix_mmap_threshold() -> None:
     if mallopt is not None:
         M_MMAP_THRESHOLD = -3
         mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-
-
-def _give_back_memory() -> None:
-    """glibc only: return the heap's free pages to the system (``malloc_trim``)."""
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
-    if trim is not None:
-        trim(0)
 
 
 @contextlib.contextmanager

@@ -92,8 +92,8 @@ A new feature writes a :class:`Stage`, e.g. to gather per-channel statistics
 """
 from __future__ import annotations
 
+import functools
 import math
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -861,7 +861,17 @@ class Walker:
                 h.remove()
 
 
-_LIBC_TRIM: List[Optional[Callable[[int], int]]] = []
+@functools.lru_cache(maxsize=None)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    """glibc's ``malloc_trim`` of the C library the process runs on, or None (musl, macOS, Windows)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
 
 
 def trim_heap() -> None:
@@ -872,19 +882,9 @@ def trim_heap() -> None:
     the next block's differently sized tensors fragment it, so without a trim
     the resident size creeps up to several blocks' worth of transient tensors.
     """
-    if not _LIBC_TRIM:
-        fn = None
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                fn = ctypes.CDLL("libc.so.6").malloc_trim
-                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-            except (OSError, AttributeError):  # musl and friends: no malloc_trim
-                fn = None
-        _LIBC_TRIM.append(fn)
-    if _LIBC_TRIM[0] is not None:
-        _LIBC_TRIM[0](0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def block_device(block: nn.Module) -> Optional[torch.device]:
