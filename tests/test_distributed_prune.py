@@ -642,6 +642,8 @@ CASES = [
 
 def _worker(rank, ws, store, out_dir, ckpt_dir):
     torch.set_num_threads(1)
+    import torch.distributed.nn as _dist_nn  # noqa: F401 - before the group: see init_from_env
+
     # A file rendezvous, not a TCP port: nothing to collide with other jobs on the machine.
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws, timeout=timedelta(seconds=int(os.environ.get("FASTPRUNE_TEST_TIMEOUT", "90"))))
     mesh = init_device_mesh("cpu", (ws,))

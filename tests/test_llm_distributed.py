@@ -9,6 +9,7 @@ case run normally). A run that does not finish within its deadline is killed
 and fails (no hang).
 """
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -348,6 +349,8 @@ def run_cases(rank, ws, ckpt):
 
 def _worker(rank, ws, store, out_dir, ckpt):
     torch.set_num_threads(1)
+    import torch.distributed.nn as _dist_nn  # noqa: F401 - before the group: see init_from_env
+
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws,
                             timeout=timedelta(seconds=GROUP_TIMEOUT))
     # Rounds of a few micro-batches on these tiny models, so that every exchange path runs: Wanda's
@@ -567,6 +570,37 @@ def test_import_loads_no_torch_distributed_module():
     assert out.stdout.strip() == "[]"
 
 
+def test_command_group_is_torn_down_after_transformers_loads(tmp_path):
+    """The command's group is really gone after ``destroy_process_group``: its gloo threads are joined.
+
+    ``torch.distributed.nn.functional`` takes the default group as a default argument value when it is
+    first imported after the group exists (transformers imports it while loading a config), and a
+    group kept alive past ``destroy_process_group`` lets its worker threads release the last
+    collective's tensors during interpreter shutdown, which aborts the process now and then
+    (``terminate called without an active exception``). ``init_from_env`` imports it first."""
+    LlamaConfig = transformers.LlamaConfig
+    LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2).save_pretrained(tmp_path / "model")
+    code = (
+        "import os, sys, torch, fastprune, transformers, torch.distributed as dist\n"
+        "from fastprune.distributed.llm import init_from_env\n"
+        "created, _ = init_from_env(None, 1)\n"
+        "transformers.AutoConfig.from_pretrained(sys.argv[1])\n"
+        "dist.all_reduce(torch.ones(3))\n"
+        "dist.destroy_process_group()\n"
+        "names = [open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task')]\n"
+        "print(created, sorted(n for n in names if 'gloo' in n))\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=ROOT, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0",
+               LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True,
+                       env=env, cwd=ROOT, timeout=DEADLINE)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "True []", r.stdout
+
+
 def test_command_under_torchrun(tmp_path):
     """``torchrun -m fastprune.llm``: the command joins the group itself; process 0 writes the same
     checkpoint as the command in one process, and prints the table once."""
@@ -658,6 +692,8 @@ def test_prune_checkpoint_interrupted_in_a_group_resumes(runs, references, ckpt,
 def _dying_worker(rank, ws, store, out_dir):
     """The last process dies (os._exit) in the forward of block 1; the others must raise, not wait."""
     torch.set_num_threads(1)
+    import torch.distributed.nn as _dist_nn  # noqa: F401 - before the group: see init_from_env
+
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws,
                             timeout=timedelta(seconds=GROUP_TIMEOUT))
     m = llama()

@@ -537,5 +537,13 @@ def init_from_env(device: Optional[str] = None, timeout_minutes: float = 30.0) -
         if str(device) == "cuda":
             device = f"cuda:{local}"
         torch.cuda.set_device(torch.device(device))
+    # torch.distributed.nn.functional's collectives take ``group.WORLD`` as a default argument
+    # value, evaluated when the module is first imported: imported after the group exists
+    # (transformers does while loading a config), it keeps the group alive past
+    # destroy_process_group, and gloo's worker threads then release the last collective's
+    # tensors during interpreter shutdown, which aborts the process now and then. Imported
+    # now, the defaults are None.
+    import torch.distributed.nn as _dist_nn  # noqa: F401 - binds no local "torch"
+
     dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
     return True, device
