@@ -58,6 +58,7 @@ def _prune(model, args):
 
 def _worker(rank, ws, port, args, out_dir):
     import torch.distributed as dist
+    import torch.distributed.nn as _dist_nn  # noqa: F401 - before the group (docs/llm.md, several processes)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset

@@ -59,6 +59,7 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     import torch.distributed as dist
+    import torch.distributed.nn as _dist_nn  # noqa: F401 - before the group (docs/llm.md, several processes)
 
     import fastprune.llm as llm
 
