@@ -37,16 +37,28 @@ from fastprune.llm import reference
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_model(args, device="cpu"):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def llama_config(args, **extra):
+    """The Llama config the LLM benchmarks build from their size arguments (``extra``: more config fields)."""
+    from transformers import LlamaConfig
 
-    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                      num_key_value_heads=args.kv_heads, max_position_embeddings=max(args.seqlen, 128))
+    return LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                       num_key_value_heads=args.kv_heads, max_position_embeddings=max(args.seqlen, 128), **extra)
+
+
+def build_model(args, device="cpu", cfg=None):
+    """A seeded random-init Llama of ``llama_config(args)`` (or ``cfg``): normal(0, 0.02) weights, unit norms.
+
+    The builder every LLM benchmark shares (bench_llm_dp, bench_llm_stream, gpu_llm); ``device="meta"``
+    gives the shapes only (parameter counts), no memory.
+    """
+    from transformers import LlamaForCausalLM
+
+    cfg = llama_config(args) if cfg is None else cfg
     torch.manual_seed(0)
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
-    if device == "meta":  # shapes only (parameter count), no memory
+    if device == "meta":
         return model
     # Random init without transformers' slow per-module initialisers.
     model = model.to_empty(device="cpu")

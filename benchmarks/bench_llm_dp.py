@@ -32,27 +32,6 @@ import zlib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_model(args):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                      num_key_value_heads=args.kv_heads, max_position_embeddings=max(args.seqlen, 128))
-    with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
-    model = model.to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # random init without transformers' slow per-module initialisers
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-        model.model.rotary_emb.__init__(cfg)
-    return model.eval()
-
-
 def worker(args) -> None:
     """One process of a row (``--worker``): prints a JSON line with its time and the weights' CRC."""
     import torch
@@ -62,6 +41,7 @@ def worker(args) -> None:
     import torch.distributed.nn as _dist_nn  # noqa: F401 - before the group (docs/llm.md, several processes)
 
     import fastprune.llm as llm
+    from bench_llm import build_model  # the builder every LLM benchmark shares
 
     rank = int(os.environ.get("BENCH_RANK", "0"))
     world = int(os.environ.get("BENCH_WORLD", "0"))  # 0: no process group

@@ -55,18 +55,14 @@ def load():
 
 
 def config(args):
-    from transformers import LlamaConfig
+    from bench_llm import llama_config
 
-    return LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                       num_key_value_heads=args.kv_heads, max_position_embeddings=max(args.seqlen, 128),
-                       tie_word_embeddings=False)
+    return llama_config(args, tie_word_embeddings=False)
 
 
 def write_checkpoint(args, src):
     """A save_pretrained folder of a random-init model (normal(0, 0.02) weights, unit norms)."""
-    import torch
-    from transformers import LlamaForCausalLM
+    from bench_llm import build_model
 
     cfg = config(args)
     stamp = os.path.join(src, "bench-config.json")
@@ -74,17 +70,7 @@ def write_checkpoint(args, src):
     if os.path.isfile(stamp) and open(stamp).read() == want:
         return
     shutil.rmtree(src, ignore_errors=True)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
-    model = model.to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-        model.model.rotary_emb.__init__(cfg)
+    model = build_model(args, cfg=cfg)
     model.save_pretrained(src, max_shard_size=args.shard)
     del model
     with open(stamp, "w") as f:
