@@ -27,6 +27,9 @@ if not (dist.is_available() and fastprune.distributed.AVAILABLE):
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.tensor import DTensor, Replicate, Shard  # noqa: E402
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset  # noqa: E402
+# Before any group exists, in this process and in the ones it spawns (they import this module): see
+# fastprune.distributed.llm.init_from_env.
+import torch.distributed.nn  # noqa: E402,F401
 
 WORLD_SIZES = [4, 3, 2, 1]  # 4 first: the 2-process run loads its checkpoint
 ShardedInputError = fastprune.distributed.ShardedInputError
@@ -642,8 +645,6 @@ CASES = [
 
 def _worker(rank, ws, store, out_dir, ckpt_dir):
     torch.set_num_threads(1)
-    import torch.distributed.nn as _dist_nn  # noqa: F401 - before the group: see init_from_env
-
     # A file rendezvous, not a TCP port: nothing to collide with other jobs on the machine.
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws, timeout=timedelta(seconds=int(os.environ.get("FASTPRUNE_TEST_TIMEOUT", "90"))))
     mesh = init_device_mesh("cpu", (ws,))

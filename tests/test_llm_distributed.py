@@ -30,6 +30,9 @@ dist = pytest.importorskip("torch.distributed")
 if not dist.is_available():
     pytest.skip("torch.distributed is not available", allow_module_level=True)
 from test_llm_checkpoint import tensors as folder_tensors  # noqa: E402  (after the skips above)
+# Before any group exists, in this process and in the ones it spawns (they import this module): see
+# fastprune.distributed.llm.init_from_env.
+import torch.distributed.nn  # noqa: E402,F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD_SIZES = [1, 2, 3]
@@ -349,8 +352,6 @@ def run_cases(rank, ws, ckpt):
 
 def _worker(rank, ws, store, out_dir, ckpt):
     torch.set_num_threads(1)
-    import torch.distributed.nn as _dist_nn  # noqa: F401 - before the group: see init_from_env
-
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws,
                             timeout=timedelta(seconds=GROUP_TIMEOUT))
     # Rounds of a few micro-batches on these tiny models, so that every exchange path runs: Wanda's
@@ -692,8 +693,6 @@ def test_prune_checkpoint_interrupted_in_a_group_resumes(runs, references, ckpt,
 def _dying_worker(rank, ws, store, out_dir):
     """The last process dies (os._exit) in the forward of block 1; the others must raise, not wait."""
     torch.set_num_threads(1)
-    import torch.distributed.nn as _dist_nn  # noqa: F401 - before the group: see init_from_env
-
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=ws,
                             timeout=timedelta(seconds=GROUP_TIMEOUT))
     m = llama()
