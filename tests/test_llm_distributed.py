@@ -571,6 +571,7 @@ def test_import_loads_no_torch_distributed_module():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
 def test_command_group_is_torn_down_after_transformers_loads(tmp_path):
     """The command's group is really gone after ``destroy_process_group``: its gloo threads are joined.
 
