@@ -103,12 +103,15 @@ def test_default_batch_size_formula():
         model = transformers.LlamaForCausalLM(cfg)
     blocks = llm.find_blocks(model)
     plan = W.plan_layers(model, blocks)
-    seq = 256
     outs = 1024 + 256 + 256 + 1024 + 2816 + 2816 + 1024  # q, k, v, o, gate, up, down
-    per_seq = seq * (4 * (4 * 1024 + 2 * outs) + 12 * 2816 + 4 * 16 * seq)
+
+    def bytes_per_sequence(seq):
+        return seq * (4 * (4 * 1024 + 2 * outs) + 12 * 2816 + 4 * 16 * seq)
+
+    seq = 256
+    per_seq = bytes_per_sequence(seq)
     assert W.default_batch_size(model, plan, seq) == max(1, W.ACTIVATION_BUDGET // per_seq)
-    assert W.default_batch_size(model, plan, 64) == W.ACTIVATION_BUDGET // (
-        64 * (4 * (4 * 1024 + 2 * outs) + 12 * 2816 + 4 * 16 * 64)) > 1
+    assert W.default_batch_size(model, plan, 64) == W.ACTIVATION_BUDGET // bytes_per_sequence(64) > 1
     assert W.default_batch_size(model, plan, seq, budget=per_seq * 5 + 1) == 5
     assert W.default_batch_size(model, plan, 1 << 16) == 1  # never below one sequence
 

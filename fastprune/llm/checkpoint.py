@@ -37,7 +37,8 @@ from .checks import calibration_labels, check_calibration_fits
 from .report import BlockReport, LayerReport, PruneReport
 from .shards import ShardReader, ShardWriter, atomic_write_bytes, fsync_dir, write_tensors
 from .stages import magnitude_layer
-from .walker import BlockSink, BlockSource, BlockTurn, MicroBatch, Walker, capture_inputs, trim_heap
+from .walker import (BlockSink, BlockSource, BlockTurn, MicroBatch, Walker, capture_inputs, fix_mmap_threshold,
+                     trim_heap)
 
 __all__ = ["prune_checkpoint", "CheckpointSource", "ShardSink", "SourceCheckpoint", "WORK_DIR"]
 
@@ -757,7 +758,7 @@ def prune_checkpoint(
     step = dp.run if dp is not None else (lambda f: f())
 
     # -- the work ---------------------------------------------------------------
-    _fix_mmap_threshold()
+    fix_mmap_threshold()
     fresh = state is None
     created = [p for p in (dst, destination.work) if not os.path.exists(p)]
     threads = torch.get_num_threads()
@@ -895,33 +896,6 @@ def _write_outside(source: CheckpointSource, destination: Optional[_Destination]
         destination.copy_unmapped()
         destination.sync()
     return rows
-
-
-def _libc():
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None)  # the C library the process runs on
-    except (OSError, ImportError):  # pragma: no cover - no ctypes / no dynamic C library
-        return None
-
-
-def _fix_mmap_threshold() -> None:
-    """glibc only: a fixed mmap threshold of 128 KiB (its default) for the rest of the process.
-
-    By default glibc raises the threshold to the size of every mapped block it frees (up to
-    32 MiB), so after the first block's tensors are freed, tensors of a few MiB come from the
-    heap; interleaved with the walk's small long-lived allocations they leave it in holes it
-    cannot return, and the resident size of a streaming run crept up block after block, by
-    different amounts from run to run (55-150 MB on a 145 MB test checkpoint). With the
-    threshold fixed, tensors of 128 KiB and more are mapped and unmapped, and the peak is
-    the same in every run.
-    """
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
-    if mallopt is not None:
-        M_MMAP_THRESHOLD = -3
-        mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
 @contextlib.contextmanager
